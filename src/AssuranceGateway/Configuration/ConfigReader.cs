@@ -1,0 +1,162 @@
+using System.Globalization;
+using Microsoft.Extensions.Configuration;
+
+namespace AssuranceGateway.Configuration;
+
+/// <summary>
+/// Reads typed values from configuration and collects every problem instead of throwing at the first one,
+/// so an operator fixes a broken file in one pass (the reason YARP's ConfigValidator collects too).
+/// </summary>
+internal sealed class ConfigReader(List<string> errors)
+{
+    public List<string> Errors { get; } = errors;
+
+    public void Error(IConfigurationSection section, string message) => Errors.Add($"{section.Path}: {message}");
+
+    public void Error(string path, string message) => Errors.Add($"{path}: {message}");
+
+    /// <summary>A mistyped key ("Binds", "MaxTTL ") would otherwise be silently ignored and its default used.</summary>
+    public void RejectUnknownKeys(IConfigurationSection section, params string[] known)
+    {
+        foreach (var child in section.GetChildren())
+        {
+            if (Array.FindIndex(known, k => string.Equals(k, child.Key, StringComparison.OrdinalIgnoreCase)) < 0)
+            {
+                Error(child, $"unknown setting (known: {string.Join(", ", known)})");
+            }
+        }
+    }
+
+    public string? String(IConfigurationSection parent, string key)
+    {
+        var section = parent.GetSection(key);
+        if (section.Value is null && section.GetChildren().Any())
+        {
+            Error(section, "must be a single value, not a section");
+            return null;
+        }
+
+        return string.IsNullOrWhiteSpace(section.Value) ? null : section.Value.Trim();
+    }
+
+    public int Int(IConfigurationSection parent, string key, int fallback, int min, int max)
+    {
+        var value = String(parent, key);
+        if (value is null)
+        {
+            return fallback;
+        }
+
+        if (!int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var result) || result < min || result > max)
+        {
+            Error(parent.GetSection(key), $"'{value}' is not a whole number from {min} to {max}");
+            return fallback;
+        }
+
+        return result;
+    }
+
+    public long Long(IConfigurationSection parent, string key, long fallback, long min, long max)
+    {
+        var value = String(parent, key);
+        if (value is null)
+        {
+            return fallback;
+        }
+
+        if (!long.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var result) || result < min || result > max)
+        {
+            Error(parent.GetSection(key), $"'{value}' is not a whole number from {min} to {max}");
+            return fallback;
+        }
+
+        return result;
+    }
+
+    public bool Bool(IConfigurationSection parent, string key, bool fallback)
+    {
+        var value = String(parent, key);
+        if (value is null)
+        {
+            return fallback;
+        }
+
+        if (!bool.TryParse(value, out var result))
+        {
+            Error(parent.GetSection(key), $"'{value}' is not true or false");
+            return fallback;
+        }
+
+        return result;
+    }
+
+    public TimeSpan Duration(IConfigurationSection parent, string key, TimeSpan fallback, TimeSpan min, TimeSpan max)
+    {
+        var value = String(parent, key);
+        if (value is null)
+        {
+            return fallback;
+        }
+
+        if (!TimeSpan.TryParse(value, CultureInfo.InvariantCulture, out var result))
+        {
+            Error(parent.GetSection(key), $"'{value}' is not a duration (expected [d.]hh:mm:ss[.fff], e.g. 00:05:00)");
+            return fallback;
+        }
+
+        if (result < min || result > max)
+        {
+            Error(parent.GetSection(key), $"'{value}' must be from {min:c} to {max:c}");
+            return fallback;
+        }
+
+        return result;
+    }
+
+    /// <summary>A list, written as a JSON array; a single string counts as a list of one.</summary>
+    public List<string> List(IConfigurationSection parent, string key)
+    {
+        var section = parent.GetSection(key);
+        var list = new List<string>();
+        if (!string.IsNullOrWhiteSpace(section.Value))
+        {
+            list.Add(section.Value.Trim());
+            return list;
+        }
+
+        foreach (var child in section.GetChildren())
+        {
+            if (child.Value is null)
+            {
+                Error(child, "must be a string");
+                continue;
+            }
+
+            if (!string.IsNullOrWhiteSpace(child.Value))
+            {
+                list.Add(child.Value.Trim());
+            }
+        }
+
+        return list;
+    }
+
+    public T Enum<T>(IConfigurationSection parent, string key, T fallback)
+        where T : struct, Enum
+    {
+        var value = String(parent, key);
+        if (value is null)
+        {
+            return fallback;
+        }
+
+        if (!System.Enum.TryParse<T>(value, ignoreCase: true, out var result) || !System.Enum.IsDefined(result) || char.IsDigit(value[0]))
+        {
+            var names = string.Join(" | ", System.Enum.GetNames<T>().Select(n => n.ToLowerInvariant()));
+            Error(parent.GetSection(key), $"'{value}' is not one of {names}");
+            return fallback;
+        }
+
+        return result;
+    }
+}

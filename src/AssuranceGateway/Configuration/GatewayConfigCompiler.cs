@@ -1,0 +1,646 @@
+using System.Collections.Frozen;
+using System.Globalization;
+using System.Net;
+using AssuranceGateway.Enforcement;
+using AssuranceGateway.Tokens;
+using Microsoft.Extensions.Configuration;
+using Microsoft.IdentityModel.Tokens;
+using Yarp.ReverseProxy.Configuration;
+
+namespace AssuranceGateway.Configuration;
+
+/// <summary>
+/// Turns the configuration (SPEC §3) into one immutable <see cref="GatewaySettings"/>, or into the full list of
+/// problems, one line per problem, each naming its key. Nothing half-valid is ever returned.
+/// </summary>
+public static class GatewayConfigCompiler
+{
+    public const string AssuranceSection = "Assurance";
+    public const string ReverseProxySection = "ReverseProxy";
+    public const string PolicyMetadataKey = "AssurancePolicy";
+
+    private static readonly string[] SupportedAlgorithms =
+        ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"];
+
+    /// <param name="configuration">The whole configuration (both the Assurance and the ReverseProxy sections).</param>
+    /// <param name="baseDirectory">Relative key file paths are resolved against this directory.</param>
+    /// <param name="errors">Every problem found; empty when settings are returned.</param>
+    public static GatewaySettings? Compile(IConfiguration configuration, string baseDirectory, out IReadOnlyList<string> errors)
+    {
+        var list = new List<string>();
+        var reader = new ConfigReader(list);
+        var assurance = configuration.GetSection(AssuranceSection);
+        reader.RejectUnknownKeys(assurance, "DefaultPolicy", "Policies", "Tokens", "Workload", "Store", "Api", "Evidence");
+
+        var policies = ReadPolicies(reader, assurance.GetSection("Policies"));
+        var tokens = ReadTokens(reader, assurance.GetSection("Tokens"), baseDirectory);
+        var workload = ReadWorkload(reader, assurance.GetSection("Workload"), baseDirectory);
+        var store = ReadStore(reader, assurance.GetSection("Store"));
+        var api = ReadApi(reader, assurance.GetSection("Api"));
+        var evidence = ReadEvidence(reader, assurance.GetSection("Evidence"), baseDirectory);
+        var (routes, clusters, routePolicies) = ReadProxy(reader, configuration, assurance, policies);
+
+        CrossCheck(reader, routePolicies, tokens, workload);
+
+        errors = list;
+        if (list.Count > 0)
+        {
+            return null;
+        }
+
+        return new GatewaySettings
+        {
+            Policies = policies.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase),
+            RoutePolicies = routePolicies.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase),
+            Tokens = tokens,
+            Workload = workload,
+            Store = store,
+            Api = api,
+            Evidence = evidence,
+            Routes = routes,
+            Clusters = clusters,
+        };
+    }
+
+    private static Dictionary<string, AssurancePolicy> ReadPolicies(ConfigReader reader, IConfigurationSection section)
+    {
+        var policies = new Dictionary<string, AssurancePolicy>(StringComparer.OrdinalIgnoreCase)
+        {
+            [AssurancePolicy.PassthroughName] = AssurancePolicy.Passthrough,
+        };
+
+        foreach (var child in section.GetChildren())
+        {
+            if (string.Equals(child.Key, AssurancePolicy.PassthroughName, StringComparison.OrdinalIgnoreCase))
+            {
+                reader.Error(child, "'passthrough' is built in and cannot be redefined");
+                continue;
+            }
+
+            policies[child.Key] = ReadPolicy(reader, child);
+        }
+
+        return policies;
+    }
+
+    internal static AssurancePolicy ReadPolicy(ConfigReader reader, IConfigurationSection s)
+    {
+        reader.RejectUnknownKeys(s, "Bind", "MinimumAal", "MinimumApprovalAal", "MaxUses", "MaxTtl", "Mode", "OnMissing",
+            "Approvals", "RequireClaims", "PendingTtl", "MaxPendingPerSubject", "RevokeOn", "BoundHeaders", "MaxBodyBytes", "RequiresGrant");
+
+        var bind = Bindings.None;
+        foreach (var name in reader.List(s, "Bind"))
+        {
+            if (!BindingNames.TryParse(name.ToLowerInvariant(), out var flag))
+            {
+                reader.Error(s.GetSection("Bind"), $"unknown binding '{name}' (known: subject, session, token, workload, origin, request)");
+            }
+            else if ((bind & flag) != 0)
+            {
+                reader.Error(s.GetSection("Bind"), $"binding '{name}' listed twice");
+            }
+
+            bind |= flag;
+        }
+
+        var requiresGrant = reader.Bool(s, "RequiresGrant", true);
+        if (!requiresGrant && (bind & ~Bindings.Workload) != 0)
+        {
+            reader.Error(s.GetSection("Bind"), "only 'workload' can be bound when RequiresGrant is false: the other bindings live on a grant");
+        }
+
+        var revokeOn = new List<string>();
+        foreach (var reason in reader.List(s, "RevokeOn"))
+        {
+            var code = reason.ToLowerInvariant();
+            if (!ReasonCodes.Mismatches.Contains(code))
+            {
+                reader.Error(s.GetSection("RevokeOn"), $"'{reason}' is not a mismatch reason (known: {string.Join(", ", ReasonCodes.Mismatches)})");
+            }
+            else if (!revokeOn.Contains(code))
+            {
+                revokeOn.Add(code);
+            }
+        }
+
+        var headers = new List<string>();
+        foreach (var header in reader.List(s, "BoundHeaders"))
+        {
+            var name = header.ToLowerInvariant();
+            if (!IsHeaderToken(name))
+            {
+                reader.Error(s.GetSection("BoundHeaders"), $"'{header}' is not a valid header name");
+            }
+            else if (!headers.Contains(name))
+            {
+                headers.Add(name);
+            }
+        }
+
+        headers.Sort(StringComparer.Ordinal);
+
+        var claims = new Dictionary<string, string[]>(StringComparer.Ordinal);
+        foreach (var claim in s.GetSection("RequireClaims").GetChildren())
+        {
+            var values = claim.Value is not null ? [claim.Value] : claim.GetChildren().Select(c => c.Value).OfType<string>().ToArray();
+            if (values.Length == 0 || values.Any(string.IsNullOrEmpty))
+            {
+                reader.Error(claim, "must be a string or a non-empty list of strings");
+                continue;
+            }
+
+            claims[claim.Key] = values;
+        }
+
+        var policy = new AssurancePolicy
+        {
+            Name = s.Key,
+            RequiresGrant = requiresGrant,
+            Bind = bind,
+            MinimumAal = reader.Int(s, "MinimumAal", 0, 0, 3),
+            MinimumApprovalAal = reader.Int(s, "MinimumApprovalAal", 0, 0, 3),
+            MaxUses = reader.Int(s, "MaxUses", 1, 1, 1_000_000),
+            MaxTtl = reader.Duration(s, "MaxTtl", TimeSpan.FromMinutes(5), TimeSpan.FromSeconds(1), TimeSpan.FromDays(366)),
+            Mode = reader.Enum(s, "Mode", PolicyMode.Enforce),
+            OnMissing = reader.Enum(s, "OnMissing", MissingGrantAction.Deny),
+            Approvals = reader.Int(s, "Approvals", 1, 1, 10),
+            RequireClaims = claims.ToFrozenDictionary(StringComparer.Ordinal),
+            PendingTtl = reader.Duration(s, "PendingTtl", TimeSpan.FromMinutes(15), TimeSpan.FromSeconds(1), TimeSpan.FromDays(30)),
+            MaxPendingPerSubject = reader.Int(s, "MaxPendingPerSubject", 10, 1, 10_000),
+            RevokeOn = revokeOn,
+            BoundHeaders = headers,
+            MaxBodyBytes = reader.Long(s, "MaxBodyBytes", 1024 * 1024, 0, 1024L * 1024 * 1024),
+        };
+
+        if (!requiresGrant && policy.OnMissing == MissingGrantAction.Challenge)
+        {
+            reader.Error(s.GetSection("OnMissing"), "'challenge' needs a grant, but RequiresGrant is false");
+        }
+
+        return policy;
+    }
+
+    private static TokenSettings ReadTokens(ConfigReader reader, IConfigurationSection s, string baseDirectory)
+    {
+        reader.RejectUnknownKeys(s, "Issuers", "ClockSkew", "MaxLifetime", "Types", "MaxTokenBytes", "AalClaim", "SessionClaim", "AalMap");
+        var issuers = new List<TokenIssuer>();
+        foreach (var child in s.GetSection("Issuers").GetChildren())
+        {
+            var issuer = ReadIssuer(reader, child, baseDirectory, requireAudiences: true, allowAuthority: true);
+            if (issuer is not null)
+            {
+                if (issuers.Any(i => i.Issuer == issuer.Issuer))
+                {
+                    reader.Error(child.GetSection("Issuer"), $"issuer '{issuer.Issuer}' is configured twice");
+                }
+
+                issuers.Add(issuer);
+            }
+        }
+
+        var aalMap = new Dictionary<string, int>(StringComparer.Ordinal);
+        var mapSection = s.GetSection("AalMap");
+        if (mapSection.GetChildren().Any())
+        {
+            foreach (var entry in mapSection.GetChildren())
+            {
+                aalMap[entry.Key] = reader.Int(mapSection, entry.Key, 0, 0, 3);
+            }
+        }
+        else
+        {
+            aalMap["urn:aal1"] = 1;
+            aalMap["urn:aal2"] = 2;
+            aalMap["urn:aal3"] = 3;
+        }
+
+        var types = reader.List(s, "Types");
+        return new TokenSettings
+        {
+            Issuers = issuers,
+            ClockSkew = reader.Duration(s, "ClockSkew", TimeSpan.FromSeconds(30), TimeSpan.Zero, TimeSpan.FromMinutes(5)),
+            MaxLifetime = reader.Duration(s, "MaxLifetime", TimeSpan.FromHours(1), TimeSpan.FromSeconds(1), TimeSpan.FromDays(1)),
+            Types = types.Count > 0 ? types : ["at+jwt", "JWT"],
+            MaxTokenBytes = reader.Int(s, "MaxTokenBytes", 8192, 256, 65536),
+            AalClaim = reader.String(s, "AalClaim") ?? "acr",
+            SessionClaim = reader.String(s, "SessionClaim") ?? "sid",
+            AalMap = aalMap.ToFrozenDictionary(StringComparer.Ordinal),
+        };
+    }
+
+    private static TokenIssuer? ReadIssuer(
+        ConfigReader reader, IConfigurationSection s, string baseDirectory, bool requireAudiences, bool allowAuthority)
+    {
+        reader.RejectUnknownKeys(s, allowAuthority
+            ? ["Issuer", "Audiences", "JwksFile", "JwksUri", "Authority", "Algorithms"]
+            : ["Issuer", "JwksFile", "JwksUri", "Algorithms"]);
+        var name = reader.String(s, "Issuer");
+        if (name is null)
+        {
+            reader.Error(s.GetSection("Issuer"), "missing");
+        }
+
+        var audiences = requireAudiences ? reader.List(s, "Audiences") : [];
+        if (requireAudiences && audiences.Count == 0)
+        {
+            reader.Error(s.GetSection("Audiences"), "at least one audience is required");
+        }
+
+        var algorithms = reader.List(s, "Algorithms");
+        if (algorithms.Count == 0)
+        {
+            algorithms = ["ES256", "RS256"];
+        }
+
+        foreach (var alg in algorithms)
+        {
+            if (!SupportedAlgorithms.Contains(alg, StringComparer.Ordinal))
+            {
+                reader.Error(s.GetSection("Algorithms"), $"'{alg}' is not allowed (allowed: {string.Join(", ", SupportedAlgorithms)}; 'none' and HMAC are never accepted)");
+            }
+        }
+
+        var file = reader.String(s, "JwksFile");
+        var uri = reader.String(s, "JwksUri");
+        var authority = allowAuthority ? reader.String(s, "Authority") : null;
+        var sources = (file is null ? 0 : 1) + (uri is null ? 0 : 1) + (authority is null ? 0 : 1);
+        if (sources != 1)
+        {
+            reader.Error(s.Path, allowAuthority
+                ? "exactly one of JwksFile, JwksUri or Authority is required"
+                : "exactly one of JwksFile or JwksUri is required");
+            return null;
+        }
+
+        IIssuerKeySource? keys = null;
+        string location;
+        if (file is not null)
+        {
+            location = Path.GetFullPath(file, baseDirectory);
+            var set = LoadJwks(reader, s.GetSection("JwksFile"), location);
+            if (set is not null)
+            {
+                var issuerKeys = IssuerKeys.From(set);
+                if (issuerKeys.Count == 0)
+                {
+                    reader.Error(s.GetSection("JwksFile"), $"'{file}' holds no signing key");
+                }
+                else if (!algorithms.Any(a => issuerKeys.ByKid.Values.Append(issuerKeys.OnlyKey).OfType<JsonWebKey>().Any(k => Fits(k, a))))
+                {
+                    reader.Error(s.GetSection("JwksFile"), $"no key in '{file}' fits the algorithms {string.Join(", ", algorithms)}");
+                }
+
+                keys = new StaticKeySource(issuerKeys);
+            }
+        }
+        else if (uri is not null)
+        {
+            location = uri;
+            if (!IsHttpUrl(uri))
+            {
+                reader.Error(s.GetSection("JwksUri"), $"'{uri}' is not an absolute http(s) URL");
+            }
+            else
+            {
+                keys = RemoteKeySource.ForJwksUri(uri);
+            }
+        }
+        else
+        {
+            location = authority!;
+            if (!IsHttpUrl(authority!))
+            {
+                reader.Error(s.GetSection("Authority"), $"'{authority}' is not an absolute http(s) URL");
+            }
+            else
+            {
+                keys = RemoteKeySource.ForAuthority(authority!);
+            }
+        }
+
+        if (name is null || keys is null)
+        {
+            return null;
+        }
+
+        return new TokenIssuer
+        {
+            Issuer = name,
+            Audiences = audiences,
+            Algorithms = algorithms.ToFrozenSet(StringComparer.Ordinal),
+            Keys = keys,
+            KeyLocation = location,
+        };
+    }
+
+    private static JsonWebKeySet? LoadJwks(ConfigReader reader, IConfigurationSection key, string path)
+    {
+        string json;
+        try
+        {
+            json = File.ReadAllText(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException or ArgumentException)
+        {
+            reader.Error(key, $"cannot read '{path}': {e.Message}");
+            return null;
+        }
+
+        try
+        {
+            var set = new JsonWebKeySet(json);
+            if (set.Keys.Any(k => k.HasPrivateKey))
+            {
+                reader.Error(key, $"'{path}' contains a private key: publish only public keys to the gateway");
+                return null;
+            }
+
+            return set;
+        }
+        catch (Exception e) when (e is ArgumentException or System.Text.Json.JsonException)
+        {
+            reader.Error(key, $"'{path}' is not a JWK Set: {e.Message}");
+            return null;
+        }
+    }
+
+    private static bool Fits(JsonWebKey key, string algorithm) => key.Kty switch
+    {
+        JsonWebAlgorithmsKeyTypes.EllipticCurve => algorithm.StartsWith("ES", StringComparison.Ordinal),
+        JsonWebAlgorithmsKeyTypes.RSA => algorithm.StartsWith("RS", StringComparison.Ordinal) || algorithm.StartsWith("PS", StringComparison.Ordinal),
+        _ => false,
+    };
+
+    private static WorkloadSettings ReadWorkload(ConfigReader reader, IConfigurationSection s, string baseDirectory)
+    {
+        reader.RejectUnknownKeys(s, "Sources", "TrustedProxies", "Issuers", "Audience", "Claim", "ClientCaFile");
+        var sources = new List<WorkloadSource>();
+        foreach (var name in reader.List(s, "Sources"))
+        {
+            if (!Enum.TryParse<WorkloadSource>(name, ignoreCase: true, out var source) || char.IsDigit(name[0]))
+            {
+                reader.Error(s.GetSection("Sources"), $"unknown workload source '{name}' (known: mtls, xfcc, header, claim)");
+            }
+            else if (sources.Contains(source))
+            {
+                reader.Error(s.GetSection("Sources"), $"source '{name}' listed twice");
+            }
+            else
+            {
+                sources.Add(source);
+            }
+        }
+
+        var proxies = new List<IPNetwork>();
+        foreach (var cidr in reader.List(s, "TrustedProxies"))
+        {
+            if (IPNetwork.TryParse(cidr, out var network))
+            {
+                proxies.Add(network);
+            }
+            else if (IPAddress.TryParse(cidr, out var address))
+            {
+                proxies.Add(new IPNetwork(address, address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128));
+            }
+            else
+            {
+                reader.Error(s.GetSection("TrustedProxies"), $"'{cidr}' is not an IP address or CIDR range");
+            }
+        }
+
+        var issuers = new List<TokenIssuer>();
+        foreach (var child in s.GetSection("Issuers").GetChildren())
+        {
+            if (ReadIssuer(reader, child, baseDirectory, requireAudiences: false, allowAuthority: false) is { } issuer)
+            {
+                issuers.Add(issuer);
+            }
+        }
+
+        var audience = reader.String(s, "Audience");
+        if (sources.Contains(WorkloadSource.Header))
+        {
+            if (issuers.Count == 0)
+            {
+                reader.Error(s.GetSection("Issuers"), "the 'header' source needs at least one workload issuer");
+            }
+
+            if (audience is null)
+            {
+                reader.Error(s.GetSection("Audience"), "the 'header' source needs the audience that workload JWTs must carry");
+            }
+        }
+
+        var ca = reader.String(s, "ClientCaFile");
+        string? caPath = null;
+        if (ca is not null)
+        {
+            caPath = Path.GetFullPath(ca, baseDirectory);
+            if (!File.Exists(caPath))
+            {
+                reader.Error(s.GetSection("ClientCaFile"), $"cannot read '{caPath}'");
+            }
+        }
+
+        return new WorkloadSettings
+        {
+            Sources = sources,
+            TrustedProxies = proxies,
+            Issuers = issuers,
+            Audience = audience,
+            Claim = reader.String(s, "Claim") ?? "azp",
+            ClientCaFile = caPath,
+        };
+    }
+
+    private static StoreSettings ReadStore(ConfigReader reader, IConfigurationSection s)
+    {
+        reader.RejectUnknownKeys(s, "Redis", "KeyPrefix", "Timeout", "EvidenceRetention", "RequireReplicaAcks");
+        var redis = reader.String(s, "Redis");
+        if (redis is not null)
+        {
+            try
+            {
+                StackExchange.Redis.ConfigurationOptions.Parse(redis);
+            }
+            catch (ArgumentException e)
+            {
+                reader.Error(s.GetSection("Redis"), $"'{redis}' is not a Redis connection string: {e.Message}");
+            }
+        }
+
+        var prefix = reader.String(s, "KeyPrefix") ?? "agw:";
+        if (prefix.AsSpan().IndexOfAny('{', '}') >= 0)
+        {
+            reader.Error(s.GetSection("KeyPrefix"), "must not contain '{' or '}': the gateway hash-tags keys itself");
+        }
+
+        return new StoreSettings
+        {
+            Redis = redis,
+            KeyPrefix = prefix,
+            Timeout = reader.Duration(s, "Timeout", TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(1), TimeSpan.FromSeconds(30)),
+            EvidenceRetention = reader.Duration(s, "EvidenceRetention", TimeSpan.FromDays(7), TimeSpan.Zero, TimeSpan.FromDays(3660)),
+            RequireReplicaAcks = reader.Int(s, "RequireReplicaAcks", 0, 0, 16),
+        };
+    }
+
+    private static ApiSettings ReadApi(ConfigReader reader, IConfigurationSection s)
+    {
+        reader.RejectUnknownKeys(s, "Url", "Audience");
+        var url = reader.String(s, "Url") ?? "http://127.0.0.1:8081";
+        if (!IsHttpUrl(url))
+        {
+            reader.Error(s.GetSection("Url"), $"'{url}' is not an absolute http(s) URL");
+        }
+
+        return new ApiSettings { Url = url, Audience = reader.String(s, "Audience") ?? "assurance-api" };
+    }
+
+    private static EvidenceSettings ReadEvidence(ConfigReader reader, IConfigurationSection s, string baseDirectory)
+    {
+        reader.RejectUnknownKeys(s, "SigningKeyFile", "Lifetime");
+        var file = reader.String(s, "SigningKeyFile");
+        JsonWebKey? key = null;
+        if (file is not null)
+        {
+            var path = Path.GetFullPath(file, baseDirectory);
+            try
+            {
+                key = new JsonWebKey(File.ReadAllText(path));
+                if (!key.HasPrivateKey || key.Kty != JsonWebAlgorithmsKeyTypes.EllipticCurve || key.Crv != "P-256")
+                {
+                    reader.Error(s.GetSection("SigningKeyFile"), $"'{path}' must hold a private EC P-256 JWK (ES256)");
+                    key = null;
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or System.Text.Json.JsonException)
+            {
+                reader.Error(s.GetSection("SigningKeyFile"), $"cannot read a JWK from '{path}': {e.Message}");
+            }
+        }
+
+        return new EvidenceSettings
+        {
+            SigningKeyFile = file,
+            SigningKey = key,
+            Lifetime = reader.Duration(s, "Lifetime", TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(1), TimeSpan.FromHours(1)),
+        };
+    }
+
+    private static (List<RouteConfig>, List<ClusterConfig>, Dictionary<string, AssurancePolicy>) ReadProxy(
+        ConfigReader reader, IConfiguration configuration, IConfigurationSection assurance, Dictionary<string, AssurancePolicy> policies)
+    {
+        var proxy = configuration.GetSection(ReverseProxySection);
+        var defaultName = reader.String(assurance, "DefaultPolicy");
+        AssurancePolicy? defaultPolicy = null;
+        if (defaultName is not null && !policies.TryGetValue(defaultName, out defaultPolicy))
+        {
+            reader.Error(assurance.GetSection("DefaultPolicy"), $"unknown policy '{defaultName}'");
+        }
+
+        var routes = new List<RouteConfig>();
+        var routePolicies = new Dictionary<string, AssurancePolicy>(StringComparer.OrdinalIgnoreCase);
+        foreach (var child in proxy.GetSection("Routes").GetChildren())
+        {
+            RouteConfig route;
+            try
+            {
+                route = (child.Get<RouteConfig>() ?? new RouteConfig()) with { RouteId = child.Key };
+            }
+            catch (InvalidOperationException e)
+            {
+                reader.Error(child, $"cannot be read as a YARP route: {e.Message}");
+                continue;
+            }
+
+            routes.Add(route);
+            var metadataKey = $"{child.Path}:Metadata:{PolicyMetadataKey}";
+            string? name = null;
+            route.Metadata?.TryGetValue(PolicyMetadataKey, out name);
+            if (string.IsNullOrWhiteSpace(name))
+            {
+                if (defaultPolicy is not null)
+                {
+                    routePolicies[child.Key] = defaultPolicy;
+                }
+                else if (defaultName is null)
+                {
+                    reader.Error(metadataKey, "missing, and Assurance:DefaultPolicy is not set (name \"passthrough\" to forward without enforcement)");
+                }
+            }
+            else if (policies.TryGetValue(name, out var policy))
+            {
+                routePolicies[child.Key] = policy;
+            }
+            else
+            {
+                reader.Error(metadataKey, $"unknown policy '{name}'");
+            }
+        }
+
+        var clusters = new List<ClusterConfig>();
+        foreach (var child in proxy.GetSection("Clusters").GetChildren())
+        {
+            try
+            {
+                clusters.Add((child.Get<ClusterConfig>() ?? new ClusterConfig()) with { ClusterId = child.Key });
+            }
+            catch (InvalidOperationException e)
+            {
+                reader.Error(child, $"cannot be read as a YARP cluster: {e.Message}");
+            }
+        }
+
+        foreach (var route in routes)
+        {
+            if (route.ClusterId is not null && !clusters.Any(c => string.Equals(c.ClusterId, route.ClusterId, StringComparison.OrdinalIgnoreCase)))
+            {
+                reader.Error($"{ReverseProxySection}:Routes:{route.RouteId}:ClusterId", $"unknown cluster '{route.ClusterId}'");
+            }
+        }
+
+        return (routes, clusters, routePolicies);
+    }
+
+    private static void CrossCheck(ConfigReader reader, Dictionary<string, AssurancePolicy> routePolicies, TokenSettings tokens, WorkloadSettings workload)
+    {
+        var needsToken = routePolicies.Values.Any(p => p.RequiresToken);
+        if (needsToken && tokens.Issuers.Count == 0 && !reader.Errors.Any(e => e.StartsWith("Assurance:Tokens:Issuers", StringComparison.Ordinal)))
+        {
+            reader.Error("Assurance:Tokens:Issuers", "at least one issuer is required: routes use policies that validate tokens");
+        }
+
+        foreach (var policy in routePolicies.Values.Distinct())
+        {
+            if (policy.NeedsWorkload && workload.Sources.Count == 0)
+            {
+                reader.Error($"Assurance:Policies:{policy.Name}", "needs a workload identity, but Assurance:Workload:Sources is empty");
+            }
+        }
+    }
+
+    private static bool IsHttpUrl(string value) =>
+        Uri.TryCreate(value, UriKind.Absolute, out var uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps);
+
+    private static bool IsHeaderToken(string name)
+    {
+        if (name.Length == 0)
+        {
+            return false;
+        }
+
+        foreach (var c in name)
+        {
+            // RFC 9110 §5.6.2 tchar
+            if (!(char.IsAsciiLetterOrDigit(c) || "!#$%&'*+-.^_`|~".Contains(c, StringComparison.Ordinal)))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    internal static string Invariant(FormattableString s) => s.ToString(CultureInfo.InvariantCulture);
+}

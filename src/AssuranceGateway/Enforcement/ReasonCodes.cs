@@ -1,0 +1,93 @@
+using Microsoft.AspNetCore.Http;
+
+namespace AssuranceGateway.Enforcement;
+
+/// <summary>The reason codes of the product contract: what the client, the evidence span and the grant's record show.</summary>
+public static class ReasonCodes
+{
+    public const string Ok = "ok";
+    public const string TokenMissing = "token_missing";
+    public const string TokenInvalid = "token_invalid";
+    public const string InsufficientAal = "insufficient_aal";
+    public const string WorkloadUnidentified = "workload_unidentified";
+    public const string WorkloadInvalid = "workload_invalid";
+    public const string ClaimsMismatch = "claims_mismatch";
+    public const string BodyTooLarge = "body_too_large";
+    public const string AssuranceRequired = "assurance_required";
+    public const string AssuranceMalformed = "assurance_malformed";
+    public const string GrantNotFound = "grant_not_found";
+    public const string GrantPending = "grant_pending";
+    public const string GrantRevoked = "grant_revoked";
+    public const string GrantExpired = "grant_expired";
+    public const string GrantNotYetValid = "grant_not_yet_valid";
+    public const string RouteMismatch = "route_mismatch";
+    public const string SubjectMismatch = "subject_mismatch";
+    public const string SessionMismatch = "session_mismatch";
+    public const string TokenMismatch = "token_mismatch";
+    public const string WorkloadMismatch = "workload_mismatch";
+    public const string OriginMismatch = "origin_mismatch";
+    public const string RequestMismatch = "request_mismatch";
+    public const string Replayed = "replayed";
+    public const string TooManyPending = "too_many_pending";
+    public const string StoreUnavailable = "store_unavailable";
+
+    // Assurance API only.
+    public const string InvalidRequest = "invalid_request";
+    public const string InsufficientScope = "insufficient_scope";
+    public const string SelfApproval = "self_approval";
+    public const string UnknownRoute = "unknown_route";
+    public const string Conflict = "conflict";
+
+    /// <summary>The mismatches a policy may name in <c>RevokeOn</c>: the step-6 binding checks.</summary>
+    public static readonly IReadOnlyList<string> Mismatches =
+    [
+        RouteMismatch, SubjectMismatch, SessionMismatch, TokenMismatch, WorkloadMismatch, OriginMismatch, RequestMismatch,
+    ];
+
+    public static int StatusCode(string reason) => reason switch
+    {
+        AssuranceMalformed or InvalidRequest => StatusCodes.Status400BadRequest,
+        TokenMissing or TokenInvalid or InsufficientAal or WorkloadUnidentified or WorkloadInvalid => StatusCodes.Status401Unauthorized,
+        BodyTooLarge => StatusCodes.Status413PayloadTooLarge,
+        TooManyPending => StatusCodes.Status429TooManyRequests,
+        StoreUnavailable => StatusCodes.Status503ServiceUnavailable,
+        UnknownRoute => StatusCodes.Status404NotFound,
+        GrantNotFound => StatusCodes.Status403Forbidden,
+        Conflict => StatusCodes.Status409Conflict,
+        _ => StatusCodes.Status403Forbidden,
+    };
+
+    public static string Title(string reason) => reason switch
+    {
+        TokenMissing => "Access token required",
+        TokenInvalid => "Access token invalid",
+        InsufficientAal => "Stronger authentication required",
+        WorkloadUnidentified => "Workload identity required",
+        WorkloadInvalid => "Workload identity invalid",
+        ClaimsMismatch => "Claims do not satisfy the policy",
+        BodyTooLarge => "Request body too large",
+        AssuranceRequired => "Assurance required",
+        AssuranceMalformed => "Assurance-Id malformed",
+        GrantNotFound => "Assurance not found",
+        GrantPending => "Assurance awaiting approval",
+        GrantRevoked => "Assurance revoked",
+        GrantExpired => "Assurance expired",
+        GrantNotYetValid => "Assurance not yet valid",
+        RouteMismatch => "Assurance bound to another route",
+        SubjectMismatch => "Assurance bound to another subject",
+        SessionMismatch => "Assurance bound to another session",
+        TokenMismatch => "Assurance bound to another token",
+        WorkloadMismatch => "Assurance bound to another workload",
+        OriginMismatch => "Assurance bound to another origin",
+        RequestMismatch => "Assurance bound to another request",
+        Replayed => "Assurance already used",
+        TooManyPending => "Too many pending assurances",
+        StoreUnavailable => "Assurance store unavailable",
+        InvalidRequest => "Invalid request",
+        InsufficientScope => "Insufficient scope",
+        SelfApproval => "Self-approval is not allowed",
+        UnknownRoute => "Unknown route",
+        Conflict => "Conflict",
+        _ => reason,
+    };
+}

@@ -1,0 +1,60 @@
+using System.Net;
+using AssuranceGateway.Enforcement;
+
+namespace AssuranceGateway.Grants;
+
+/// <summary>Everything one request presents for step 6: the grant id and this request's value of every binding.</summary>
+public sealed record ConsumeRequest
+{
+    public required string GrantId { get; init; }
+    public required string Route { get; init; }
+
+    /// <summary>The bindings the policy requires; a grant's own extra bindings are checked as well.</summary>
+    public Bindings Required { get; init; }
+
+    public string? Subject { get; init; }
+    public string? Session { get; init; }
+    public string? TokenHash { get; init; }
+    public string? Workload { get; init; }
+    public IPAddress? Origin { get; init; }
+    public string? RequestHash { get; init; }
+    public RequestDigests? Digests { get; init; }
+    public IReadOnlyList<string> RevokeOn { get; init; } = [];
+    public string? TraceId { get; init; }
+    public string? SpanId { get; init; }
+
+    /// <summary>Shadow mode: decide exactly as enforcement would, but write nothing.</summary>
+    public bool DryRun { get; init; }
+}
+
+/// <summary>The verdict of the atomic check-and-consume, with what evidence needs to explain it.</summary>
+public sealed record ConsumeResult
+{
+    public required string Reason { get; init; }
+    public GrantStatus? Status { get; init; }
+    public int UsesRemaining { get; init; }
+    public IReadOnlyList<string> Mismatch { get; init; } = [];
+    public bool Revoked { get; init; }
+    public FirstUse? FirstUse { get; init; }
+    public IReadOnlyList<string> Approvers { get; init; } = [];
+    public int ApprovalAal { get; init; }
+    public string? Subject { get; init; }
+    public string? Workload { get; init; }
+    public string? RequestHash { get; init; }
+
+    public bool Allowed => Reason == ReasonCodes.Ok;
+}
+
+public enum GrantChange
+{
+    Done,
+    NotFound,
+
+    /// <summary>The grant is not in a state that allows the change (e.g. approving a revoked grant).</summary>
+    Conflict,
+
+    /// <summary>Challenge mode: the subject already has the maximum number of pending grants.</summary>
+    TooMany,
+}
+
+public sealed record ApproveResult(GrantChange Outcome, GrantStatus? Status, int ApprovalsRemaining);

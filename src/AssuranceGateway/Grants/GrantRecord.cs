@@ -1,0 +1,94 @@
+using AssuranceGateway.Enforcement;
+
+namespace AssuranceGateway.Grants;
+
+public enum GrantStatus
+{
+    Pending,
+    Active,
+    Consumed,
+    Revoked,
+}
+
+/// <summary>Digests of each canonical component, kept so that a request mismatch can name what differs.</summary>
+public sealed record RequestDigests(string Method, string Path, string Query, string Headers, string Body)
+{
+    public static readonly string[] ComponentNames = ["method", "path", "query", "headers", "body"];
+
+    public string this[int index] => index switch
+    {
+        0 => Method,
+        1 => Path,
+        2 => Query,
+        3 => Headers,
+        4 => Body,
+        _ => throw new ArgumentOutOfRangeException(nameof(index)),
+    };
+}
+
+/// <summary>One lifecycle event of a grant (SPEC §5.2): created, approved, used, denied, revoked, unknown_outcome.</summary>
+public sealed record GrantEvent
+{
+    public const string Created = "created";
+    public const string Approved = "approved";
+    public const string Used = "used";
+    public const string Denied = "denied";
+    public const string Revoked = "revoked";
+    public const string UnknownOutcome = "unknown_outcome";
+
+    public required string Type { get; init; }
+    public DateTimeOffset At { get; init; }
+    public string? TraceId { get; init; }
+    public string? SpanId { get; init; }
+    public string? Reason { get; init; }
+    public string? Workload { get; init; }
+    public string? Origin { get; init; }
+    public string? Actor { get; init; }
+    public IReadOnlyList<string>? Mismatch { get; init; }
+}
+
+/// <summary>Where and when a grant was first consumed: what a replay's evidence points back to.</summary>
+public sealed record FirstUse(string? TraceId, string? SpanId, DateTimeOffset At, string? Workload, string? Origin);
+
+/// <summary>
+/// A stored approval. Bindings are kept as values that are safe to store: hashes for the token and the request,
+/// identifiers for subject, session and workload, CIDR ranges for the origin. Never a raw token or body.
+/// </summary>
+public sealed record GrantRecord
+{
+    public required string Id { get; init; }
+    public required string Route { get; init; }
+    public string? Policy { get; init; }
+    public GrantStatus Status { get; init; }
+    public string? Subject { get; init; }
+    public string? Session { get; init; }
+    public string? TokenHash { get; init; }
+    public string? Workload { get; init; }
+    public IReadOnlyList<string> Origins { get; init; } = [];
+    public string? RequestHash { get; init; }
+    public RequestDigests? Digests { get; init; }
+
+    /// <summary>Shown to approvers: what the grant lets through. Not a binding (the request hash is).</summary>
+    public string? Method { get; init; }
+
+    public string? Path { get; init; }
+    public int MaxUses { get; init; } = 1;
+    public int UsesRemaining { get; init; } = 1;
+    public DateTimeOffset CreatedAt { get; init; }
+    public DateTimeOffset ExpiresAt { get; init; }
+    public DateTimeOffset? NotBefore { get; init; }
+    public string? Reason { get; init; }
+    public string? CreatedBy { get; init; }
+    public int ApprovalsRequired { get; init; } = 1;
+    public IReadOnlyList<string> Approvers { get; init; } = [];
+
+    /// <summary>The lowest AAL among the approvals that activated the grant.</summary>
+    public int ApprovalAal { get; init; }
+
+    /// <summary>Bindings the grant carries beyond those its policy demands: they must match as well.</summary>
+    public Bindings Bound { get; init; }
+
+    public FirstUse? FirstUse { get; init; }
+    public IReadOnlyList<GrantEvent> Events { get; init; } = [];
+    public long DroppedEvents { get; init; }
+}

@@ -1,0 +1,32 @@
+namespace AssuranceGateway.Grants;
+
+/// <summary>
+/// Grant storage. Every method is one atomic operation: the in-memory store and the Redis store (one Lua script
+/// per operation) must behave identically, which the store conformance tests check against both.
+/// </summary>
+public interface IGrantStore
+{
+    /// <summary>Name for logs and readiness (e.g. "redis 127.0.0.1:6379", "in-process").</summary>
+    string Description { get; }
+
+    /// <summary>Stores a new grant with its <c>created</c> event (and <c>approved</c> for its creator when given).</summary>
+    /// <param name="maxPendingPerSubject">For a pending grant: refuse (<see cref="GrantChange.TooMany"/>) beyond this many for its subject.</param>
+    Task<GrantChange> CreateAsync(GrantRecord grant, GrantEvent created, int maxPendingPerSubject, CancellationToken cancellationToken);
+
+    /// <summary>SPEC §2 step 6: every check in order, and the use consumed, in one operation.</summary>
+    Task<ConsumeResult> ConsumeAsync(ConsumeRequest request, CancellationToken cancellationToken);
+
+    Task<GrantRecord?> GetAsync(string id, CancellationToken cancellationToken);
+
+    Task<GrantChange> RevokeAsync(string id, GrantEvent revoked, CancellationToken cancellationToken);
+
+    /// <summary>Adds one distinct approver; activates the grant once enough have approved.</summary>
+    Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, CancellationToken cancellationToken);
+
+    Task<IReadOnlyList<GrantRecord>> ListPendingAsync(int limit, CancellationToken cancellationToken);
+
+    /// <summary>Appends an event without changing state (used for unknown outcomes once the store is back).</summary>
+    Task AppendEventAsync(string id, GrantEvent grantEvent, CancellationToken cancellationToken);
+
+    Task<bool> PingAsync(CancellationToken cancellationToken);
+}

@@ -1,0 +1,159 @@
+using System.Collections.Frozen;
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Requests;
+using Microsoft.IdentityModel.JsonWebTokens;
+using Microsoft.IdentityModel.Tokens;
+
+namespace AssuranceGateway.Tokens;
+
+/// <summary>The outcome of validating one access token: either a token or a reason (never logged with the token).</summary>
+public readonly record struct TokenCheck(ValidatedToken? Token, string? Failure)
+{
+    public bool IsValid => Token is not null;
+
+    public static TokenCheck Fail(string failure) => new(null, failure);
+}
+
+/// <summary>
+/// Validates access tokens per SPEC §3.1. The order is deliberate: size first (no work for a huge token),
+/// then structure and names without cryptography, then issuer and algorithm pinning, then the key by
+/// <c>kid</c> among that issuer's keys only, then time rules, and the signature last.
+/// </summary>
+public sealed class TokenValidator
+{
+    private readonly TokenSettings _settings;
+    private readonly TimeProvider _time;
+    private readonly FrozenDictionary<string, IssuerEntry> _issuers;
+    private readonly FrozenSet<string> _types;
+    private readonly JsonWebTokenHandler _handler = new() { MapInboundClaims = false };
+
+    public TokenValidator(TokenSettings settings, TimeProvider time, IEnumerable<string>? audiencesOverride = null)
+    {
+        _settings = settings;
+        _time = time;
+        _types = settings.Types.Select(NormalizeType).ToFrozenSet(StringComparer.OrdinalIgnoreCase);
+        var audiences = audiencesOverride?.ToArray();
+        _issuers = settings.Issuers.ToFrozenDictionary(
+            i => i.Issuer,
+            i => new IssuerEntry(i, Parameters(i, audiences ?? [.. i.Audiences], settings)),
+            StringComparer.Ordinal);
+    }
+
+    public TokenSettings Settings => _settings;
+
+    public async ValueTask<TokenCheck> ValidateAsync(string token, CancellationToken cancellationToken)
+    {
+        // Before any parsing or cryptography: a token cannot cost more than MaxTokenBytes of work.
+        if (token.Length > _settings.MaxTokenBytes)
+        {
+            return TokenCheck.Fail("token exceeds MaxTokenBytes");
+        }
+
+        if (!JwtInspector.TryInspect(token, out var shape, out var failure))
+        {
+            return TokenCheck.Fail(failure);
+        }
+
+        if (shape.Issuer is null || !_issuers.TryGetValue(shape.Issuer, out var entry))
+        {
+            return TokenCheck.Fail("issuer not trusted");
+        }
+
+        if (!entry.Issuer.Algorithms.Contains(shape.Algorithm))
+        {
+            return TokenCheck.Fail($"algorithm '{shape.Algorithm}' not allowed for this issuer");
+        }
+
+        // RFC 8725 §3.11: explicit typing keeps an ID token, a workload JWT or a DPoP proof from passing as an access token.
+        if (shape.Type is null || !_types.Contains(NormalizeType(shape.Type)))
+        {
+            return TokenCheck.Fail("typ not accepted");
+        }
+
+        var now = _time.GetUtcNow().ToUnixTimeSeconds();
+        var skew = (long)_settings.ClockSkew.TotalSeconds;
+        if (shape.Expires!.Value + skew <= now)
+        {
+            return TokenCheck.Fail("token expired");
+        }
+
+        if (shape.NotBefore is { } nbf && nbf - skew > now)
+        {
+            return TokenCheck.Fail("token not yet valid");
+        }
+
+        if (shape.IssuedAt is { } iat && iat - skew > now)
+        {
+            return TokenCheck.Fail("iat in the future");
+        }
+
+        var lifetimeStart = shape.IssuedAt ?? shape.NotBefore ?? now;
+        if (shape.Expires.Value - lifetimeStart > (long)_settings.MaxLifetime.TotalSeconds)
+        {
+            return TokenCheck.Fail("lifetime exceeds MaxLifetime");
+        }
+
+        var keys = await entry.Issuer.Keys.GetKeysAsync(cancellationToken).ConfigureAwait(false);
+        var key = keys.Find(shape.KeyId);
+        if (key is null)
+        {
+            // The issuer may have rotated: ask for a refresh (rate-limited), but do not hold this request for it.
+            entry.Issuer.Keys.RequestRefresh();
+            return TokenCheck.Fail(shape.KeyId is null ? "kid missing" : "unknown kid");
+        }
+
+        var jwt = new JsonWebToken(token);
+        var parameters = entry.Parameters.Clone();
+        parameters.IssuerSigningKey = key;
+        var result = await _handler.ValidateTokenAsync(jwt, parameters).ConfigureAwait(false);
+        if (!result.IsValid)
+        {
+            return TokenCheck.Fail(Describe(result.Exception));
+        }
+
+        if (string.IsNullOrEmpty(jwt.Subject))
+        {
+            return TokenCheck.Fail("sub missing");
+        }
+
+        var acr = ClaimReader.StringValue(jwt, _settings.AalClaim);
+        var aal = acr is not null && _settings.AalMap.TryGetValue(acr, out var level) ? level : 0;
+        var session = ClaimReader.StringValue(jwt, _settings.SessionClaim);
+        return new TokenCheck(new ValidatedToken(jwt, Hashes.TokenHash(token), aal, acr, session), null);
+    }
+
+    private static TokenValidationParameters Parameters(TokenIssuer issuer, string[] audiences, TokenSettings settings) => new()
+    {
+        ValidIssuer = issuer.Issuer,
+        ValidAudiences = audiences,
+        ValidAlgorithms = issuer.Algorithms,
+        ValidTypes = settings.Types,
+        ClockSkew = settings.ClockSkew,
+        RequireExpirationTime = true,
+        RequireSignedTokens = true,
+        ValidateIssuer = true,
+        ValidateAudience = true,
+        ValidateLifetime = true,
+        ValidateIssuerSigningKey = true,
+        TryAllIssuerSigningKeys = false,
+        SaveSigninToken = false,
+    };
+
+    private static string NormalizeType(string type) =>
+        type.StartsWith("application/", StringComparison.OrdinalIgnoreCase) ? type["application/".Length..] : type;
+
+    private static string Describe(Exception? exception) => exception switch
+    {
+        SecurityTokenInvalidAudienceException => "audience not accepted",
+        SecurityTokenInvalidIssuerException => "issuer not trusted",
+        SecurityTokenExpiredException => "token expired",
+        SecurityTokenNotYetValidException => "token not yet valid",
+        SecurityTokenInvalidAlgorithmException => "algorithm not allowed",
+        SecurityTokenInvalidTypeException => "typ not accepted",
+        SecurityTokenInvalidSignatureException or SecurityTokenSignatureKeyNotFoundException => "signature invalid",
+        null => "token invalid",
+        _ => "token invalid",
+    };
+
+    private sealed record IssuerEntry(TokenIssuer Issuer, TokenValidationParameters Parameters);
+}

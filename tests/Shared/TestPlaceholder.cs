@@ -1,0 +1,5 @@
+namespace AssuranceGateway.Testing;
+
+internal static class TestPlaceholder
+{
+}
