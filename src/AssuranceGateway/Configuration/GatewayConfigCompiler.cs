@@ -139,18 +139,33 @@ public static class GatewayConfigCompiler
 
         headers.Sort(StringComparer.Ordinal);
 
-        var claims = new Dictionary<string, string[]>(StringComparer.Ordinal);
-        foreach (var claim in s.GetSection("RequireClaims").GetChildren())
+        // Claim names may contain ':' (URL-named claims), the configuration path separator; a trailing ":<n>" is a list index.
+        var claimValues = new Dictionary<string, List<string>>(StringComparer.Ordinal);
+        var claimSection = s.GetSection("RequireClaims");
+        foreach (var (path, value) in claimSection.AsEnumerable(makePathsRelative: true))
         {
-            var values = claim.Value is not null ? [claim.Value] : claim.GetChildren().Select(c => c.Value).OfType<string>().ToArray();
-            if (values.Length == 0 || values.Any(string.IsNullOrEmpty))
+            if (value is null)
             {
-                reader.Error(claim, "must be a string or a non-empty list of strings");
                 continue;
             }
 
-            claims[claim.Key] = values;
+            var colon = path.LastIndexOf(':');
+            var name = colon > 0 && int.TryParse(path.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out _) ? path[..colon] : path;
+            if (value.Length == 0)
+            {
+                reader.Error($"{claimSection.Path}:{path}", "must be a non-empty string");
+                continue;
+            }
+
+            if (!claimValues.TryGetValue(name, out var list))
+            {
+                claimValues[name] = list = [];
+            }
+
+            list.Add(value);
         }
+
+        var claims = claimValues.ToDictionary(e => e.Key, e => e.Value.ToArray(), StringComparer.Ordinal);
 
         var policy = new AssurancePolicy
         {
@@ -198,16 +213,26 @@ public static class GatewayConfigCompiler
             }
         }
 
+        // Keys such as "urn:aal2" contain ':', the configuration path separator: rebuild them from relative paths.
         var aalMap = new Dictionary<string, int>(StringComparer.Ordinal);
         var mapSection = s.GetSection("AalMap");
-        if (mapSection.GetChildren().Any())
+        foreach (var (name, value) in mapSection.AsEnumerable(makePathsRelative: true))
         {
-            foreach (var entry in mapSection.GetChildren())
+            if (value is null)
             {
-                aalMap[entry.Key] = reader.Int(mapSection, entry.Key, 0, 0, 3);
+                continue;
             }
+
+            if (!int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var level) || level is < 0 or > 3)
+            {
+                reader.Error($"{mapSection.Path}:{name}", $"'{value}' is not an AAL from 0 to 3");
+                continue;
+            }
+
+            aalMap[name] = level;
         }
-        else
+
+        if (aalMap.Count == 0)
         {
             aalMap["urn:aal1"] = 1;
             aalMap["urn:aal2"] = 2;

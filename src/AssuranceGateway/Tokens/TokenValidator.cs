@@ -27,8 +27,15 @@ public sealed class TokenValidator
     private readonly FrozenSet<string> _types;
     private readonly JsonWebTokenHandler _handler = new() { MapInboundClaims = false };
 
-    public TokenValidator(TokenSettings settings, TimeProvider time, IEnumerable<string>? audiencesOverride = null)
+    private readonly bool _typeOptional;
+
+    /// <param name="settings">Issuers and rules.</param>
+    /// <param name="time">The clock.</param>
+    /// <param name="audiencesOverride">Accept these audiences instead of each issuer's own (the API, workload JWTs).</param>
+    /// <param name="typeOptional">JWT-SVIDs may omit <c>typ</c>; access tokens may not.</param>
+    public TokenValidator(TokenSettings settings, TimeProvider time, IEnumerable<string>? audiencesOverride = null, bool typeOptional = false)
     {
+        _typeOptional = typeOptional;
         _settings = settings;
         _time = time;
         _types = settings.Types.Select(NormalizeType).ToFrozenSet(StringComparer.OrdinalIgnoreCase);
@@ -65,7 +72,7 @@ public sealed class TokenValidator
         }
 
         // RFC 8725 §3.11: explicit typing keeps an ID token, a workload JWT or a DPoP proof from passing as an access token.
-        if (shape.Type is null || !_types.Contains(NormalizeType(shape.Type)))
+        if (shape.Type is null ? !_typeOptional : !_types.Contains(NormalizeType(shape.Type)))
         {
             return TokenCheck.Fail("typ not accepted");
         }
@@ -127,7 +134,8 @@ public sealed class TokenValidator
         ValidIssuer = issuer.Issuer,
         ValidAudiences = audiences,
         ValidAlgorithms = issuer.Algorithms,
-        ValidTypes = settings.Types,
+        // typ is checked (and normalised) before this; the handler's own check cannot express "optional".
+        ValidateTokenReplay = false,
         ClockSkew = settings.ClockSkew,
         RequireExpirationTime = true,
         RequireSignedTokens = true,

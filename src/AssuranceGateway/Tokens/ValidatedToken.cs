@@ -1,4 +1,3 @@
-using System.Text.Json;
 using Microsoft.IdentityModel.JsonWebTokens;
 
 namespace AssuranceGateway.Tokens;
@@ -35,37 +34,24 @@ internal static class ClaimReader
 {
     public static IReadOnlyList<string> Values(JsonWebToken jwt, string name)
     {
-        if (!jwt.TryGetPayloadValue<JsonElement>(name, out var element))
+        if (jwt.TryGetPayloadValue<string>(name, out var single))
         {
-            return [];
+            return [single];
         }
 
-        switch (element.ValueKind)
+        // Arrays (and numbers or booleans) come back as one claim per element, with string values.
+        var values = new List<string>();
+        foreach (var claim in jwt.Claims)
         {
-            case JsonValueKind.String:
-                return [element.GetString()!];
-            case JsonValueKind.Array:
-                var values = new List<string>(element.GetArrayLength());
-                foreach (var item in element.EnumerateArray())
-                {
-                    if (item.ValueKind == JsonValueKind.String)
-                    {
-                        values.Add(item.GetString()!);
-                    }
-                    else if (item.ValueKind is JsonValueKind.Number or JsonValueKind.True or JsonValueKind.False)
-                    {
-                        values.Add(item.GetRawText());
-                    }
-                }
-
-                return values;
-            case JsonValueKind.Number or JsonValueKind.True or JsonValueKind.False:
-                return [element.GetRawText()];
-            default:
-                return [];
+            if (string.Equals(claim.Type, name, StringComparison.Ordinal))
+            {
+                values.Add(claim.Value);
+            }
         }
+
+        return values;
     }
 
     public static string? StringValue(JsonWebToken jwt, string name) =>
-        jwt.TryGetPayloadValue<JsonElement>(name, out var e) && e.ValueKind == JsonValueKind.String ? e.GetString() : null;
+        jwt.TryGetPayloadValue<string>(name, out var value) ? value : null;
 }

@@ -1,0 +1,111 @@
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Enforcement;
+using AssuranceGateway.Grants;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace AssuranceGateway.Api;
+
+/// <summary>
+/// The assurance API on its own Kestrel listener (<c>Assurance:Api:Url</c>). It is a separate web application
+/// sharing the gateway's singletons, so no route of the API can ever be reached on the proxy listener, whatever
+/// the proxy's routes match.
+/// </summary>
+public sealed partial class AssuranceApiHost(IServiceProvider gatewayServices, ILogger<AssuranceApiHost> logger) : IHostedService, IAsyncDisposable
+{
+    private WebApplication? _app;
+
+    /// <summary>The addresses the API listens on (resolved ports when the configured port is 0).</summary>
+    public IReadOnlyList<string> Addresses { get; private set; } = [];
+
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        var config = gatewayServices.GetRequiredService<GatewayConfigState>();
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ApplicationName = typeof(AssuranceApiHost).Assembly.GetName().Name });
+        builder.WebHost.UseUrls(config.Current.Settings.Api.Url);
+        builder.Logging.ClearProviders();
+        builder.Services.AddSingleton(gatewayServices.GetRequiredService<ILoggerFactory>());
+        builder.Services.AddSingleton(config);
+        builder.Services.AddSingleton(gatewayServices.GetRequiredService<IGrantStore>());
+        builder.Services.AddSingleton(gatewayServices.GetRequiredService<TimeProvider>());
+        if (gatewayServices.GetService<IEvidenceSigner>() is { } signer)
+        {
+            builder.Services.AddSingleton(signer);
+        }
+
+        builder.Services.ConfigureHttpJsonOptions(o => ApiJson.Configure(o.SerializerOptions));
+        _app = builder.Build();
+        _app.UseStatusCodePages(async context =>
+        {
+            // Unmatched paths and methods answer problem+json too.
+            await ProblemResponses.WriteAsync(context.HttpContext, context.HttpContext.Response.StatusCode == 405 ? ReasonCodes.InvalidRequest : ReasonCodes.UnknownRoute,
+                "no such endpoint on the assurance API", null).ConfigureAwait(false);
+        });
+        HealthEndpoints.Map(_app);
+        GrantEndpoints.Map(_app);
+        await _app.StartAsync(cancellationToken).ConfigureAwait(false);
+        Addresses = _app.Services.GetRequiredService<Microsoft.AspNetCore.Hosting.Server.IServer>()
+            .Features.Get<IServerAddressesFeature>()?.Addresses.ToList() ?? [];
+        Log.Listening(logger, Addresses);
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (_app is not null)
+        {
+            await _app.StopAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_app is not null)
+        {
+            await _app.DisposeAsync().ConfigureAwait(false);
+            _app = null;
+        }
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventId = 300, Level = LogLevel.Information, Message = "Assurance API listening on {Addresses}")]
+        public static partial void Listening(ILogger logger, IReadOnlyList<string> addresses);
+    }
+}
+
+internal static class HealthEndpoints
+{
+    public static void Map(WebApplication app)
+    {
+        app.MapGet("/healthz", () => Results.Text("ok"));
+        app.MapGet("/readyz", async (IGrantStore store, GatewayConfigState config, HttpContext context) =>
+        {
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted);
+            timeout.CancelAfter(config.Current.Settings.Store.Timeout * 4);
+            bool ready;
+            try
+            {
+                ready = await store.PingAsync(timeout.Token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is OperationCanceledException or StoreUnavailableException)
+            {
+                ready = false;
+            }
+
+            if (ready)
+            {
+                return Results.Text("ready");
+            }
+
+            context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+            context.Response.Headers.RetryAfter = "1";
+            await ProblemResponses.WriteAsync(context, ReasonCodes.StoreUnavailable, $"the grant store ({store.Description}) does not answer", null).ConfigureAwait(false);
+            return Results.Empty;
+        });
+    }
+}

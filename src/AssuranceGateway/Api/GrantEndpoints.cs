@@ -1,0 +1,11 @@
+using Microsoft.AspNetCore.Builder;
+
+namespace AssuranceGateway.Api;
+
+internal static class GrantEndpoints
+{
+    public static void Map(WebApplication app)
+    {
+        _ = app;
+    }
+}

@@ -1,0 +1,81 @@
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Configuration.Json;
+
+namespace AssuranceGateway.Configuration;
+
+/// <summary>
+/// The gateway's JSON file as a configuration source. A reload that cannot be parsed must not look like an empty
+/// configuration (which would validate and drop every route), so parse failures are recorded here and refused.
+/// </summary>
+public sealed class GatewayConfigFile
+{
+    public const string DefaultPath = "config/gateway.json";
+    public const string EnvironmentVariable = "GATEWAY_CONFIG";
+
+    private volatile string? _loadError;
+
+    private GatewayConfigFile(string path) => FullPath = path;
+
+    public string FullPath { get; }
+
+    /// <summary>Why the last (re)load of the file failed, or null when it parsed.</summary>
+    public string? LoadError => File.Exists(FullPath) ? _loadError : $"'{FullPath}' does not exist";
+
+    /// <summary>
+    /// Adds the file so that it sits below environment variables and command-line arguments (which override single
+    /// keys, as in any ASP.NET Core app) and above the defaults.
+    /// </summary>
+    public static GatewayConfigFile Add(IConfigurationBuilder builder, IConfiguration current, string contentRoot)
+    {
+        var path = current["config"] ?? current[EnvironmentVariable] ?? DefaultPath;
+        var file = new GatewayConfigFile(Path.GetFullPath(path, contentRoot));
+        var source = new JsonConfigurationSource
+        {
+            Path = Path.GetFileName(file.FullPath),
+            Optional = true,
+            ReloadOnChange = true,
+            ReloadDelay = 200,
+            OnLoadException = context =>
+            {
+                file._loadError = context.Exception.InnerException?.Message ?? context.Exception.Message;
+                context.Ignore = true;
+            },
+        };
+        var directory = Path.GetDirectoryName(file.FullPath)!;
+        if (!Directory.Exists(directory))
+        {
+            return file; // LoadError reports the missing file; there is nothing to watch.
+        }
+
+        source.FileProvider = new Microsoft.Extensions.FileProviders.PhysicalFileProvider(directory);
+
+        var sources = builder.Sources;
+        var index = sources.Count;
+        for (var i = 0; i < sources.Count; i++)
+        {
+            if (sources[i] is Microsoft.Extensions.Configuration.EnvironmentVariables.EnvironmentVariablesConfigurationSource)
+            {
+                index = i;
+            }
+        }
+
+        // Insert before the last environment-variable source, so env vars and then the command line still win.
+        sources.Insert(index, new TrackingSource(source, file));
+        return file;
+    }
+
+    /// <summary>Clears the recorded error before each load so a fixed file is accepted again.</summary>
+    private sealed class TrackingSource(JsonConfigurationSource inner, GatewayConfigFile file) : IConfigurationSource
+    {
+        public IConfigurationProvider Build(IConfigurationBuilder builder) => new TrackingProvider(inner, file);
+    }
+
+    private sealed class TrackingProvider(JsonConfigurationSource source, GatewayConfigFile file) : JsonConfigurationProvider(source)
+    {
+        public override void Load()
+        {
+            file._loadError = null;
+            base.Load();
+        }
+    }
+}

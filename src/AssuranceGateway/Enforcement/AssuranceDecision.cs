@@ -1,0 +1,55 @@
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Grants;
+using Microsoft.AspNetCore.Http;
+
+namespace AssuranceGateway.Enforcement;
+
+/// <summary>
+/// The decision for one request, built step by step and read by the response, the evidence span, the log line
+/// and the signed evidence header. It travels as a value on the HttpContext, never through exceptions.
+/// Holds identifiers and hashes only: never a raw token, workload JWT or body.
+/// </summary>
+public sealed class AssuranceDecision
+{
+    public required string Route { get; init; }
+    public required AssurancePolicy Policy { get; init; }
+    public string Reason { get; set; } = ReasonCodes.Ok;
+
+    /// <summary>Why, in words, for the problem's <c>detail</c> (never a secret).</summary>
+    public string? Detail { get; set; }
+
+    public bool Allowed => Reason == ReasonCodes.Ok;
+    public string? GrantId { get; set; }
+    public GrantStatus? GrantStatus { get; set; }
+    public int? UsesRemaining { get; set; }
+    public IReadOnlyList<string> Approvers { get; set; } = [];
+    public int? ApprovalAal { get; set; }
+    public string? RequestHash { get; set; }
+    public string? TokenHash { get; set; }
+    public string? Subject { get; set; }
+    public string? Session { get; set; }
+    public int? Aal { get; set; }
+    public string? WorkloadId { get; set; }
+    public string? WorkloadSource { get; set; }
+    public string? Origin { get; set; }
+    public IReadOnlyList<string> Mismatch { get; set; } = [];
+    public FirstUse? FirstUse { get; set; }
+    public bool Revoked { get; set; }
+
+    /// <summary>Challenge mode: the pending grant created for this very request.</summary>
+    public string? ChallengeGrantId { get; set; }
+
+    /// <summary>For <c>insufficient_aal</c>: the <c>acr</c> values that would satisfy the policy.</summary>
+    public IReadOnlyList<string> AcceptableAcr { get; set; } = [];
+
+    /// <summary>Trace id of the span that decided; the client sees it in every denial.</summary>
+    public string? TraceId { get; set; }
+
+    public bool Shadow => Policy.Mode == PolicyMode.Shadow;
+}
+
+/// <summary>Access to the decision of the current request (YARP's <c>HttpContextFeaturesExtensions</c> pattern).</summary>
+public static class AssuranceHttpContextExtensions
+{
+    public static AssuranceDecision? GetAssuranceDecision(this HttpContext context) => context.Features.Get<AssuranceDecision>();
+}

@@ -1,0 +1,450 @@
+using System.Diagnostics;
+using System.Net;
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Diagnostics;
+using AssuranceGateway.Grants;
+using AssuranceGateway.Requests;
+using AssuranceGateway.Tokens;
+using AssuranceGateway.Workload;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.Logging;
+using Yarp.ReverseProxy.Model;
+
+namespace AssuranceGateway.Enforcement;
+
+/// <summary>
+/// Runs in YARP's proxy pipeline, after the route is matched and before anything is forwarded. It decides in the
+/// order of SPEC §2 and stops at the first failure. Every step before the last only reads; the last one (the
+/// atomic consume in the store) is the only one that writes, so a request denied earlier never costs a grant use.
+/// </summary>
+public sealed partial class AssuranceMiddleware
+{
+    public const string AssuranceIdHeader = "Assurance-Id";
+    public const string EvidenceHeader = "Assurance-Evidence";
+
+    private readonly RequestDelegate _next;
+    private readonly GatewayConfigState _config;
+    private readonly IGrantStore _store;
+    private readonly TimeProvider _time;
+    private readonly ILogger _logger;
+    private readonly IEvidenceSigner? _signer;
+
+    public AssuranceMiddleware(
+        RequestDelegate next,
+        GatewayConfigState config,
+        IGrantStore store,
+        TimeProvider time,
+        ILogger<AssuranceMiddleware> logger,
+        IEvidenceSigner? signer = null)
+    {
+        _next = next;
+        _config = config;
+        _store = store;
+        _time = time;
+        _logger = logger;
+        _signer = signer;
+    }
+
+    public async Task InvokeAsync(HttpContext context)
+    {
+        var runtime = _config.Current;
+        var route = context.GetReverseProxyFeature().Route.Config;
+        var policy = runtime.Settings.PolicyForRoute(route.RouteId);
+        var start = Stopwatch.GetTimestamp();
+        using var activity = EvidenceRecorder.Start();
+        var decision = new AssuranceDecision
+        {
+            Route = route.RouteId,
+            Policy = policy ?? AssurancePolicy.Passthrough,
+            TraceId = (activity ?? Activity.Current)?.TraceId.ToHexString(),
+        };
+        context.Features.Set(decision);
+
+        if (policy is null)
+        {
+            // Only possible while a reload swaps routes: fail closed rather than guess.
+            decision.Reason = ReasonCodes.AssuranceRequired;
+            decision.Detail = "route has no assurance policy in the configuration in force";
+        }
+        else if (policy.RequiresToken)
+        {
+            try
+            {
+                await DecideAsync(context, runtime, decision, activity).ConfigureAwait(false);
+            }
+            catch (StoreUnavailableException e)
+            {
+                decision.Reason = ReasonCodes.StoreUnavailable;
+                decision.Detail = e.OutcomeUnknown ? "the grant store did not answer in time" : "the grant store is unreachable";
+            }
+            catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+            {
+                decision.Reason = ReasonCodes.BodyTooLarge;
+                decision.Detail = "request body exceeds the server limit";
+            }
+        }
+        else
+        {
+            decision.Origin = OriginResolver.Resolve(context, runtime.Settings.Workload.TrustedProxies)?.ToString();
+        }
+
+        EvidenceRecorder.Complete(activity, decision, start);
+        if (!decision.Allowed)
+        {
+            Log.Denied(_logger, decision.Reason, decision.Route, decision.Policy.Name, EvidenceRecorder.ModeName(decision.Policy.Mode),
+                decision.GrantId, decision.Subject, decision.WorkloadId, decision.Origin, decision.RequestHash, decision.TokenHash,
+                decision.Mismatch.Count > 0 ? string.Join(',', decision.Mismatch) : null, decision.TraceId, decision.Detail);
+        }
+
+        activity?.Stop();
+        if (decision.Allowed || decision.Shadow)
+        {
+            PrepareForwarding(context, runtime.Settings, decision);
+            await _next(context).ConfigureAwait(false);
+            return;
+        }
+
+        await ProblemResponses.WriteDenialAsync(context, decision).ConfigureAwait(false);
+    }
+
+    private async Task DecideAsync(HttpContext context, GatewayRuntime runtime, AssuranceDecision decision, Activity? activity)
+    {
+        var policy = decision.Policy;
+        var settings = runtime.Settings;
+        var aborted = context.RequestAborted;
+
+        // Step 1: the access token.
+        var token = await ValidateTokenAsync(context, runtime.AccessTokens, decision, aborted).ConfigureAwait(false);
+        if (token is null)
+        {
+            return;
+        }
+
+        // Step 2: authentication strength (RFC 9470).
+        if (token.Aal < policy.MinimumAal)
+        {
+            decision.Reason = ReasonCodes.InsufficientAal;
+            decision.Detail = $"authentication level {token.Aal} is below the required {policy.MinimumAal}";
+            decision.AcceptableAcr = AcceptableAcr(settings.Tokens, policy.MinimumAal);
+            return;
+        }
+
+        var origin = OriginResolver.Resolve(context, settings.Workload.TrustedProxies);
+        decision.Origin = origin?.ToString();
+
+        // Step 3: the workload, and claims the policy demands of it.
+        WorkloadIdentity? workload = null;
+        if (policy.NeedsWorkload)
+        {
+            var check = await runtime.Workloads.ResolveAsync(context, token, aborted).ConfigureAwait(false);
+            if (check.Identity is null)
+            {
+                decision.Reason = check.Reason!;
+                decision.Detail = check.Detail;
+                return;
+            }
+
+            workload = check.Identity;
+            decision.WorkloadId = workload.Id;
+            decision.WorkloadSource = WorkloadResolver.Name(workload.Source);
+            if (!ClaimsSatisfied(policy, workload.Token ?? token, out var claim))
+            {
+                decision.Reason = ReasonCodes.ClaimsMismatch;
+                decision.Detail = $"claim '{claim}' does not have a required value";
+                return;
+            }
+        }
+
+        if (!policy.RequiresGrant)
+        {
+            return;
+        }
+
+        // Step 4: the canonical request, read once and kept to be forwarded byte for byte.
+        RequestHash? requestHash = null;
+        if ((policy.Bind & Bindings.Request) != 0)
+        {
+            var body = await RequestBody.ReadAsync(context.Request, policy.MaxBodyBytes, aborted).ConfigureAwait(false);
+            if (body is null)
+            {
+                decision.Reason = ReasonCodes.BodyTooLarge;
+                decision.Detail = $"request body exceeds {policy.MaxBodyBytes} bytes";
+                return;
+            }
+
+            var (path, query) = RawTarget(context);
+            var headers = context.Request.Headers;
+            requestHash = CanonicalRequest.Compute(context.Request.Method, path, query, policy.BoundHeaders, name => headers[name], body.Span);
+            decision.RequestHash = requestHash.Value.Hash;
+        }
+
+        // Step 5: the grant id.
+        var ids = context.Request.Headers[AssuranceIdHeader];
+        if (ids.Count == 0)
+        {
+            if (policy.OnMissing == MissingGrantAction.Challenge)
+            {
+                await ChallengeAsync(context, decision, token, workload, origin, requestHash, activity).ConfigureAwait(false);
+            }
+            else
+            {
+                decision.Reason = ReasonCodes.AssuranceRequired;
+                decision.Detail = "this action needs an approval: send its id in Assurance-Id";
+            }
+
+            return;
+        }
+
+        if (ids.Count > 1 || !GrantIds.IsWellFormed(ids[0]))
+        {
+            decision.Reason = ReasonCodes.AssuranceMalformed;
+            decision.Detail = "Assurance-Id must be 1-64 characters of A-Z a-z 0-9 _ -";
+            return;
+        }
+
+        decision.GrantId = ids[0];
+
+        // Step 6: every binding checked and the use consumed, in one atomic store operation.
+        var request = new ConsumeRequest
+        {
+            GrantId = ids[0]!,
+            Route = decision.Route,
+            Required = policy.Bind,
+            Subject = token.Subject,
+            Session = token.Session,
+            TokenHash = token.TokenHash,
+            Workload = workload?.Id,
+            Origin = origin,
+            RequestHash = requestHash?.Hash,
+            Digests = requestHash?.Digests,
+            RevokeOn = policy.Mode == PolicyMode.Shadow ? [] : policy.RevokeOn,
+            TraceId = activity?.TraceId.ToHexString(),
+            SpanId = activity?.SpanId.ToHexString(),
+            DryRun = policy.Mode == PolicyMode.Shadow,
+        };
+
+        var storeStart = Stopwatch.GetTimestamp();
+        ConsumeResult result;
+        try
+        {
+            result = await _store.ConsumeAsync(request, aborted).ConfigureAwait(false);
+        }
+        finally
+        {
+            EvidenceRecorder.RecordStore(storeStart, "consume");
+        }
+
+        decision.Reason = result.Reason;
+        decision.GrantStatus = result.Status;
+        decision.UsesRemaining = result.Reason == ReasonCodes.GrantNotFound ? null : result.UsesRemaining;
+        decision.Mismatch = result.Mismatch;
+        decision.Revoked = result.Revoked;
+        decision.FirstUse = result.FirstUse;
+        decision.Approvers = result.Approvers;
+        decision.ApprovalAal = result.Reason == ReasonCodes.GrantNotFound ? null : result.ApprovalAal;
+        if (!result.Allowed)
+        {
+            decision.Detail = result.Reason switch
+            {
+                ReasonCodes.RequestMismatch when result.Mismatch.Count > 0 => "the request differs from the approved one in: " + string.Join(", ", result.Mismatch),
+                ReasonCodes.Replayed => "this approval has no uses left",
+                _ => null,
+            };
+        }
+    }
+
+    private static async ValueTask<ValidatedToken?> ValidateTokenAsync(
+        HttpContext context, TokenValidator validator, AssuranceDecision decision, CancellationToken cancellationToken)
+    {
+        var token = BearerToken(context.Request, out var malformed);
+        if (token is null)
+        {
+            decision.Reason = malformed ? ReasonCodes.TokenInvalid : ReasonCodes.TokenMissing;
+            decision.Detail = malformed ? "Authorization must be one 'Bearer <JWT>'" : "send an access token as 'Authorization: Bearer <JWT>'";
+            return null;
+        }
+
+        var check = await validator.ValidateAsync(token, cancellationToken).ConfigureAwait(false);
+        if (check.Token is not { } valid)
+        {
+            decision.Reason = ReasonCodes.TokenInvalid;
+            decision.Detail = check.Failure;
+            return null;
+        }
+
+        decision.Subject = valid.Subject;
+        decision.Session = valid.Session;
+        decision.Aal = valid.Aal;
+        decision.TokenHash = valid.TokenHash;
+        return valid;
+    }
+
+    /// <summary>The bearer token of the request, or null (with <paramref name="malformed"/> when one was attempted).</summary>
+    public static string? BearerToken(HttpRequest request, out bool malformed)
+    {
+        malformed = false;
+        var values = request.Headers.Authorization;
+        if (values.Count == 0)
+        {
+            return null;
+        }
+
+        var value = values[0];
+        if (values.Count > 1 || value is null || !value.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase))
+        {
+            malformed = values.Count > 1 || (value?.StartsWith("Bearer", StringComparison.OrdinalIgnoreCase) ?? false);
+            return null;
+        }
+
+        var token = value.AsSpan(7).Trim();
+        if (token.IsEmpty)
+        {
+            malformed = true;
+            return null;
+        }
+
+        return token.ToString();
+    }
+
+    /// <summary>SPEC §5.3: a pending grant bound to exactly this request, for an approver to activate.</summary>
+    private async Task ChallengeAsync(
+        HttpContext context, AssuranceDecision decision, ValidatedToken token, WorkloadIdentity? workload, IPAddress? origin,
+        RequestHash? requestHash, Activity? activity)
+    {
+        var policy = decision.Policy;
+        if (policy.Mode == PolicyMode.Shadow)
+        {
+            // Shadow mode writes nothing: it only says what enforcement would have done.
+            decision.Reason = ReasonCodes.AssuranceRequired;
+            decision.Detail = "shadow mode: an approval would have been requested";
+            return;
+        }
+
+        var now = _time.GetUtcNow();
+        var (path, _) = RawTarget(context);
+        var grant = new GrantRecord
+        {
+            Id = GrantIds.New(),
+            Route = decision.Route,
+            Policy = policy.Name,
+            Status = GrantStatus.Pending,
+            Subject = token.Subject,
+            Session = (policy.Bind & Bindings.Session) != 0 ? token.Session : null,
+            TokenHash = (policy.Bind & Bindings.Token) != 0 ? token.TokenHash : null,
+            Workload = workload?.Id,
+            Origins = (policy.Bind & Bindings.Origin) != 0 && origin is not null ? [GrantRules.CanonicalCidr(origin.ToString())!] : [],
+            RequestHash = requestHash?.Hash,
+            Digests = requestHash?.Digests,
+            Method = context.Request.Method,
+            Path = path,
+            MaxUses = 1,
+            UsesRemaining = 1,
+            ExpiresAt = now + policy.PendingTtl,
+            ApprovalsRequired = policy.Approvals,
+            Bound = policy.Bind | Bindings.Subject,
+            Reason = "challenged by the gateway",
+            CreatedBy = "gateway",
+        };
+
+        var created = new GrantEvent { Type = GrantEvent.Created, TraceId = activity?.TraceId.ToHexString(), Actor = "gateway", Workload = workload?.Id, Origin = origin?.ToString() };
+        var storeStart = Stopwatch.GetTimestamp();
+        GrantChange outcome;
+        try
+        {
+            outcome = await _store.CreateAsync(grant, created, policy.MaxPendingPerSubject, context.RequestAborted).ConfigureAwait(false);
+        }
+        finally
+        {
+            EvidenceRecorder.RecordStore(storeStart, "create");
+        }
+
+        if (outcome == GrantChange.TooMany)
+        {
+            decision.Reason = ReasonCodes.TooManyPending;
+            decision.Detail = $"at most {policy.MaxPendingPerSubject} approvals may wait per subject";
+            return;
+        }
+
+        decision.Reason = ReasonCodes.AssuranceRequired;
+        decision.Detail = "approval requested: repeat this exact request with Assurance-Id once it is approved";
+        decision.ChallengeGrantId = grant.Id;
+        decision.GrantStatus = GrantStatus.Pending;
+    }
+
+    private static bool ClaimsSatisfied(AssurancePolicy policy, ValidatedToken source, out string? failed)
+    {
+        foreach (var (claim, accepted) in policy.RequireClaims)
+        {
+            var values = source.ClaimValues(claim);
+            var ok = false;
+            foreach (var value in values)
+            {
+                if (Array.IndexOf(accepted, value) >= 0)
+                {
+                    ok = true;
+                    break;
+                }
+            }
+
+            if (!ok)
+            {
+                failed = claim;
+                return false;
+            }
+        }
+
+        failed = null;
+        return true;
+    }
+
+    private static List<string> AcceptableAcr(TokenSettings tokens, int minimum)
+    {
+        var acceptable = new List<KeyValuePair<string, int>>();
+        foreach (var entry in tokens.AalMap)
+        {
+            if (entry.Value >= minimum)
+            {
+                acceptable.Add(entry);
+            }
+        }
+
+        acceptable.Sort((a, b) => a.Value != b.Value ? a.Value.CompareTo(b.Value) : string.CompareOrdinal(a.Key, b.Key));
+        return acceptable.ConvertAll(e => e.Key);
+    }
+
+    /// <summary>The path and query exactly as they arrived on the wire (SPEC §4.2: percent-encoding untouched).</summary>
+    internal static (string Path, string Query) RawTarget(HttpContext context)
+    {
+        var raw = context.Features.Get<IHttpRequestFeature>()?.RawTarget;
+        if (string.IsNullOrEmpty(raw) || raw[0] != '/')
+        {
+            // Absolute-form or asterisk-form targets: fall back to the decoded-then-escaped view.
+            return (context.Request.PathBase.Add(context.Request.Path).ToUriComponent(), context.Request.QueryString.Value?.TrimStart('?') ?? string.Empty);
+        }
+
+        var q = raw.IndexOf('?', StringComparison.Ordinal);
+        return q < 0 ? (raw, string.Empty) : (raw[..q], raw[(q + 1)..]);
+    }
+
+    /// <summary>
+    /// Headers the upstream must never see: the grant id and the workload JWT (a credential), an evidence header a
+    /// client might forge, and a client-certificate header that did not come from a trusted proxy.
+    /// </summary>
+    private void PrepareForwarding(HttpContext context, GatewaySettings settings, AssuranceDecision decision)
+    {
+        var headers = context.Request.Headers;
+        headers.Remove(AssuranceIdHeader);
+        headers.Remove(WorkloadResolver.WorkloadIdentityHeader);
+        headers.Remove(EvidenceHeader);
+        if (!OriginResolver.IsTrusted(settings.Workload.TrustedProxies, context.Connection.RemoteIpAddress))
+        {
+            headers.Remove(WorkloadResolver.ClientCertHeader);
+        }
+
+        if (_signer is not null && decision.Allowed && decision.Policy.RequiresToken)
+        {
+            headers[EvidenceHeader] = _signer.Sign(decision, settings);
+        }
+    }
+}

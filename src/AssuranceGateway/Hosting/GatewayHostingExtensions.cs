@@ -1,0 +1,84 @@
+using System.Diagnostics;
+using AssuranceGateway.Api;
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Diagnostics;
+using AssuranceGateway.Enforcement;
+using AssuranceGateway.Grants;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using OpenTelemetry;
+using OpenTelemetry.Metrics;
+using Yarp.ReverseProxy.Configuration;
+
+namespace AssuranceGateway.Hosting;
+
+/// <summary>The one way in: <c>builder.AddGateway()</c>, then <c>app.MapGateway()</c>.</summary>
+public static partial class GatewayHostingExtensions
+{
+    /// <summary>
+    /// Reads the gateway configuration (<c>config/gateway.json</c>, or <c>--config</c> / <c>GATEWAY_CONFIG</c>) and
+    /// registers the proxy, the enforcement pipeline, the grant store, telemetry and the assurance API.
+    /// </summary>
+    /// <exception cref="GatewayConfigurationException">The configuration is invalid; the message names every problem.</exception>
+    public static WebApplicationBuilder AddGateway(this WebApplicationBuilder builder)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        var contentRoot = builder.Environment.ContentRootPath;
+        var file = GatewayConfigFile.Add(builder.Configuration, builder.Configuration, contentRoot);
+
+        // Validate before anything starts, with YARP's own validator for routes and clusters, so that one run names
+        // every problem (ours and YARP's) and the process exits without listening.
+        using (var validation = new ServiceCollection().AddLogging().AddReverseProxy().Services.BuildServiceProvider())
+        {
+            using var probe = new GatewayConfigState(builder.Configuration, file, contentRoot,
+                validation.GetRequiredService<IConfigValidator>(), new InMemoryConfigProvider([], []), TimeProvider.System,
+                NullLogger<GatewayConfigState>.Instance, watch: false);
+        }
+
+        var services = builder.Services;
+        services.TryAddSingleton(TimeProvider.System);
+        services.AddReverseProxy().LoadFromMemory([], []);
+        services.TryAddSingleton(sp => new GatewayConfigState(
+            builder.Configuration, file, contentRoot, sp.GetRequiredService<IConfigValidator>(),
+            sp.GetRequiredService<InMemoryConfigProvider>(), sp.GetRequiredService<TimeProvider>(),
+            sp.GetRequiredService<ILogger<GatewayConfigState>>()));
+        services.TryAddSingleton<IGrantStore>(sp => GrantStoreFactory.Create(
+            sp.GetRequiredService<GatewayConfigState>().Current.Settings.Store, sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILoggerFactory>()));
+        services.TryAddSingleton(sp => new GatewayTelemetry(sp.GetServices<BaseProcessor<Activity>>(), sp.GetServices<MetricReader>()));
+        services.TryAddSingleton<AssuranceApiHost>();
+        services.AddHostedService(sp => sp.GetRequiredService<AssuranceApiHost>());
+        return builder;
+    }
+
+    /// <summary>Maps the reverse proxy with assurance enforcement in front of forwarding, and starts evidence telemetry.</summary>
+    public static WebApplication MapGateway(this WebApplication app)
+    {
+        ArgumentNullException.ThrowIfNull(app);
+
+        // Resolve now: telemetry must listen before the first request, and the config state must push the routes
+        // into YARP's provider before YARP builds its endpoints.
+        app.Services.GetRequiredService<GatewayTelemetry>();
+        var store = app.Services.GetRequiredService<IGrantStore>();
+        Log.StoreSelected(app.Logger, store.Description);
+
+        app.MapReverseProxy(proxy =>
+        {
+            proxy.UseMiddleware<AssuranceMiddleware>();
+            proxy.UseSessionAffinity();
+            proxy.UseLoadBalancing();
+            proxy.UsePassiveHealthChecks();
+        });
+        return app;
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventId = 1, Level = LogLevel.Information, Message = "Grant store: {Store}")]
+        public static partial void StoreSelected(ILogger logger, string store);
+    }
+}

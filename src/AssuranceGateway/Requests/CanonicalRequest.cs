@@ -1,0 +1,120 @@
+using System.Buffers;
+using System.Security.Cryptography;
+using System.Text;
+using AssuranceGateway.Grants;
+using Microsoft.Extensions.Primitives;
+
+namespace AssuranceGateway.Requests;
+
+/// <summary>The request hash of SPEC §4.2 and the per-component digests that let a mismatch name what differs.</summary>
+public readonly record struct RequestHash(string Hash, RequestDigests Digests);
+
+/// <summary>
+/// SPEC §4.2, computed identically for the proxy (from the wire) and for issuers (from the API or the CLI):
+/// <code>
+/// AGW-REQUEST-V1\n METHOD\n raw-path\n sorted-raw-query\n (name:values\n)* body-sha256-hex
+/// </code>
+/// </summary>
+public static class CanonicalRequest
+{
+    public const string Version = "AGW-REQUEST-V1";
+
+    /// <param name="method">Any case; upper-cased here.</param>
+    /// <param name="rawPath">The path as received on the wire, percent-encoding untouched.</param>
+    /// <param name="rawQuery">The query as received, without the leading '?'.</param>
+    /// <param name="boundHeaders">Lower-case names, sorted ordinally (as the policy stores them).</param>
+    /// <param name="headerValues">Values of a bound header (empty when absent).</param>
+    /// <param name="body">The exact body bytes that will be forwarded.</param>
+    public static RequestHash Compute(
+        string method,
+        string rawPath,
+        string rawQuery,
+        IReadOnlyList<string> boundHeaders,
+        Func<string, StringValues> headerValues,
+        ReadOnlySpan<byte> body)
+    {
+        var methodText = method.ToUpperInvariant();
+        var pathText = rawPath.Length == 0 ? "/" : rawPath;
+        var queryText = CanonicalQuery(rawQuery);
+        var headersText = CanonicalHeaders(boundHeaders, headerValues);
+        var bodyHex = Hashes.Sha256Hex(body);
+
+        var text = string.Concat(Version, "\n", methodText, "\n", pathText, "\n", queryText, "\n", headersText, bodyHex);
+        var digests = new RequestDigests(
+            Hashes.Sha256Hex(methodText), Hashes.Sha256Hex(pathText), Hashes.Sha256Hex(queryText), Hashes.Sha256Hex(headersText), bodyHex);
+        return new RequestHash(Hashes.Sha256Prefixed(Encoding.UTF8.GetBytes(text)), digests);
+    }
+
+    /// <summary>Raw "name=value" pairs split on '&amp;', empty pairs dropped, sorted by ordinal byte order.</summary>
+    public static string CanonicalQuery(string rawQuery)
+    {
+        if (rawQuery.StartsWith('?'))
+        {
+            rawQuery = rawQuery[1..];
+        }
+
+        if (rawQuery.Length == 0)
+        {
+            return string.Empty;
+        }
+
+        var pairs = rawQuery.Split('&', StringSplitOptions.RemoveEmptyEntries);
+        if (pairs.Length == 1)
+        {
+            return pairs[0];
+        }
+
+        // Ordinal UTF-16 order equals byte order for the ASCII a query holds on the wire.
+        Array.Sort(pairs, StringComparer.Ordinal);
+        return string.Join('&', pairs);
+    }
+
+    public static string CanonicalHeaders(IReadOnlyList<string> boundHeaders, Func<string, StringValues> headerValues)
+    {
+        if (boundHeaders.Count == 0)
+        {
+            return string.Empty;
+        }
+
+        var builder = new StringBuilder();
+        foreach (var name in boundHeaders)
+        {
+            builder.Append(name).Append(':');
+            var values = headerValues(name);
+            for (var i = 0; i < values.Count; i++)
+            {
+                if (i > 0)
+                {
+                    builder.Append(',');
+                }
+
+                builder.Append(values[i]?.Trim());
+            }
+
+            builder.Append('\n');
+        }
+
+        return builder.ToString();
+    }
+
+    /// <summary>SHA-256 over a stream, for the CLI helper (bodies from files).</summary>
+    public static string BodyHex(Stream body)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var buffer = ArrayPool<byte>.Shared.Rent(81920);
+        try
+        {
+            int read;
+            while ((read = body.Read(buffer, 0, buffer.Length)) > 0)
+            {
+                sha.AppendData(buffer, 0, read);
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+}

@@ -1,0 +1,89 @@
+using System.Buffers;
+using Microsoft.AspNetCore.Http;
+
+namespace AssuranceGateway.Requests;
+
+/// <summary>
+/// Reads the request body once, up to a limit, into a pooled buffer, and puts those exact bytes back as the
+/// request body: what is hashed is what is forwarded (SPEC §7.4), and the network stream is never read twice.
+/// </summary>
+internal sealed class RequestBody : IDisposable
+{
+    private byte[]? _buffer;
+
+    private RequestBody(byte[] buffer, int length)
+    {
+        _buffer = buffer;
+        Length = length;
+    }
+
+    public int Length { get; }
+
+    public ReadOnlySpan<byte> Span => _buffer.AsSpan(0, Length);
+
+    /// <summary>Returns null when the body exceeds <paramref name="maxBytes"/> (nothing is forwarded then).</summary>
+    public static async ValueTask<RequestBody?> ReadAsync(HttpRequest request, long maxBytes, CancellationToken cancellationToken)
+    {
+        if (request.ContentLength is { } declared && declared > maxBytes)
+        {
+            return null;
+        }
+
+        var limit = (int)Math.Min(maxBytes, Array.MaxLength - 1);
+        var initial = request.ContentLength is { } length ? (int)length + 1 : Math.Min(limit + 1, 4096);
+        var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(initial, 256));
+        var total = 0;
+        try
+        {
+            while (true)
+            {
+                if (total == buffer.Length)
+                {
+                    if (total > limit)
+                    {
+                        ArrayPool<byte>.Shared.Return(buffer);
+                        return null;
+                    }
+
+                    var larger = ArrayPool<byte>.Shared.Rent((int)Math.Min((long)buffer.Length * 2, (long)limit + 1));
+                    buffer.AsSpan(0, total).CopyTo(larger);
+                    ArrayPool<byte>.Shared.Return(buffer);
+                    buffer = larger;
+                }
+
+                var read = await request.Body.ReadAsync(buffer.AsMemory(total), cancellationToken).ConfigureAwait(false);
+                if (read == 0)
+                {
+                    break;
+                }
+
+                total += read;
+                if (total > limit)
+                {
+                    ArrayPool<byte>.Shared.Return(buffer);
+                    return null;
+                }
+            }
+        }
+        catch
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+            throw;
+        }
+
+        var body = new RequestBody(buffer, total);
+        request.Body = new MemoryStream(buffer, 0, total, writable: false);
+        request.HttpContext.Response.RegisterForDispose(body);
+        return body;
+    }
+
+    public void Dispose()
+    {
+        // The forwarder has finished with the MemoryStream over this buffer when the response is disposed.
+        if (_buffer is { } buffer)
+        {
+            _buffer = null;
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+}

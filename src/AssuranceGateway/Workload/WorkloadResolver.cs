@@ -1,0 +1,213 @@
+using System.Security.Cryptography.X509Certificates;
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Enforcement;
+using AssuranceGateway.Tokens;
+using Microsoft.AspNetCore.Http;
+
+namespace AssuranceGateway.Workload;
+
+/// <summary>Who the calling machine is, and which source said so.</summary>
+public sealed record WorkloadIdentity(string Id, WorkloadSource Source, ValidatedToken? Token);
+
+public readonly record struct WorkloadCheck(WorkloadIdentity? Identity, string? Reason, string? Detail)
+{
+    public static WorkloadCheck Fail(string reason, string detail) => new(null, reason, detail);
+}
+
+/// <summary>
+/// SPEC §2 step 3. Every configured source is consulted, in order. A source that is present but invalid is an
+/// error, never a silent fall-through to the next source (that is how a forged header would otherwise be skipped
+/// until a weaker source vouched for the caller); two sources that disagree are an error too.
+/// </summary>
+public sealed class WorkloadResolver
+{
+    public const string WorkloadIdentityHeader = "Workload-Identity";
+    public const string ClientCertHeader = "X-Forwarded-Client-Cert";
+
+    private readonly WorkloadSettings _settings;
+    private readonly TokenValidator? _jwtSvid;
+
+    public WorkloadResolver(WorkloadSettings settings, TokenSettings tokens, TimeProvider time)
+    {
+        _settings = settings;
+        if (settings.Issuers.Count > 0 && settings.Audience is not null)
+        {
+            var svid = tokens with { Issuers = settings.Issuers, Types = ["JWT", "JOSE"] };
+            _jwtSvid = new TokenValidator(svid, time, [settings.Audience], typeOptional: true);
+        }
+    }
+
+    public async ValueTask<WorkloadCheck> ResolveAsync(HttpContext context, ValidatedToken? accessToken, CancellationToken cancellationToken)
+    {
+        WorkloadIdentity? found = null;
+        foreach (var source in _settings.Sources)
+        {
+            WorkloadCheck check = source switch
+            {
+                WorkloadSource.Mtls => FromCertificate(context.Connection.ClientCertificate),
+                WorkloadSource.Xfcc => FromXfcc(context),
+                WorkloadSource.Header => await FromHeaderAsync(context, cancellationToken).ConfigureAwait(false),
+                WorkloadSource.Claim => FromClaim(accessToken),
+                _ => default,
+            };
+
+            if (check.Reason is not null)
+            {
+                return check;
+            }
+
+            if (check.Identity is not { } identity)
+            {
+                continue;
+            }
+
+            if (found is null)
+            {
+                found = identity;
+            }
+            else if (!string.Equals(found.Id, identity.Id, StringComparison.Ordinal))
+            {
+                return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid,
+                    $"sources disagree: {Name(found.Source)} and {Name(identity.Source)} name different workloads");
+            }
+        }
+
+        return found is null
+            ? WorkloadCheck.Fail(ReasonCodes.WorkloadUnidentified, "no workload source identified the caller")
+            : new WorkloadCheck(found, null, null);
+    }
+
+    public static string Name(WorkloadSource source) => source switch
+    {
+        WorkloadSource.Mtls => "mtls",
+        WorkloadSource.Xfcc => "xfcc",
+        WorkloadSource.Header => "header",
+        _ => "claim",
+    };
+
+    /// <summary>Identity of a client certificate: its single <c>spiffe://</c> URI SAN, else its SHA-256 thumbprint.</summary>
+    public static WorkloadCheck FromCertificate(X509Certificate2? certificate)
+    {
+        if (certificate is null)
+        {
+            return default;
+        }
+
+        string? spiffe = null;
+        foreach (var extension in certificate.Extensions)
+        {
+            if (extension is not X509SubjectAlternativeNameExtension san)
+            {
+                continue;
+            }
+
+            if (SanUris(san) is not { } uris)
+            {
+                return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, "client certificate has a malformed subject alternative name");
+            }
+
+            foreach (var uri in uris)
+            {
+                if (!uri.StartsWith("spiffe://", StringComparison.OrdinalIgnoreCase))
+                {
+                    continue;
+                }
+
+                // A SPIFFE X.509-SVID carries exactly one SPIFFE ID (SPIFFE X509-SVID §2).
+                if (spiffe is not null)
+                {
+                    return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, "client certificate carries more than one SPIFFE ID");
+                }
+
+                spiffe = uri;
+            }
+        }
+
+        var id = spiffe ?? "x509:sha256:" + Convert.ToHexStringLower(certificate.GetCertHash(System.Security.Cryptography.HashAlgorithmName.SHA256));
+        return new WorkloadCheck(new WorkloadIdentity(id, WorkloadSource.Mtls, null), null, null);
+    }
+
+    /// <summary>The uniformResourceIdentifier ([6] IA5String) entries of a SAN extension (RFC 5280 §4.2.1.6).</summary>
+    private static List<string>? SanUris(X509SubjectAlternativeNameExtension san)
+    {
+        var uris = new List<string>();
+        try
+        {
+            var reader = new System.Formats.Asn1.AsnReader(san.RawData, System.Formats.Asn1.AsnEncodingRules.DER);
+            var names = reader.ReadSequence();
+            var uriTag = new System.Formats.Asn1.Asn1Tag(System.Formats.Asn1.TagClass.ContextSpecific, 6);
+            while (names.HasData)
+            {
+                if (names.PeekTag().HasSameClassAndValue(uriTag))
+                {
+                    uris.Add(names.ReadCharacterString(System.Formats.Asn1.UniversalTagNumber.IA5String, uriTag));
+                }
+                else
+                {
+                    names.ReadEncodedValue();
+                }
+            }
+        }
+        catch (System.Formats.Asn1.AsnContentException)
+        {
+            return null;
+        }
+
+        return uris;
+    }
+
+    private WorkloadCheck FromXfcc(HttpContext context)
+    {
+        var values = context.Request.Headers[ClientCertHeader];
+        if (values.Count == 0)
+        {
+            return default;
+        }
+
+        // Only a trusted proxy may vouch for a client certificate; from anyone else the header is a forgery.
+        if (!OriginResolver.IsTrusted(_settings.TrustedProxies, context.Connection.RemoteIpAddress))
+        {
+            return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, "X-Forwarded-Client-Cert from an untrusted peer");
+        }
+
+        var uri = Xfcc.LastUri(string.Join(',', values.ToArray()), out var error);
+        return uri is null
+            ? WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, error!)
+            : new WorkloadCheck(new WorkloadIdentity(uri, WorkloadSource.Xfcc, null), null, null);
+    }
+
+    private async ValueTask<WorkloadCheck> FromHeaderAsync(HttpContext context, CancellationToken cancellationToken)
+    {
+        var values = context.Request.Headers[WorkloadIdentityHeader];
+        if (values.Count == 0)
+        {
+            return default;
+        }
+
+        if (values.Count > 1 || string.IsNullOrWhiteSpace(values[0]) || _jwtSvid is null)
+        {
+            return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, "Workload-Identity must be one JWT-SVID");
+        }
+
+        var check = await _jwtSvid.ValidateAsync(values[0]!.Trim(), cancellationToken).ConfigureAwait(false);
+        return check.Token is { } token
+            ? new WorkloadCheck(new WorkloadIdentity(token.Subject, WorkloadSource.Header, token), null, null)
+            : WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, "Workload-Identity: " + check.Failure);
+    }
+
+    private WorkloadCheck FromClaim(ValidatedToken? accessToken)
+    {
+        if (accessToken is null)
+        {
+            return default;
+        }
+
+        var values = accessToken.ClaimValues(_settings.Claim);
+        return values.Count switch
+        {
+            0 => default,
+            1 when !string.IsNullOrEmpty(values[0]) => new WorkloadCheck(new WorkloadIdentity(values[0], WorkloadSource.Claim, null), null, null),
+            _ => WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, $"access token claim '{_settings.Claim}' is not a single value"),
+        };
+    }
+}

@@ -1,0 +1,44 @@
+using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
+
+namespace AssuranceGateway.Cli;
+
+/// <summary>An upstream for first runs and demos: answers every request with what it received (body as a hash).</summary>
+internal static class SampleUpstream
+{
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    public static async Task<int> RunAsync(string urls, CancellationToken cancellationToken)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.WebHost.UseUrls(urls);
+        builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        var app = builder.Build();
+        app.Run(async context =>
+        {
+            using var body = new MemoryStream();
+            await context.Request.Body.CopyToAsync(body, context.RequestAborted);
+            var echo = new Dictionary<string, object?>
+            {
+                ["upstream"] = "sample",
+                ["method"] = context.Request.Method,
+                ["path"] = context.Request.Path.Value,
+                ["query"] = context.Request.QueryString.Value,
+                ["bodyBytes"] = body.Length,
+                ["bodySha256"] = Requests.Hashes.Sha256Hex(body.ToArray()),
+                ["assuranceEvidence"] = context.Request.Headers["Assurance-Evidence"].Count > 0 ? "present" : "absent",
+                ["headers"] = context.Request.Headers
+                    .Where(h => !h.Key.Equals("Authorization", StringComparison.OrdinalIgnoreCase))
+                    .ToDictionary(h => h.Key, h => h.Value.ToString()),
+            };
+            context.Response.ContentType = "application/json";
+            await context.Response.WriteAsync(JsonSerializer.Serialize(echo, Indented) + "\n", Encoding.UTF8);
+        });
+        Console.WriteLine($"sample upstream listening on {urls}");
+        await app.RunAsync(cancellationToken);
+        return 0;
+    }
+}

@@ -1,0 +1,55 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using Microsoft.Extensions.Logging;
+using OpenTelemetry;
+
+namespace AssuranceGateway.Testing;
+
+/// <summary>An in-process span exporter: every span that ends is kept for assertions.</summary>
+public sealed class SpanCollector : BaseProcessor<Activity>
+{
+    private readonly ConcurrentQueue<Activity> _spans = new();
+
+    public IReadOnlyList<Activity> All => [.. _spans];
+
+    public override void OnEnd(Activity data) => _spans.Enqueue(data);
+
+    /// <summary>The enforce spans of one trace (the harness sends its own traceparent on each request).</summary>
+    public IReadOnlyList<Activity> Enforce(string traceId) =>
+        [.. _spans.Where(s => s.OperationName == "assurance.enforce" && s.TraceId.ToHexString() == traceId)];
+
+    public void Clear() => _spans.Clear();
+}
+
+/// <summary>Keeps every formatted log line, so tests can check what is (and is never) logged.</summary>
+public sealed class LogCollector : ILoggerProvider
+{
+    private readonly ConcurrentQueue<string> _lines = new();
+
+    public IReadOnlyList<string> Lines => [.. _lines];
+
+    public ILogger CreateLogger(string categoryName) => new Logger(this, categoryName);
+
+    public void Dispose()
+    {
+    }
+
+    private sealed class Logger(LogCollector owner, string category) : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state)
+            where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => logLevel >= LogLevel.Debug;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            var line = $"{logLevel} {category}[{eventId.Id}] {formatter(state, exception)}";
+            if (state is IReadOnlyList<KeyValuePair<string, object?>> fields)
+            {
+                line += " " + string.Join(' ', fields.Select(f => $"{f.Key}={f.Value}"));
+            }
+
+            owner._lines.Enqueue(line + (exception is null ? string.Empty : " " + exception));
+        }
+    }
+}
