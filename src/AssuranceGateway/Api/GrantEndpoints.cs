@@ -1,11 +1,312 @@
+using System.Diagnostics;
+using System.Text.Json;
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Diagnostics;
+using AssuranceGateway.Enforcement;
+using AssuranceGateway.Grants;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace AssuranceGateway.Api;
 
+/// <summary>The grant endpoints of the assurance API (SPEC §5.1–§5.4). Every error is problem+json.</summary>
 internal static class GrantEndpoints
 {
+    public const string Base = "/assurance/v1/grants";
+    private const int MaxBodyBytes = 2 * 1024 * 1024;
+
     public static void Map(WebApplication app)
     {
-        _ = app;
+        app.MapPost(Base, CreateAsync);
+        app.MapGet(Base, ListAsync);
+        app.MapGet(Base + "/{id}", GetAsync);
+        app.MapDelete(Base + "/{id}", RevokeAsync);
+        app.MapPost(Base + "/{id}/approve", ApproveAsync);
+        app.MapPost(Base + "/{id}/deny", DenyAsync);
     }
+
+    private static async Task CreateAsync(HttpContext context)
+    {
+        var (runtime, store, time) = Services(context);
+        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Grant).ConfigureAwait(false) is not { } caller)
+        {
+            return;
+        }
+
+        var body = await ReadJsonAsync<CreateGrantRequest>(context).ConfigureAwait(false);
+        if (body is null)
+        {
+            return;
+        }
+
+        var draft = GrantRequestValidator.Validate(body, caller, runtime.Settings, time.GetUtcNow());
+        if (draft.Grant is not { } grant)
+        {
+            if (draft.Reason == ReasonCodes.InsufficientAal)
+            {
+                await ApiProblems.InsufficientAalAsync(context, runtime.Settings, draft.RequiredAal, caller.Aal).ConfigureAwait(false);
+            }
+            else
+            {
+                await ApiProblems.WriteAsync(context, draft.Reason!, draft.Detail).ConfigureAwait(false);
+            }
+
+            return;
+        }
+
+        var created = new GrantEvent { Type = GrantEvent.Created, TraceId = TraceId(), Actor = caller.Subject };
+        var (ok, outcome) = await StoreCallAsync(context, "create", ct => store.CreateAsync(grant, created, int.MaxValue, ct)).ConfigureAwait(false);
+        if (!ok)
+        {
+            return;
+        }
+
+        if (outcome != GrantChange.Done)
+        {
+            await ApiProblems.WriteAsync(context, ReasonCodes.Conflict, "a grant with this id exists").ConfigureAwait(false);
+            return;
+        }
+
+        context.Response.StatusCode = StatusCodes.Status201Created;
+        context.Response.Headers.Location = $"{Base}/{grant.Id}";
+        await WriteJsonAsync(context, new CreateGrantResponse(grant.Id, grant.RequestHash, grant.Status, grant.ExpiresAt, grant.UsesRemaining)).ConfigureAwait(false);
+    }
+
+    private static async Task GetAsync(HttpContext context, string id)
+    {
+        var (runtime, store, _) = Services(context);
+        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Read).ConfigureAwait(false) is null)
+        {
+            return;
+        }
+
+        if (!await CheckIdAsync(context, id).ConfigureAwait(false))
+        {
+            return;
+        }
+
+        var (found, grant) = await StoreCallAsync(context, "get", ct => store.GetAsync(id, ct), found: g => g is not null).ConfigureAwait(false);
+        if (!found || grant is null)
+        {
+            return;
+        }
+
+        await WriteJsonAsync(context, GrantView.From(grant)).ConfigureAwait(false);
+    }
+
+    private static async Task ListAsync(HttpContext context)
+    {
+        var (runtime, store, _) = Services(context);
+        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Read).ConfigureAwait(false) is null)
+        {
+            return;
+        }
+
+        var status = context.Request.Query["status"].ToString();
+        if (!string.Equals(status, "pending", StringComparison.Ordinal))
+        {
+            await ApiProblems.WriteAsync(context, ReasonCodes.InvalidRequest, "status: only 'pending' can be listed").ConfigureAwait(false);
+            return;
+        }
+
+        var (ok, pending) = await StoreCallAsync(context, "list", ct => store.ListPendingAsync(500, ct)).ConfigureAwait(false);
+        if (!ok)
+        {
+            return;
+        }
+
+        var views = pending.Select(g => new PendingGrantView(g.Id, g.Route, g.Method, g.Path, g.Subject, g.Workload, g.Reason, g.RequestHash,
+            Math.Max(0, g.ApprovalsRequired - g.Approvers.Count), g.Approvers, g.CreatedAt, g.ExpiresAt)).ToList();
+        await WriteJsonAsync(context, new Dictionary<string, object> { ["grants"] = views }).ConfigureAwait(false);
+    }
+
+    private static async Task RevokeAsync(HttpContext context, string id)
+    {
+        var (runtime, store, _) = Services(context);
+        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Revoke).ConfigureAwait(false) is not { } caller)
+        {
+            return;
+        }
+
+        if (!await CheckIdAsync(context, id).ConfigureAwait(false))
+        {
+            return;
+        }
+
+        var revoked = new GrantEvent { Type = GrantEvent.Revoked, TraceId = TraceId(), Actor = caller.Subject, Reason = "revoked_by_api" };
+        var (ok, _) = await StoreCallAsync(context, "revoke", ct => store.RevokeAsync(id, revoked, ct), found: o => o != GrantChange.NotFound).ConfigureAwait(false);
+        if (ok)
+        {
+            context.Response.StatusCode = StatusCodes.Status204NoContent;
+        }
+    }
+
+    private static async Task ApproveAsync(HttpContext context, string id)
+    {
+        var (runtime, store, _) = Services(context);
+        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Approve).ConfigureAwait(false) is not { } caller)
+        {
+            return;
+        }
+
+        if (!await CheckIdAsync(context, id).ConfigureAwait(false))
+        {
+            return;
+        }
+
+        var (found, grant) = await StoreCallAsync(context, "get", ct => store.GetAsync(id, ct), found: g => g is not null).ConfigureAwait(false);
+        if (!found || grant is null)
+        {
+            return;
+        }
+
+        if (grant.Subject is not null && string.Equals(grant.Subject, caller.Subject, StringComparison.Ordinal))
+        {
+            await ApiProblems.WriteAsync(context, ReasonCodes.SelfApproval, "the subject of an action cannot approve it").ConfigureAwait(false);
+            return;
+        }
+
+        // The approval strength is judged against the policy in force now, found by the route the grant is bound to.
+        var policy = runtime.Settings.PolicyForRoute(grant.Route)
+            ?? (grant.Policy is not null && runtime.Settings.Policies.TryGetValue(grant.Policy, out var named) ? named : null);
+        var required = policy?.MinimumApprovalAal ?? 3;
+        if (caller.Aal < required)
+        {
+            await ApiProblems.InsufficientAalAsync(context, runtime.Settings, required, caller.Aal).ConfigureAwait(false);
+            return;
+        }
+
+        var approved = new GrantEvent { Type = GrantEvent.Approved, TraceId = TraceId(), Actor = caller.Subject };
+        var (ok, result) = await StoreCallAsync(context, "approve", ct => store.ApproveAsync(id, caller.Subject, caller.Aal, approved, ct),
+            found: r => r.Outcome != GrantChange.NotFound).ConfigureAwait(false);
+        if (!ok)
+        {
+            return;
+        }
+
+        if (result.Outcome == GrantChange.Conflict)
+        {
+            await ApiProblems.WriteAsync(context, ReasonCodes.Conflict,
+                $"only a pending, unexpired grant can be approved (this one is {result.Status?.ToString().ToLowerInvariant()})").ConfigureAwait(false);
+            return;
+        }
+
+        await WriteJsonAsync(context, new ApproveResponse(id, result.Status ?? GrantStatus.Pending, result.ApprovalsRemaining)).ConfigureAwait(false);
+    }
+
+    private static async Task DenyAsync(HttpContext context, string id)
+    {
+        var (runtime, store, _) = Services(context);
+        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Approve).ConfigureAwait(false) is not { } caller)
+        {
+            return;
+        }
+
+        if (!await CheckIdAsync(context, id).ConfigureAwait(false))
+        {
+            return;
+        }
+
+        var revoked = new GrantEvent { Type = GrantEvent.Revoked, TraceId = TraceId(), Actor = caller.Subject, Reason = "denied_by_approver" };
+        var (ok, _) = await StoreCallAsync(context, "revoke", ct => store.RevokeAsync(id, revoked, ct), found: o => o != GrantChange.NotFound).ConfigureAwait(false);
+        if (ok)
+        {
+            await WriteJsonAsync(context, new ApproveResponse(id, GrantStatus.Revoked, 0)).ConfigureAwait(false);
+        }
+    }
+
+    private static (GatewayRuntime Runtime, IGrantStore Store, TimeProvider Time) Services(HttpContext context)
+    {
+        var services = context.RequestServices;
+        return (services.GetRequiredService<GatewayConfigState>().Current, services.GetRequiredService<IGrantStore>(), services.GetRequiredService<TimeProvider>());
+    }
+
+    private static async Task<bool> CheckIdAsync(HttpContext context, string id)
+    {
+        if (GrantIds.IsWellFormed(id))
+        {
+            return true;
+        }
+
+        await ApiProblems.WriteAsync(context, ReasonCodes.AssuranceMalformed, "grant ids are 1-64 characters of A-Z a-z 0-9 _ -").ConfigureAwait(false);
+        return false;
+    }
+
+    /// <summary>Runs one store call; on failure writes 503 (unavailable) or 404 (when <paramref name="found"/> says so).</summary>
+    private static async Task<(bool Ok, T Value)> StoreCallAsync<T>(HttpContext context, string operation, Func<CancellationToken, Task<T>> call, Func<T, bool>? found = null)
+    {
+        var start = Stopwatch.GetTimestamp();
+        T result;
+        try
+        {
+            result = await call(context.RequestAborted).ConfigureAwait(false);
+        }
+        catch (StoreUnavailableException e)
+        {
+            await ApiProblems.WriteAsync(context, ReasonCodes.StoreUnavailable, e.OutcomeUnknown
+                ? "the grant store did not answer in time; the change may or may not have been applied"
+                : "the grant store is unreachable").ConfigureAwait(false);
+            return (false, default!);
+        }
+        finally
+        {
+            EvidenceRecorder.RecordStore(start, operation);
+        }
+
+        if (found is not null && !found(result))
+        {
+            context.Response.StatusCode = StatusCodes.Status404NotFound;
+            await ProblemResponses.WriteAsync(context, ReasonCodes.GrantNotFound, "no grant with this id", TraceId()).ConfigureAwait(false);
+            return (false, default!);
+        }
+
+        return (true, result);
+    }
+
+    private static async Task<T?> ReadJsonAsync<T>(HttpContext context)
+        where T : class
+    {
+        if (!(context.Request.ContentType?.StartsWith("application/json", StringComparison.OrdinalIgnoreCase) ?? false))
+        {
+            await ApiProblems.WriteAsync(context, ReasonCodes.InvalidRequest, "Content-Type must be application/json").ConfigureAwait(false);
+            return null;
+        }
+
+        if (context.Request.ContentLength > MaxBodyBytes)
+        {
+            context.Response.StatusCode = StatusCodes.Status413PayloadTooLarge;
+            await ProblemResponses.WriteAsync(context, ReasonCodes.InvalidRequest, $"at most {MaxBodyBytes} bytes", TraceId()).ConfigureAwait(false);
+            return null;
+        }
+
+        try
+        {
+            var value = await JsonSerializer.DeserializeAsync<T>(context.Request.Body, ApiJson.Options, context.RequestAborted).ConfigureAwait(false);
+            if (value is null)
+            {
+                await ApiProblems.WriteAsync(context, ReasonCodes.InvalidRequest, "body: a JSON object is required").ConfigureAwait(false);
+            }
+
+            return value;
+        }
+        catch (JsonException e)
+        {
+            // Name the field: "$.maxUses" becomes "maxUses".
+            var field = string.IsNullOrEmpty(e.Path) || e.Path == "$" ? "body" : e.Path.TrimStart('$', '.');
+            var what = e.Message.Contains("could not be mapped", StringComparison.Ordinal) ? "unknown member" : "malformed JSON or wrong type";
+            await ApiProblems.WriteAsync(context, ReasonCodes.InvalidRequest, $"{field}: {what}").ConfigureAwait(false);
+            return null;
+        }
+    }
+
+    private static Task WriteJsonAsync<T>(HttpContext context, T value)
+    {
+        context.Response.ContentType = "application/json";
+        context.Response.Headers.CacheControl = "no-store";
+        return JsonSerializer.SerializeAsync(context.Response.Body, value, ApiJson.Options, context.RequestAborted);
+    }
+
+    private static string? TraceId() => Activity.Current?.TraceId.ToHexString();
 }

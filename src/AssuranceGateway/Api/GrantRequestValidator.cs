@@ -1,0 +1,232 @@
+using System.Text.Json;
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Enforcement;
+using AssuranceGateway.Grants;
+using AssuranceGateway.Requests;
+using Microsoft.Extensions.Primitives;
+
+namespace AssuranceGateway.Api;
+
+/// <summary>The outcome of checking a create request: a grant to store, or a problem naming the field.</summary>
+internal readonly record struct GrantDraft(GrantRecord? Grant, string? Reason, string? Detail, int RequiredAal = 0);
+
+/// <summary>
+/// SPEC §5.1: a grant may only be as broad as the route's policy allows. Every binding the policy names must be
+/// given, limits come from the policy, and nobody approves their own action.
+/// </summary>
+internal static class GrantRequestValidator
+{
+    public static GrantDraft Validate(CreateGrantRequest body, ApiCaller caller, GatewaySettings settings, DateTimeOffset now)
+    {
+        if (string.IsNullOrWhiteSpace(body.Route))
+        {
+            return Invalid("route: required");
+        }
+
+        if (!settings.RoutePolicies.TryGetValue(body.Route, out var policy))
+        {
+            return Invalid($"route: unknown route '{body.Route}'");
+        }
+
+        if (!policy.RequiresGrant)
+        {
+            return Invalid($"route: policy '{policy.Name}' of route '{body.Route}' does not use grants");
+        }
+
+        var bound = Bindings.None;
+        foreach (var (name, flag) in BindingNames.All)
+        {
+            var given = flag switch
+            {
+                Bindings.Subject => body.Subject is not null,
+                Bindings.Session => body.Session is not null,
+                Bindings.Token => body.TokenHash is not null,
+                Bindings.Workload => body.Workload is not null,
+                Bindings.Origin => body.Origin is { Count: > 0 },
+                _ => body.Request is not null || body.RequestHash is not null,
+            };
+            if (given)
+            {
+                bound |= flag;
+            }
+            else if ((policy.Bind & flag) != 0)
+            {
+                return Invalid($"{FieldOf(name)}: required by policy '{policy.Name}' (it binds {name})");
+            }
+        }
+
+        if (body.Subject is not null && string.Equals(body.Subject, caller.Subject, StringComparison.Ordinal))
+        {
+            return new GrantDraft(null, ReasonCodes.SelfApproval, "the caller cannot approve an action of its own subject");
+        }
+
+        if (caller.Aal < policy.MinimumApprovalAal)
+        {
+            return new GrantDraft(null, ReasonCodes.InsufficientAal, null, policy.MinimumApprovalAal);
+        }
+
+        if (body.TokenHash is not null && !Hashes.IsWellFormed(body.TokenHash))
+        {
+            return Invalid("tokenHash: expected 'sha256:' + 43 base64url characters");
+        }
+
+        if (Blank(body.Subject) || Blank(body.Session) || Blank(body.Workload))
+        {
+            return Invalid($"{(Blank(body.Subject) ? "subject" : Blank(body.Session) ? "session" : "workload")}: must not be empty");
+        }
+
+        var origins = new List<string>();
+        for (var i = 0; i < (body.Origin?.Count ?? 0); i++)
+        {
+            if (GrantRules.CanonicalCidr(body.Origin![i]) is not { } cidr)
+            {
+                return Invalid($"origin[{i}]: '{body.Origin[i]}' is not an IP address or CIDR range");
+            }
+
+            origins.Add(cidr);
+        }
+
+        RequestHash? requestHash = null;
+        string? method = null, path = null;
+        if (body.Request is not null && body.RequestHash is not null)
+        {
+            return Invalid("request: give either request or requestHash, not both");
+        }
+
+        if (body.Request is { } spec)
+        {
+            var computed = Compute(spec, policy);
+            if (computed.Error is not null)
+            {
+                return Invalid(computed.Error);
+            }
+
+            requestHash = computed.Hash;
+            method = spec.Method!.ToUpperInvariant();
+            path = spec.Path;
+        }
+        else if (body.RequestHash is not null && !Hashes.IsWellFormed(body.RequestHash))
+        {
+            return Invalid("requestHash: expected 'sha256:' + 43 base64url characters");
+        }
+
+        var maxUses = body.MaxUses ?? 1;
+        if (maxUses < 1 || maxUses > policy.MaxUses)
+        {
+            return Invalid($"maxUses: must be from 1 to {policy.MaxUses} (policy '{policy.Name}')");
+        }
+
+        var ttl = body.TtlSeconds is { } seconds ? TimeSpan.FromSeconds(seconds) : policy.MaxTtl;
+        if (ttl <= TimeSpan.Zero || ttl > policy.MaxTtl)
+        {
+            return Invalid($"ttlSeconds: must be from 1 to {(int)policy.MaxTtl.TotalSeconds} (policy '{policy.Name}' MaxTtl)");
+        }
+
+        if (body.NotBefore is { } nbf && nbf > now.AddDays(30))
+        {
+            return Invalid("notBefore: at most 30 days ahead");
+        }
+
+        if (body.Reason is { Length: > 1024 })
+        {
+            return Invalid("reason: at most 1024 characters");
+        }
+
+        // A window that opens later lasts ttlSeconds from its opening (break-glass for a planned change).
+        var opens = body.NotBefore is { } start && start > now ? start : now;
+        var active = policy.Approvals <= 1;
+        return new GrantDraft(new GrantRecord
+        {
+            Id = GrantIds.New(),
+            Route = body.Route,
+            Policy = policy.Name,
+            Status = active ? GrantStatus.Active : GrantStatus.Pending,
+            Subject = body.Subject,
+            Session = body.Session,
+            TokenHash = body.TokenHash,
+            Workload = body.Workload,
+            Origins = origins,
+            RequestHash = requestHash?.Hash ?? body.RequestHash,
+            Digests = requestHash?.Digests,
+            Method = method,
+            Path = path,
+            MaxUses = maxUses,
+            UsesRemaining = maxUses,
+            CreatedAt = now,
+            ExpiresAt = opens + ttl,
+            NotBefore = body.NotBefore,
+            Reason = body.Reason,
+            CreatedBy = caller.Subject,
+            ApprovalsRequired = policy.Approvals,
+            Approvers = [caller.Subject],
+            ApprovalAal = caller.Aal,
+            Bound = bound,
+        }, null, null);
+    }
+
+    private static (RequestHash? Hash, string? Error) Compute(RequestSpec spec, AssurancePolicy policy)
+    {
+        if (string.IsNullOrWhiteSpace(spec.Method) || !spec.Method.All(char.IsAsciiLetter))
+        {
+            return (null, "request.method: required, letters only");
+        }
+
+        if (string.IsNullOrEmpty(spec.Path) || spec.Path[0] != '/')
+        {
+            return (null, "request.path: required, starting with '/'");
+        }
+
+        var headers = new Dictionary<string, StringValues>(StringComparer.Ordinal);
+        foreach (var (name, value) in spec.Headers ?? new Dictionary<string, JsonElement>())
+        {
+            var lower = name.ToLowerInvariant();
+            if (!policy.BoundHeaders.Contains(lower))
+            {
+                // Refused rather than ignored: an issuer who believes a header is protected must learn that it is not.
+                return (null, $"request.headers.{name}: not a bound header of policy '{policy.Name}' (bound: {string.Join(", ", policy.BoundHeaders)})");
+            }
+
+            switch (value.ValueKind)
+            {
+                case JsonValueKind.String:
+                    headers[lower] = value.GetString();
+                    break;
+                case JsonValueKind.Array when value.EnumerateArray().All(v => v.ValueKind == JsonValueKind.String):
+                    headers[lower] = new StringValues([.. value.EnumerateArray().Select(v => v.GetString())]);
+                    break;
+                default:
+                    return (null, $"request.headers.{name}: must be a string or an array of strings");
+            }
+        }
+
+        byte[] body;
+        try
+        {
+            body = spec.Body is null ? [] : Convert.FromBase64String(spec.Body);
+        }
+        catch (FormatException)
+        {
+            return (null, "request.body: not valid base64");
+        }
+
+        if (body.Length > policy.MaxBodyBytes)
+        {
+            return (null, $"request.body: larger than the policy's MaxBodyBytes ({policy.MaxBodyBytes})");
+        }
+
+        var hash = CanonicalRequest.Compute(spec.Method, spec.Path, spec.Query ?? string.Empty, policy.BoundHeaders,
+            name => headers.TryGetValue(name, out var v) ? v : StringValues.Empty, body);
+        return (hash, null);
+    }
+
+    private static bool Blank(string? value) => value is not null && string.IsNullOrWhiteSpace(value);
+
+    private static string FieldOf(string binding) => binding switch
+    {
+        BindingNames.Token => "tokenHash",
+        BindingNames.Request => "request",
+        _ => binding,
+    };
+
+    private static GrantDraft Invalid(string detail) => new(null, ReasonCodes.InvalidRequest, detail);
+}

@@ -1,0 +1,388 @@
+using System.Net;
+using System.Text;
+using System.Text.Json.Nodes;
+using AssuranceGateway.Testing;
+using static AssuranceGateway.Testing.GrantHelpers;
+
+namespace AssuranceGateway.FunctionalTests.Enforcement;
+
+/// <summary>
+/// SPEC §2 steps 3–7 through the real pipeline, from the attacker's side. Every denial also asserts that nothing
+/// reached the upstream. Runs against each store (see the subclasses at the end).
+/// </summary>
+public abstract class GrantEnforcementTests : IAsyncLifetime
+{
+    private GatewayHarness _gateway = null!;
+
+    protected abstract Task<string?> StoreConnectionAsync();
+
+    protected GatewayHarness Gateway => _gateway;
+
+    public async Task InitializeAsync()
+    {
+        var redis = await StoreConnectionAsync();
+        _gateway = await GatewayHarness.StartAsync(redis: redis, configure: c =>
+        {
+            // An origin-bound route behind a trusted proxy (loopback plays the proxy).
+            var routes = c["ReverseProxy"]!["Routes"]!.AsObject();
+            routes["backup"] = TestConfig.Route("/backup/{**rest}", "origin-bound");
+            var policies = c["Assurance"]!["Policies"]!.AsObject();
+            policies["origin-bound"] = new JsonObject
+            {
+                ["Bind"] = new JsonArray("subject", "origin", "request"),
+                ["RevokeOn"] = new JsonArray("origin_mismatch"),
+            };
+            c["Assurance"]!["Workload"]!["TrustedProxies"] = new JsonArray("127.0.0.1/32");
+        });
+    }
+
+    public async Task DisposeAsync() => await _gateway.DisposeAsync();
+
+    [Fact]
+    public async Task Use_BoundRequest_ForwardsExactBytesOnceThenReplayIsDenied()
+    {
+        var token = _gateway.Idp.Token();
+        var svid = _gateway.WorkloadIssuer.Svid();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        using var first = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out var firstTrace));
+        using var replay = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out var replayTrace));
+
+        Assert.Equal(HttpStatusCode.OK, first.StatusCode);
+        var received = Assert.Single(_gateway.Upstream.Received);
+        Assert.Equal(ReleaseBody, Encoding.UTF8.GetString(received.Body));
+        Assert.False(received.Headers.ContainsKey("Assurance-Id"));
+        Assert.False(received.Headers.ContainsKey("Workload-Identity"));
+        Assert.Equal(HttpStatusCode.Forbidden, replay.StatusCode);
+        var problem = await replay.ProblemAsync();
+        Assert.Equal("replayed", problem.GetProperty("reason").GetString());
+        Assert.Equal(id, problem.GetProperty("assuranceId").GetString());
+        Assert.Equal(replayTrace, problem.GetProperty("traceId").GetString());
+        Assert.Equal(1, _gateway.Upstream.Count);
+
+        var grant = await _gateway.GetGrantAsync(id);
+        Assert.Equal("consumed", grant.GetProperty("status").GetString());
+        Assert.Equal(0, grant.GetProperty("usesRemaining").GetInt32());
+        Assert.Equal(firstTrace, grant.GetProperty("firstUse").GetProperty("traceId").GetString());
+        var events = grant.GetProperty("events").EnumerateArray().Select(e => e.GetProperty("type").GetString()!).ToArray();
+        // The creator counts as the first approver (SPEC §5.1), so its approval is on the record too.
+        Assert.Equal(["created", "approved", "used", "denied"], events);
+        var denied = grant.GetProperty("events")[3];
+        Assert.Equal("replayed", denied.GetProperty("reason").GetString());
+        Assert.Equal(replayTrace, denied.GetProperty("traceId").GetString());
+        Assert.Equal(Deployer, denied.GetProperty("workload").GetString());
+    }
+
+    [Fact]
+    public async Task Use_MaxUsesThree_AcceptsExactlyThree()
+    {
+        var token = _gateway.Idp.Token();
+        var svid = _gateway.WorkloadIssuer.Svid();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, maxUses: 3));
+
+        var statuses = new List<HttpStatusCode>();
+        for (var i = 0; i < 5; i++)
+        {
+            using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _));
+            statuses.Add(response.StatusCode);
+        }
+
+        Assert.Equal([HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.Forbidden, HttpStatusCode.Forbidden], statuses);
+        Assert.Equal(3, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Use_FromOtherWorkload_DeniedAndGrantBurnedForItsOwner()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        using var stolen = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(OtherWorkload), id, out var trace));
+        using var owner = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _));
+
+        Assert.Equal(HttpStatusCode.Forbidden, stolen.StatusCode);
+        Assert.Equal("workload_mismatch", await stolen.ReasonAsync());
+        Assert.Equal("grant_revoked", await owner.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        var span = Assert.Single(_gateway.Spans.Enforce(trace));
+        Assert.Contains(span.Events, e => e.Name == "assurance.grant.revoked");
+        Assert.Equal(OtherWorkload, span.GetTagItem("assurance.workload.id"));
+    }
+
+    [Fact]
+    public async Task Use_WithAnotherTokenOfSameSubject_TokenMismatch()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        var otherToken = _gateway.Idp.Token();
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(otherToken, _gateway.WorkloadIssuer.Svid(), id, out _));
+
+        Assert.Equal("token_mismatch", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Use_TamperedBodyOrHeader_RequestMismatchNamesComponent_ThenApprovedRequestPasses()
+    {
+        var token = _gateway.Idp.Token();
+        var svid = _gateway.WorkloadIssuer.Svid();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        using var tamperedBody = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _, body: """{"release":"6.6","env":"prod"}"""));
+        using var tamperedHeader = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _, contentType: "text/plain"));
+        using var otherPath = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _, path: "/deploy/v1/rollbacks"));
+        Assert.Equal(0, _gateway.Upstream.Count);
+        using var approved = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _));
+
+        var body = await tamperedBody.ProblemAsync();
+        Assert.Equal("request_mismatch", body.GetProperty("reason").GetString());
+        Assert.Equal(["body"], body.GetProperty("mismatch").EnumerateArray().Select(e => e.GetString()!).ToArray());
+        var header = await tamperedHeader.ProblemAsync();
+        Assert.Equal(["headers"], header.GetProperty("mismatch").EnumerateArray().Select(e => e.GetString()!).ToArray());
+        var path = await otherPath.ProblemAsync();
+        Assert.Equal(["path"], path.GetProperty("mismatch").EnumerateArray().Select(e => e.GetString()!).ToArray());
+        Assert.Equal(HttpStatusCode.OK, approved.StatusCode);
+        Assert.Equal(1, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Use_GrantOfAnotherRoute_RouteMismatch()
+    {
+        var token = _gateway.Idp.Token();
+        var svid = _gateway.WorkloadIssuer.Svid();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        using var request = DeployRequest(token, svid, id, out _, path: "/agent/tools/run");
+        using var response = await _gateway.Proxy.SendAsync(request);
+
+        Assert.Equal("route_mismatch", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Use_ExpiredGrant_GrantExpired()
+    {
+        var token = _gateway.Idp.Token();
+        var grant = DeployGrant(token);
+        grant["ttlSeconds"] = 1;
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        await Task.Delay(1200);
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _));
+
+        Assert.Equal("grant_expired", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Use_BeforeNotBefore_GrantNotYetValid_ThenAllowedInWindow()
+    {
+        var token = _gateway.Idp.Token();
+        var svid = _gateway.WorkloadIssuer.Svid();
+        var grant = DeployGrant(token);
+        grant["notBefore"] = DateTimeOffset.UtcNow.AddSeconds(1.5).ToString("O");
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        using var early = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _));
+        Assert.Equal("grant_not_yet_valid", await early.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        await Task.Delay(1700);
+        using var inWindow = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _));
+
+        Assert.Equal(HttpStatusCode.OK, inWindow.StatusCode);
+        Assert.Equal(1, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Use_RevokedByApi_GrantRevoked()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        using var revoke = new HttpRequestMessage(HttpMethod.Delete, $"/assurance/v1/grants/{id}");
+        revoke.Headers.Authorization = new("Bearer", _gateway.Idp.ApiToken("security-officer"));
+
+        using var revoked = await _gateway.Api.SendAsync(revoke);
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _));
+
+        Assert.Equal(HttpStatusCode.NoContent, revoked.StatusCode);
+        Assert.Equal("grant_revoked", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        var grant = await _gateway.GetGrantAsync(id);
+        var revokedEvent = grant.GetProperty("events").EnumerateArray().Single(e => e.GetProperty("type").GetString() == "revoked");
+        Assert.Equal("security-officer", revokedEvent.GetProperty("actor").GetString());
+    }
+
+    [Theory]
+    [InlineData(null, "assurance_required", 403)]
+    [InlineData("not a valid id!", "assurance_malformed", 400)]
+    [InlineData("unknownButWellFormed", "grant_not_found", 403)]
+    public async Task Use_MissingOrBadAssuranceId_Denied(string? grantId, string reason, int status)
+    {
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(_gateway.Idp.Token(), _gateway.WorkloadIssuer.Svid(), grantId, out _));
+
+        Assert.Equal(status, (int)response.StatusCode);
+        Assert.Equal(reason, await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Use_BodyOverLimit_413BeforeTheGrantIsTouched()
+    {
+        var token = _gateway.Idp.Token();
+        var svid = _gateway.WorkloadIssuer.Svid();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        using var large = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _, body: new string('x', 5000)));
+
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, large.StatusCode);
+        Assert.Equal("body_too_large", await large.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        var grant = await _gateway.GetGrantAsync(id);
+        Assert.Equal(1, grant.GetProperty("usesRemaining").GetInt32());
+        Assert.DoesNotContain(grant.GetProperty("events").EnumerateArray(), e => e.GetProperty("type").GetString() is "used" or "denied");
+    }
+
+    [Fact]
+    public async Task Use_ChunkedBody_HashedAndForwardedExactly()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        using var request = DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _);
+        request.Content = new StreamContent(new MemoryStream(Encoding.UTF8.GetBytes(ReleaseBody)));
+        request.Content.Headers.TryAddWithoutValidation("Content-Type", "application/json");
+        request.Headers.TransferEncodingChunked = true;
+
+        using var response = await _gateway.Proxy.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(ReleaseBody, Encoding.UTF8.GetString(Assert.Single(_gateway.Upstream.Received).Body));
+    }
+
+    [Fact]
+    public async Task Use_NoWorkloadIdentity_WorkloadUnidentified()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, svid: null, id, out _));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal("workload_unidentified", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Use_ForgedWorkloadJwt_WorkloadInvalidNeverFallsThrough()
+    {
+        // The access token's azp would identify the deployer via the 'claim' source; the forged header must not be skipped.
+        var token = _gateway.Idp.Token(edit: c => c["azp"] = Deployer);
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        using var attacker = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        var forged = _gateway.WorkloadIssuer.Sign(_gateway.WorkloadIssuer.Header("JWT"),
+            new JsonObject { ["iss"] = _gateway.WorkloadIssuer.Issuer, ["sub"] = Deployer, ["aud"] = "gateway", ["exp"] = DateTimeOffset.UtcNow.AddMinutes(5).ToUnixTimeSeconds() }.ToJsonString(),
+            attacker);
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, forged, id, out _));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal("workload_invalid", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Use_SourcesNameDifferentWorkloads_WorkloadInvalid()
+    {
+        var token = _gateway.Idp.Token(edit: c => c["azp"] = OtherWorkload);
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _));
+
+        Assert.Equal("workload_invalid", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Use_ForgedClientCertHeaderFromUntrustedPeer_NeverForwarded()
+    {
+        // The passthrough route forwards, but a client-certificate header from an untrusted hop is stripped.
+        await using var gateway = await GatewayHarness.StartAsync();
+        using var request = GatewayHarness.Request(HttpMethod.Get, "/public/x", token: null, out _);
+        request.Headers.TryAddWithoutValidation("X-Forwarded-Client-Cert", "URI=spiffe://prod.test/ns/ci/sa/deployer");
+        request.Headers.TryAddWithoutValidation("Assurance-Evidence", "forged");
+
+        using var response = await gateway.Proxy.SendAsync(request);
+
+        var received = Assert.Single(gateway.Upstream.Received);
+        Assert.False(received.Headers.ContainsKey("X-Forwarded-Client-Cert"));
+        Assert.False(received.Headers.ContainsKey("Assurance-Evidence"));
+    }
+
+    [Fact]
+    public async Task Use_OriginBound_RightmostUntrustedForwardedForDecides()
+    {
+        var token = _gateway.Idp.Token();
+        var grant = new JsonObject
+        {
+            ["route"] = "backup",
+            ["subject"] = "alice",
+            ["origin"] = new JsonArray("10.1.0.0/16"),
+            ["request"] = new JsonObject { ["method"] = "POST", ["path"] = "/backup/run" },
+            ["maxUses"] = 1,
+        };
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        HttpRequestMessage Backup(string forwardedFor)
+        {
+            var request = GatewayHarness.Request(HttpMethod.Post, "/backup/run", token, out _);
+            request.Headers.TryAddWithoutValidation("Assurance-Id", id);
+            request.Headers.TryAddWithoutValidation("X-Forwarded-For", forwardedFor);
+            return request;
+        }
+
+        // The client forged "10.1.9.9" on the left; the trusted proxy (loopback) saw it come from 192.0.2.7.
+        using var spoofed = await _gateway.Proxy.SendAsync(Backup("10.1.9.9, 192.0.2.7"));
+        Assert.Equal("origin_mismatch", await spoofed.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        using var afterBurn = await _gateway.Proxy.SendAsync(Backup("10.1.2.3"));
+
+        Assert.Equal("grant_revoked", await afterBurn.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        var fresh = await _gateway.CreateGrantAsync(grant);
+        using var fromInside = GatewayHarness.Request(HttpMethod.Post, "/backup/run", token, out _);
+        fromInside.Headers.TryAddWithoutValidation("Assurance-Id", fresh);
+        fromInside.Headers.TryAddWithoutValidation("X-Forwarded-For", "203.0.113.1, 10.1.2.3");
+        using var allowed = await _gateway.Proxy.SendAsync(fromInside);
+        Assert.Equal(HttpStatusCode.OK, allowed.StatusCode);
+        Assert.Equal(1, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Replay_EvidenceLinksToFirstUse()
+    {
+        var token = _gateway.Idp.Token();
+        var svid = _gateway.WorkloadIssuer.Svid();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        using var first = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out var firstTrace));
+        using var replay = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out var replayTrace));
+
+        var firstSpan = Assert.Single(_gateway.Spans.Enforce(firstTrace));
+        var replaySpan = Assert.Single(_gateway.Spans.Enforce(replayTrace));
+        Assert.Equal("allow", firstSpan.GetTagItem("assurance.decision"));
+        Assert.Equal(id, firstSpan.GetTagItem("assurance.grant.id"));
+        Assert.Equal(0, firstSpan.GetTagItem("assurance.grant.uses_remaining"));
+        Assert.StartsWith("sha256:", (string)firstSpan.GetTagItem("assurance.request.hash")!, StringComparison.Ordinal);
+        Assert.Equal("replayed", replaySpan.GetTagItem("assurance.reason"));
+        Assert.Equal(firstTrace, replaySpan.GetTagItem("assurance.first_use.trace_id"));
+        Assert.Equal(Deployer, replaySpan.GetTagItem("assurance.first_use.workload"));
+        var link = Assert.Single(replaySpan.Links);
+        Assert.Equal(firstSpan.TraceId, link.Context.TraceId);
+        Assert.Equal(firstSpan.SpanId, link.Context.SpanId);
+    }
+}
+
+public sealed class InMemoryGrantEnforcementTests : GrantEnforcementTests
+{
+    protected override Task<string?> StoreConnectionAsync() => Task.FromResult<string?>(null);
+}
