@@ -1,0 +1,214 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using AssuranceGateway.Testing;
+using static AssuranceGateway.Testing.GrantHelpers;
+
+namespace AssuranceGateway.FunctionalTests.Api;
+
+/// <summary>SPEC §5.1–§5.4 from the caller's side: who may issue what, and every refusal named.</summary>
+public sealed class GrantApiTests : IAsyncLifetime
+{
+    private GatewayHarness _gateway = null!;
+
+    public async Task InitializeAsync() => _gateway = await GatewayHarness.StartAsync();
+
+    public async Task DisposeAsync() => await _gateway.DisposeAsync();
+
+    [Fact]
+    public async Task Create_Valid_201WithLocationAndHash()
+    {
+        var token = _gateway.Idp.Token();
+
+        using var response = await _gateway.PostGrantAsync(DeployGrant(token));
+
+        Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        var body = await response.Content.ReadFromJsonAsync<JsonElement>();
+        var id = body.GetProperty("id").GetString()!;
+        Assert.Equal($"/assurance/v1/grants/{id}", response.Headers.Location?.OriginalString);
+        Assert.Equal("active", body.GetProperty("status").GetString());
+        Assert.Equal(1, body.GetProperty("usesRemaining").GetInt32());
+        // The hash the API reports is the one the CLI and the proxy compute for the same request.
+        var expected = Requests.CanonicalRequest.Compute("POST", "/deploy/v1/releases", string.Empty, ["content-type"],
+            n => n == "content-type" ? "application/json" : default, Encoding.UTF8.GetBytes(ReleaseBody)).Hash;
+        Assert.Equal(expected, body.GetProperty("requestHash").GetString());
+        var grant = await _gateway.GetGrantAsync(id);
+        Assert.Equal(TokenHash(token), grant.GetProperty("tokenHash").GetString());
+        Assert.DoesNotContain(token, grant.GetRawText(), StringComparison.Ordinal);
+        Assert.Equal("approver", grant.GetProperty("createdBy").GetString());
+    }
+
+    [Fact]
+    public async Task Create_RequestHashInsteadOfRequest_Accepted()
+    {
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant.Remove("request");
+        grant["requestHash"] = "sha256:" + new string('A', 43);
+
+        using var response = await _gateway.PostGrantAsync(grant);
+
+        Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+    }
+
+    [Fact]
+    public async Task Create_NoToken_401()
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/assurance/v1/grants") { Content = JsonContent.Create(new { route = "deploy" }) };
+
+        using var response = await _gateway.Api.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal("token_missing", await response.ReasonAsync());
+    }
+
+    [Fact]
+    public async Task Create_ProxyAudienceToken_401()
+    {
+        // A token for the gateway audience must not administer grants.
+        using var response = await _gateway.PostGrantAsync(DeployGrant(_gateway.Idp.Token()), apiToken: _gateway.Idp.Token("approver", edit: c => c["scope"] = AllScopes));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal("token_invalid", await response.ReasonAsync());
+    }
+
+    [Fact]
+    public async Task Create_MissingScope_403()
+    {
+        using var response = await _gateway.PostGrantAsync(DeployGrant(_gateway.Idp.Token()), apiToken: _gateway.Idp.ApiToken(scope: "assurance:read"));
+
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+        Assert.Equal("insufficient_scope", await response.ReasonAsync());
+    }
+
+    [Fact]
+    public async Task Create_LowApproverAal_401WithRfc9470Challenge()
+    {
+        using var response = await _gateway.PostGrantAsync(DeployGrant(_gateway.Idp.Token()), apiToken: _gateway.Idp.ApiToken(acr: "urn:aal1"));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal("insufficient_aal", await response.ReasonAsync());
+        var challenge = response.Headers.WwwAuthenticate.ToString();
+        Assert.Contains("error=\"insufficient_user_authentication\"", challenge, StringComparison.Ordinal);
+        Assert.Contains("acr_values=\"urn:aal2 urn:aal3\"", challenge, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Create_SelfApproval_403()
+    {
+        using var response = await _gateway.PostGrantAsync(DeployGrant(_gateway.Idp.Token()), apiToken: _gateway.Idp.ApiToken(subject: "alice"));
+
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+        Assert.Equal("self_approval", await response.ReasonAsync());
+    }
+
+    [Theory]
+    [InlineData("tokenHash", "tokenHash: required")]
+    [InlineData("workload", "workload: required")]
+    [InlineData("request", "request: required")]
+    [InlineData("route", "route: required")]
+    public async Task Create_MissingBinding_400NamingIt(string field, string detail)
+    {
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant.Remove(field);
+
+        using var response = await _gateway.PostGrantAsync(grant);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        var problem = await response.ProblemAsync();
+        Assert.Equal("invalid_request", problem.GetProperty("reason").GetString());
+        Assert.StartsWith(detail, problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("maxUses", 6, "maxUses: must be from 1 to 5")]
+    [InlineData("maxUses", 0, "maxUses: must be from 1 to 5")]
+    [InlineData("ttlSeconds", 301, "ttlSeconds: must be from 1 to 300")]
+    public async Task Create_AbovePolicyLimits_400(string field, int value, string detail)
+    {
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant[field] = value;
+
+        using var response = await _gateway.PostGrantAsync(grant);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.StartsWith(detail, (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("{not json", "body: malformed JSON or wrong type")]
+    [InlineData("""{"route":"deploy","maxUses":"many"}""", "maxUses: malformed JSON or wrong type")]
+    [InlineData("""{"route":"deploy","bindings":"all"}""", "bindings: unknown member")]
+    [InlineData("""{"route":"nope"}""", "route: unknown route 'nope'")]
+    [InlineData("""{"route":"status"}""", "route: policy 'token-only' of route 'status' does not use grants")]
+    public async Task Create_MalformedBody_400NamingTheField(string json, string detail)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/assurance/v1/grants") { Content = new StringContent(json, Encoding.UTF8, "application/json") };
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", _gateway.Idp.ApiToken());
+
+        using var response = await _gateway.Api.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(detail, (await response.ProblemAsync()).GetProperty("detail").GetString());
+    }
+
+    [Theory]
+    [InlineData("tokenHash", "abc", "tokenHash: expected")]
+    [InlineData("origin", "[\"not-an-ip\"]", "origin[0]:")]
+    public async Task Create_BadBindingValue_400(string field, string value, string detail)
+    {
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant[field] = value.StartsWith('[') ? JsonNode.Parse(value) : value;
+
+        using var response = await _gateway.PostGrantAsync(grant);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.StartsWith(detail, (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Create_HeaderNotBoundByPolicy_400()
+    {
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant["request"]!["headers"]!["x-team"] = "sre";
+
+        using var response = await _gateway.PostGrantAsync(grant);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.StartsWith("request.headers.x-team: not a bound header", (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task GetAndRevoke_UnknownOrMalformedId_404And400()
+    {
+        using var get = new HttpRequestMessage(HttpMethod.Get, "/assurance/v1/grants/doesNotExist");
+        get.Headers.Authorization = new AuthenticationHeaderValue("Bearer", _gateway.Idp.ApiToken());
+        using var delete = new HttpRequestMessage(HttpMethod.Delete, "/assurance/v1/grants/doesNotExist");
+        delete.Headers.Authorization = new AuthenticationHeaderValue("Bearer", _gateway.Idp.ApiToken());
+        using var malformed = new HttpRequestMessage(HttpMethod.Get, "/assurance/v1/grants/" + new string('a', 65));
+        malformed.Headers.Authorization = new AuthenticationHeaderValue("Bearer", _gateway.Idp.ApiToken());
+
+        using var getResponse = await _gateway.Api.SendAsync(get);
+        using var deleteResponse = await _gateway.Api.SendAsync(delete);
+        using var malformedResponse = await _gateway.Api.SendAsync(malformed);
+
+        Assert.Equal(HttpStatusCode.NotFound, getResponse.StatusCode);
+        Assert.Equal("grant_not_found", await getResponse.ReasonAsync());
+        Assert.Equal(HttpStatusCode.NotFound, deleteResponse.StatusCode);
+        Assert.Equal(HttpStatusCode.BadRequest, malformedResponse.StatusCode);
+    }
+
+    [Fact]
+    public async Task Read_WithoutReadScope_403()
+    {
+        var id = await _gateway.CreateGrantAsync(DeployGrant(_gateway.Idp.Token()));
+        using var get = new HttpRequestMessage(HttpMethod.Get, $"/assurance/v1/grants/{id}");
+        get.Headers.Authorization = new AuthenticationHeaderValue("Bearer", _gateway.Idp.ApiToken(scope: "assurance:grant"));
+
+        using var response = await _gateway.Api.SendAsync(get);
+
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+    }
+}

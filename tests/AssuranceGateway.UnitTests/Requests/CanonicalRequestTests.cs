@@ -1,0 +1,81 @@
+using AssuranceGateway.Requests;
+using Microsoft.Extensions.Primitives;
+
+namespace AssuranceGateway.UnitTests.Requests;
+
+/// <summary>
+/// Vectors for SPEC §4.2. The expected values were computed by an independent implementation (Python's hashlib
+/// over the canonical string written out by hand), not by this code.
+/// </summary>
+public sealed class CanonicalRequestTests
+{
+    private static string Hash(string method, string path, string query, (string Name, string[] Values)[] headers, byte[] body)
+    {
+        var bound = headers.Select(h => h.Name).ToList();
+        return CanonicalRequest.Compute(method, path, query, bound,
+            n => headers.FirstOrDefault(h => h.Name == n).Values is { } v ? new StringValues(v) : StringValues.Empty, body).Hash;
+    }
+
+    [Fact]
+    public void Compute_EmptyGet_MatchesVector() =>
+        Assert.Equal("sha256:VY-oKU7wdnSudg2tiPxK59tRKwKXOkBS-Xarrr5AoAs", Hash("GET", "/", "", [], []));
+
+    [Fact]
+    public void Compute_EmptyPathAndLowerCaseMethod_NormalisedToSlashAndUpperCase() =>
+        Assert.Equal("sha256:VY-oKU7wdnSudg2tiPxK59tRKwKXOkBS-Xarrr5AoAs", Hash("get", "", "", [], []));
+
+    [Fact]
+    public void Compute_QueryPairsSortedEmptyPairsDroppedRepeatedNamesKept_MatchesVector()
+    {
+        var body = "{\"x\":1}"u8.ToArray();
+        var headers = new[] { ("content-type", new[] { "application/json" }) };
+
+        Assert.Equal("sha256:EGGVGVzHbZDsRxeBzqVa94yAmVdTDKvoQEk81r6ZE88", Hash("POST", "/deploy/v1/releases", "b=2&a=1&&a=0", headers, body));
+        Assert.Equal("sha256:EGGVGVzHbZDsRxeBzqVa94yAmVdTDKvoQEk81r6ZE88", Hash("POST", "/deploy/v1/releases", "?a=0&b=2&a=1", headers, body));
+    }
+
+    [Fact]
+    public void Compute_PercentEncodingKeptAsReceived_MatchesVector()
+    {
+        Assert.Equal("sha256:FZpgbpzWFBXCMVGP5Adc107oRkhKWgqVB-glCvOX-5M", Hash("GET", "/files/a%2Fb%20c", "q=%41&Z=1", [], []));
+        Assert.NotEqual(Hash("GET", "/files/a%2Fb%20c", "q=%41&Z=1", [], []), Hash("GET", "/files/a/b c", "q=A&Z=1", [], []));
+    }
+
+    [Fact]
+    public void Compute_BoundHeaderAbsent_WrittenAsEmpty_MatchesVector() =>
+        Assert.Equal("sha256:iR5L_TklPmjhXnhLJJbs8Gw83jMU0x_FeqQCC-Szh6Q",
+            Hash("PUT", "/x", "", [("content-type", ["application/json"]), ("x-request-id", [])], "abc"u8.ToArray()));
+
+    [Fact]
+    public void Compute_MultiValuedHeaderWithSpaces_TrimmedAndJoined_MatchesVector() =>
+        Assert.Equal("sha256:HXoIGdIV-rMKemCbkrXjSdrSyiHDKObkZ2mGSB3422c", Hash("POST", "/x", "", [("x-tag", [" a ", "b  "])], []));
+
+    [Fact]
+    public void Compute_BinaryBody_MatchesVector() =>
+        Assert.Equal("sha256:DT9cZX6vJRd5eDzPKpMlcjNWLcTH7L_vw1WKISUClHg", Hash("POST", "/bin", "", [], Enumerable.Range(0, 256).Select(i => (byte)i).ToArray()));
+
+    [Fact]
+    public void Compute_Digests_DifferOnlyInTheChangedComponent()
+    {
+        var a = CanonicalRequest.Compute("POST", "/x", "a=1", [], _ => default, "one"u8);
+        var b = CanonicalRequest.Compute("POST", "/x", "a=1", [], _ => default, "two"u8);
+
+        Assert.Equal(a.Digests.Method, b.Digests.Method);
+        Assert.Equal(a.Digests.Path, b.Digests.Path);
+        Assert.Equal(a.Digests.Query, b.Digests.Query);
+        Assert.Equal(a.Digests.Headers, b.Digests.Headers);
+        Assert.NotEqual(a.Digests.Body, b.Digests.Body);
+    }
+
+    [Fact]
+    public void TokenHash_OfRawJwtAscii_MatchesVector() =>
+        Assert.Equal("sha256:Wz_TZxwYJqpL5WBRsNLly-rQQhsIKoLw3BkzTHP0GZo", Hashes.TokenHash("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"));
+
+    [Theory]
+    [InlineData("sha256:Wz_TZxwYJqpL5WBRsNLly-rQQhsIKoLw3BkzTHP0GZo", true)]
+    [InlineData("sha256:Wz_TZxwYJqpL5WBRsNLly-rQQhsIKoLw3BkzTHP0GZ", false)]
+    [InlineData("sha1:Wz_TZxwYJqpL5WBRsNLly-rQQhsIKoLw3BkzTHP0GZo", false)]
+    [InlineData("sha256:Wz/TZxwYJqpL5WBRsNLly+rQQhsIKoLw3BkzTHP0GZo", false)]
+    public void IsWellFormed_ChecksPrefixLengthAndAlphabet(string value, bool expected) =>
+        Assert.Equal(expected, Hashes.IsWellFormed(value));
+}
