@@ -1,8 +1,141 @@
 using System.CommandLine;
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using AssuranceGateway.Requests;
 
 namespace AssuranceGateway.Cli;
 
+/// <summary>
+/// <c>agw grant create|show|list|approve|deny|revoke</c> against the assurance API, for people and CI pipelines.
+/// The raw access token given to <c>create --token</c> is hashed here: it never travels to the API.
+/// </summary>
 internal static class GrantCommands
 {
-    public static void Add(RootCommand root) => _ = root;
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    public static void Add(RootCommand root)
+    {
+        var api = new Option<string>("--api") { Description = "Assurance API base URL (or AGW_API)", DefaultValueFactory = _ => Environment.GetEnvironmentVariable("AGW_API") ?? "http://127.0.0.1:8081" };
+        var bearer = new Option<string?>("--as") { Description = "Bearer token of the caller for the API (or AGW_TOKEN)" };
+        var quiet = new Option<bool>("--quiet", "-q") { Description = "Print only the grant id" };
+
+        var route = new Option<string>("--route") { Description = "Route id the grant is for", Required = true };
+        var subject = new Option<string?>("--subject") { Description = "Bound subject (sub of the caller's token)" };
+        var session = new Option<string?>("--session") { Description = "Bound session (sid)" };
+        var token = new Option<string?>("--token") { Description = "Bound access token; hashed locally, never sent" };
+        var tokenHash = new Option<string?>("--token-hash") { Description = "Bound token hash (sha256:...)" };
+        var workload = new Option<string?>("--workload") { Description = "Bound workload, e.g. spiffe://prod.example/ns/ci/sa/deployer" };
+        var origin = new Option<string[]>("--origin") { Description = "Bound origin CIDR (repeatable)" };
+        var method = new Option<string?>("--method") { Description = "Bound request: method" };
+        var path = new Option<string?>("--path") { Description = "Bound request: path as sent on the wire" };
+        var query = new Option<string?>("--query") { Description = "Bound request: raw query without '?'" };
+        var header = new Option<string[]>("--header") { Description = "Bound request: 'name: value' of a bound header (repeatable)" };
+        var body = new Option<FileInfo?>("--body") { Description = "Bound request: file with the exact body bytes" };
+        var requestHash = new Option<string?>("--request-hash") { Description = "Bound request hash instead of the request itself" };
+        var maxUses = new Option<int?>("--max-uses") { Description = "Uses (default 1)" };
+        var ttl = new Option<int?>("--ttl") { Description = "Seconds of validity (default: the policy's MaxTtl)" };
+        var notBefore = new Option<DateTimeOffset?>("--not-before") { Description = "Start of the window (ISO 8601)" };
+        var reason = new Option<string?>("--reason") { Description = "Why (change ticket, incident)" };
+        var create = new Command("create", "Issue a grant")
+        {
+            api, bearer, quiet, route, subject, session, token, tokenHash, workload, origin, method, path, query, header, body, requestHash, maxUses, ttl, notBefore, reason,
+        };
+        create.SetAction(async (r, ct) =>
+        {
+            var json = new JsonObject { ["route"] = r.GetValue(route) };
+            void Set(string name, JsonNode? value)
+            {
+                if (value is not null)
+                {
+                    json[name] = value;
+                }
+            }
+
+            Set("subject", r.GetValue(subject));
+            Set("session", r.GetValue(session));
+            Set("tokenHash", r.GetValue(token) is { } raw ? Hashes.TokenHash(raw) : r.GetValue(tokenHash));
+            Set("workload", r.GetValue(workload));
+            if (r.GetValue(origin) is { Length: > 0 } origins)
+            {
+                json["origin"] = new JsonArray([.. origins.Select(o => JsonValue.Create(o))]);
+            }
+
+            if (r.GetValue(method) is { } m)
+            {
+                var headers = new JsonObject();
+                foreach (var h in r.GetValue(header) ?? [])
+                {
+                    var colon = h.IndexOf(':', StringComparison.Ordinal);
+                    headers[h[..Math.Max(colon, 0)].Trim().ToLowerInvariant()] = colon > 0 ? h[(colon + 1)..].Trim() : string.Empty;
+                }
+
+                json["request"] = new JsonObject
+                {
+                    ["method"] = m,
+                    ["path"] = r.GetValue(path) ?? "/",
+                    ["query"] = r.GetValue(query) ?? string.Empty,
+                    ["headers"] = headers,
+                    ["body"] = r.GetValue(body) is { } file ? Convert.ToBase64String(await File.ReadAllBytesAsync(file.FullName, ct)) : string.Empty,
+                };
+            }
+
+            Set("requestHash", r.GetValue(requestHash));
+            Set("maxUses", r.GetValue(maxUses));
+            Set("ttlSeconds", r.GetValue(ttl));
+            Set("notBefore", r.GetValue(notBefore)?.ToString("O"));
+            Set("reason", r.GetValue(reason));
+            return await SendAsync(r, api, bearer, HttpMethod.Post, "/assurance/v1/grants", json, r.GetValue(quiet) ? "id" : null, ct);
+        });
+
+        var id = new Argument<string>("id") { Description = "Grant id" };
+        var show = new Command("show", "Show a grant with its bindings and events") { api, bearer, id };
+        show.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Get, $"/assurance/v1/grants/{r.GetValue(id)}", null, null, ct));
+        var list = new Command("list", "List grants waiting for approval") { api, bearer };
+        list.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Get, "/assurance/v1/grants?status=pending", null, null, ct));
+        var approve = new Command("approve", "Approve a pending grant") { api, bearer, id };
+        approve.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Post, $"/assurance/v1/grants/{r.GetValue(id)}/approve", null, null, ct));
+        var deny = new Command("deny", "Deny (revoke) a pending grant") { api, bearer, id };
+        deny.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Post, $"/assurance/v1/grants/{r.GetValue(id)}/deny", null, null, ct));
+        var revoke = new Command("revoke", "Revoke a grant") { api, bearer, id };
+        revoke.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Delete, $"/assurance/v1/grants/{r.GetValue(id)}", null, null, ct));
+
+        root.Subcommands.Add(new Command("grant", "Grants on the assurance API") { create, show, list, approve, deny, revoke });
+    }
+
+    private static async Task<int> SendAsync(ParseResult r, Option<string> api, Option<string?> bearer, HttpMethod method, string path,
+        JsonObject? body, string? onlyField, CancellationToken ct)
+    {
+        var token = r.GetValue(bearer) ?? Environment.GetEnvironmentVariable("AGW_TOKEN");
+        using var client = new HttpClient { BaseAddress = new Uri(r.GetValue(api)!) };
+        using var request = new HttpRequestMessage(method, path);
+        if (token is not null)
+        {
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        }
+
+        if (body is not null)
+        {
+            request.Content = new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json");
+        }
+
+        using var response = await client.SendAsync(request, ct);
+        var text = await response.Content.ReadAsStringAsync(ct);
+        if (!response.IsSuccessStatusCode)
+        {
+            await Console.Error.WriteLineAsync($"{(int)response.StatusCode} {text}");
+            return 1;
+        }
+
+        if (text.Length == 0)
+        {
+            Console.WriteLine($"{(int)response.StatusCode} {response.ReasonPhrase}");
+            return 0;
+        }
+
+        var node = JsonNode.Parse(text)!;
+        Console.WriteLine(onlyField is not null ? node[onlyField]?.ToString() : node.ToJsonString(Indented));
+        return 0;
+    }
 }
