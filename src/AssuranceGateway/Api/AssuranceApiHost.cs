@@ -83,6 +83,8 @@ internal static class HealthEndpoints
     public static void Map(WebApplication app)
     {
         app.MapGet("/healthz", () => Results.Text("ok"));
+        app.MapGet("/.well-known/jwks.json", (GatewayConfigState config) =>
+            Results.Json(Evidence.EvidenceSigner.PublicJwks(config.Current.Settings.Evidence.SigningKey)));
         app.MapGet("/readyz", async (IGrantStore store, GatewayConfigState config, HttpContext context) =>
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted);

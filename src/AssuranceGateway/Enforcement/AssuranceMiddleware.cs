@@ -442,7 +442,7 @@ public sealed partial class AssuranceMiddleware
             headers.Remove(WorkloadResolver.ClientCertHeader);
         }
 
-        if (_signer is not null && decision.Allowed && decision.Policy.RequiresToken)
+        if (_signer is not null && settings.Evidence.SigningKey is not null && decision.Allowed && decision.Policy.RequiresToken)
         {
             headers[EvidenceHeader] = _signer.Sign(decision, settings);
         }

@@ -50,6 +50,7 @@ public static partial class GatewayHostingExtensions
         services.TryAddSingleton<IGrantStore>(sp => GrantStoreFactory.Create(
             sp.GetRequiredService<GatewayConfigState>().Current.Settings.Store, sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILoggerFactory>()));
         services.TryAddSingleton(sp => new GatewayTelemetry(sp.GetServices<BaseProcessor<Activity>>(), sp.GetServices<MetricReader>()));
+        services.TryAddSingleton<IEvidenceSigner, Evidence.EvidenceSigner>();
         services.TryAddSingleton<AssuranceApiHost>();
         services.AddHostedService(sp => sp.GetRequiredService<AssuranceApiHost>());
         return builder;

@@ -1,0 +1,102 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using AssuranceGateway.Testing;
+using Microsoft.IdentityModel.JsonWebTokens;
+using Microsoft.IdentityModel.Tokens;
+using static AssuranceGateway.Testing.GrantHelpers;
+
+namespace AssuranceGateway.FunctionalTests.Evidence;
+
+/// <summary>SPEC §5.6 from the upstream's side: it verifies, with the published key, which approval let a request in.</summary>
+public sealed class SignedEvidenceTests : IAsyncLifetime
+{
+    private GatewayHarness _gateway = null!;
+
+    public async Task InitializeAsync()
+    {
+        var harness = await GatewayHarness.CreateAsync();
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var p = key.ExportParameters(true);
+        var keyFile = Path.Combine(harness.Directory, "evidence.jwk.json");
+        await File.WriteAllTextAsync(keyFile, new JsonObject
+        {
+            ["kty"] = "EC", ["crv"] = "P-256", ["kid"] = "ev-1",
+            ["x"] = Base64UrlEncoder.Encode(p.Q.X), ["y"] = Base64UrlEncoder.Encode(p.Q.Y), ["d"] = Base64UrlEncoder.Encode(p.D),
+        }.ToJsonString());
+        var config = harness.DefaultConfig();
+        config["Assurance"]!["Evidence"] = new JsonObject { ["SigningKeyFile"] = keyFile };
+        await harness.StartWithAsync(config);
+        _gateway = harness;
+    }
+
+    public async Task DisposeAsync() => await _gateway.DisposeAsync();
+
+    [Fact]
+    public async Task AllowedRequest_CarriesEvidenceThatVerifiesWithPublishedKey()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        var grant = await _gateway.GetGrantAsync(id);
+
+        using var request = DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out var traceId);
+        request.Headers.TryAddWithoutValidation("Assurance-Evidence", "forged-by-client");
+        using var response = await _gateway.Proxy.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var evidence = Assert.Single(_gateway.Upstream.Received).Headers["Assurance-Evidence"];
+        Assert.NotEqual("forged-by-client", evidence);
+        var jwks = new JsonWebKeySet(await _gateway.Api.GetStringAsync("/.well-known/jwks.json"));
+        Assert.DoesNotContain(jwks.Keys, k => k.HasPrivateKey);
+        var result = await new JsonWebTokenHandler().ValidateTokenAsync(evidence, new TokenValidationParameters
+        {
+            ValidIssuer = "urn:assurance-gateway",
+            ValidateAudience = false,
+            IssuerSigningKeys = jwks.Keys,
+            ValidTypes = ["assurance-evidence+jwt"],
+            ValidAlgorithms = ["ES256"],
+        });
+        Assert.True(result.IsValid, result.Exception?.Message);
+        var jwt = (JsonWebToken)result.SecurityToken;
+        Assert.Equal(id, jwt.GetClaim("grantId").Value);
+        Assert.Equal(grant.GetProperty("requestHash").GetString(), jwt.GetClaim("requestHash").Value);
+        Assert.Equal("deploy", jwt.GetClaim("route").Value);
+        Assert.Equal("alice", jwt.Subject);
+        Assert.Equal(Deployer, jwt.GetClaim("workload").Value);
+        Assert.Equal("approver", jwt.GetClaim("approvers").Value);
+        Assert.Equal(traceId, jwt.GetClaim("traceId").Value);
+        Assert.True(jwt.ValidTo - jwt.IssuedAt <= TimeSpan.FromMinutes(1));
+    }
+
+    [Fact]
+    public async Task Evidence_SignedByAnotherKey_DoesNotVerify()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _));
+        var evidence = Assert.Single(_gateway.Upstream.Received).Headers["Assurance-Evidence"];
+        using var other = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+
+        var result = await new JsonWebTokenHandler().ValidateTokenAsync(evidence, new TokenValidationParameters
+        {
+            ValidateIssuer = false,
+            ValidateAudience = false,
+            IssuerSigningKey = new ECDsaSecurityKey(other),
+        });
+
+        Assert.False(result.IsValid);
+    }
+
+    [Fact]
+    public async Task Jwks_IsServedOnlyOnTheApiListener()
+    {
+        using var onProxy = await _gateway.Proxy.GetAsync("/.well-known/jwks.json");
+        var onApi = await _gateway.Api.GetFromJsonAsync<JsonElement>("/.well-known/jwks.json");
+
+        Assert.Equal(HttpStatusCode.NotFound, onProxy.StatusCode);
+        Assert.Equal("ev-1", onApi.GetProperty("keys")[0].GetProperty("kid").GetString());
+        Assert.False(onApi.GetProperty("keys")[0].TryGetProperty("d", out _));
+    }
+}
