@@ -1,0 +1,120 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Text;
+using AssuranceGateway.Testing;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using static AssuranceGateway.Testing.GrantHelpers;
+
+namespace AssuranceGateway.FunctionalTests.Evidence;
+
+/// <summary>
+/// The host process exports evidence over OTLP configured only by OTEL_* variables, flushes on SIGTERM, and never
+/// lets a raw token, workload JWT or body reach the exported bytes or its log.
+/// </summary>
+public sealed class OtlpExportTests
+{
+    [Fact]
+    public async Task HostProcess_OtlpHttp_ExportsDecisionsAndLeaksNoSecret()
+    {
+        await using var harness = await GatewayHarness.CreateAsync();
+        await using var collector = await OtlpReceiver.StartAsync();
+        var proxyPort = GatewayProcess.FreePort();
+        var apiPort = GatewayProcess.FreePort();
+        var config = harness.DefaultConfig();
+        config["Urls"] = $"http://127.0.0.1:{proxyPort}";
+        config["Assurance"]!["Api"]!["Url"] = $"http://127.0.0.1:{apiPort}";
+        var configPath = Path.Combine(harness.Directory, "gateway.json");
+        await File.WriteAllTextAsync(configPath, config.ToJsonString());
+
+        await using var gateway = GatewayProcess.Start(["--config", configPath], new Dictionary<string, string>
+        {
+            ["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector.Address,
+            ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf",
+            ["OTEL_SERVICE_NAME"] = "gateway-under-test",
+        });
+        await gateway.WaitReadyAsync($"http://127.0.0.1:{apiPort}/healthz", TimeSpan.FromSeconds(30));
+        using var proxy = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{proxyPort}") };
+        using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{apiPort}") };
+
+        var token = harness.Idp.Token();
+        var svid = harness.WorkloadIssuer.Svid();
+        var apiToken = harness.Idp.ApiToken();
+        using var create = new HttpRequestMessage(HttpMethod.Post, "/assurance/v1/grants")
+        {
+            Content = new StringContent(DeployGrant(token).ToJsonString(), Encoding.UTF8, "application/json"),
+        };
+        create.Headers.Authorization = new("Bearer", apiToken);
+        using var created = await api.SendAsync(create);
+        Assert.Equal(HttpStatusCode.Created, created.StatusCode);
+        var id = System.Text.Json.JsonDocument.Parse(await created.Content.ReadAsStringAsync()).RootElement.GetProperty("id").GetString();
+
+        using var allowed = await proxy.SendAsync(DeployRequest(token, svid, id, out var allowedTrace));
+        using var replayed = await proxy.SendAsync(DeployRequest(token, svid, id, out _));
+        using var badToken = await proxy.SendAsync(DeployRequest(token + "x", svid, id, out _));
+        Assert.Equal(HttpStatusCode.OK, allowed.StatusCode);
+        Assert.Equal(HttpStatusCode.Forbidden, replayed.StatusCode);
+        Assert.Equal(HttpStatusCode.Unauthorized, badToken.StatusCode);
+
+        Assert.Equal(0, await gateway.StopGracefullyAsync(TimeSpan.FromSeconds(30)));
+
+        var exported = collector.Bodies("/v1/traces");
+        Assert.NotEmpty(exported);
+        var all = exported.SelectMany(b => b).ToArray();
+        Assert.True(Contains(all, "assurance.enforce"), "span name exported");
+        Assert.True(Contains(all, "replayed"), "reason exported");
+        Assert.True(Contains(all, "gateway-under-test"), "OTEL_SERVICE_NAME honoured");
+        Assert.True(Contains(all, Convert.FromHexString(allowedTrace)), "the allowed request's trace id exported");
+        foreach (var secret in new[] { token, svid, apiToken, ReleaseBody, token + "x" })
+        {
+            Assert.False(Contains(all, secret), "a raw secret in exported spans");
+            Assert.DoesNotContain(secret, gateway.Output, StringComparison.Ordinal);
+        }
+
+        Assert.Contains("Denied replayed", gateway.Output, StringComparison.Ordinal);
+    }
+
+    private static bool Contains(byte[] haystack, string needle) => Contains(haystack, Encoding.UTF8.GetBytes(needle));
+
+    private static bool Contains(byte[] haystack, byte[] needle) => haystack.AsSpan().IndexOf(needle) >= 0;
+
+    /// <summary>A loopback OTLP/HTTP receiver that keeps every request body.</summary>
+    private sealed class OtlpReceiver : IAsyncDisposable
+    {
+        private readonly WebApplication _app;
+        private readonly ConcurrentQueue<(string Path, byte[] Body)> _bodies = new();
+
+        private OtlpReceiver(WebApplication app) => _app = app;
+
+        public string Address { get; private set; } = string.Empty;
+
+        public IReadOnlyList<byte[]> Bodies(string path) => [.. _bodies.Where(b => b.Path == path).Select(b => b.Body)];
+
+        public static async Task<OtlpReceiver> StartAsync()
+        {
+            var builder = WebApplication.CreateSlimBuilder();
+            builder.WebHost.UseUrls("http://127.0.0.1:0");
+            builder.Logging.ClearProviders();
+            var app = builder.Build();
+            var receiver = new OtlpReceiver(app);
+            app.Run(async context =>
+            {
+                using var body = new MemoryStream();
+                await context.Request.Body.CopyToAsync(body);
+                receiver._bodies.Enqueue((context.Request.Path.Value ?? string.Empty, body.ToArray()));
+                context.Response.ContentType = "application/x-protobuf";
+                context.Response.StatusCode = StatusCodes.Status200OK;
+            });
+            await app.StartAsync();
+            receiver.Address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            return receiver;
+        }
+
+        public async ValueTask DisposeAsync() => await _app.DisposeAsync();
+    }
+}
