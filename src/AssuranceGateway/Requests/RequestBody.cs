@@ -21,7 +21,10 @@ internal sealed class RequestBody : IDisposable
 
     public ReadOnlySpan<byte> Span => _buffer.AsSpan(0, Length);
 
-    /// <summary>Returns null when the body exceeds <paramref name="maxBytes"/> (nothing is forwarded then).</summary>
+    /// <summary>
+    /// Returns null when the body exceeds <paramref name="maxBytes"/>. The bytes read so far are then put back in front
+    /// of the unread rest, so that shadow mode can still forward the request intact; enforcement forwards nothing.
+    /// </summary>
     public static async ValueTask<RequestBody?> ReadAsync(HttpRequest request, long maxBytes, CancellationToken cancellationToken)
     {
         if (request.ContentLength is { } declared && declared > maxBytes)
@@ -39,11 +42,6 @@ internal sealed class RequestBody : IDisposable
             {
                 if (total == buffer.Length)
                 {
-                    if (total > limit)
-                    {
-                        ArrayPool<byte>.Shared.Return(buffer);
-                        return null;
-                    }
 
                     var larger = ArrayPool<byte>.Shared.Rent((int)Math.Min((long)buffer.Length * 2, (long)limit + 1));
                     buffer.AsSpan(0, total).CopyTo(larger);
@@ -60,7 +58,9 @@ internal sealed class RequestBody : IDisposable
                 total += read;
                 if (total > limit)
                 {
+                    var prefix = buffer.AsSpan(0, total).ToArray();
                     ArrayPool<byte>.Shared.Return(buffer);
+                    request.Body = new PrefixedStream(prefix, request.Body);
                     return null;
                 }
             }
@@ -86,4 +86,62 @@ internal sealed class RequestBody : IDisposable
             ArrayPool<byte>.Shared.Return(buffer);
         }
     }
+}
+
+/// <summary>Bytes already read from a request body, followed by the unread rest of it.</summary>
+internal sealed class PrefixedStream(byte[] prefix, Stream rest) : Stream
+{
+    private int _position;
+
+    public override bool CanRead => true;
+    public override bool CanSeek => false;
+    public override bool CanWrite => false;
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position
+    {
+        get => throw new NotSupportedException();
+        set => throw new NotSupportedException();
+    }
+
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+    public override int Read(Span<byte> buffer)
+    {
+        if (_position < prefix.Length)
+        {
+            var n = Math.Min(buffer.Length, prefix.Length - _position);
+            prefix.AsSpan(_position, n).CopyTo(buffer);
+            _position += n;
+            return n;
+        }
+
+        return rest.Read(buffer);
+    }
+
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (_position < prefix.Length)
+        {
+            var n = Math.Min(buffer.Length, prefix.Length - _position);
+            prefix.AsMemory(_position, n).CopyTo(buffer);
+            _position += n;
+            return n;
+        }
+
+        return await rest.ReadAsync(buffer, cancellationToken).ConfigureAwait(false);
+    }
+
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    public override void Flush()
+    {
+    }
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 }
