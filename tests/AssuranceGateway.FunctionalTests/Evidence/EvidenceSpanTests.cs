@@ -1,0 +1,107 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+using AssuranceGateway.Testing;
+using static AssuranceGateway.Testing.GrantHelpers;
+
+namespace AssuranceGateway.FunctionalTests.Evidence;
+
+/// <summary>SPEC §6: one evidence span per decision, never sampled away, and never holding a secret.</summary>
+public sealed class EvidenceSpanTests : IAsyncLifetime
+{
+    private GatewayHarness _gateway = null!;
+
+    public async Task InitializeAsync() => _gateway = await GatewayHarness.StartAsync();
+
+    public async Task DisposeAsync() => await _gateway.DisposeAsync();
+
+    [Fact]
+    public async Task ParentSampledOut_EvidenceSpanStillRecordedAsChildOfServerSpan()
+    {
+        var traceId = ActivityTraceId.CreateRandom().ToHexString();
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/status");
+        request.Headers.TryAddWithoutValidation("traceparent", $"00-{traceId}-{ActivitySpanId.CreateRandom().ToHexString()}-00");
+
+        using var response = await _gateway.Proxy.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        var span = Assert.Single(_gateway.Spans.Enforce(traceId));
+        Assert.True(span.Recorded);
+        Assert.Equal("token_missing", span.GetTagItem("assurance.reason"));
+        Assert.Equal(traceId, (await response.ProblemAsync()).GetProperty("traceId").GetString());
+        // The parent is the ASP.NET Core server span of this request (itself sampled out, so not exported).
+        Assert.NotEqual(default, span.ParentSpanId);
+        Assert.DoesNotContain(_gateway.Spans.All, s => s.SpanId == span.ParentSpanId && s.Recorded);
+    }
+
+    [Fact]
+    public async Task ParentSampledIn_EvidenceSpanIsChildOfServerSpan()
+    {
+        using var request = GatewayHarness.Request(HttpMethod.Get, "/status", _gateway.Idp.Token(), out var traceId);
+
+        using var response = await _gateway.Proxy.SendAsync(request);
+
+        var span = Assert.Single(_gateway.Spans.Enforce(traceId));
+        var server = Assert.Single(_gateway.Spans.All, s => s.SpanId == span.ParentSpanId);
+        Assert.Equal(ActivityKind.Server, server.Kind);
+    }
+
+    [Fact]
+    public async Task AllDecisionClasses_NoRawTokenWorkloadJwtOrBodyInSpansLogsOrStore()
+    {
+        var token = _gateway.Idp.Token();
+        var svid = _gateway.WorkloadIssuer.Svid();
+        var otherSvid = _gateway.WorkloadIssuer.Svid(OtherWorkload);
+        var apiToken = _gateway.Idp.ApiToken();
+        var lowAal = _gateway.Idp.Token(acr: "urn:aal1");
+        var expired = _gateway.Idp.Token(edit: c => c["exp"] = DateTimeOffset.UtcNow.AddHours(-1).ToUnixTimeSeconds());
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, maxUses: 2), apiToken);
+        var secrets = new[] { token, svid, otherSvid, apiToken, lowAal, expired, ReleaseBody, "tampered-body-secret" };
+
+        (await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _))).Dispose();
+        (await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _, body: "tampered-body-secret"))).Dispose();
+        (await _gateway.Proxy.SendAsync(DeployRequest(lowAal, svid, id, out _))).Dispose();
+        (await _gateway.Proxy.SendAsync(DeployRequest(expired, svid, id, out _))).Dispose();
+        (await _gateway.Proxy.SendAsync(DeployRequest(token, "garbage." + svid, id, out _))).Dispose();
+        (await _gateway.Proxy.SendAsync(DeployRequest(token, otherSvid, id, out _))).Dispose();
+        (await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _))).Dispose();
+
+        var spanText = new StringBuilder();
+        foreach (var span in _gateway.Spans.All)
+        {
+            foreach (var tag in span.TagObjects)
+            {
+                spanText.Append(tag.Key).Append('=').Append(tag.Value).Append('\n');
+            }
+
+            foreach (var e in span.Events)
+            {
+                spanText.Append(e.Name).Append(string.Join(',', e.Tags.Select(t => $"{t.Key}={t.Value}"))).Append('\n');
+            }
+        }
+
+        var logs = string.Join('\n', _gateway.Logs.Lines);
+        var stored = (await _gateway.GetGrantAsync(id)).GetRawText();
+        Assert.Contains("assurance.token.hash=sha256:", spanText.ToString(), StringComparison.Ordinal);
+        Assert.Contains("Denied", logs, StringComparison.Ordinal);
+        foreach (var secret in secrets)
+        {
+            Assert.DoesNotContain(secret, spanText.ToString(), StringComparison.Ordinal);
+            Assert.DoesNotContain(secret, logs, StringComparison.Ordinal);
+            Assert.DoesNotContain(secret, stored, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task Deny_OneStructuredLogLineWithTheSpanFields()
+    {
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(_gateway.Idp.Token(), _gateway.WorkloadIssuer.Svid(), "missingGrant", out var trace));
+
+        var line = Assert.Single(_gateway.Logs.Lines, l => l.Contains("[200]", StringComparison.Ordinal) && l.Contains(trace, StringComparison.Ordinal));
+        Assert.Contains("Reason=grant_not_found", line, StringComparison.Ordinal);
+        Assert.Contains("Route=deploy", line, StringComparison.Ordinal);
+        Assert.Contains("GrantId=missingGrant", line, StringComparison.Ordinal);
+        Assert.Contains("Workload=" + Deployer, line, StringComparison.Ordinal);
+        Assert.Contains("TokenHash=sha256:", line, StringComparison.Ordinal);
+    }
+}
