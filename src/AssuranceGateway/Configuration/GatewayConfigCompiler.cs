@@ -461,9 +461,18 @@ public static class GatewayConfigCompiler
         if (ca is not null)
         {
             caPath = Path.GetFullPath(ca, baseDirectory);
-            if (!File.Exists(caPath))
+            try
             {
-                reader.Error(s.GetSection("ClientCaFile"), $"cannot read '{caPath}'");
+                var bundle = new System.Security.Cryptography.X509Certificates.X509Certificate2Collection();
+                bundle.ImportFromPemFile(caPath);
+                if (bundle.Count == 0)
+                {
+                    reader.Error(s.GetSection("ClientCaFile"), $"'{caPath}' holds no PEM certificate");
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or System.Security.Cryptography.CryptographicException)
+            {
+                reader.Error(s.GetSection("ClientCaFile"), $"cannot read a PEM certificate bundle from '{caPath}': {e.Message}");
             }
         }
 

@@ -40,6 +40,14 @@ public static partial class GatewayHostingExtensions
                 NullLogger<GatewayConfigState>.Instance, watch: false);
         }
 
+        // The mtls workload source: HTTPS endpoints of the proxy ask for a client certificate and accept any (the
+        // resolver decides what it proves). Plain HTTP endpoints are unaffected. The API app has its own Kestrel.
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.ConfigureHttpsDefaults(https =>
+        {
+            https.ClientCertificateMode = Microsoft.AspNetCore.Server.Kestrel.Https.ClientCertificateMode.AllowCertificate;
+            https.AllowAnyClientCertificate();
+        }));
+
         var services = builder.Services;
         services.TryAddSingleton(TimeProvider.System);
         services.AddReverseProxy().LoadFromMemory([], []);

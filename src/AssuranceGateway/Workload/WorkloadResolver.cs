@@ -26,10 +26,17 @@ public sealed class WorkloadResolver
 
     private readonly WorkloadSettings _settings;
     private readonly TokenValidator? _jwtSvid;
+    private readonly X509Certificate2Collection? _clientCas;
 
     public WorkloadResolver(WorkloadSettings settings, TokenSettings tokens, TimeProvider time)
     {
         _settings = settings;
+        if (settings.ClientCaFile is { } caFile && File.Exists(caFile))
+        {
+            _clientCas = [];
+            _clientCas.ImportFromPemFile(caFile);
+        }
+
         if (settings.Issuers.Count > 0 && settings.Audience is not null)
         {
             var svid = tokens with { Issuers = settings.Issuers, Types = ["JWT", "JOSE"] };
@@ -44,7 +51,7 @@ public sealed class WorkloadResolver
         {
             WorkloadCheck check = source switch
             {
-                WorkloadSource.Mtls => FromCertificate(context.Connection.ClientCertificate),
+                WorkloadSource.Mtls => FromCertificate(context.Connection.ClientCertificate, _clientCas),
                 WorkloadSource.Xfcc => FromXfcc(context),
                 WorkloadSource.Header => await FromHeaderAsync(context, cancellationToken).ConfigureAwait(false),
                 WorkloadSource.Claim => FromClaim(accessToken),
@@ -85,8 +92,13 @@ public sealed class WorkloadResolver
         _ => "claim",
     };
 
-    /// <summary>Identity of a client certificate: its single <c>spiffe://</c> URI SAN, else its SHA-256 thumbprint.</summary>
-    public static WorkloadCheck FromCertificate(X509Certificate2? certificate)
+    /// <summary>
+    /// Identity of a client certificate: its single <c>spiffe://</c> URI SAN, else its SHA-256 thumbprint. Kestrel
+    /// accepts any client certificate (the TLS handshake proves possession of its key, which is all a thumbprint
+    /// identity claims), so a SPIFFE ID is believed only when the chain builds to <c>Workload:ClientCaFile</c>:
+    /// anyone can put a SPIFFE URI into a self-signed certificate.
+    /// </summary>
+    public static WorkloadCheck FromCertificate(X509Certificate2? certificate, X509Certificate2Collection? trustedCas)
     {
         if (certificate is null)
         {
@@ -123,8 +135,28 @@ public sealed class WorkloadResolver
             }
         }
 
+        if (spiffe is not null && !ChainsTo(certificate, trustedCas))
+        {
+            return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, "client certificate names a SPIFFE ID but does not chain to Workload:ClientCaFile");
+        }
+
         var id = spiffe ?? "x509:sha256:" + Convert.ToHexStringLower(certificate.GetCertHash(System.Security.Cryptography.HashAlgorithmName.SHA256));
         return new WorkloadCheck(new WorkloadIdentity(id, WorkloadSource.Mtls, null), null, null);
+    }
+
+    private static bool ChainsTo(X509Certificate2 certificate, X509Certificate2Collection? trustedCas)
+    {
+        if (trustedCas is null || trustedCas.Count == 0)
+        {
+            return false;
+        }
+
+        using var chain = new X509Chain();
+        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        chain.ChainPolicy.CustomTrustStore.AddRange(trustedCas);
+        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        chain.ChainPolicy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid("1.3.6.1.5.5.7.3.2")); // clientAuth
+        return chain.Build(certificate);
     }
 
     /// <summary>The uniformResourceIdentifier ([6] IA5String) entries of a SAN extension (RFC 5280 §4.2.1.6).</summary>

@@ -1,0 +1,164 @@
+using System.Net;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using System.Text.Json.Nodes;
+using AssuranceGateway.Testing;
+using static AssuranceGateway.Testing.GrantHelpers;
+
+namespace AssuranceGateway.FunctionalTests.Workload;
+
+/// <summary>The mtls workload source on a real TLS listener: what a client certificate does and does not prove.</summary>
+public sealed class MtlsWorkloadTests : IAsyncLifetime
+{
+    private GatewayHarness _gateway = null!;
+    private X509Certificate2 _ca = null!;
+    private string _serverThumbprint = string.Empty;
+
+    public async Task InitializeAsync()
+    {
+        var harness = await GatewayHarness.CreateAsync();
+        _ca = CreateCa();
+        var caPem = Path.Combine(harness.Directory, "client-ca.pem");
+        await File.WriteAllTextAsync(caPem, _ca.ExportCertificatePem());
+        using var server = CreateServerCertificate();
+        _serverThumbprint = server.Thumbprint;
+        var pfx = Path.Combine(harness.Directory, "server.pfx");
+        await File.WriteAllBytesAsync(pfx, server.Export(X509ContentType.Pfx, "pw"));
+
+        var config = harness.DefaultConfig();
+        config["Urls"] = "https://127.0.0.1:0";
+        config["Kestrel"] = new JsonObject { ["Certificates"] = new JsonObject { ["Default"] = new JsonObject { ["Path"] = pfx, ["Password"] = "pw" } } };
+        config["Assurance"]!["Workload"]!["Sources"] = new JsonArray("mtls");
+        config["Assurance"]!["Workload"]!["ClientCaFile"] = caPem;
+        await harness.StartWithAsync(config);
+        _gateway = harness;
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _gateway.DisposeAsync();
+        _ca.Dispose();
+    }
+
+    private HttpClient ClientWith(X509Certificate2? certificate)
+    {
+        var handler = new SocketsHttpHandler();
+        // The test's own self-signed server certificate, pinned by thumbprint.
+        handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, _, _) =>
+            certificate is not null && string.Equals(certificate.GetCertHashString(), _serverThumbprint, StringComparison.OrdinalIgnoreCase);
+        if (certificate is not null)
+        {
+            handler.SslOptions.ClientCertificates = [certificate];
+        }
+
+        return new HttpClient(handler) { BaseAddress = new Uri(_gateway.ProxyAddress) };
+    }
+
+    [Fact]
+    public async Task CaSignedSpiffeCertificate_IdentifiesWorkload_GrantBoundToItIsUsed()
+    {
+        using var client = CreateClientCertificate(Deployer, _ca);
+        using var http = ClientWith(client);
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
+
+        using var response = await http.SendAsync(DeployRequest(token, svid: null, id, out var trace));
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(1, _gateway.Upstream.Count);
+        var span = Assert.Single(_gateway.Spans.Enforce(trace));
+        Assert.Equal("mtls", span.GetTagItem("assurance.workload.source"));
+        Assert.Equal(Deployer, span.GetTagItem("assurance.workload.id"));
+    }
+
+    [Fact]
+    public async Task SelfSignedCertificateClaimingTheSameSpiffeId_WorkloadInvalid()
+    {
+        using var rogue = CreateClientCertificate(Deployer, issuer: null);
+        using var http = ClientWith(rogue);
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
+
+        using var response = await http.SendAsync(DeployRequest(token, svid: null, id, out _));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal("workload_invalid", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task CertificateWithoutSpiffeId_IdentifiedByThumbprint_OtherKeyMismatches()
+    {
+        using var pinned = CreateClientCertificate(spiffeId: null, issuer: null);
+        using var other = CreateClientCertificate(spiffeId: null, issuer: null);
+        var thumbprint = "x509:sha256:" + Convert.ToHexStringLower(pinned.GetCertHash(HashAlgorithmName.SHA256));
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: thumbprint, maxUses: 2));
+        using var otherClient = ClientWith(other);
+        using var pinnedClient = ClientWith(pinned);
+
+        using var stolen = await otherClient.SendAsync(DeployRequest(token, svid: null, id, out _));
+        Assert.Equal("workload_mismatch", await stolen.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+
+        // workload_mismatch is in RevokeOn: the holder of the right key now finds the grant burned.
+        using var owner = await pinnedClient.SendAsync(DeployRequest(token, svid: null, id, out _));
+        Assert.Equal("grant_revoked", await owner.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task NoClientCertificate_WorkloadUnidentified()
+    {
+        using var http = ClientWith(null);
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        using var response = await http.SendAsync(DeployRequest(token, svid: null, id, out _));
+
+        Assert.Equal("workload_unidentified", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    private static X509Certificate2 CreateCa()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=test workload CA", key, HashAlgorithmName.SHA256);
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, false, 0, true));
+        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign, true));
+        return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
+    }
+
+    private static X509Certificate2 CreateServerCertificate()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
+        var san = new SubjectAlternativeNameBuilder();
+        san.AddIpAddress(IPAddress.Loopback);
+        request.CertificateExtensions.Add(san.Build());
+        return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
+    }
+
+    private static X509Certificate2 CreateClientCertificate(string? spiffeId, X509Certificate2? issuer)
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=workload", key, HashAlgorithmName.SHA256);
+        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.2")], false));
+        if (spiffeId is not null)
+        {
+            var san = new SubjectAlternativeNameBuilder();
+            san.AddUri(new Uri(spiffeId));
+            request.CertificateExtensions.Add(san.Build());
+        }
+
+        var notBefore = DateTimeOffset.UtcNow.AddMinutes(-1);
+        var notAfter = DateTimeOffset.UtcNow.AddMinutes(30);
+        if (issuer is null)
+        {
+            return request.CreateSelfSigned(notBefore, notAfter);
+        }
+
+        using var signed = request.Create(issuer, notBefore, notAfter, RandomNumberGenerator.GetBytes(8));
+        return signed.CopyWithPrivateKey(key);
+    }
+}
