@@ -13,7 +13,7 @@ namespace AssuranceGateway.Cli;
 /// </summary>
 internal static class GrantCommands
 {
-    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     public static void Add(RootCommand root)
     {
