@@ -105,7 +105,18 @@ public sealed class TokenValidator
             return TokenCheck.Fail("lifetime exceeds MaxLifetime");
         }
 
-        var keys = await entry.Issuer.Keys.GetKeysAsync(cancellationToken).ConfigureAwait(false);
+        IssuerKeys keys;
+        try
+        {
+            keys = await entry.Issuer.Keys.GetKeysAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (IssuerKeysUnavailableException)
+        {
+            // Fail closed: a token that cannot be verified is not accepted. Retried on the next request (the source
+            // backs off by itself).
+            return TokenCheck.Fail("signing keys of this issuer are unavailable");
+        }
+
         var key = keys.Find(shape.KeyId);
         if (key is null)
         {
