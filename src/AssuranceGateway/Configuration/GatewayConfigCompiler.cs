@@ -402,7 +402,7 @@ public static class GatewayConfigCompiler
         var sources = new List<WorkloadSource>();
         foreach (var name in reader.List(s, "Sources"))
         {
-            if (!Enum.TryParse<WorkloadSource>(name, ignoreCase: true, out var source) || char.IsDigit(name[0]))
+            if (!ConfigReader.TryParseName<WorkloadSource>(name, out var source))
             {
                 reader.Error(s.GetSection("Sources"), $"unknown workload source '{name}' (known: mtls, xfcc, header, claim)");
             }
@@ -419,17 +419,13 @@ public static class GatewayConfigCompiler
         var proxies = new List<IPNetwork>();
         foreach (var cidr in reader.List(s, "TrustedProxies"))
         {
-            if (IPNetwork.TryParse(cidr, out var network))
+            if (TryParseProxy(cidr, out var network, out var problem))
             {
                 proxies.Add(network);
             }
-            else if (IPAddress.TryParse(cidr, out var address))
-            {
-                proxies.Add(new IPNetwork(address, address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128));
-            }
             else
             {
-                reader.Error(s.GetSection("TrustedProxies"), $"'{cidr}' is not an IP address or CIDR range");
+                reader.Error(s.GetSection("TrustedProxies"), problem);
             }
         }
 
@@ -476,6 +472,55 @@ public static class GatewayConfigCompiler
             Claim = reader.String(s, "Claim") ?? "azp",
             ClientCaFile = caPath,
         };
+    }
+
+    /// <summary>
+    /// A trusted proxy may set X-Forwarded-For and X-Forwarded-Client-Cert, so a typo here trusts the wrong machine.
+    /// IPAddress.TryParse is as lenient as inet_aton ("10" is 0.0.0.10, "10.1" is 10.0.0.1, "010.0.0.1" is octal
+    /// 8.0.0.1) and IPNetwork.TryParse silently drops host bits ("10.0.0.1/8" becomes all of 10.0.0.0/8): only plain
+    /// dotted-quad IPv4, IPv6, and ranges written as their network address are accepted.
+    /// </summary>
+    private static bool TryParseProxy(string text, out IPNetwork network, out string problem)
+    {
+        network = default;
+        problem = $"'{text}' is not an IP address or CIDR range";
+        var slash = text.IndexOf('/', StringComparison.Ordinal);
+        var addressText = slash < 0 ? text : text[..slash];
+        if (!IsPlainAddress(addressText) || !IPAddress.TryParse(addressText, out var address))
+        {
+            return false;
+        }
+
+        if (slash < 0)
+        {
+            network = new IPNetwork(address, address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128);
+            return true;
+        }
+
+        var prefixText = text[(slash + 1)..];
+        if (prefixText.Length == 0 || !prefixText.All(char.IsAsciiDigit) || !IPNetwork.TryParse(text, out network))
+        {
+            return false;
+        }
+
+        if (!network.BaseAddress.Equals(address))
+        {
+            problem = $"'{text}' has address bits set beyond the /{network.PrefixLength} prefix (write {network}, or {address}/{(address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128)} for one address)";
+            return false;
+        }
+
+        return true;
+    }
+
+    private static bool IsPlainAddress(string text)
+    {
+        if (text.Contains(':', StringComparison.Ordinal))
+        {
+            return true; // IPv6: its parser has no legacy short forms.
+        }
+
+        var parts = text.Split('.');
+        return parts.Length == 4 && parts.All(p => p.Length is > 0 and <= 3 && p.All(char.IsAsciiDigit) && (p.Length == 1 || p[0] != '0'));
     }
 
     private static StoreSettings ReadStore(ConfigReader reader, IConfigurationSection s)
@@ -582,7 +627,16 @@ public static class GatewayConfigCompiler
             routes.Add(route);
             var metadataKey = $"{child.Path}:Metadata:{PolicyMetadataKey}";
             string? name = null;
-            route.Metadata?.TryGetValue(PolicyMetadataKey, out name);
+            // Configuration keys are case-insensitive, but the bound metadata dictionary is not: look the key up in any
+            // case, or "assurancePolicy" would be ignored and the route silently given the default policy.
+            foreach (var (key, value) in route.Metadata ?? new Dictionary<string, string>())
+            {
+                if (string.Equals(key, PolicyMetadataKey, StringComparison.OrdinalIgnoreCase))
+                {
+                    name = value;
+                }
+            }
+
             if (string.IsNullOrWhiteSpace(name))
             {
                 if (defaultPolicy is not null)
