@@ -64,7 +64,7 @@ public sealed class GatewayConfigFile
         return file;
     }
 
-    /// <summary>Clears the recorded error before each load so a fixed file is accepted again.</summary>
+    /// <summary>Clears the recorded error before each parse so a fixed file is accepted again.</summary>
     private sealed class TrackingSource(JsonConfigurationSource inner, GatewayConfigFile file) : IConfigurationSource
     {
         public IConfigurationProvider Build(IConfigurationBuilder builder) => new TrackingProvider(inner, file);
@@ -72,10 +72,13 @@ public sealed class GatewayConfigFile
 
     private sealed class TrackingProvider(JsonConfigurationSource source, GatewayConfigFile file) : JsonConfigurationProvider(source)
     {
-        public override void Load()
+        // Load(Stream), not Load(): a change to the file reloads through FileConfigurationProvider's private
+        // Load(reload: true), which never calls the public Load(). Clearing there only, one broken edit would have
+        // made every later (fixed) edit look broken too, until a restart.
+        public override void Load(Stream stream)
         {
             file._loadError = null;
-            base.Load();
+            base.Load(stream);
         }
     }
 }
