@@ -25,7 +25,17 @@ public static class GatewayConfigCompiler
     /// <param name="configuration">The whole configuration (both the Assurance and the ReverseProxy sections).</param>
     /// <param name="baseDirectory">Relative key file paths are resolved against this directory.</param>
     /// <param name="errors">Every problem found; empty when settings are returned.</param>
-    public static GatewaySettings? Compile(IConfiguration configuration, string baseDirectory, out IReadOnlyList<string> errors)
+    public static GatewaySettings? Compile(IConfiguration configuration, string baseDirectory, out IReadOnlyList<string> errors) =>
+        Compile(configuration, baseDirectory, out errors, out _, out _);
+
+    /// <summary>
+    /// As <see cref="Compile(IConfiguration, string, out IReadOnlyList{string})"/>, and also gives the routes and
+    /// clusters as read even when something else is invalid, so that YARP's validator can judge them in the same pass
+    /// and one run names every problem.
+    /// </summary>
+    internal static GatewaySettings? Compile(
+        IConfiguration configuration, string baseDirectory, out IReadOnlyList<string> errors,
+        out IReadOnlyList<RouteConfig> routesRead, out IReadOnlyList<ClusterConfig> clustersRead)
     {
         var list = new List<string>();
         var reader = new ConfigReader(list);
@@ -43,6 +53,8 @@ public static class GatewayConfigCompiler
         CrossCheck(reader, routePolicies, tokens, workload);
 
         errors = list;
+        routesRead = routes;
+        clustersRead = clusters;
         if (list.Count > 0)
         {
             return null;
