@@ -68,7 +68,7 @@ public sealed class TokenValidator
 
         if (!entry.Issuer.Algorithms.Contains(shape.Algorithm))
         {
-            return TokenCheck.Fail($"algorithm '{shape.Algorithm}' not allowed for this issuer");
+            return TokenCheck.Fail($"algorithm '{JwtInspector.Printable(shape.Algorithm)}' not allowed for this issuer");
         }
 
         // RFC 8725 §3.11: explicit typing keeps an ID token, a workload JWT or a DPoP proof from passing as an access token.

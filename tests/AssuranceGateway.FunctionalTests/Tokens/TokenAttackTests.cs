@@ -88,6 +88,8 @@ public sealed class TokenAttackTests : IClassFixture<TokenAttackFixture>
         ["JWE-shaped, five segments"] = (f => HostileTokens.JweShaped(Claims(f)), "not a compact JWS (three segments expected)"),
         ["garbage base64"] = (_ => "!!!.@@@.###", "header is not base64url"),
         ["sub missing"] = (f => Signed(f, c => c.Remove("sub")), "sub missing"),
+        ["alg forging a log line"] = (f => f.Gateway.Idp.Sign(Header(f, h => h["alg"] = "ES256\nInfo forged[0] allow"), Claims(f).ToJsonString()),
+            "algorithm 'ES256?Info forged[0] allow' not allowed for this issuer"),
     };
 
     private readonly TokenAttackFixture _fixture;
@@ -114,6 +116,8 @@ public sealed class TokenAttackTests : IClassFixture<TokenAttackFixture>
 
         await AssertInvalidTokenAsync(response, traceId, detail);
         Assert.DoesNotContain(_gateway.Logs.Lines, line => line.Contains(token, StringComparison.Ordinal));
+        var denyLog = Assert.Single(_gateway.Logs.Lines, line => line.Contains(traceId, StringComparison.Ordinal) && line.Contains("token_invalid", StringComparison.Ordinal));
+        Assert.DoesNotContain('\n', denyLog); // token text in the detail cannot break the line
     }
 
     [Fact]

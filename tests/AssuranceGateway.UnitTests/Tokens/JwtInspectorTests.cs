@@ -111,6 +111,18 @@ public sealed class JwtInspectorTests
     }
 
     [Fact]
+    public void TryInspect_DuplicateNameWithControlCharacters_EchoedPrintableAndShort()
+    {
+        // The failure reaches the deny log line: a name carrying CR/LF must not be able to forge log lines.
+        var name = @"x\r\nINFO forged: decision=allow " + new string('y', 500); // JSON escapes: CR LF once parsed
+        var header = $$"""{"alg":"ES256","{{name}}":1,"{{name}}":2}""";
+
+        Assert.False(JwtInspector.TryInspect(Jwt(header, Payload), out _, out var failure));
+
+        Assert.Equal("duplicate header name 'x??INFO forged: decision=allow y...'", failure);
+    }
+
+    [Fact]
     public void TryInspect_DuplicatePayloadNameViaEscape_Rejected()
     {
         var payload = """{"sub":"alice","s\u0075b":"mallory","iss":"https://idp.test","exp":2000000000}""";

@@ -291,6 +291,16 @@ public sealed class TokenValidatorTests : IDisposable
     }
 
     [Fact]
+    public async Task ValidateAsync_AlgWithLineBreaks_EchoedPrintable()
+    {
+        var header = new JsonObject { ["alg"] = "ES256\r\n[100] forged line", ["typ"] = "at+jwt", ["kid"] = "k1" };
+
+        var check = await Validator().ValidateAsync(_idp.Sign(header, Claims().ToJsonString()), default);
+
+        Assert.Equal("algorithm 'ES256??[100] forged line' not allowed for this issuer", check.Failure);
+    }
+
+    [Fact]
     public async Task ValidateAsync_AlgNoneUnsigned_Rejected()
     {
         var check = await Validator().ValidateAsync(HostileTokens.AlgNone(Claims()), default);
