@@ -50,7 +50,7 @@ public static class GatewayConfigCompiler
         var evidence = ReadEvidence(reader, assurance.GetSection("Evidence"), baseDirectory);
         var (routes, clusters, routePolicies) = ReadProxy(reader, configuration, assurance, policies);
 
-        CrossCheck(reader, routePolicies, tokens, workload);
+        CrossCheck(reader, assurance, routePolicies, tokens, workload, api);
 
         errors = list;
         routesRead = routes;
@@ -694,8 +694,22 @@ public static class GatewayConfigCompiler
         return (routes, clusters, routePolicies);
     }
 
-    private static void CrossCheck(ConfigReader reader, Dictionary<string, AssurancePolicy> routePolicies, TokenSettings tokens, WorkloadSettings workload)
+    private static void CrossCheck(
+        ConfigReader reader, IConfigurationSection assurance, Dictionary<string, AssurancePolicy> routePolicies, TokenSettings tokens,
+        WorkloadSettings workload, ApiSettings api)
     {
+        // A token minted for the assurance API (which creates and approves grants) must never double as an access
+        // token on the proxy, nor the reverse: the two audiences keep the two kinds of token apart.
+        foreach (var issuer in assurance.GetSection("Tokens:Issuers").GetChildren())
+        {
+            var audiences = issuer.GetSection("Audiences");
+            var values = audiences.Value is { } single ? [single] : audiences.GetChildren().Select(c => c.Value);
+            if (values.Any(v => string.Equals(v?.Trim(), api.Audience, StringComparison.Ordinal)))
+            {
+                reader.Error(audiences, $"'{api.Audience}' is the audience of the assurance API (Assurance:Api:Audience): API tokens must not be accepted on the proxy");
+            }
+        }
+
         var needsToken = routePolicies.Values.Any(p => p.RequiresToken);
         if (needsToken && tokens.Issuers.Count == 0 && !reader.Errors.Any(e => e.StartsWith("Assurance:Tokens:Issuers", StringComparison.Ordinal)))
         {

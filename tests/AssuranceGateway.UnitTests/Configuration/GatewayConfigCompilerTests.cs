@@ -360,6 +360,28 @@ public sealed class GatewayConfigCompilerTests : IDisposable
             "Assurance:Tokens:Issuers:1:Issuer: issuer 'https://idp.test' is configured twice");
     }
 
+    [Theory]
+    [InlineData("assurance-api")]
+    [InlineData(" assurance-api ")]
+    public void Compile_ProxyAudienceIsTheApiAudience_Refused(string audience)
+    {
+        AssertProblems(
+            c => Issuer(c)["Audiences"] = new JsonArray("gateway", audience),
+            $"{IssuerPath}:Audiences: 'assurance-api' is the audience of the assurance API (Assurance:Api:Audience): API tokens must not be accepted on the proxy");
+    }
+
+    [Fact]
+    public void Compile_ProxyAudienceIsRenamedApiAudience_Refused()
+    {
+        AssertProblems(
+            c =>
+            {
+                Assurance(c)["Api"]!["Audience"] = "approvals";
+                Issuer(c)["Audiences"] = "approvals";
+            },
+            $"{IssuerPath}:Audiences: 'approvals' is the audience of the assurance API (Assurance:Api:Audience): API tokens must not be accepted on the proxy");
+    }
+
     [Fact]
     public void Compile_NoIssuerButTokenRoutes_Refused()
     {
