@@ -124,7 +124,9 @@ public sealed class HostStartupTests : IDisposable
 
         Assert.Equal(2, run.ExitCode);
         Assert.Equal(Header, run.StderrLines[0]);
-        Assert.StartsWith($"{path}: ", Assert.Single(run.StderrLines.Skip(1)), StringComparison.Ordinal);
+        var line = Assert.Single(run.StderrLines.Skip(1));
+        Assert.StartsWith($"{path}: Could not parse the JSON file: ", line, StringComparison.Ordinal);
+        Assert.Contains("LineNumber: 0", line, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -24,7 +24,7 @@ public sealed class HotReloadTests : IAsyncLifetime
         var config = _gateway.DefaultConfig();
         config["ReverseProxy"]!["Routes"]!["status"]!["Metadata"]!["AssurancePolicy"] = "passthrough";
 
-        Assert.True(await _gateway.ReloadAsync(config));
+        Assert.True(await _gateway.ReloadAsync(config), Refusals());
 
         Assert.Equal(HttpStatusCode.OK, await StatusWithoutTokenAsync());
         Assert.Equal(1, _gateway.Upstream.Count);
@@ -38,7 +38,7 @@ public sealed class HotReloadTests : IAsyncLifetime
         var config = _gateway.DefaultConfig();
         config["ReverseProxy"]!["Routes"]!["reports"] = TestConfig.Route("/reports/{**rest}", "token-only");
 
-        Assert.True(await _gateway.ReloadAsync(config));
+        Assert.True(await _gateway.ReloadAsync(config), Refusals());
 
         Assert.Equal(HttpStatusCode.Unauthorized, await SendAsync("/reports/daily", token: null));
         Assert.Equal(HttpStatusCode.OK, await SendAsync("/reports/daily", _gateway.Idp.Token()));
@@ -64,7 +64,8 @@ public sealed class HotReloadTests : IAsyncLifetime
         Assert.False(await _gateway.ReloadRawAsync("""{ "ReverseProxy": { "Routes": """));
 
         var refusal = Assert.Single(_gateway.RefusedReloads());
-        Assert.Contains(_gateway.ConfigPath, refusal, StringComparison.Ordinal);
+        Assert.Contains($"{_gateway.ConfigPath}: Could not parse the JSON file: ", refusal, StringComparison.Ordinal);
+        Assert.Contains("LineNumber: 0", refusal, StringComparison.Ordinal); // says where
         await AssertOriginalConfigurationInForceAsync();
     }
 
@@ -98,7 +99,7 @@ public sealed class HotReloadTests : IAsyncLifetime
         var config = _gateway.DefaultConfig();
         config["ReverseProxy"]!["Routes"]!["status"]!["Metadata"]!["AssurancePolicy"] = "passthrough";
 
-        Assert.True(await _gateway.ReloadAsync(config));
+        Assert.True(await _gateway.ReloadAsync(config), Refusals());
 
         Assert.Equal(HttpStatusCode.OK, await StatusWithoutTokenAsync());
     }
@@ -110,7 +111,7 @@ public sealed class HotReloadTests : IAsyncLifetime
         var config = _gateway.DefaultConfig();
         config["ReverseProxy"]!["Routes"]!["status"]!["Metadata"]!["AssurancePolicy"] = "passthrough";
 
-        Assert.True(await _gateway.ReloadAsync(config));
+        Assert.True(await _gateway.ReloadAsync(config), Refusals());
 
         Assert.Equal(HttpStatusCode.OK, await StatusWithoutTokenAsync());
     }
@@ -124,7 +125,7 @@ public sealed class HotReloadTests : IAsyncLifetime
         var good = _gateway.DefaultConfig();
         good["ReverseProxy"]!["Routes"]!["status"]!["Metadata"]!["AssurancePolicy"] = "passthrough";
 
-        Assert.True(await _gateway.ReloadAsync(good));
+        Assert.True(await _gateway.ReloadAsync(good), Refusals());
 
         Assert.Equal(HttpStatusCode.OK, await StatusWithoutTokenAsync());
         Assert.Single(_gateway.RefusedReloads());
@@ -139,7 +140,7 @@ public sealed class HotReloadTests : IAsyncLifetime
         var config = _gateway.DefaultConfig();
         config["Assurance"]!["Tokens"]!["Issuers"]![0]!["JwksFile"] = rotated.JwksPath;
 
-        Assert.True(await _gateway.ReloadAsync(config));
+        Assert.True(await _gateway.ReloadAsync(config), Refusals());
 
         Assert.Equal(HttpStatusCode.OK, await SendAsync("/status", rotated.Token()));
         Assert.Equal(HttpStatusCode.Unauthorized, await SendAsync("/status", _gateway.Idp.Token()));
@@ -161,6 +162,8 @@ public sealed class HotReloadTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.OK, await SendAsync("/public/ping", token: null));
         Assert.Equal(2, _gateway.Upstream.Count);
     }
+
+    private string Refusals() => "refused: " + string.Join(Environment.NewLine, _gateway.RefusedReloads());
 
     private Task<HttpStatusCode> StatusWithoutTokenAsync() => SendAsync("/status", token: null);
 
