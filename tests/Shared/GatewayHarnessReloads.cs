@@ -7,7 +7,13 @@ public static class GatewayHarnessReloads
 
     /// <summary>Writes <paramref name="text"/> as the config file, as is; true if applied, false if refused.</summary>
     public static Task<bool> ReloadRawAsync(this GatewayHarness harness, string text) =>
-        harness.ChangeAsync(() => File.WriteAllTextAsync(harness.ConfigPath, text));
+        harness.ChangeAsync(async () =>
+        {
+            // Renamed into place, as GatewayHarness.ReloadAsync does, so that the gateway reads exactly this text.
+            var temporary = harness.ConfigPath + ".tmp";
+            await File.WriteAllTextAsync(temporary, text);
+            File.Move(temporary, harness.ConfigPath, overwrite: true);
+        });
 
     /// <summary>Deletes the config file; true if the gateway applied that (it must not), false if refused.</summary>
     public static Task<bool> DeleteConfigAsync(this GatewayHarness harness) =>
