@@ -356,6 +356,17 @@ public sealed class TokenValidatorTests : IDisposable
     }
 
     [Fact]
+    public async Task ValidateAsync_AudienceMissing_Rejected()
+    {
+        var claims = Claims();
+        claims.Remove("aud");
+
+        var check = await Validator().ValidateAsync(Sign(claims), default);
+
+        Assert.Equal("audience not accepted", check.Failure);
+    }
+
+    [Fact]
     public async Task ValidateAsync_AudienceArrayContainingOurs_Accepted()
     {
         var claims = Claims();
