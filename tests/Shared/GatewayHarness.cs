@@ -96,7 +96,11 @@ public sealed class GatewayHarness : IAsyncDisposable
     {
         var generation = Config.Generation;
         var refusals = Logs.Lines.Count(l => l.Contains("[100]", StringComparison.Ordinal));
-        await File.WriteAllTextAsync(ConfigPath, config.ToJsonString());
+        // Written aside and renamed over the config: an in-place write can be observed half done (truncated, then
+        // written) under load, and the gateway rightly refuses the half-written file, failing the test at random.
+        var temporary = ConfigPath + ".tmp";
+        await File.WriteAllTextAsync(temporary, config.ToJsonString());
+        File.Move(temporary, ConfigPath, overwrite: true);
         var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(10));
         while (DateTime.UtcNow < deadline)
         {

@@ -98,7 +98,9 @@ internal sealed class ConfigReader(List<string> errors)
             return fallback;
         }
 
-        if (!TimeSpan.TryParse(value, CultureInfo.InvariantCulture, out var result))
+        // At least hh:mm:ss. TimeSpan.TryParse also reads a bare "300" as 300 DAYS and "00:05" as five minutes, where
+        // an operator may well have meant seconds: a ten-thousand-fold mistake in a TTL must not pass silently.
+        if (value.AsSpan().Count(':') < 2 || !TimeSpan.TryParse(value, CultureInfo.InvariantCulture, out var result))
         {
             Error(parent.GetSection(key), $"'{value}' is not a duration (expected [d.]hh:mm:ss[.fff], e.g. 00:05:00)");
             return fallback;
@@ -141,6 +143,25 @@ internal sealed class ConfigReader(List<string> errors)
         return list;
     }
 
+    /// <summary>
+    /// One of the enum's names, in any case, and nothing else. Enum.TryParse alone also takes numbers ("1", "+1") and
+    /// comma lists, which it ORs together even for non-flag enums: "enforce,shadow" would read as shadow.
+    /// </summary>
+    public static bool TryParseName<T>(string value, out T result)
+        where T : struct, Enum
+    {
+        result = default;
+        foreach (var c in value)
+        {
+            if (!char.IsAsciiLetter(c))
+            {
+                return false;
+            }
+        }
+
+        return value.Length > 0 && System.Enum.TryParse(value, ignoreCase: true, out result) && System.Enum.IsDefined(result);
+    }
+
     public T Enum<T>(IConfigurationSection parent, string key, T fallback)
         where T : struct, Enum
     {
@@ -150,7 +171,7 @@ internal sealed class ConfigReader(List<string> errors)
             return fallback;
         }
 
-        if (!System.Enum.TryParse<T>(value, ignoreCase: true, out var result) || !System.Enum.IsDefined(result) || char.IsDigit(value[0]))
+        if (!TryParseName<T>(value, out var result))
         {
             var names = string.Join(" | ", System.Enum.GetNames<T>().Select(n => n.ToLowerInvariant()));
             Error(parent.GetSection(key), $"'{value}' is not one of {names}");

@@ -25,7 +25,17 @@ public static class GatewayConfigCompiler
     /// <param name="configuration">The whole configuration (both the Assurance and the ReverseProxy sections).</param>
     /// <param name="baseDirectory">Relative key file paths are resolved against this directory.</param>
     /// <param name="errors">Every problem found; empty when settings are returned.</param>
-    public static GatewaySettings? Compile(IConfiguration configuration, string baseDirectory, out IReadOnlyList<string> errors)
+    public static GatewaySettings? Compile(IConfiguration configuration, string baseDirectory, out IReadOnlyList<string> errors) =>
+        Compile(configuration, baseDirectory, out errors, out _, out _);
+
+    /// <summary>
+    /// As <see cref="Compile(IConfiguration, string, out IReadOnlyList{string})"/>, and also gives the routes and
+    /// clusters as read even when something else is invalid, so that YARP's validator can judge them in the same pass
+    /// and one run names every problem.
+    /// </summary>
+    internal static GatewaySettings? Compile(
+        IConfiguration configuration, string baseDirectory, out IReadOnlyList<string> errors,
+        out IReadOnlyList<RouteConfig> routesRead, out IReadOnlyList<ClusterConfig> clustersRead)
     {
         var list = new List<string>();
         var reader = new ConfigReader(list);
@@ -40,9 +50,11 @@ public static class GatewayConfigCompiler
         var evidence = ReadEvidence(reader, assurance.GetSection("Evidence"), baseDirectory);
         var (routes, clusters, routePolicies) = ReadProxy(reader, configuration, assurance, policies);
 
-        CrossCheck(reader, routePolicies, tokens, workload);
+        CrossCheck(reader, assurance, routePolicies, tokens, workload, api);
 
         errors = list;
+        routesRead = routes;
+        clustersRead = clusters;
         if (list.Count > 0)
         {
             return null;
@@ -402,7 +414,7 @@ public static class GatewayConfigCompiler
         var sources = new List<WorkloadSource>();
         foreach (var name in reader.List(s, "Sources"))
         {
-            if (!Enum.TryParse<WorkloadSource>(name, ignoreCase: true, out var source) || char.IsDigit(name[0]))
+            if (!ConfigReader.TryParseName<WorkloadSource>(name, out var source))
             {
                 reader.Error(s.GetSection("Sources"), $"unknown workload source '{name}' (known: mtls, xfcc, header, claim)");
             }
@@ -419,17 +431,13 @@ public static class GatewayConfigCompiler
         var proxies = new List<IPNetwork>();
         foreach (var cidr in reader.List(s, "TrustedProxies"))
         {
-            if (IPNetwork.TryParse(cidr, out var network))
+            if (TryParseProxy(cidr, out var network, out var problem))
             {
                 proxies.Add(network);
             }
-            else if (IPAddress.TryParse(cidr, out var address))
-            {
-                proxies.Add(new IPNetwork(address, address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128));
-            }
             else
             {
-                reader.Error(s.GetSection("TrustedProxies"), $"'{cidr}' is not an IP address or CIDR range");
+                reader.Error(s.GetSection("TrustedProxies"), problem);
             }
         }
 
@@ -485,6 +493,55 @@ public static class GatewayConfigCompiler
             Claim = reader.String(s, "Claim") ?? "azp",
             ClientCaFile = caPath,
         };
+    }
+
+    /// <summary>
+    /// A trusted proxy may set X-Forwarded-For and X-Forwarded-Client-Cert, so a typo here trusts the wrong machine.
+    /// IPAddress.TryParse is as lenient as inet_aton ("10" is 0.0.0.10, "10.1" is 10.0.0.1, "010.0.0.1" is octal
+    /// 8.0.0.1) and IPNetwork.TryParse silently drops host bits ("10.0.0.1/8" becomes all of 10.0.0.0/8): only plain
+    /// dotted-quad IPv4, IPv6, and ranges written as their network address are accepted.
+    /// </summary>
+    private static bool TryParseProxy(string text, out IPNetwork network, out string problem)
+    {
+        network = default;
+        problem = $"'{text}' is not an IP address or CIDR range";
+        var slash = text.IndexOf('/', StringComparison.Ordinal);
+        var addressText = slash < 0 ? text : text[..slash];
+        if (!IsPlainAddress(addressText) || !IPAddress.TryParse(addressText, out var address))
+        {
+            return false;
+        }
+
+        if (slash < 0)
+        {
+            network = new IPNetwork(address, address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128);
+            return true;
+        }
+
+        var prefixText = text[(slash + 1)..];
+        if (prefixText.Length == 0 || !prefixText.All(char.IsAsciiDigit) || !IPNetwork.TryParse(text, out network))
+        {
+            return false;
+        }
+
+        if (!network.BaseAddress.Equals(address))
+        {
+            problem = $"'{text}' has address bits set beyond the /{network.PrefixLength} prefix (write {network}, or {address}/{(address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128)} for one address)";
+            return false;
+        }
+
+        return true;
+    }
+
+    private static bool IsPlainAddress(string text)
+    {
+        if (text.Contains(':', StringComparison.Ordinal))
+        {
+            return true; // IPv6: its parser has no legacy short forms.
+        }
+
+        var parts = text.Split('.');
+        return parts.Length == 4 && parts.All(p => p.Length is > 0 and <= 3 && p.All(char.IsAsciiDigit) && (p.Length == 1 || p[0] != '0'));
     }
 
     private static StoreSettings ReadStore(ConfigReader reader, IConfigurationSection s)
@@ -591,7 +648,16 @@ public static class GatewayConfigCompiler
             routes.Add(route);
             var metadataKey = $"{child.Path}:Metadata:{PolicyMetadataKey}";
             string? name = null;
-            route.Metadata?.TryGetValue(PolicyMetadataKey, out name);
+            // Configuration keys are case-insensitive, but the bound metadata dictionary is not: look the key up in any
+            // case, or "assurancePolicy" would be ignored and the route silently given the default policy.
+            foreach (var (key, value) in route.Metadata ?? new Dictionary<string, string>())
+            {
+                if (string.Equals(key, PolicyMetadataKey, StringComparison.OrdinalIgnoreCase))
+                {
+                    name = value;
+                }
+            }
+
             if (string.IsNullOrWhiteSpace(name))
             {
                 if (defaultPolicy is not null)
@@ -637,8 +703,22 @@ public static class GatewayConfigCompiler
         return (routes, clusters, routePolicies);
     }
 
-    private static void CrossCheck(ConfigReader reader, Dictionary<string, AssurancePolicy> routePolicies, TokenSettings tokens, WorkloadSettings workload)
+    private static void CrossCheck(
+        ConfigReader reader, IConfigurationSection assurance, Dictionary<string, AssurancePolicy> routePolicies, TokenSettings tokens,
+        WorkloadSettings workload, ApiSettings api)
     {
+        // A token minted for the assurance API (which creates and approves grants) must never double as an access
+        // token on the proxy, nor the reverse: the two audiences keep the two kinds of token apart.
+        foreach (var issuer in assurance.GetSection("Tokens:Issuers").GetChildren())
+        {
+            var audiences = issuer.GetSection("Audiences");
+            var values = audiences.Value is { } single ? [single] : audiences.GetChildren().Select(c => c.Value);
+            if (values.Any(v => string.Equals(v?.Trim(), api.Audience, StringComparison.Ordinal)))
+            {
+                reader.Error(audiences, $"'{api.Audience}' is the audience of the assurance API (Assurance:Api:Audience): API tokens must not be accepted on the proxy");
+            }
+        }
+
         var needsToken = routePolicies.Values.Any(p => p.RequiresToken);
         if (needsToken && tokens.Issuers.Count == 0 && !reader.Errors.Any(e => e.StartsWith("Assurance:Tokens:Issuers", StringComparison.Ordinal)))
         {

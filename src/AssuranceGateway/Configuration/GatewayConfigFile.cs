@@ -37,7 +37,7 @@ public sealed class GatewayConfigFile
             ReloadDelay = 200,
             OnLoadException = context =>
             {
-                file._loadError = context.Exception.InnerException?.Message ?? context.Exception.Message;
+                file._loadError = Describe(context.Exception);
                 context.Ignore = true;
             },
         };
@@ -64,7 +64,23 @@ public sealed class GatewayConfigFile
         return file;
     }
 
-    /// <summary>Clears the recorded error before each load so a fixed file is accepted again.</summary>
+    /// <summary>
+    /// "Could not parse the JSON file." alone does not say where: add the parser's own message (line and position),
+    /// which sits at the bottom of the exception chain.
+    /// </summary>
+    private static string Describe(Exception exception)
+    {
+        var outer = exception.InnerException ?? exception;
+        var innermost = outer;
+        while (innermost.InnerException is not null)
+        {
+            innermost = innermost.InnerException;
+        }
+
+        return ReferenceEquals(innermost, outer) ? outer.Message : $"{outer.Message.TrimEnd('.')}: {innermost.Message}";
+    }
+
+    /// <summary>Clears the recorded error after each successful parse so a fixed file is accepted again.</summary>
     private sealed class TrackingSource(JsonConfigurationSource inner, GatewayConfigFile file) : IConfigurationSource
     {
         public IConfigurationProvider Build(IConfigurationBuilder builder) => new TrackingProvider(inner, file);
@@ -72,10 +88,15 @@ public sealed class GatewayConfigFile
 
     private sealed class TrackingProvider(JsonConfigurationSource source, GatewayConfigFile file) : JsonConfigurationProvider(source)
     {
-        public override void Load()
+        // Load(Stream), not Load(): a change to the file reloads through FileConfigurationProvider's private
+        // Load(reload: true), which never calls the public Load(). Clearing there only, one broken edit would have
+        // made every later (fixed) edit look broken too, until a restart.
+        // Cleared only once the parse succeeded: after a failed reload the provider holds no data at all, and a
+        // compile racing with this parse must still see the error, not an empty (and valid) configuration.
+        public override void Load(Stream stream)
         {
+            base.Load(stream);
             file._loadError = null;
-            base.Load();
         }
     }
 }

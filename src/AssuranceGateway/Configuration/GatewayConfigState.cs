@@ -100,10 +100,9 @@ public sealed partial class GatewayConfigState : IDisposable
             return (null, [$"{_file.FullPath}: {loadError}"]);
         }
 
-        var settings = GatewayConfigCompiler.Compile(_configuration, _baseDirectory, out var problems);
+        // YARP judges the routes and clusters even when our part failed: an operator fixes everything in one pass.
+        var settings = GatewayConfigCompiler.Compile(_configuration, _baseDirectory, out var problems, out var routes, out var clusters);
         var all = new List<string>(problems);
-        var routes = settings?.Routes ?? [];
-        var clusters = settings?.Clusters ?? [];
         foreach (var route in routes)
         {
             foreach (var error in await _yarpValidator.ValidateRouteAsync(route).ConfigureAwait(false))

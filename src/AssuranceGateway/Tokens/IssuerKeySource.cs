@@ -76,32 +76,54 @@ internal sealed class StaticKeySource(IssuerKeys keys) : IIssuerKeySource
     }
 }
 
+/// <summary>The keys of a remote issuer could not be fetched and none are cached: its tokens cannot be verified.</summary>
+public sealed class IssuerKeysUnavailableException(string message, Exception? inner) : Exception(message, inner);
+
 /// <summary>JWKS fetched from a URI (directly, or found by OIDC discovery), cached and refreshed by IdentityModel.</summary>
 internal sealed class RemoteKeySource : IIssuerKeySource
 {
     private readonly Func<CancellationToken, Task<JsonWebKeySet>> _fetch;
     private readonly Action _refresh;
-    private IssuerKeys _keys = IssuerKeys.Empty;
-    private JsonWebKeySet? _lastSet;
+    private readonly string _address;
 
-    private RemoteKeySource(Func<CancellationToken, Task<JsonWebKeySet>> fetch, Action refresh)
+    // One reference, swapped whole: the set and the keys built from it can never be seen half-updated by
+    // concurrent requests (two separate fields could pair a new set with the old keys).
+    private volatile Cached? _cached;
+
+    private RemoteKeySource(string address, Func<CancellationToken, Task<JsonWebKeySet>> fetch, Action refresh)
     {
+        _address = address;
         _fetch = fetch;
         _refresh = refresh;
     }
 
+    /// <summary>
+    /// How often an unknown <c>kid</c> may trigger a refetch (IdentityModel's <c>RefreshInterval</c>; the first
+    /// request is always honoured). Five minutes by default, as in IdentityModel, so that a stream of tokens with random
+    /// kids cannot turn the gateway into a JWKS flooder. Internal knob for tests (minimum 1 s, the library's floor);
+    /// read when a source is created, i.e. at each configuration load.
+    /// </summary>
+    internal static TimeSpan RefreshInterval { get; set; } = BaseConfigurationManager.DefaultRefreshInterval;
+
     public static RemoteKeySource ForJwksUri(string uri, HttpClient? client = null)
     {
-        var manager = new ConfigurationManager<JsonWebKeySet>(uri, new JwksRetriever(), Retriever(uri, client));
-        return new RemoteKeySource(ct => manager.GetConfigurationAsync(ct), manager.RequestRefresh);
+        var manager = new ConfigurationManager<JsonWebKeySet>(uri, new JwksRetriever(), Retriever(uri, client))
+        {
+            RefreshInterval = RefreshInterval,
+        };
+        return new RemoteKeySource(uri, ct => manager.GetConfigurationAsync(ct), manager.RequestRefresh);
     }
 
     public static RemoteKeySource ForAuthority(string authority, HttpClient? client = null)
     {
         var metadata = authority.TrimEnd('/') + "/.well-known/openid-configuration";
         var manager = new ConfigurationManager<OpenIdConnectConfiguration>(
-            metadata, new OpenIdConnectConfigurationRetriever(), Retriever(metadata, client));
+            metadata, new OpenIdConnectConfigurationRetriever(), Retriever(metadata, client))
+        {
+            RefreshInterval = RefreshInterval,
+        };
         return new RemoteKeySource(
+            metadata,
             async ct =>
             {
                 var config = await manager.GetConfigurationAsync(ct).ConfigureAwait(false);
@@ -110,19 +132,34 @@ internal sealed class RemoteKeySource : IIssuerKeySource
             manager.RequestRefresh);
     }
 
+    /// <exception cref="IssuerKeysUnavailableException">Nothing could be fetched yet (IdentityModel keeps serving the
+    /// last good keys once it has some, so this only happens before the first successful fetch).</exception>
     public async ValueTask<IssuerKeys> GetKeysAsync(CancellationToken cancellationToken)
     {
-        var set = await _fetch(cancellationToken).ConfigureAwait(false);
-        if (!ReferenceEquals(set, _lastSet))
+        JsonWebKeySet set;
+        try
         {
-            _keys = IssuerKeys.From(set);
-            _lastSet = set;
+            set = await _fetch(cancellationToken).ConfigureAwait(false);
+        }
+        catch (InvalidOperationException e)
+        {
+            // IDX20803: no configuration obtained. Without this, the exception escapes the pipeline as a 500.
+            throw new IssuerKeysUnavailableException($"signing keys could not be fetched from '{_address}'", e);
         }
 
-        return _keys;
+        var cached = _cached;
+        if (cached is null || !ReferenceEquals(cached.Set, set))
+        {
+            cached = new Cached(set, IssuerKeys.From(set));
+            _cached = cached;
+        }
+
+        return cached.Keys;
     }
 
     public void RequestRefresh() => _refresh();
+
+    private sealed record Cached(JsonWebKeySet Set, IssuerKeys Keys);
 
     private static HttpDocumentRetriever Retriever(string address, HttpClient? client)
     {

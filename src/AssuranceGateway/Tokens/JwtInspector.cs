@@ -200,7 +200,7 @@ internal static class JwtInspector
                 var name = reader.GetString()!;
                 if (!seen.Add(name))
                 {
-                    failure = $"duplicate {part} name '{name}'";
+                    failure = $"duplicate {part} name '{Printable(name)}'";
                     return false;
                 }
 
@@ -218,6 +218,26 @@ internal static class JwtInspector
             failure = $"{part} is not valid JSON";
             return false;
         }
+    }
+
+    /// <summary>
+    /// Token text echoed in a failure (which reaches the problem detail, the evidence span and the deny log line):
+    /// printable ASCII only and short, so that a name or alg carrying CR/LF cannot forge log lines (CWE-117) and a
+    /// long one cannot bloat them.
+    /// </summary>
+    internal static string Printable(string value)
+    {
+        const int Max = 32;
+        var length = Math.Min(value.Length, Max);
+        var text = string.Create(length, value, (span, source) =>
+        {
+            for (var i = 0; i < span.Length; i++)
+            {
+                var c = source[i];
+                span[i] = c is >= ' ' and <= '~' ? c : '?';
+            }
+        });
+        return value.Length > Max ? text + "..." : text;
     }
 
     private static bool Fail(string part, ref string failure)

@@ -42,7 +42,7 @@ public sealed class TokenValidator
         var audiences = audiencesOverride?.ToArray();
         _issuers = settings.Issuers.ToFrozenDictionary(
             i => i.Issuer,
-            i => new IssuerEntry(i, Parameters(i, audiences ?? [.. i.Audiences], settings)),
+            i => new IssuerEntry(i, Parameters(i, audiences ?? [.. i.Audiences], settings, time)),
             StringComparer.Ordinal);
     }
 
@@ -68,7 +68,7 @@ public sealed class TokenValidator
 
         if (!entry.Issuer.Algorithms.Contains(shape.Algorithm))
         {
-            return TokenCheck.Fail($"algorithm '{shape.Algorithm}' not allowed for this issuer");
+            return TokenCheck.Fail($"algorithm '{JwtInspector.Printable(shape.Algorithm)}' not allowed for this issuer");
         }
 
         // RFC 8725 §3.11: explicit typing keeps an ID token, a workload JWT or a DPoP proof from passing as an access token.
@@ -89,6 +89,11 @@ public sealed class TokenValidator
             return TokenCheck.Fail("token not yet valid");
         }
 
+        if (shape.NotBefore is { } notBefore && notBefore > shape.Expires.Value)
+        {
+            return TokenCheck.Fail("nbf after exp");
+        }
+
         if (shape.IssuedAt is { } iat && iat - skew > now)
         {
             return TokenCheck.Fail("iat in the future");
@@ -100,7 +105,18 @@ public sealed class TokenValidator
             return TokenCheck.Fail("lifetime exceeds MaxLifetime");
         }
 
-        var keys = await entry.Issuer.Keys.GetKeysAsync(cancellationToken).ConfigureAwait(false);
+        IssuerKeys keys;
+        try
+        {
+            keys = await entry.Issuer.Keys.GetKeysAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (IssuerKeysUnavailableException)
+        {
+            // Fail closed: a token that cannot be verified is not accepted. Retried on the next request (the source
+            // backs off by itself).
+            return TokenCheck.Fail("signing keys of this issuer are unavailable");
+        }
+
         var key = keys.Find(shape.KeyId);
         if (key is null)
         {
@@ -111,7 +127,10 @@ public sealed class TokenValidator
 
         var jwt = new JsonWebToken(token);
         var parameters = entry.Parameters.Clone();
-        parameters.IssuerSigningKey = key;
+        // Hand the library exactly the key chosen above. Setting IssuerSigningKey alone is not enough: with
+        // TryAllIssuerSigningKeys off, the library matches that key by kid only, so the token of a one-key issuer
+        // that omits kid (allowed above) would fail with "key not found".
+        parameters.IssuerSigningKeyResolver = (_, _, _, _) => [key];
         var result = await _handler.ValidateTokenAsync(jwt, parameters).ConfigureAwait(false);
         if (!result.IsValid)
         {
@@ -129,8 +148,11 @@ public sealed class TokenValidator
         return new TokenCheck(new ValidatedToken(jwt, Hashes.TokenHash(token), aal, acr, session), null);
     }
 
-    private static TokenValidationParameters Parameters(TokenIssuer issuer, string[] audiences, TokenSettings settings) => new()
+    private static TokenValidationParameters Parameters(TokenIssuer issuer, string[] audiences, TokenSettings settings, TimeProvider time) => new()
     {
+        // The library judges exp/nbf again. Its default reads DateTime.UtcNow, not our clock, so the two could disagree
+        // (a token valid by the injected clock refused by the library's, or the reverse): judge by the same clock.
+        LifetimeValidator = (notBefore, expires, _, p) => LifetimeHolds(notBefore, expires, time.GetUtcNow().UtcDateTime, p.ClockSkew),
         ValidIssuer = issuer.Issuer,
         ValidAudiences = audiences,
         ValidAlgorithms = issuer.Algorithms,
@@ -147,6 +169,10 @@ public sealed class TokenValidator
         SaveSigninToken = false,
     };
 
+    /// <summary>RFC 7519 §4.1.4/§4.1.5 with skew: valid from nbf - skew until (not including) exp + skew.</summary>
+    private static bool LifetimeHolds(DateTime? notBefore, DateTime? expires, DateTime now, TimeSpan skew) =>
+        expires is { } exp && now < exp + skew && (notBefore is not { } nbf || (nbf <= exp && nbf - skew <= now));
+
     private static string NormalizeType(string type) =>
         type.StartsWith("application/", StringComparison.OrdinalIgnoreCase) ? type["application/".Length..] : type;
 
@@ -156,6 +182,7 @@ public sealed class TokenValidator
         SecurityTokenInvalidIssuerException => "issuer not trusted",
         SecurityTokenExpiredException => "token expired",
         SecurityTokenNotYetValidException => "token not yet valid",
+        SecurityTokenInvalidLifetimeException => "token lifetime invalid",
         SecurityTokenInvalidAlgorithmException => "algorithm not allowed",
         SecurityTokenInvalidTypeException => "typ not accepted",
         SecurityTokenInvalidSignatureException or SecurityTokenSignatureKeyNotFoundException => "signature invalid",

@@ -36,7 +36,7 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         });
     }
 
-    public async Task DisposeAsync() => await _gateway.DisposeAsync();
+    public virtual async Task DisposeAsync() => await _gateway.DisposeAsync();
 
     [Fact]
     public async Task Use_BoundRequest_ForwardsExactBytesOnceThenReplayIsDenied()

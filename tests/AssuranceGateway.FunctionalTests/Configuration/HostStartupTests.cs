@@ -1,0 +1,245 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using AssuranceGateway.Testing;
+
+namespace AssuranceGateway.FunctionalTests.Configuration;
+
+/// <summary>
+/// SPEC §3, run as an operator would: the built host (<c>dotnet Gateway.dll</c>) with an invalid configuration exits
+/// with code 2 and names every problem on stderr, one line each, and never starts listening. The file is named by
+/// <c>--config</c> or <c>GATEWAY_CONFIG</c>; environment variables and <c>--Key=value</c> arguments override single keys.
+/// </summary>
+public sealed class HostStartupTests : IDisposable
+{
+    private const string Header = "Invalid gateway configuration:";
+    private static readonly TimeSpan ExitTimeout = TimeSpan.FromSeconds(30);
+
+    private readonly string _directory = Path.Combine(Path.GetTempPath(), "agw-host", Guid.NewGuid().ToString("N"));
+    private readonly TestIssuer _idp;
+    private readonly TestIssuer _workload;
+
+    public HostStartupTests()
+    {
+        _idp = new TestIssuer("https://idp.test", _directory);
+        _workload = new TestIssuer("spiffe://prod.test", _directory, "w1");
+    }
+
+    public void Dispose()
+    {
+        _idp.Dispose();
+        _workload.Dispose();
+        Directory.Delete(_directory, recursive: true);
+    }
+
+    [Fact]
+    public async Task Host_ConfigWithManyProblems_Exit2AndEveryProblemOnStderr()
+    {
+        var config = ValidConfig();
+        config["ReverseProxy"]!["Routes"]!["status"]!["Metadata"]!["AssurancePolicy"] = "tokn-only";
+        config["Assurance"]!["Policies"]!["single-use-approval"]!["Bind"] = new JsonArray("token", "workloads");
+        config["Assurance"]!["Policies"]!["single-use-approval"]!["MaxTtl"] = "soon";
+        config["Assurance"]!["Tokens"]!["Issuers"]![0]!["JwksFile"] = Path.Combine(_directory, "missing.jwks.json");
+        config["ReverseProxy"]!["Routes"]!["public"]!["ClusterId"] = "nowhere";
+        // Invalid for YARP only (a route must match on something): reported in the same run as ours.
+        ((JsonObject)config["ReverseProxy"]!["Routes"]!["agent"]!).Remove("Match");
+
+        var run = await RunHostAsync(["--config", WriteConfig(config)]);
+
+        Assert.Equal(2, run.ExitCode);
+        var lines = run.StderrLines;
+        Assert.Equal(Header, lines[0]);
+        Assert.Contains("Assurance:Policies:single-use-approval:Bind: unknown binding 'workloads' (known: subject, session, token, workload, origin, request)", lines);
+        Assert.Contains("Assurance:Policies:single-use-approval:MaxTtl: 'soon' is not a duration (expected [d.]hh:mm:ss[.fff], e.g. 00:05:00)", lines);
+        Assert.Contains(lines, l => l.StartsWith($"Assurance:Tokens:Issuers:0:JwksFile: cannot read '{Path.Combine(_directory, "missing.jwks.json")}'", StringComparison.Ordinal));
+        Assert.Contains("ReverseProxy:Routes:status:Metadata:AssurancePolicy: unknown policy 'tokn-only'", lines);
+        Assert.Contains("ReverseProxy:Routes:public:ClusterId: unknown cluster 'nowhere'", lines);
+        Assert.Contains(lines, l => l.StartsWith("ReverseProxy:Routes:agent: ", StringComparison.Ordinal));
+        Assert.Equal(7, lines.Count);
+        Assert.DoesNotContain("Now listening", run.Stdout, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", run.Stderr, StringComparison.Ordinal); // problems, not a stack trace
+    }
+
+    [Fact]
+    public async Task Host_GatewayConfigEnvironmentVariable_NamesTheFile()
+    {
+        var config = ValidConfig();
+        config["Assurance"]!["DefaultPolicy"] = "from-env-file";
+
+        var run = await RunHostAsync([], new() { ["GATEWAY_CONFIG"] = WriteConfig(config) });
+
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal([Header, "Assurance:DefaultPolicy: unknown policy 'from-env-file'"], run.StderrLines);
+    }
+
+    [Fact]
+    public async Task Host_ConfigArgument_WinsOverEnvironmentVariable()
+    {
+        var fromArgument = ValidConfig();
+        fromArgument["Assurance"]!["DefaultPolicy"] = "from-argument";
+        var fromEnvironment = ValidConfig();
+        fromEnvironment["Assurance"]!["DefaultPolicy"] = "from-env-file";
+
+        var run = await RunHostAsync(
+            ["--config", WriteConfig(fromArgument)], new() { ["GATEWAY_CONFIG"] = WriteConfig(fromEnvironment) });
+
+        Assert.Equal([Header, "Assurance:DefaultPolicy: unknown policy 'from-argument'"], run.StderrLines);
+    }
+
+    [Fact]
+    public async Task Host_CommandLineKeyOverride_OverridesFileAndIsReported()
+    {
+        var run = await RunHostAsync(["--config", WriteConfig(ValidConfig()), "--Assurance:Store:Timeout=bad"]);
+
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal([Header, "Assurance:Store:Timeout: 'bad' is not a duration (expected [d.]hh:mm:ss[.fff], e.g. 00:05:00)"], run.StderrLines);
+    }
+
+    [Fact]
+    public async Task Host_EnvironmentKeyOverride_OverridesFileAndIsReported()
+    {
+        var run = await RunHostAsync(["--config", WriteConfig(ValidConfig())], new() { ["Assurance__Policies__token-only__MinimumAal"] = "7" });
+
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal([Header, "Assurance:Policies:token-only:MinimumAal: '7' is not a whole number from 0 to 3"], run.StderrLines);
+    }
+
+    [Fact]
+    public async Task Host_ConfigFileMissing_Exit2NamingTheFile()
+    {
+        var path = Path.Combine(_directory, "absent.json");
+
+        var run = await RunHostAsync(["--config", path]);
+
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal([Header, $"{path}: '{path}' does not exist"], run.StderrLines);
+    }
+
+    [Fact]
+    public async Task Host_ConfigFileNotJson_Exit2NamingTheFile()
+    {
+        var path = Path.Combine(_directory, "broken.json");
+        await File.WriteAllTextAsync(path, """{ "Assurance": { "Policies": """);
+
+        var run = await RunHostAsync(["--config", path]);
+
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal(Header, run.StderrLines[0]);
+        var line = Assert.Single(run.StderrLines.Skip(1));
+        Assert.StartsWith($"{path}: Could not parse the JSON file: ", line, StringComparison.Ordinal);
+        Assert.Contains("LineNumber: 0", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Host_ValidConfigFromEnvironmentVariable_StartsListening()
+    {
+        // Positive control: the same host, the same way of naming the file, and a valid file: it serves.
+        using var process = Start([], new() { ["GATEWAY_CONFIG"] = WriteConfig(ValidConfig()) });
+        var listening = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        process.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data?.Contains("Now listening on", StringComparison.Ordinal) == true)
+            {
+                listening.TrySetResult();
+            }
+        };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        try
+        {
+            var exited = process.WaitForExitAsync();
+            var first = await Task.WhenAny(listening.Task, exited, Task.Delay(ExitTimeout));
+            Assert.True(first == listening.Task, exited.IsCompleted ? $"the host exited with {process.ExitCode}" : "the host did not start listening in time");
+        }
+        finally
+        {
+            process.Kill(entireProcessTree: true);
+            await process.WaitForExitAsync();
+        }
+    }
+
+    private JsonObject ValidConfig() => TestConfig.Create("http://127.0.0.1:5001", _idp, _workload);
+
+    private string WriteConfig(JsonObject config)
+    {
+        var path = Path.Combine(_directory, $"{Guid.NewGuid():N}.json");
+        File.WriteAllText(path, config.ToJsonString());
+        return path;
+    }
+
+    private async Task<HostRun> RunHostAsync(string[] args, Dictionary<string, string>? environment = null)
+    {
+        using var process = Start(args, environment);
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(ExitTimeout);
+        try
+        {
+            await process.WaitForExitAsync(timeout.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            process.Kill(entireProcessTree: true);
+            Assert.Fail($"the host did not exit within {ExitTimeout.TotalSeconds} s (it should refuse to start)");
+        }
+
+        return new HostRun(process.ExitCode, await stdout, await stderr);
+    }
+
+    private Process Start(string[] args, Dictionary<string, string>? environment)
+    {
+        var psi = new ProcessStartInfo(DotnetHost())
+        {
+            WorkingDirectory = _directory,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        psi.ArgumentList.Add(GatewayDll());
+        foreach (var arg in args)
+        {
+            psi.ArgumentList.Add(arg);
+        }
+
+        // Only what the test sets: nothing inherited may name a config file or override a key.
+        psi.Environment.Remove("GATEWAY_CONFIG");
+        foreach (var key in psi.Environment.Keys.Where(k => k.StartsWith("Assurance__", StringComparison.OrdinalIgnoreCase) || k.StartsWith("ReverseProxy__", StringComparison.OrdinalIgnoreCase)).ToList())
+        {
+            psi.Environment.Remove(key);
+        }
+
+        foreach (var (key, value) in environment ?? [])
+        {
+            psi.Environment[key] = value;
+        }
+
+        return Process.Start(psi)!;
+    }
+
+    private static string DotnetHost() => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host : "dotnet";
+
+    /// <summary>
+    /// src/Gateway/bin/&lt;configuration&gt;/&lt;tfm&gt;/Gateway.dll, built with this test project (it references the host
+    /// project without its assembly), found from this assembly's own bin/&lt;configuration&gt;/&lt;tfm&gt; folder.
+    /// </summary>
+    private static string GatewayDll()
+    {
+        var bin = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
+        var tfm = bin.Name;
+        var configuration = bin.Parent!.Name;
+        var root = bin;
+        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Gateway.sln")))
+        {
+            root = root.Parent;
+        }
+
+        Assert.NotNull(root);
+        var dll = Path.Combine(root.FullName, "src", "Gateway", "bin", configuration, tfm, "Gateway.dll");
+        Assert.True(File.Exists(dll), $"{dll} not found: build the solution (or this test project) first");
+        return dll;
+    }
+
+    private sealed record HostRun(int ExitCode, string Stdout, string Stderr)
+    {
+        public List<string> StderrLines { get; } = [.. Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
+    }
+}

@@ -1,0 +1,176 @@
+using System.Net;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using AssuranceGateway.Testing;
+
+namespace AssuranceGateway.FunctionalTests.Configuration;
+
+/// <summary>
+/// SPEC §3: a changed config file is applied without restart; an invalid change is refused and logged (event 100),
+/// and the last good configuration stays in force. Each test has its own gateway: they all rewrite its file.
+/// </summary>
+public sealed class HotReloadTests : IAsyncLifetime
+{
+    private GatewayHarness _gateway = null!;
+
+    public async Task InitializeAsync() => _gateway = await GatewayHarness.StartAsync();
+
+    public async Task DisposeAsync() => await _gateway.DisposeAsync();
+
+    [Fact]
+    public async Task Reload_StatusSwitchedToPassthrough_AppliedWithoutRestart()
+    {
+        Assert.Equal(HttpStatusCode.Unauthorized, await StatusWithoutTokenAsync());
+        var config = _gateway.DefaultConfig();
+        config["ReverseProxy"]!["Routes"]!["status"]!["Metadata"]!["AssurancePolicy"] = "passthrough";
+
+        Assert.True(await _gateway.ReloadAsync(config), Refusals());
+
+        Assert.Equal(HttpStatusCode.OK, await StatusWithoutTokenAsync());
+        Assert.Equal(1, _gateway.Upstream.Count);
+        Assert.Empty(_gateway.RefusedReloads());
+    }
+
+    [Fact]
+    public async Task Reload_NewRoute_ServedWithItsPolicy()
+    {
+        Assert.Equal(HttpStatusCode.NotFound, await SendAsync("/reports/daily", _gateway.Idp.Token()));
+        var config = _gateway.DefaultConfig();
+        config["ReverseProxy"]!["Routes"]!["reports"] = TestConfig.Route("/reports/{**rest}", "token-only");
+
+        Assert.True(await _gateway.ReloadAsync(config), Refusals());
+
+        Assert.Equal(HttpStatusCode.Unauthorized, await SendAsync("/reports/daily", token: null));
+        Assert.Equal(HttpStatusCode.OK, await SendAsync("/reports/daily", _gateway.Idp.Token()));
+        Assert.Equal("/reports/daily", Assert.Single(_gateway.Upstream.Received).Path);
+    }
+
+    [Fact]
+    public async Task Reload_UnknownPolicy_RefusedLoggedLastGoodStays()
+    {
+        var config = _gateway.DefaultConfig();
+        config["ReverseProxy"]!["Routes"]!["status"]!["Metadata"]!["AssurancePolicy"] = "nope";
+
+        Assert.False(await _gateway.ReloadAsync(config));
+
+        var refusal = Assert.Single(_gateway.RefusedReloads());
+        Assert.Contains("ReverseProxy:Routes:status:Metadata:AssurancePolicy: unknown policy 'nope'", refusal, StringComparison.Ordinal);
+        await AssertOriginalConfigurationInForceAsync();
+    }
+
+    [Fact]
+    public async Task Reload_InvalidJson_RefusedLoggedLastGoodStays()
+    {
+        Assert.False(await _gateway.ReloadRawAsync("""{ "ReverseProxy": { "Routes": """));
+
+        var refusal = Assert.Single(_gateway.RefusedReloads());
+        Assert.Contains($"{_gateway.ConfigPath}: Could not parse the JSON file: ", refusal, StringComparison.Ordinal);
+        Assert.Contains("LineNumber: 0", refusal, StringComparison.Ordinal); // says where
+        await AssertOriginalConfigurationInForceAsync();
+    }
+
+    [Fact]
+    public async Task Reload_FileDeleted_RefusedLoggedLastGoodStays()
+    {
+        Assert.False(await _gateway.DeleteConfigAsync());
+
+        var refusal = Assert.Single(_gateway.RefusedReloads());
+        Assert.Contains($"'{_gateway.ConfigPath}' does not exist", refusal, StringComparison.Ordinal);
+        await AssertOriginalConfigurationInForceAsync();
+    }
+
+    [Fact]
+    public async Task Reload_YarpRejectsRoute_RefusedLoggedLastGoodStays()
+    {
+        // Valid for our compiler, invalid for YARP (a route must match on something): still one whole refusal.
+        var config = _gateway.DefaultConfig();
+        ((JsonObject)config["ReverseProxy"]!["Routes"]!["status"]!).Remove("Match");
+
+        Assert.False(await _gateway.ReloadAsync(config));
+
+        Assert.Contains("ReverseProxy:Routes:status:", Assert.Single(_gateway.RefusedReloads()), StringComparison.Ordinal);
+        await AssertOriginalConfigurationInForceAsync();
+    }
+
+    [Fact]
+    public async Task Reload_GoodChangeAfterInvalidJson_Applied()
+    {
+        Assert.False(await _gateway.ReloadRawAsync("{ not json"));
+        var config = _gateway.DefaultConfig();
+        config["ReverseProxy"]!["Routes"]!["status"]!["Metadata"]!["AssurancePolicy"] = "passthrough";
+
+        Assert.True(await _gateway.ReloadAsync(config), Refusals());
+
+        Assert.Equal(HttpStatusCode.OK, await StatusWithoutTokenAsync());
+    }
+
+    [Fact]
+    public async Task Reload_GoodChangeAfterDeletedFile_Applied()
+    {
+        Assert.False(await _gateway.DeleteConfigAsync());
+        var config = _gateway.DefaultConfig();
+        config["ReverseProxy"]!["Routes"]!["status"]!["Metadata"]!["AssurancePolicy"] = "passthrough";
+
+        Assert.True(await _gateway.ReloadAsync(config), Refusals());
+
+        Assert.Equal(HttpStatusCode.OK, await StatusWithoutTokenAsync());
+    }
+
+    [Fact]
+    public async Task Reload_GoodChangeAfterRefusedChange_Applied()
+    {
+        var bad = _gateway.DefaultConfig();
+        bad["Assurance"]!["Policies"]!["token-only"]!["Mode"] = "audit";
+        Assert.False(await _gateway.ReloadAsync(bad));
+        var good = _gateway.DefaultConfig();
+        good["ReverseProxy"]!["Routes"]!["status"]!["Metadata"]!["AssurancePolicy"] = "passthrough";
+
+        Assert.True(await _gateway.ReloadAsync(good), Refusals());
+
+        Assert.Equal(HttpStatusCode.OK, await StatusWithoutTokenAsync());
+        Assert.Single(_gateway.RefusedReloads());
+    }
+
+    [Fact]
+    public async Task Reload_NewJwksFile_NewIssuerKeyTrusted()
+    {
+        // Keys in files change by editing the config (the file is read at each load): rotate to a new key file.
+        using var rotated = new TestIssuer(_gateway.Idp.Issuer, _gateway.Directory, "k2");
+        Assert.Equal(HttpStatusCode.Unauthorized, await SendAsync("/status", rotated.Token()));
+        var config = _gateway.DefaultConfig();
+        config["Assurance"]!["Tokens"]!["Issuers"]![0]!["JwksFile"] = rotated.JwksPath;
+
+        Assert.True(await _gateway.ReloadAsync(config), Refusals());
+
+        Assert.Equal(HttpStatusCode.OK, await SendAsync("/status", rotated.Token()));
+        Assert.Equal(HttpStatusCode.Unauthorized, await SendAsync("/status", _gateway.Idp.Token()));
+    }
+
+    /// <summary>The start-up configuration: /status needs a token, which passes; nothing else got through.</summary>
+    private async Task AssertOriginalConfigurationInForceAsync()
+    {
+        using (var request = GatewayHarness.Request(HttpMethod.Get, "/status", token: null, out _))
+        using (var response = await _gateway.Proxy.SendAsync(request))
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+            using var problem = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+            Assert.Equal("token_missing", problem.RootElement.GetProperty("reason").GetString());
+        }
+
+        Assert.Equal(0, _gateway.Upstream.Count);
+        Assert.Equal(HttpStatusCode.OK, await SendAsync("/status", _gateway.Idp.Token()));
+        Assert.Equal(HttpStatusCode.OK, await SendAsync("/public/ping", token: null));
+        Assert.Equal(2, _gateway.Upstream.Count);
+    }
+
+    private string Refusals() => "refused: " + string.Join(Environment.NewLine, _gateway.RefusedReloads());
+
+    private Task<HttpStatusCode> StatusWithoutTokenAsync() => SendAsync("/status", token: null);
+
+    private async Task<HttpStatusCode> SendAsync(string path, string? token)
+    {
+        using var request = GatewayHarness.Request(HttpMethod.Get, path, token, out _);
+        using var response = await _gateway.Proxy.SendAsync(request);
+        return response.StatusCode;
+    }
+}

@@ -1,0 +1,668 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json.Nodes;
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Testing;
+using Microsoft.Extensions.Configuration;
+
+namespace AssuranceGateway.UnitTests.Configuration;
+
+/// <summary>
+/// SPEC §3: an invalid configuration is refused with one line per problem, each naming its key, all problems at
+/// once. The base is the functional tests' configuration (valid); each test breaks one thing and checks the exact
+/// lines, so that a message that stops naming its key, or a problem that stops being reported, fails here.
+/// </summary>
+public sealed class GatewayConfigCompilerTests : IDisposable
+{
+    private const string Deploy = "single-use-approval";
+    private const string DeployPath = "Assurance:Policies:single-use-approval";
+    private const string IssuerPath = "Assurance:Tokens:Issuers:0";
+
+    private readonly string _directory = Path.Combine(Path.GetTempPath(), "agw-unit", Guid.NewGuid().ToString("N"));
+    private readonly TestIssuer _idp;
+    private readonly TestIssuer _workload;
+
+    public GatewayConfigCompilerTests()
+    {
+        _idp = new TestIssuer("https://idp.test", _directory);
+        _workload = new TestIssuer("spiffe://prod.test", _directory, "w1");
+    }
+
+    public void Dispose()
+    {
+        _idp.Dispose();
+        _workload.Dispose();
+        Directory.Delete(_directory, recursive: true);
+    }
+
+    [Fact]
+    public void Compile_BaseConfiguration_Valid()
+    {
+        var (settings, errors) = Compile();
+
+        Assert.Empty(errors);
+        Assert.NotNull(settings);
+        Assert.Equal(["agent", "deploy", "public", "status"], settings.RoutePolicies.Keys.Order(StringComparer.Ordinal));
+        Assert.Equal("token-only", settings.PolicyForRoute("status")?.Name);
+        Assert.Same(AssurancePolicy.Passthrough, settings.PolicyForRoute("public"));
+    }
+
+    [Fact]
+    public void Compile_RouteNamesUnknownPolicy_Refused()
+    {
+        AssertProblems(
+            c => Route(c, "status")["Metadata"]!["AssurancePolicy"] = "tokn-only",
+            "ReverseProxy:Routes:status:Metadata:AssurancePolicy: unknown policy 'tokn-only'");
+    }
+
+    [Fact]
+    public void Compile_RouteWithoutPolicyAndNoDefault_Refused()
+    {
+        AssertProblems(
+            c => Route(c, "status").Remove("Metadata"),
+            "ReverseProxy:Routes:status:Metadata:AssurancePolicy: missing, and Assurance:DefaultPolicy is not set (name \"passthrough\" to forward without enforcement)");
+    }
+
+    [Fact]
+    public void Compile_RouteWithoutPolicyAndDefault_GetsDefault()
+    {
+        var (settings, errors) = Compile(c =>
+        {
+            Route(c, "status").Remove("Metadata");
+            Assurance(c)["DefaultPolicy"] = Deploy;
+        });
+
+        Assert.Empty(errors);
+        Assert.Equal(Deploy, settings!.PolicyForRoute("status")?.Name);
+    }
+
+    [Fact]
+    public void Compile_PolicyMetadataKeyInOtherCase_StillThatRoutesPolicy()
+    {
+        // Configuration keys are case-insensitive everywhere in ASP.NET Core. Were this one not, a route written with
+        // "assurancePolicy" would silently fall back to the default policy, here passthrough: unprotected.
+        var (settings, errors) = Compile(c =>
+        {
+            Route(c, "deploy")["Metadata"] = new JsonObject { ["assurancePolicy"] = Deploy };
+            Assurance(c)["DefaultPolicy"] = "passthrough";
+        });
+
+        Assert.Empty(errors);
+        Assert.Equal(Deploy, settings!.PolicyForRoute("deploy")?.Name);
+    }
+
+    [Fact]
+    public void Compile_UnknownDefaultPolicy_Refused()
+    {
+        AssertProblems(
+            c => Assurance(c)["DefaultPolicy"] = "strict",
+            "Assurance:DefaultPolicy: unknown policy 'strict'");
+    }
+
+    [Fact]
+    public void Compile_UnknownBinding_Refused()
+    {
+        AssertProblems(
+            c => Policy(c, Deploy)["Bind"] = new JsonArray("token", "workloads", "request"),
+            $"{DeployPath}:Bind: unknown binding 'workloads' (known: subject, session, token, workload, origin, request)");
+    }
+
+    [Fact]
+    public void Compile_DuplicatedBinding_Refused()
+    {
+        AssertProblems(
+            c => Policy(c, Deploy)["Bind"] = new JsonArray("token", "workload", "request", "Token"),
+            $"{DeployPath}:Bind: binding 'Token' listed twice");
+    }
+
+    [Theory]
+    [InlineData("5 minutes")]
+    [InlineData("00:05")]
+    [InlineData("00:61:00")]
+    // A bare number is ambiguous (TimeSpan reads "300" as 300 DAYS, not seconds): refused.
+    [InlineData("300")]
+    [InlineData("5")]
+    public void Compile_BadDuration_Refused(string value)
+    {
+        AssertProblems(
+            c => Policy(c, Deploy)["MaxTtl"] = value,
+            $"{DeployPath}:MaxTtl: '{value}' is not a duration (expected [d.]hh:mm:ss[.fff], e.g. 00:05:00)");
+    }
+
+    [Fact]
+    public void Compile_DurationOutOfRange_Refused()
+    {
+        AssertProblems(
+            c => Tokens(c)["ClockSkew"] = "00:10:00",
+            "Assurance:Tokens:ClockSkew: '00:10:00' must be from 00:00:00 to 00:05:00");
+    }
+
+    [Fact]
+    public void Compile_DurationWithDays_Accepted()
+    {
+        var (settings, errors) = Compile(c => Policy(c, Deploy)["MaxTtl"] = "1.02:00:00");
+
+        Assert.Empty(errors);
+        Assert.Equal(TimeSpan.FromHours(26), settings!.Policies[Deploy].MaxTtl);
+    }
+
+    [Theory]
+    [InlineData("4")]
+    [InlineData("-1")]
+    [InlineData("2.5")]
+    [InlineData("two")]
+    public void Compile_MinimumAalOutOfRange_Refused(string value)
+    {
+        AssertProblems(
+            c => Policy(c, Deploy)["MinimumAal"] = value,
+            $"{DeployPath}:MinimumAal: '{value}' is not a whole number from 0 to 3");
+    }
+
+    [Theory]
+    [InlineData("audit")]
+    [InlineData("1")]
+    [InlineData("+1")]
+    // Enum.TryParse reads "a,b" as a bitwise OR: "enforce,shadow" would quietly become shadow (forward everything).
+    [InlineData("enforce,shadow")]
+    [InlineData("enforce, shadow")]
+    public void Compile_UnknownMode_Refused(string value)
+    {
+        AssertProblems(
+            c => Policy(c, Deploy)["Mode"] = value,
+            $"{DeployPath}:Mode: '{value}' is not one of enforce | shadow");
+    }
+
+    [Theory]
+    [InlineData("allow")]
+    [InlineData("deny,challenge")]
+    public void Compile_UnknownOnMissing_Refused(string value)
+    {
+        AssertProblems(
+            c => Policy(c, Deploy)["OnMissing"] = value,
+            $"{DeployPath}:OnMissing: '{value}' is not one of deny | challenge");
+    }
+
+    [Fact]
+    public void Compile_ModeAndOnMissingInAnyCase_Accepted()
+    {
+        var (settings, errors) = Compile(c =>
+        {
+            Policy(c, Deploy)["Mode"] = "Shadow";
+            Policy(c, Deploy)["OnMissing"] = "CHALLENGE";
+        });
+
+        Assert.Empty(errors);
+        Assert.Equal(PolicyMode.Shadow, settings!.Policies[Deploy].Mode);
+        Assert.Equal(MissingGrantAction.Challenge, settings.Policies[Deploy].OnMissing);
+    }
+
+    [Fact]
+    public void Compile_UnknownRevokeOnReason_Refused()
+    {
+        AssertProblems(
+            c => Policy(c, Deploy)["RevokeOn"] = new JsonArray("token_mismatch", "replayed"),
+            $"{DeployPath}:RevokeOn: 'replayed' is not a mismatch reason (known: route_mismatch, subject_mismatch, session_mismatch, token_mismatch, workload_mismatch, origin_mismatch, request_mismatch)");
+    }
+
+    [Theory]
+    [InlineData("content type")]
+    [InlineData("content-type:")]
+    [InlineData("x-ünicode")]
+    public void Compile_InvalidHeaderName_Refused(string header)
+    {
+        AssertProblems(
+            c => Policy(c, Deploy)["BoundHeaders"] = new JsonArray("content-type", header),
+            $"{DeployPath}:BoundHeaders: '{header}' is not a valid header name");
+    }
+
+    [Fact]
+    public void Compile_BoundHeaders_LowerCasedDeduplicatedSorted()
+    {
+        var (settings, errors) = Compile(c => Policy(c, Deploy)["BoundHeaders"] = new JsonArray("X-Tenant", "content-type", "Content-Type"));
+
+        Assert.Empty(errors);
+        Assert.Equal(["content-type", "x-tenant"], settings!.Policies[Deploy].BoundHeaders);
+    }
+
+    [Fact]
+    public void Compile_UnreadableJwksFile_Refused()
+    {
+        var missing = Path.Combine(_directory, "missing", "idp.jwks.json");
+
+        var errors = CompileErrors(c => Issuer(c)["JwksFile"] = missing);
+
+        var line = Assert.Single(errors);
+        Assert.StartsWith($"{IssuerPath}:JwksFile: cannot read '{missing}': ", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Compile_RelativeJwksFile_ResolvedAgainstBaseDirectory()
+    {
+        var (settings, errors) = Compile(c => Issuer(c)["JwksFile"] = Path.GetFileName(_idp.JwksPath));
+
+        Assert.Empty(errors);
+        Assert.Equal(_idp.JwksPath, settings!.Tokens.Issuers[0].KeyLocation);
+    }
+
+    [Theory]
+    [InlineData("this is not json")]
+    [InlineData("""{"keys": 42}""")]
+    [InlineData("")]
+    public void Compile_JwksFileNotAJwkSet_Refused(string content)
+    {
+        var path = Path.Combine(_directory, "broken.jwks.json");
+        File.WriteAllText(path, content);
+
+        var errors = CompileErrors(c => Issuer(c)["JwksFile"] = path);
+
+        var line = Assert.Single(errors);
+        Assert.StartsWith($"{IssuerPath}:JwksFile: '{path}' is not a JWK Set", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Compile_JwksFileWithPrivateKey_Refused()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var p = key.ExportParameters(true);
+        var path = Path.Combine(_directory, "private.jwks.json");
+        File.WriteAllText(path, new JsonObject
+        {
+            ["keys"] = new JsonArray(new JsonObject
+            {
+                ["kty"] = "EC", ["crv"] = "P-256", ["kid"] = "k1",
+                ["x"] = Microsoft.IdentityModel.Tokens.Base64UrlEncoder.Encode(p.Q.X),
+                ["y"] = Microsoft.IdentityModel.Tokens.Base64UrlEncoder.Encode(p.Q.Y),
+                ["d"] = Microsoft.IdentityModel.Tokens.Base64UrlEncoder.Encode(p.D),
+            }),
+        }.ToJsonString());
+
+        AssertProblems(
+            c => Issuer(c)["JwksFile"] = path,
+            $"{IssuerPath}:JwksFile: '{path}' contains a private key: publish only public keys to the gateway");
+    }
+
+    [Fact]
+    public void Compile_JwksFileWithoutSigningKey_Refused()
+    {
+        var path = Path.Combine(_directory, "hmac.jwks.json");
+        File.WriteAllText(path, """{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"}]}""");
+
+        var errors = CompileErrors(c => Issuer(c)["JwksFile"] = path);
+
+        // Symmetric keys are never used to verify access tokens (HMAC would let anyone holding the secret mint them).
+        Assert.Equal([$"{IssuerPath}:JwksFile: '{path}' holds no signing key"], errors);
+    }
+
+    [Fact]
+    public void Compile_JwksKeysDoNotFitAlgorithms_Refused()
+    {
+        AssertProblems(
+            c => Issuer(c)["Algorithms"] = new JsonArray("RS256"),
+            $"{IssuerPath}:JwksFile: no key in '{_idp.JwksPath}' fits the algorithms RS256");
+    }
+
+    [Fact]
+    public void Compile_IssuerWithoutName_Refused()
+    {
+        AssertProblems(c => Issuer(c).Remove("Issuer"), $"{IssuerPath}:Issuer: missing");
+    }
+
+    [Fact]
+    public void Compile_IssuerWithoutAudiences_Refused()
+    {
+        AssertProblems(c => Issuer(c).Remove("Audiences"), $"{IssuerPath}:Audiences: at least one audience is required");
+    }
+
+    [Fact]
+    public void Compile_IssuerWithoutKeySource_Refused()
+    {
+        AssertProblems(c => Issuer(c).Remove("JwksFile"), $"{IssuerPath}: exactly one of JwksFile, JwksUri or Authority is required");
+    }
+
+    [Theory]
+    [InlineData("JwksUri", "https://idp.test/jwks.json")]
+    [InlineData("Authority", "https://idp.test")]
+    public void Compile_IssuerWithTwoKeySources_Refused(string key, string value)
+    {
+        AssertProblems(c => Issuer(c)[key] = value, $"{IssuerPath}: exactly one of JwksFile, JwksUri or Authority is required");
+    }
+
+    [Theory]
+    [InlineData("JwksUri", "ftp://idp.test/jwks.json")]
+    [InlineData("Authority", "idp.test")]
+    public void Compile_KeySourceNotAnHttpUrl_Refused(string key, string value)
+    {
+        AssertProblems(
+            c =>
+            {
+                Issuer(c).Remove("JwksFile");
+                Issuer(c)[key] = value;
+            },
+            $"{IssuerPath}:{key}: '{value}' is not an absolute http(s) URL");
+    }
+
+    [Theory]
+    [InlineData("none")]
+    [InlineData("HS256")]
+    [InlineData("es256")]
+    public void Compile_UnsupportedAlgorithm_Refused(string algorithm)
+    {
+        AssertProblems(
+            c => Issuer(c)["Algorithms"] = new JsonArray("ES256", algorithm),
+            $"{IssuerPath}:Algorithms: '{algorithm}' is not allowed (allowed: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512; 'none' and HMAC are never accepted)");
+    }
+
+    [Fact]
+    public void Compile_IssuerConfiguredTwice_Refused()
+    {
+        AssertProblems(
+            c => Tokens(c)["Issuers"]!.AsArray().Add(Issuer(c).DeepClone()),
+            "Assurance:Tokens:Issuers:1:Issuer: issuer 'https://idp.test' is configured twice");
+    }
+
+    [Theory]
+    [InlineData("assurance-api")]
+    [InlineData(" assurance-api ")]
+    public void Compile_ProxyAudienceIsTheApiAudience_Refused(string audience)
+    {
+        AssertProblems(
+            c => Issuer(c)["Audiences"] = new JsonArray("gateway", audience),
+            $"{IssuerPath}:Audiences: 'assurance-api' is the audience of the assurance API (Assurance:Api:Audience): API tokens must not be accepted on the proxy");
+    }
+
+    [Fact]
+    public void Compile_ProxyAudienceIsRenamedApiAudience_Refused()
+    {
+        AssertProblems(
+            c =>
+            {
+                Assurance(c)["Api"]!["Audience"] = "approvals";
+                Issuer(c)["Audiences"] = "approvals";
+            },
+            $"{IssuerPath}:Audiences: 'approvals' is the audience of the assurance API (Assurance:Api:Audience): API tokens must not be accepted on the proxy");
+    }
+
+    [Fact]
+    public void Compile_NoIssuerButTokenRoutes_Refused()
+    {
+        AssertProblems(
+            c => Tokens(c)["Issuers"] = new JsonArray(),
+            "Assurance:Tokens:Issuers: at least one issuer is required: routes use policies that validate tokens");
+    }
+
+    [Theory]
+    [InlineData("spiffe")]
+    [InlineData("mtls,header")]
+    [InlineData("2")]
+    [InlineData("-1")]
+    [InlineData("+2")]
+    public void Compile_UnknownWorkloadSource_Refused(string source)
+    {
+        AssertProblems(
+            c => Workload(c)["Sources"] = new JsonArray("header", source),
+            $"Assurance:Workload:Sources: unknown workload source '{source}' (known: mtls, xfcc, header, claim)");
+    }
+
+    [Theory]
+    [InlineData("10.0.0.0/33")]
+    [InlineData("10.0.0.0/+8")]
+    [InlineData("localhost")]
+    [InlineData("010.0.0.1")]
+    [InlineData("0x0a.0.0.1")]
+    [InlineData("10.0.0.0/")]
+    // IPAddress.TryParse reads "10" as 0.0.0.10 and "10.1" as 10.0.0.1: a typo would trust a different address.
+    [InlineData("10")]
+    [InlineData("10.1")]
+    public void Compile_BadTrustedProxy_Refused(string cidr)
+    {
+        AssertProblems(
+            c => Workload(c)["TrustedProxies"] = new JsonArray("127.0.0.1/32", cidr),
+            $"Assurance:Workload:TrustedProxies: '{cidr}' is not an IP address or CIDR range");
+    }
+
+    [Fact]
+    public void Compile_TrustedProxyRangeWithHostBits_RefusedWithBothReadings()
+    {
+        // IPNetwork.TryParse would quietly widen this to all of 10.0.0.0/8.
+        AssertProblems(
+            c => Workload(c)["TrustedProxies"] = new JsonArray("10.0.0.1/8"),
+            "Assurance:Workload:TrustedProxies: '10.0.0.1/8' has address bits set beyond the /8 prefix (write 10.0.0.0/8, or 10.0.0.1/32 for one address)");
+    }
+
+    [Fact]
+    public void Compile_TrustedProxies_AddressesAndRanges()
+    {
+        var (settings, errors) = Compile(c => Workload(c)["TrustedProxies"] = new JsonArray("10.0.0.0/8", "192.168.1.7", "::1", "fd00::/8"));
+
+        Assert.Empty(errors);
+        Assert.Equal(["10.0.0.0/8", "192.168.1.7/32", "::1/128", "fd00::/8"], settings!.Workload.TrustedProxies.Select(n => n.ToString()));
+    }
+
+    [Fact]
+    public void Compile_HeaderSourceWithoutWorkloadIssuersOrAudience_Refused()
+    {
+        AssertProblems(
+            c =>
+            {
+                Workload(c)["Issuers"] = new JsonArray();
+                Workload(c).Remove("Audience");
+            },
+            "Assurance:Workload:Issuers: the 'header' source needs at least one workload issuer",
+            "Assurance:Workload:Audience: the 'header' source needs the audience that workload JWTs must carry");
+    }
+
+    [Fact]
+    public void Compile_WorkloadPolicyWithoutSources_Refused()
+    {
+        AssertProblems(
+            c => Workload(c)["Sources"] = new JsonArray(),
+            // Routes are read in key order (agent, deploy, ...), as IConfiguration lists them.
+            "Assurance:Policies:agent-approval: needs a workload identity, but Assurance:Workload:Sources is empty",
+            "Assurance:Policies:single-use-approval: needs a workload identity, but Assurance:Workload:Sources is empty");
+    }
+
+    [Fact]
+    public void Compile_UnknownPolicySetting_Refused()
+    {
+        AssertProblems(
+            c => Policy(c, Deploy)["Binds"] = new JsonArray("origin"),
+            $"{DeployPath}:Binds: unknown setting (known: Bind, MinimumAal, MinimumApprovalAal, MaxUses, MaxTtl, Mode, OnMissing, Approvals, RequireClaims, PendingTtl, MaxPendingPerSubject, RevokeOn, BoundHeaders, MaxBodyBytes, RequiresGrant)");
+    }
+
+    [Theory]
+    [InlineData("Tokens", "ClockSkw", "Assurance:Tokens:ClockSkw: unknown setting (known: Issuers, ClockSkew, MaxLifetime, Types, MaxTokenBytes, AalClaim, SessionClaim, AalMap)")]
+    [InlineData("Store", "TimeOut ", "Assurance:Store:TimeOut : unknown setting (known: Redis, KeyPrefix, Timeout, EvidenceRetention, RequireReplicaAcks)")]
+    public void Compile_UnknownSectionSetting_Refused(string section, string key, string expected)
+    {
+        AssertProblems(c => ((JsonObject)Assurance(c)[section]!)[key] = "00:00:01", expected);
+    }
+
+    [Fact]
+    public void Compile_UnknownAssuranceSection_Refused()
+    {
+        AssertProblems(
+            c => Assurance(c)["Polices"] = new JsonObject(),
+            "Assurance:Polices: unknown setting (known: DefaultPolicy, Policies, Tokens, Workload, Store, Api, Evidence)");
+    }
+
+    [Fact]
+    public void Compile_RedefinedPassthrough_Refused()
+    {
+        AssertProblems(
+            c => Policies(c)["passthrough"] = new JsonObject { ["Bind"] = new JsonArray("token") },
+            "Assurance:Policies:passthrough: 'passthrough' is built in and cannot be redefined");
+    }
+
+    [Fact]
+    public void Compile_RedefinedPassthroughInOtherCase_Refused()
+    {
+        AssertProblems(
+            c => Policies(c)["PassThrough"] = new JsonObject { ["Bind"] = new JsonArray("token") },
+            "Assurance:Policies:PassThrough: 'passthrough' is built in and cannot be redefined");
+    }
+
+    [Fact]
+    public void Compile_NoGrantPolicyBindingRequest_Refused()
+    {
+        AssertProblems(
+            c => Policy(c, "token-only")["Bind"] = new JsonArray("request"),
+            "Assurance:Policies:token-only:Bind: only 'workload' can be bound when RequiresGrant is false: the other bindings live on a grant");
+    }
+
+    [Fact]
+    public void Compile_NoGrantPolicyBindingWorkload_Accepted()
+    {
+        var (settings, errors) = Compile(c => Policy(c, "token-only")["Bind"] = new JsonArray("workload"));
+
+        Assert.Empty(errors);
+        Assert.True(settings!.Policies["token-only"].NeedsWorkload);
+    }
+
+    [Fact]
+    public void Compile_RouteWithUnknownCluster_Refused()
+    {
+        AssertProblems(
+            c => Route(c, "status")["ClusterId"] = "nowhere",
+            "ReverseProxy:Routes:status:ClusterId: unknown cluster 'nowhere'");
+    }
+
+    [Fact]
+    public void Compile_FiveProblems_AllReportedAtOnce()
+    {
+        AssertProblems(
+            c =>
+            {
+                Route(c, "status")["Metadata"]!["AssurancePolicy"] = "tokn-only";
+                Policy(c, Deploy)["MaxTtl"] = "soon";
+                Policy(c, Deploy)["Mode"] = "audit";
+                Issuer(c)["Algorithms"] = new JsonArray("ES256", "none");
+                Workload(c)["TrustedProxies"] = new JsonArray("10.0.0.0/33");
+            },
+            $"{DeployPath}:MaxTtl: 'soon' is not a duration (expected [d.]hh:mm:ss[.fff], e.g. 00:05:00)",
+            $"{DeployPath}:Mode: 'audit' is not one of enforce | shadow",
+            $"{IssuerPath}:Algorithms: 'none' is not allowed (allowed: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512; 'none' and HMAC are never accepted)",
+            "Assurance:Workload:TrustedProxies: '10.0.0.0/33' is not an IP address or CIDR range",
+            "ReverseProxy:Routes:status:Metadata:AssurancePolicy: unknown policy 'tokn-only'");
+    }
+
+    [Fact]
+    public void Compile_AalMapKeysWithColons_ParsedWhole()
+    {
+        var (settings, errors) = Compile(c => Tokens(c)["AalMap"] = new JsonObject
+        {
+            ["urn:aal1"] = 1, ["urn:aal2"] = 2, ["urn:aal3"] = 3, ["http://idp.example/acr/mfa"] = 2, ["pwd"] = 1,
+        });
+
+        Assert.Empty(errors);
+        Assert.Equal(
+            [("http://idp.example/acr/mfa", 2), ("pwd", 1), ("urn:aal1", 1), ("urn:aal2", 2), ("urn:aal3", 3)],
+            settings!.Tokens.AalMap.OrderBy(e => e.Key, StringComparer.Ordinal).Select(e => (e.Key, e.Value)));
+    }
+
+    [Fact]
+    public void Compile_AalMapOmitted_DefaultUrnLevels()
+    {
+        var (settings, errors) = Compile(c => Tokens(c).Remove("AalMap"));
+
+        Assert.Empty(errors);
+        Assert.Equal(2, settings!.Tokens.AalMap["urn:aal2"]);
+        Assert.Equal(3, settings.Tokens.AalMap.Count);
+    }
+
+    [Fact]
+    public void Compile_AalMapLevelOutOfRange_Refused()
+    {
+        AssertProblems(
+            c => Tokens(c)["AalMap"] = new JsonObject { ["urn:aal1"] = 1, ["urn:aal2"] = 5 },
+            "Assurance:Tokens:AalMap:urn:aal2: '5' is not an AAL from 0 to 3");
+    }
+
+    [Fact]
+    public void Compile_RequireClaimsWithListsAndUrlNames_Parsed()
+    {
+        var (settings, errors) = Compile(c => Policy(c, Deploy)["RequireClaims"] = new JsonObject
+        {
+            ["repository"] = "org/app",
+            ["environment"] = new JsonArray("prod", "staging"),
+            ["https://ci.example/claims/team"] = "sre",
+        });
+
+        Assert.Empty(errors);
+        var claims = settings!.Policies[Deploy].RequireClaims;
+        Assert.Equal(3, claims.Count);
+        Assert.Equal(["org/app"], claims["repository"]);
+        Assert.Equal(["prod", "staging"], claims["environment"].Order(StringComparer.Ordinal)); // any one value matches
+        Assert.Equal(["sre"], claims["https://ci.example/claims/team"]);
+    }
+
+    [Fact]
+    public void Compile_RequireClaimsEmpty_NoClaims()
+    {
+        var (settings, errors) = Compile(c => Policy(c, Deploy)["RequireClaims"] = new JsonObject());
+
+        Assert.Empty(errors);
+        Assert.Empty(settings!.Policies[Deploy].RequireClaims);
+    }
+
+    [Fact]
+    public void Compile_RequireClaimsEmptyValue_Refused()
+    {
+        AssertProblems(
+            c => Policy(c, Deploy)["RequireClaims"] = new JsonObject { ["environment"] = new JsonArray("prod", string.Empty) },
+            $"{DeployPath}:RequireClaims:environment:1: must be a non-empty string");
+    }
+
+    [Fact]
+    public void Compile_CommandLineOverride_WinsOverFileAndIsValidated()
+    {
+        var json = TestConfig.Create("http://127.0.0.1:5001", _idp, _workload).ToJsonString();
+        var configuration = new ConfigurationBuilder()
+            .AddJsonStream(new MemoryStream(Encoding.UTF8.GetBytes(json)))
+            .AddCommandLine(["--Assurance:Store:Timeout=bad"])
+            .Build();
+
+        GatewayConfigCompiler.Compile(configuration, _directory, out var errors);
+
+        Assert.Equal(["Assurance:Store:Timeout: 'bad' is not a duration (expected [d.]hh:mm:ss[.fff], e.g. 00:05:00)"], errors);
+    }
+
+    private void AssertProblems(Action<JsonObject> edit, params string[] expected)
+    {
+        var (settings, errors) = Compile(edit);
+
+        Assert.Equal(expected, errors);
+        Assert.Null(settings);
+    }
+
+    private IReadOnlyList<string> CompileErrors(Action<JsonObject> edit)
+    {
+        var (settings, errors) = Compile(edit);
+        Assert.Null(settings);
+        return errors;
+    }
+
+    private (GatewaySettings? Settings, IReadOnlyList<string> Errors) Compile(Action<JsonObject>? edit = null)
+    {
+        var config = TestConfig.Create("http://127.0.0.1:5001", _idp, _workload);
+        edit?.Invoke(config);
+        var configuration = new ConfigurationBuilder()
+            .AddJsonStream(new MemoryStream(Encoding.UTF8.GetBytes(config.ToJsonString())))
+            .Build();
+        var settings = GatewayConfigCompiler.Compile(configuration, _directory, out var errors);
+        return (settings, errors);
+    }
+
+    private static JsonObject Assurance(JsonObject c) => (JsonObject)c["Assurance"]!;
+
+    private static JsonObject Policies(JsonObject c) => (JsonObject)Assurance(c)["Policies"]!;
+
+    private static JsonObject Policy(JsonObject c, string name) => (JsonObject)Policies(c)[name]!;
+
+    private static JsonObject Tokens(JsonObject c) => (JsonObject)Assurance(c)["Tokens"]!;
+
+    private static JsonObject Issuer(JsonObject c) => (JsonObject)Tokens(c)["Issuers"]![0]!;
+
+    private static JsonObject Workload(JsonObject c) => (JsonObject)Assurance(c)["Workload"]!;
+
+    private static JsonObject Route(JsonObject c, string id) => (JsonObject)c["ReverseProxy"]!["Routes"]![id]!;
+}

@@ -1,0 +1,74 @@
+using AssuranceGateway.Tokens;
+using Microsoft.IdentityModel.Tokens;
+
+namespace AssuranceGateway.UnitTests.Tokens;
+
+public sealed class IssuerKeySourceTests
+{
+    private const string Ec1 = """{"kty":"EC","crv":"P-256","kid":"k1","use":"sig","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}""";
+    private const string Ec2 = """{"kty":"EC","crv":"P-256","kid":"k2","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}""";
+    private const string EcNoKid = """{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}""";
+    private const string EcEnc = """{"kty":"EC","crv":"P-256","kid":"e1","use":"enc","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}""";
+    private const string Oct = """{"kty":"oct","kid":"h1","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}""";
+
+    [Fact]
+    public void Find_ByKid_OnlyThatKey()
+    {
+        var keys = From(Ec1, Ec2);
+
+        Assert.Equal("k1", keys.Find("k1")?.KeyId);
+        Assert.Equal("k2", keys.Find("k2")?.KeyId);
+        Assert.Null(keys.Find("k3"));
+        Assert.Null(keys.Find("K1"));
+    }
+
+    [Fact]
+    public void Find_NoKidWithOneKey_ThatKey()
+    {
+        Assert.Equal("k1", From(Ec1).Find(null)?.KeyId);
+        Assert.NotNull(From(EcNoKid).Find(null));
+    }
+
+    [Fact]
+    public void Find_NoKidWithTwoKeys_NoKey()
+    {
+        // Trying each key in turn is what SPEC §3.1 forbids; without a kid there is no choice to make.
+        Assert.Null(From(Ec1, Ec2).Find(null));
+        Assert.Null(From(Ec1, EcNoKid).Find(null));
+    }
+
+    [Fact]
+    public void From_EncryptionAndSymmetricKeys_NeverUsedForSignatures()
+    {
+        var keys = From(Ec1, EcEnc, Oct);
+
+        Assert.Null(keys.Find("e1"));
+        Assert.Null(keys.Find("h1"));
+        Assert.Equal(1, keys.Count);
+        Assert.Equal("k1", keys.Find(null)?.KeyId);
+    }
+
+    [Fact]
+    public void From_OnlySymmetricKey_Empty()
+    {
+        var keys = From(Oct);
+
+        Assert.Equal(0, keys.Count);
+        Assert.Null(keys.Find(null));
+        Assert.Null(keys.Find("h1"));
+    }
+
+    [Fact]
+    public async Task StaticKeySource_RequestRefresh_KeysUnchanged()
+    {
+        var keys = From(Ec1);
+        var source = new StaticKeySource(keys);
+
+        source.RequestRefresh();
+
+        Assert.Same(keys, await source.GetKeysAsync(default));
+    }
+
+    private static IssuerKeys From(params string[] jwks) =>
+        IssuerKeys.From(new JsonWebKeySet("{\"keys\":[" + string.Join(',', jwks) + "]}"));
+}

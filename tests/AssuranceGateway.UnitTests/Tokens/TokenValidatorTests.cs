@@ -1,0 +1,505 @@
+using System.Collections.Frozen;
+using System.Security.Cryptography;
+using System.Text.Json.Nodes;
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Testing;
+using AssuranceGateway.Tokens;
+using Microsoft.IdentityModel.Tokens;
+
+namespace AssuranceGateway.UnitTests.Tokens;
+
+/// <summary>
+/// The validator against a hand-set clock far from the real date: every time rule must be judged by the injected
+/// <see cref="TimeProvider"/>, including the parts delegated to IdentityModel.
+/// </summary>
+public sealed class TokenValidatorTests : IDisposable
+{
+    private const int Skew = 30;
+    private const int MaxLifetime = 3600;
+
+    private readonly string _directory = Path.Combine(Path.GetTempPath(), "agw-unit", Guid.NewGuid().ToString("N"));
+    private readonly TestIssuer _idp;
+    private readonly ManualTimeProvider _time = new(ManualTimeProvider.FarFuture);
+
+    public TokenValidatorTests() => _idp = new TestIssuer("https://idp.test", _directory);
+
+    private long Now => _time.Now.ToUnixTimeSeconds();
+
+    public void Dispose()
+    {
+        _idp.Dispose();
+        Directory.Delete(_directory, recursive: true);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_ValidToken_ReturnsSubjectAalSessionAndHash()
+    {
+        var token = Sign(Claims());
+
+        var check = await Validator().ValidateAsync(token, default);
+
+        Assert.True(check.IsValid, check.Failure);
+        Assert.Equal("alice", check.Token!.Subject);
+        Assert.Equal(2, check.Token.Aal);
+        Assert.Equal("urn:aal2", check.Token.Acr);
+        Assert.Equal("s-1", check.Token.Session);
+        Assert.StartsWith("sha256:", check.Token.TokenHash, StringComparison.Ordinal);
+        Assert.DoesNotContain(token, check.Token.TokenHash, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(-(Skew - 1), true)]   // expired 29 s ago: inside the skew
+    [InlineData(-Skew, false)]        // exp + skew == now: RFC 7519 §4.1.4 "on or after" is expired
+    [InlineData(-(Skew + 1), false)]
+    public async Task ValidateAsync_ExpAroundSkew_AcceptedOnlyInsideSkew(int expOffset, bool accepted)
+    {
+        var token = Sign(Claims(iat: -600, nbf: -600, exp: expOffset));
+
+        var check = await Validator().ValidateAsync(token, default);
+
+        Assert.Equal(accepted, check.IsValid);
+        if (!accepted)
+        {
+            Assert.Equal("token expired", check.Failure);
+        }
+    }
+
+    [Theory]
+    [InlineData(Skew, true)]
+    [InlineData(Skew + 1, false)]
+    public async Task ValidateAsync_NbfAroundSkew_AcceptedOnlyInsideSkew(int nbfOffset, bool accepted)
+    {
+        var token = Sign(Claims(iat: 0, nbf: nbfOffset, exp: 600));
+
+        var check = await Validator().ValidateAsync(token, default);
+
+        Assert.Equal(accepted, check.IsValid);
+        if (!accepted)
+        {
+            Assert.Equal("token not yet valid", check.Failure);
+        }
+    }
+
+    [Theory]
+    [InlineData(Skew, true)]
+    [InlineData(Skew + 1, false)]
+    [InlineData(86_400, false)]
+    public async Task ValidateAsync_IatAroundSkew_AcceptedOnlyInsideSkew(int iatOffset, bool accepted)
+    {
+        var token = Sign(Claims(iat: iatOffset, nbf: null, exp: iatOffset + 300));
+
+        var check = await Validator().ValidateAsync(token, default);
+
+        Assert.Equal(accepted, check.IsValid);
+        if (!accepted)
+        {
+            Assert.Equal("iat in the future", check.Failure);
+        }
+    }
+
+    [Theory]
+    [InlineData(MaxLifetime, true)]
+    [InlineData(MaxLifetime + 1, false)]
+    [InlineData(10 * 365 * 86_400, false)]
+    public async Task ValidateAsync_LifetimeFromIat_AtMostMaxLifetime(int lifetime, bool accepted)
+    {
+        var token = Sign(Claims(iat: -10, nbf: -10, exp: lifetime - 10));
+
+        var check = await Validator().ValidateAsync(token, default);
+
+        Assert.Equal(accepted, check.IsValid);
+        if (!accepted)
+        {
+            Assert.Equal("lifetime exceeds MaxLifetime", check.Failure);
+        }
+    }
+
+    [Fact]
+    public async Task ValidateAsync_NoIatLongLifetimeFromNbf_Rejected()
+    {
+        var token = Sign(Claims(iat: null, nbf: -10, exp: MaxLifetime));
+
+        var check = await Validator().ValidateAsync(token, default);
+
+        Assert.Equal("lifetime exceeds MaxLifetime", check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_NoIatNoNbfExpBeyondMaxLifetimeFromNow_Rejected()
+    {
+        var accepted = await Validator().ValidateAsync(Sign(Claims(iat: null, nbf: null, exp: MaxLifetime)), default);
+        var rejected = await Validator().ValidateAsync(Sign(Claims(iat: null, nbf: null, exp: MaxLifetime + 1)), default);
+
+        Assert.True(accepted.IsValid, accepted.Failure);
+        Assert.Equal("lifetime exceeds MaxLifetime", rejected.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_NbfAfterExp_Rejected()
+    {
+        // A token that is never valid: both times in range of the clock, but in the wrong order.
+        var token = Sign(Claims(iat: -20, nbf: 20, exp: 10));
+
+        var check = await Validator().ValidateAsync(token, default);
+
+        Assert.False(check.IsValid);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_ClockMovesPastExpiry_SameTokenRejected()
+    {
+        var token = Sign(Claims(iat: 0, nbf: 0, exp: 60));
+        var validator = Validator();
+        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+
+        _time.Now = _time.Now.AddSeconds(60 + Skew);
+
+        Assert.Equal("token expired", (await validator.ValidateAsync(token, default)).Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_TokenLongerThanMaxTokenBytes_RejectedBeforeParsing()
+    {
+        // Not even a JWT: a validator that parsed first would report a structural failure instead.
+        var check = await Validator(maxTokenBytes: 256).ValidateAsync(new string('.', 257), default);
+
+        Assert.Equal("token exceeds MaxTokenBytes", check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_TokenOfExactlyMaxTokenBytes_NotRejectedForSize()
+    {
+        var token = Sign(Claims());
+
+        var check = await Validator(maxTokenBytes: token.Length).ValidateAsync(token, default);
+
+        Assert.True(check.IsValid, check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_KidMissingSingleKeyIssuer_UsesTheOnlyKey()
+    {
+        var header = new JsonObject { ["alg"] = "ES256", ["typ"] = "at+jwt" };
+
+        var check = await Validator().ValidateAsync(_idp.Sign(header, Claims().ToJsonString()), default);
+
+        Assert.True(check.IsValid, check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_KidMissingTwoKeyIssuer_Rejected()
+    {
+        using var second = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var header = new JsonObject { ["alg"] = "ES256", ["typ"] = "at+jwt" };
+        var validator = Validator(keys: Keys((_idp.Key, "k1"), (second, "k2")));
+
+        var check = await validator.ValidateAsync(_idp.Sign(header, Claims().ToJsonString()), default);
+
+        Assert.Equal("kid missing", check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_TwoKeyIssuer_EachKidSelectsItsOwnKey()
+    {
+        using var second = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var validator = Validator(keys: Keys((_idp.Key, "k1"), (second, "k2")));
+        var byK2 = TestIssuer.SignRaw("""{"alg":"ES256","typ":"at+jwt","kid":"k2"}""", Claims().ToJsonString(), second);
+        var k2SignedClaimingK1 = TestIssuer.SignRaw("""{"alg":"ES256","typ":"at+jwt","kid":"k1"}""", Claims().ToJsonString(), second);
+
+        Assert.True((await validator.ValidateAsync(byK2, default)).IsValid);
+        Assert.Equal("signature invalid", (await validator.ValidateAsync(k2SignedClaimingK1, default)).Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_UnknownKid_RejectedAndRefreshRequested()
+    {
+        var source = new CountingKeySource(Keys((_idp.Key, "k1")));
+        var validator = Validator(source: source);
+        var header = new JsonObject { ["alg"] = "ES256", ["typ"] = "at+jwt", ["kid"] = "rotated" };
+
+        var check = await validator.ValidateAsync(_idp.Sign(header, Claims().ToJsonString()), default);
+
+        Assert.Equal("unknown kid", check.Failure);
+        Assert.Equal(1, source.Refreshes);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_KnownKid_NoRefresh()
+    {
+        var source = new CountingKeySource(Keys((_idp.Key, "k1")));
+
+        var check = await Validator(source: source).ValidateAsync(Sign(Claims()), default);
+
+        Assert.True(check.IsValid, check.Failure);
+        Assert.Equal(0, source.Refreshes);
+    }
+
+    [Theory]
+    [InlineData("at+jwt", true)]
+    [InlineData("application/at+jwt", true)]
+    [InlineData("AT+JWT", true)]
+    [InlineData("JWT", true)]
+    [InlineData("dpop+jwt", false)]
+    [InlineData("id_token+jwt", false)]
+    [InlineData("", false)]
+    public async Task ValidateAsync_Typ_OnlyConfiguredTypes(string typ, bool accepted)
+    {
+        var check = await Validator().ValidateAsync(_idp.Sign(_idp.Header(typ), Claims().ToJsonString()), default);
+
+        Assert.Equal(accepted, check.IsValid);
+        if (!accepted)
+        {
+            Assert.Equal("typ not accepted", check.Failure);
+        }
+    }
+
+    [Fact]
+    public async Task ValidateAsync_TypMissing_RejectedForAccessTokens()
+    {
+        var header = new JsonObject { ["alg"] = "ES256", ["kid"] = "k1" };
+
+        var check = await Validator().ValidateAsync(_idp.Sign(header, Claims().ToJsonString()), default);
+
+        Assert.Equal("typ not accepted", check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_TypMissingWhenTypeOptional_Accepted()
+    {
+        var header = new JsonObject { ["alg"] = "ES256", ["kid"] = "k1" };
+
+        var check = await Validator(typeOptional: true).ValidateAsync(_idp.Sign(header, Claims().ToJsonString()), default);
+
+        Assert.True(check.IsValid, check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_AlgorithmNotPinnedForIssuer_Rejected()
+    {
+        // Validly signed ES256, but this issuer is pinned to RS256 only.
+        var check = await Validator(algorithms: ["RS256"]).ValidateAsync(Sign(Claims()), default);
+
+        Assert.Equal("algorithm 'ES256' not allowed for this issuer", check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_HmacKeyedWithPublicKey_Rejected()
+    {
+        var check = await Validator().ValidateAsync(HostileTokens.HmacWithPublicKey(Claims(), _idp.Key, "k1"), default);
+
+        Assert.Equal("algorithm 'HS256' not allowed for this issuer", check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_AlgWithLineBreaks_EchoedPrintable()
+    {
+        var header = new JsonObject { ["alg"] = "ES256\r\n[100] forged line", ["typ"] = "at+jwt", ["kid"] = "k1" };
+
+        var check = await Validator().ValidateAsync(_idp.Sign(header, Claims().ToJsonString()), default);
+
+        Assert.Equal("algorithm 'ES256??[100] forged line' not allowed for this issuer", check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_AlgNoneUnsigned_Rejected()
+    {
+        var check = await Validator().ValidateAsync(HostileTokens.AlgNone(Claims()), default);
+
+        Assert.False(check.IsValid);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_AlgNoneWithSignatureBytes_Rejected()
+    {
+        var token = HostileTokens.AlgNone(Claims()) + "c2lnbmF0dXJl";
+
+        var check = await Validator().ValidateAsync(token, default);
+
+        Assert.Equal("algorithm 'none' not allowed for this issuer", check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_ForeignKeyWithKnownKid_SignatureInvalid()
+    {
+        using var attacker = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+
+        var check = await Validator().ValidateAsync(_idp.Sign(_idp.Header(), Claims().ToJsonString(), attacker), default);
+
+        Assert.Equal("signature invalid", check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_UntrustedIssuer_RejectedBeforeKeys()
+    {
+        var source = new CountingKeySource(Keys((_idp.Key, "k1")));
+        var claims = Claims();
+        claims["iss"] = "https://evil.test";
+
+        var check = await Validator(source: source).ValidateAsync(Sign(claims), default);
+
+        Assert.Equal("issuer not trusted", check.Failure);
+        Assert.Equal(0, source.Reads);
+    }
+
+    [Theory]
+    [InlineData("assurance-api")]
+    [InlineData("Gateway")]
+    [InlineData("")]
+    public async Task ValidateAsync_WrongAudience_Rejected(string audience)
+    {
+        var claims = Claims();
+        claims["aud"] = audience;
+
+        var check = await Validator().ValidateAsync(Sign(claims), default);
+
+        Assert.False(check.IsValid);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_AudienceMissing_Rejected()
+    {
+        var claims = Claims();
+        claims.Remove("aud");
+
+        var check = await Validator().ValidateAsync(Sign(claims), default);
+
+        Assert.Equal("audience not accepted", check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_AudienceArrayContainingOurs_Accepted()
+    {
+        var claims = Claims();
+        claims["aud"] = new JsonArray("other", "gateway");
+
+        var check = await Validator().ValidateAsync(Sign(claims), default);
+
+        Assert.True(check.IsValid, check.Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_AudiencesOverride_OnlyOverrideAccepted()
+    {
+        var api = Validator(audiencesOverride: ["assurance-api"]);
+        var forApi = Claims();
+        forApi["aud"] = "assurance-api";
+
+        Assert.True((await api.ValidateAsync(Sign(forApi), default)).IsValid);
+        Assert.Equal("audience not accepted", (await api.ValidateAsync(Sign(Claims()), default)).Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_SubMissing_Rejected()
+    {
+        var claims = Claims();
+        claims.Remove("sub");
+
+        var check = await Validator().ValidateAsync(Sign(claims), default);
+
+        Assert.Equal("sub missing", check.Failure);
+    }
+
+    [Theory]
+    [InlineData("urn:aal1", 1)]
+    [InlineData("urn:aal3", 3)]
+    [InlineData("urn:unknown", 0)]
+    [InlineData(null, 0)]
+    public async Task ValidateAsync_Acr_MappedThroughAalMap(string? acr, int aal)
+    {
+        var check = await Validator().ValidateAsync(Sign(Claims(acr: acr)), default);
+
+        Assert.True(check.IsValid, check.Failure);
+        Assert.Equal(aal, check.Token!.Aal);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_AcrAsArray_NotMappedToAnAal()
+    {
+        // An array acr is not one authentication context; counting its best element would let a token claim aal3.
+        var claims = Claims();
+        claims["acr"] = new JsonArray("urn:aal3");
+
+        var check = await Validator().ValidateAsync(Sign(claims), default);
+
+        Assert.Equal(0, check.Token?.Aal);
+    }
+
+    private JsonObject Claims(int? iat = 0, int? nbf = 0, int exp = 300, string? acr = "urn:aal2")
+    {
+        var claims = _idp.Claims(acr: acr);
+        Set(claims, "iat", iat);
+        Set(claims, "nbf", nbf);
+        Set(claims, "exp", exp);
+        return claims;
+    }
+
+    private void Set(JsonObject claims, string name, int? offset)
+    {
+        if (offset is null)
+        {
+            claims.Remove(name);
+        }
+        else
+        {
+            claims[name] = Now + offset.Value;
+        }
+    }
+
+    private string Sign(JsonObject claims) => _idp.Sign(_idp.Header(), claims.ToJsonString());
+
+    private static IssuerKeys Keys(params (ECDsa Key, string Kid)[] keys)
+    {
+        var path = Path.GetTempFileName();
+        try
+        {
+            TestIssuer.WriteJwks(path, keys);
+            return IssuerKeys.From(new JsonWebKeySet(File.ReadAllText(path)));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    private TokenValidator Validator(
+        IssuerKeys? keys = null,
+        IIssuerKeySource? source = null,
+        string[]? algorithms = null,
+        int maxTokenBytes = 8192,
+        string[]? audiencesOverride = null,
+        bool typeOptional = false)
+    {
+        var issuer = new TokenIssuer
+        {
+            Issuer = _idp.Issuer,
+            Audiences = ["gateway"],
+            Algorithms = (algorithms ?? ["ES256"]).ToFrozenSet(StringComparer.Ordinal),
+            Keys = source ?? new StaticKeySource(keys ?? Keys((_idp.Key, "k1"))),
+            KeyLocation = "test",
+        };
+        var settings = new TokenSettings
+        {
+            Issuers = [issuer],
+            ClockSkew = TimeSpan.FromSeconds(Skew),
+            MaxLifetime = TimeSpan.FromSeconds(MaxLifetime),
+            MaxTokenBytes = maxTokenBytes,
+            AalMap = new Dictionary<string, int> { ["urn:aal1"] = 1, ["urn:aal2"] = 2, ["urn:aal3"] = 3 }.ToFrozenDictionary(),
+        };
+        return new TokenValidator(settings, _time, audiencesOverride, typeOptional);
+    }
+
+    private sealed class CountingKeySource(IssuerKeys keys) : IIssuerKeySource
+    {
+        public int Reads { get; private set; }
+
+        public int Refreshes { get; private set; }
+
+        public ValueTask<IssuerKeys> GetKeysAsync(CancellationToken cancellationToken)
+        {
+            Reads++;
+            return ValueTask.FromResult(keys);
+        }
+
+        public void RequestRefresh() => Refreshes++;
+    }
+}
