@@ -1,5 +1,0 @@
-namespace AssuranceGateway.Testing;
-
-internal static class TestPlaceholder
-{
-}
