@@ -27,6 +27,9 @@ internal sealed partial class RedisGrantStore
         /// <summary>True while the watchdog's last ping was answered.</summary>
         public volatile bool Healthy;
 
+        /// <summary>What was last logged: null (nothing yet), true (answers), false (does not).</summary>
+        public bool? Reported;
+
         /// <summary>The server is a Redis Cluster node (known once connected).</summary>
         public volatile bool IsCluster;
     }
@@ -71,6 +74,19 @@ internal sealed partial class RedisGrantStore
 
         var healthy = connection.IsConnected && await PingOnceAsync(connection, stopping).ConfigureAwait(false);
         link.Healthy = healthy;
+        if (link.Reported != healthy)
+        {
+            // Transitions only: an outage is one warning, not one per probe.
+            link.Reported = healthy;
+            if (healthy)
+            {
+                Log.Reachable(_logger, Description, link.Name);
+            }
+            else
+            {
+                Log.Unreachable(_logger, Description, link.Name);
+            }
+        }
         if (healthy)
         {
             if (!ReferenceEquals(Volatile.Read(ref link.ScriptsLoadedOn), connection))

@@ -8,20 +8,26 @@ internal sealed partial class RedisGrantStore
     // store never sees a raw token or body, and the connection string may hold a password.
     private static partial class Log
     {
-        [LoggerMessage(3100, LogLevel.Information, "Grant store {Store}: connecting ({Link})")]
+        [LoggerMessage(3100, LogLevel.Debug, "Grant store {Store}: connecting ({Link})")]
         public static partial void Connecting(ILogger logger, string store, string link);
 
-        [LoggerMessage(3101, LogLevel.Warning, "Grant store {Store}: connection failed ({FailureType})")]
+        [LoggerMessage(3101, LogLevel.Debug, "Grant store {Store}: connection failed ({FailureType})")]
         public static partial void ConnectionFailed(ILogger logger, string store, string failureType);
 
-        [LoggerMessage(3102, LogLevel.Information, "Grant store {Store}: connection restored")]
+        [LoggerMessage(3102, LogLevel.Debug, "Grant store {Store}: connection restored")]
         public static partial void ConnectionRestored(ILogger logger, string store);
 
-        [LoggerMessage(3103, LogLevel.Warning, "Grant store {Store}: {Link} connection unhealthy for {Elapsed}, rebuilding it")]
+        [LoggerMessage(3103, LogLevel.Debug, "Grant store {Store}: {Link} connection unhealthy for {Elapsed}, rebuilding it")]
         public static partial void Rebuilding(ILogger logger, string store, string link, TimeSpan elapsed);
 
-        [LoggerMessage(3104, LogLevel.Warning, "Grant store {Store}: {Operation} on grant {GrantId} failed (outcome unknown: {OutcomeUnknown})")]
-        public static partial void OperationFailed(ILogger logger, string store, string operation, string grantId, bool outcomeUnknown, Exception exception);
+        [LoggerMessage(3114, LogLevel.Warning, "Grant store {Store}: {Link} connection does not answer; requests are denied (store_unavailable) until it does")]
+        public static partial void Unreachable(ILogger logger, string store, string link);
+
+        [LoggerMessage(3115, LogLevel.Information, "Grant store {Store}: {Link} connection answers")]
+        public static partial void Reachable(ILogger logger, string store, string link);
+
+        [LoggerMessage(3104, LogLevel.Debug, "Grant store {Store}: {Operation} on grant {GrantId} failed: {Why} (outcome unknown: {OutcomeUnknown})")]
+        public static partial void OperationFailed(ILogger logger, string store, string operation, string grantId, string why, bool outcomeUnknown);
 
         [LoggerMessage(3105, LogLevel.Warning, "Grant store {Store}: consume of grant {GrantId} (trace {TraceId}) has an unknown outcome; it will be recorded on the grant once the store answers")]
         public static partial void UnknownOutcome(ILogger logger, string store, string grantId, string? traceId);

@@ -48,6 +48,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     private static readonly TimeSpan UnknownOutcomeRetry = TimeSpan.FromMilliseconds(200);
     private const int UnknownOutcomeCapacity = 1024;
     private const int PendingPageSize = 100;
+    private const string OperationPing = "ping";
 
     private readonly StoreSettings _settings;
     private readonly TimeProvider _time;
@@ -278,7 +279,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         {
             foreach (var link in _links)
             {
-                await RunAsync(link, static db => db.PingAsync(), "ping", "*", cancellationToken).ConfigureAwait(false);
+                await RunAsync(link, static db => db.PingAsync(), OperationPing, "*", cancellationToken).ConfigureAwait(false);
             }
 
             return true;
@@ -479,7 +480,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         {
             // WAIT has no key, so 1.2.6 could send it to another node than the script's: refuse rather than pretend.
             Log.ReplicaAcksUnsupported(_logger, Description);
-            throw Unavailable("consume", grantId, outcomeUnknown: false, null);
+            throw Unavailable("consume", grantId, "replica acknowledgement is not supported on Redis Cluster", outcomeUnknown: false, null);
         }
 
         var replicas = _settings.RequireReplicaAcks;
@@ -511,7 +512,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         if ((string)((RedisResult[])result)[0] == ReasonCodes.Ok && acknowledged < replicas)
         {
             Log.TooFewReplicaAcks(_logger, Description, grantId, acknowledged, replicas);
-            throw Unavailable("consume", grantId, outcomeUnknown: true, null);
+            throw Unavailable("consume", grantId, $"acknowledged by {acknowledged} of {replicas} replicas", outcomeUnknown: true, null);
         }
 
         return result;
@@ -535,7 +536,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             }
             catch (TimeoutException e)
             {
-                throw Unavailable(operation, grantId, outcomeUnknown: false, e);
+                throw Unavailable(operation, grantId, "still connecting", outcomeUnknown: false, e);
             }
 
             connection = Volatile.Read(ref link.Current);
@@ -543,7 +544,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
         if (connection is null || !connection.IsConnected)
         {
-            throw Unavailable(operation, grantId, outcomeUnknown: false, null);
+            throw Unavailable(operation, grantId, "not connected", outcomeUnknown: false, null);
         }
 
         Task<T> task;
@@ -553,7 +554,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         }
         catch (Exception e) when (e is RedisConnectionException or ObjectDisposedException)
         {
-            throw Unavailable(operation, grantId, outcomeUnknown: false, e);
+            throw Unavailable(operation, grantId, "connection failed", outcomeUnknown: false, e);
         }
 
         var remaining = _settings.Timeout - _time.GetElapsedTime(started);
@@ -564,7 +565,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         catch (TimeoutException e)
         {
             Observe(task);
-            throw Unavailable(operation, grantId, outcomeUnknown: true, e);
+            throw Unavailable(operation, grantId, $"no answer within {_settings.Timeout.TotalMilliseconds} ms", outcomeUnknown: true, e);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
@@ -575,20 +576,26 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         {
             // "No connection is available" fails before anything is written; a socket that broke afterwards may have
             // delivered the command.
-            throw Unavailable(operation, grantId, e.CommandStatus != CommandStatus.WaitingToBeSent, e);
+            throw Unavailable(operation, grantId, "connection failed", e.CommandStatus != CommandStatus.WaitingToBeSent, e);
         }
         catch (Exception e) when (e is RedisException or ObjectDisposedException)
         {
             // A timeout reported by the client, a script error (OOM under noeviction), a connection disposed by the
             // watchdog: the command was sent and nothing says what became of it.
-            throw Unavailable(operation, grantId, outcomeUnknown: true, e);
+            throw Unavailable(operation, grantId, e.GetType().Name, outcomeUnknown: true, e);
         }
     }
 
-    private StoreUnavailableException Unavailable(string operation, string grantId, bool outcomeUnknown, Exception? inner)
+    private StoreUnavailableException Unavailable(string operation, string grantId, string why, bool outcomeUnknown, Exception? inner)
     {
-        var exception = new StoreUnavailableException($"Grant store {Description}: {operation} did not complete within {_settings.Timeout}.", outcomeUnknown, inner);
-        Log.OperationFailed(_logger, Description, operation, grantId, outcomeUnknown, exception);
+        var exception = new StoreUnavailableException($"Grant store {Description}: {operation} failed ({why}).", outcomeUnknown, inner);
+
+        // Readiness probes ask often while Redis is down; the watchdog reports that transition once.
+        if (operation != OperationPing)
+        {
+            Log.OperationFailed(_logger, Description, operation, grantId, why, outcomeUnknown);
+        }
+
         return exception;
     }
 
