@@ -64,7 +64,7 @@ public sealed class RedisServer : IAsyncLifetime, IAsyncDisposable
 
     public bool IsRunning => _process is { HasExited: false };
 
-    private string Directory => Path.Combine(Root, string.Create(CultureInfo.InvariantCulture, $"{Environment.ProcessId}-{Port}"));
+    private string DataDirectory => Path.Combine(Root, string.Create(CultureInfo.InvariantCulture, $"{Environment.ProcessId}-{Port}"));
 
     /// <summary>A server that is not started yet: its port is chosen, nothing listens on it.</summary>
     /// <param name="extraArgs">More <c>redis-server</c> arguments, e.g. <c>"--maxmemory", "10mb"</c>.</param>
@@ -120,7 +120,7 @@ public sealed class RedisServer : IAsyncLifetime, IAsyncDisposable
         var executable = FindExecutable();
         for (var attempt = 1; ; attempt++)
         {
-            var directory = Directory;
+            var directory = DataDirectory;
             System.IO.Directory.CreateDirectory(directory);
             var info = new ProcessStartInfo(executable) { UseShellExecute = false, WorkingDirectory = directory };
             foreach (var arg in (string[])
@@ -269,7 +269,7 @@ public sealed class RedisServer : IAsyncLifetime, IAsyncDisposable
         await KillAsync();
         try
         {
-            System.IO.Directory.Delete(Directory, recursive: true);
+            System.IO.Directory.Delete(DataDirectory, recursive: true);
         }
         catch (IOException)
         {

@@ -3,6 +3,7 @@ using System.Net;
 using AssuranceGateway.Enforcement;
 using AssuranceGateway.Grants;
 using AssuranceGateway.Testing;
+using Xunit.Abstractions;
 
 namespace AssuranceGateway.FunctionalTests.Grants;
 
@@ -10,15 +11,16 @@ namespace AssuranceGateway.FunctionalTests.Grants;
 /// SPEC §2 "store unavailable" and §7.3: a frozen, killed or absent Redis. Each test owns its redis-server, so
 /// pausing or killing it disturbs no other test; a paused server is always resumed in a finally.
 /// </summary>
-public sealed class RedisGrantStoreResilienceTests
+public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromMilliseconds(250);
+    private readonly TestOutputLogger<RedisGrantStore> _log = new(output);
 
     [Fact]
     public async Task ConsumeAsync_RedisPaused_FailsWithinTimeoutAndRecordsUnknownOutcomeOnceBack()
     {
         await using var redis = await RedisServer.StartAsync();
-        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout));
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
         var grant = Grant();
         Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
         var request = Matching(grant);
@@ -44,6 +46,7 @@ public sealed class RedisGrantStoreResilienceTests
             await redis.ResumeAsync();
         }
 
+        output.WriteLine($"consume against a paused Redis failed after {took.TotalMilliseconds:F0} ms");
         Assert.True(failure.OutcomeUnknown);
         Assert.InRange(took, Timeout - TimeSpan.FromMilliseconds(20), Timeout + TimeSpan.FromMilliseconds(300));
         Assert.False(pingWhilePaused);
@@ -67,7 +70,7 @@ public sealed class RedisGrantStoreResilienceTests
     public async Task ConsumeAsync_DryRunWhileRedisPaused_FailsButRecordsNothing()
     {
         await using var redis = await RedisServer.StartAsync();
-        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout));
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
         var grant = Grant();
         await store.CreateAsync(grant, Created(), 10, default);
 
@@ -91,7 +94,7 @@ public sealed class RedisGrantStoreResilienceTests
     public async Task Store_RedisKilledAndRestartedOnSamePort_ServesAgainWithinTwoSeconds()
     {
         await using var redis = await RedisServer.StartAsync();
-        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout));
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
         var before = Grant();
         Assert.Equal(GrantChange.Done, await store.CreateAsync(before, Created(), 10, default));
 
@@ -104,6 +107,7 @@ public sealed class RedisGrantStoreResilienceTests
         await redis.StartAsync();
         var recovery = await RedisStores.WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(5), "the store to answer again");
 
+        output.WriteLine($"serving again {recovery.TotalMilliseconds:F0} ms after the restart");
         Assert.True(recovery < TimeSpan.FromSeconds(2), $"recovered after {recovery}");
         var after = Grant(); // the restarted server is empty (no persistence in tests)
         Assert.Equal(GrantChange.Done, await store.CreateAsync(after, Created(), 10, default));
@@ -116,7 +120,7 @@ public sealed class RedisGrantStoreResilienceTests
     {
         await using var redis = new RedisServer(); // a port, no server yet
         var clock = Stopwatch.StartNew();
-        using var store = RedisStores.Create(RedisStores.Settings(redis, timeout: Timeout));
+        using var store = RedisStores.Create(RedisStores.Settings(redis, timeout: Timeout), _log);
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(1), $"constructor took {clock.Elapsed}");
 
         Assert.False(await store.PingAsync(default));
@@ -125,6 +129,7 @@ public sealed class RedisGrantStoreResilienceTests
         await redis.StartAsync();
         var ready = await RedisStores.WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(5), "the store to connect");
 
+        output.WriteLine($"serving {ready.TotalMilliseconds:F0} ms after Redis started");
         Assert.True(ready < TimeSpan.FromSeconds(2), $"connected after {ready}");
         var grant = Grant();
         Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
@@ -135,7 +140,7 @@ public sealed class RedisGrantStoreResilienceTests
     public async Task Store_RedisPausedLongerThanTheWatchdogWaits_ServesAgainAfterResume()
     {
         await using var redis = await RedisServer.StartAsync();
-        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout));
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
 
         await redis.PauseAsync();
         try
@@ -150,6 +155,7 @@ public sealed class RedisGrantStoreResilienceTests
         }
 
         var recovery = await RedisStores.WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(5), "the store to answer again");
+        output.WriteLine($"serving again {recovery.TotalMilliseconds:F0} ms after the resume");
         Assert.True(recovery < TimeSpan.FromSeconds(2), $"recovered after {recovery}");
         var grant = Grant();
         Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));

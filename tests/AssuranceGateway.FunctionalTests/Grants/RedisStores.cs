@@ -2,6 +2,7 @@ using System.Diagnostics;
 using AssuranceGateway.Configuration;
 using AssuranceGateway.Grants;
 using AssuranceGateway.Testing;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace AssuranceGateway.FunctionalTests.Grants;
@@ -32,12 +33,12 @@ internal static class RedisStores
 
     public static string NewPrefix() => "t" + Guid.NewGuid().ToString("N")[..12] + ":";
 
-    public static RedisGrantStore Create(StoreSettings settings) =>
-        new(settings, TimeProvider.System, NullLogger<RedisGrantStore>.Instance);
+    public static RedisGrantStore Create(StoreSettings settings, ILogger<RedisGrantStore>? logger = null) =>
+        new(settings, TimeProvider.System, logger ?? NullLogger<RedisGrantStore>.Instance);
 
-    public static async Task<RedisGrantStore> StartAsync(StoreSettings settings)
+    public static async Task<RedisGrantStore> StartAsync(StoreSettings settings, ILogger<RedisGrantStore>? logger = null)
     {
-        var store = Create(settings);
+        var store = Create(settings, logger);
         try
         {
             await WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(10), "the store to answer PING");
