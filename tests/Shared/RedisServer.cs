@@ -411,15 +411,18 @@ public sealed class RedisServer : IAsyncLifetime, IAsyncDisposable
 
     private static bool IsAlive(int pid) => System.IO.Directory.Exists(Path.Combine("/proc", pid.ToString(CultureInfo.InvariantCulture)));
 
-    // Only a redis-server that was started with this very directory (pid numbers get reused).
+    // Only a redis-server working in this very directory (pid numbers get reused). Its command line is no help:
+    // Redis rewrites its process title to "redis-server 127.0.0.1:port"; --dir makes it chdir to the directory.
     private static bool IsOurRedis(int pid, string directory)
     {
+        var proc = Path.Combine("/proc", pid.ToString(CultureInfo.InvariantCulture));
         try
         {
-            var commandLine = File.ReadAllText(Path.Combine("/proc", pid.ToString(CultureInfo.InvariantCulture), "cmdline"));
-            return commandLine.Contains("redis-server", StringComparison.Ordinal) && commandLine.Contains(directory, StringComparison.Ordinal);
+            var workingDirectory = new DirectoryInfo(Path.Combine(proc, "cwd")).ResolveLinkTarget(returnFinalTarget: false)?.FullName;
+            return File.ReadAllText(Path.Combine(proc, "cmdline")).Contains("redis-server", StringComparison.Ordinal)
+                && string.Equals(workingDirectory, directory, StringComparison.Ordinal);
         }
-        catch (IOException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             return false;
         }
