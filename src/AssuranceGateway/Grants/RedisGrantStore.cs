@@ -22,12 +22,13 @@ namespace AssuranceGateway.Grants;
 /// watchdog pings every 250 ms and rebuilds the multiplexer after ~1 s without an answer.</para>
 /// <para><b>Pending grants per subject, in Redis Cluster.</b> The grant's keys are tagged by grant id, the subject's
 /// pending set by subject: two slots, which one script may not touch together in a cluster. Putting the subject into the
-/// grant's hash tag is not possible (ids are opaque, 64 characters at most, chosen before the subject is known to the
-/// key layout), and one global slot for all pending grants would make every create contend on one node. So creation is
-/// three single-slot steps, each atomic on its own: (1) create the grant (id conflict checked there); (2) take a slot
+/// grant's hash tag is not possible (ids are opaque, at most 64 characters, and chosen by their issuer), and tagging
+/// every grant alike would put all grants, and every consume, on one node. So creation is three single-slot steps,
+/// each atomic on its own: (1) create the grant (id conflict checked there); (2) take a slot
 /// in the subject's set, atomically against other creators for the same subject (prune expired members, count,
 /// add) — when the limit is reached, the grant made in step 1 is deleted again and the answer is <c>TooMany</c>;
-/// (3) add the id to the list index for <see cref="ListPendingAsync"/>. The index sets are hints, the grant hash is the
+/// (3) add the id to the list index for <see cref="ListPendingAsync"/> (one <c>{pending}</c> slot: written when a grant
+/// enters or leaves pending, never by a consume). The index sets are hints, the grant hash is the
 /// truth: an approval or revocation removes the id from them in a separate best-effort step, and a member whose grant
 /// is no longer pending (or gone) is found and removed when a subject hits its limit or when pending grants are
 /// listed. The grant always exists before its index entries, so a member without a grant is always stale. A create
