@@ -1,12 +1,13 @@
 namespace AssuranceGateway.Grants;
 
 /// <summary>
-/// The grant store did not answer in time or could not be reached. The gateway fails closed on it (503).
-/// <see cref="OutcomeUnknown"/> is true when the operation may have been applied (sent, then timed out).
+/// The grant store did not answer within <c>Assurance:Store:Timeout</c>, or could not be reached: the caller fails
+/// closed (<c>store_unavailable</c>, SPEC §2).
 /// </summary>
 public sealed class StoreUnavailableException : Exception
 {
     public StoreUnavailableException()
+        : this("The grant store is unavailable.")
     {
     }
 
@@ -15,7 +16,7 @@ public sealed class StoreUnavailableException : Exception
     {
     }
 
-    public StoreUnavailableException(string message, Exception innerException)
+    public StoreUnavailableException(string message, Exception? innerException)
         : base(message, innerException)
     {
     }
@@ -26,5 +27,9 @@ public sealed class StoreUnavailableException : Exception
         OutcomeUnknown = outcomeUnknown;
     }
 
+    /// <summary>
+    /// True when the command may have reached the store (it timed out or the connection broke after it was sent):
+    /// the store may still have applied it. False when it provably was never sent.
+    /// </summary>
     public bool OutcomeUnknown { get; }
 }

@@ -1,0 +1,59 @@
+using Microsoft.Extensions.Logging;
+
+namespace AssuranceGateway.Grants;
+
+internal sealed partial class RedisGrantStore
+{
+    // Event ids 3100-3199: the Redis grant store. Only store names, grant ids and operation names are logged: the
+    // store never sees a raw token or body, and the connection string may hold a password.
+    private static partial class Log
+    {
+        [LoggerMessage(3100, LogLevel.Debug, "Grant store {Store}: connecting ({Link})")]
+        public static partial void Connecting(ILogger logger, string store, string link);
+
+        [LoggerMessage(3101, LogLevel.Debug, "Grant store {Store}: connection failed ({FailureType})")]
+        public static partial void ConnectionFailed(ILogger logger, string store, string failureType);
+
+        [LoggerMessage(3102, LogLevel.Debug, "Grant store {Store}: connection restored")]
+        public static partial void ConnectionRestored(ILogger logger, string store);
+
+        [LoggerMessage(3103, LogLevel.Debug, "Grant store {Store}: {Link} connection unhealthy for {Elapsed}, rebuilding it")]
+        public static partial void Rebuilding(ILogger logger, string store, string link, TimeSpan elapsed);
+
+        [LoggerMessage(3114, LogLevel.Warning, "Grant store {Store}: {Link} connection does not answer; requests are denied (store_unavailable) until it does")]
+        public static partial void Unreachable(ILogger logger, string store, string link);
+
+        [LoggerMessage(3115, LogLevel.Information, "Grant store {Store}: {Link} connection answers")]
+        public static partial void Reachable(ILogger logger, string store, string link);
+
+        [LoggerMessage(3104, LogLevel.Debug, "Grant store {Store}: {Operation} on grant {GrantId} failed: {Why} (outcome unknown: {OutcomeUnknown})")]
+        public static partial void OperationFailed(ILogger logger, string store, string operation, string grantId, string why, bool outcomeUnknown);
+
+        [LoggerMessage(3105, LogLevel.Warning, "Grant store {Store}: consume of grant {GrantId} (trace {TraceId}) has an unknown outcome; it will be recorded on the grant once the store answers")]
+        public static partial void UnknownOutcome(ILogger logger, string store, string grantId, string? traceId);
+
+        [LoggerMessage(3106, LogLevel.Information, "Grant store {Store}: unknown outcome of trace {TraceId} recorded on grant {GrantId}")]
+        public static partial void UnknownOutcomeRecorded(ILogger logger, string store, string grantId, string? traceId);
+
+        [LoggerMessage(3107, LogLevel.Error, "Grant store {Store}: unknown-outcome queue full, dropped the record of grant {GrantId} (trace {TraceId})")]
+        public static partial void UnknownOutcomeDropped(ILogger logger, string store, string grantId, string? traceId);
+
+        [LoggerMessage(3108, LogLevel.Warning, "Grant store {Store}: closed with {Count} unknown outcome(s) not yet recorded")]
+        public static partial void UnknownOutcomesLost(ILogger logger, string store, int count);
+
+        [LoggerMessage(3109, LogLevel.Debug, "Grant store {Store}: index clean-up for grant(s) {GrantIds} deferred; the index heals itself when read")]
+        public static partial void IndexCleanupDeferred(ILogger logger, string store, string grantIds, Exception exception);
+
+        [LoggerMessage(3110, LogLevel.Error, "Grant store {Store}: background loop failed")]
+        public static partial void BackgroundFailure(ILogger logger, string store, Exception exception);
+
+        [LoggerMessage(3112, LogLevel.Warning, "Grant store {Store}: use of grant {GrantId} acknowledged by {Acknowledged} of {Required} replicas in time: denied")]
+        public static partial void TooFewReplicaAcks(ILogger logger, string store, string grantId, long acknowledged, int required);
+
+        [LoggerMessage(3113, LogLevel.Error, "Grant store {Store}: RequireReplicaAcks is not supported on Redis Cluster (WAIT cannot be routed to the grant's node); consumes fail closed")]
+        public static partial void ReplicaAcksUnsupported(ILogger logger, string store);
+
+        [LoggerMessage(3111, LogLevel.Debug, "Grant store {Store}: loading scripts failed; they will be sent in full on first use")]
+        public static partial void ScriptLoadFailed(ILogger logger, string store, Exception exception);
+    }
+}

@@ -1,0 +1,450 @@
+using System.Buffers;
+using System.Globalization;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using StackExchange.Redis;
+
+namespace AssuranceGateway.Grants;
+
+// How grants, events and results travel between C# and the Lua scripts. Field names here are the ones the scripts
+// read (g.status, g.expiresAt, ...): keep both sides in step; the store conformance tests hold them together.
+internal sealed partial class RedisGrantStore
+{
+    private static RedisValue[] CreateArguments(GrantRecord grant, GrantEvent created, long keyExpiresAtMs)
+    {
+        var approved = grant.Approvers.Count > 0
+            ? EventJson(new GrantEvent { Type = GrantEvent.Approved, TraceId = created.TraceId, Actor = grant.Approvers[0] }, includeAt: false)
+            : string.Empty;
+        var args = new List<RedisValue>(64)
+        {
+            keyExpiresAtMs,
+            EventJson(created, includeAt: false),
+            approved,
+        };
+
+        void Add(string field, RedisValue value)
+        {
+            args.Add(field);
+            args.Add(value);
+        }
+
+        void AddOptional(string field, string? value)
+        {
+            if (value is not null)
+            {
+                Add(field, value);
+            }
+        }
+
+        Add("id", grant.Id);
+        Add("route", grant.Route);
+
+        // Routes compare ordinal-ignore-case (GrantRules.Check); upper-casing both sides with the invariant culture is
+        // the same comparison, and Lua can then compare bytes.
+        Add("routeKey", grant.Route.ToUpperInvariant());
+        AddOptional("policy", grant.Policy);
+        Add("status", StatusName(grant.Status));
+        AddOptional("subject", grant.Subject);
+        AddOptional("session", grant.Session);
+        AddOptional("token", grant.TokenHash);
+        AddOptional("workload", grant.Workload);
+        if (grant.Origins.Count > 0)
+        {
+            Add("origins", JsonArray(grant.Origins));
+            var networks = NetworksForLua(grant.Origins);
+            if (networks.Length > 0)
+            {
+                Add("originNets", networks);
+            }
+        }
+
+        AddOptional("request", grant.RequestHash);
+        if (grant.Digests is { } digests)
+        {
+            Add("digests", "1");
+            for (var i = 0; i < RequestDigests.ComponentNames.Length; i++)
+            {
+                Add("d." + RequestDigests.ComponentNames[i], digests[i]);
+            }
+        }
+
+        AddOptional("method", grant.Method);
+        AddOptional("path", grant.Path);
+        Add("maxUses", grant.MaxUses);
+        Add("uses", grant.UsesRemaining);
+        Add("expiresAt", ToMicros(grant.ExpiresAt));
+        if (grant.NotBefore is { } notBefore)
+        {
+            Add("notBefore", ToMicros(notBefore));
+        }
+
+        AddOptional("reason", grant.Reason);
+        AddOptional("createdBy", grant.CreatedBy);
+        Add("approvalsRequired", grant.ApprovalsRequired);
+        if (grant.Approvers.Count > 0)
+        {
+            Add("approvers", JsonArray(grant.Approvers));
+        }
+
+        Add("approvalAal", grant.ApprovalAal);
+        Add("bound", (int)grant.Bound);
+        if (grant.FirstUse is { } firstUse)
+        {
+            Add("firstUse", FirstUseJson(firstUse));
+        }
+
+        if (grant.DroppedEvents > 0)
+        {
+            Add("dropped", grant.DroppedEvents);
+        }
+
+        return [.. args];
+    }
+
+    /// <summary>
+    /// Each parseable origin CIDR as "hex of the network bytes/prefix length" (what the consume script compares).
+    /// Entries that do not parse are left out, exactly as <see cref="GrantRules.OriginAllowed"/> skips them.
+    /// </summary>
+    internal static string NetworksForLua(IReadOnlyList<string> origins)
+    {
+        var networks = new StringBuilder();
+        foreach (var origin in origins)
+        {
+            if (IPNetwork.TryParse(origin, out var network))
+            {
+                if (networks.Length > 0)
+                {
+                    networks.Append(' ');
+                }
+
+                networks.Append(Convert.ToHexStringLower(network.BaseAddress.GetAddressBytes()))
+                    .Append('/')
+                    .Append(network.PrefixLength.ToString(CultureInfo.InvariantCulture));
+            }
+        }
+
+        return networks.ToString();
+    }
+
+    private static RedisValue[] ConsumeArguments(ConsumeRequest request)
+    {
+        var presented = Presented.None;
+        if (request.Subject is not null)
+        {
+            presented |= Presented.Subject;
+        }
+
+        if (request.Session is not null)
+        {
+            presented |= Presented.Session;
+        }
+
+        if (request.TokenHash is not null)
+        {
+            presented |= Presented.Token;
+        }
+
+        if (request.Workload is not null)
+        {
+            presented |= Presented.Workload;
+        }
+
+        var originHex = string.Empty;
+        var originText = string.Empty;
+        if (request.Origin is { } origin)
+        {
+            var address = GrantRules.Normalize(origin);
+            originHex = Convert.ToHexStringLower(address.GetAddressBytes());
+            originText = address.ToString();
+            presented |= Presented.Origin;
+        }
+
+        if (request.RequestHash is not null)
+        {
+            presented |= Presented.RequestHash;
+        }
+
+        var digests = request.Digests;
+        if (digests is not null)
+        {
+            presented |= Presented.Digests;
+        }
+
+        if (request.TraceId is not null)
+        {
+            presented |= Presented.TraceId;
+        }
+
+        if (request.SpanId is not null)
+        {
+            presented |= Presented.SpanId;
+        }
+
+        return
+        [
+            request.Route.ToUpperInvariant(),
+            (int)request.Required,
+            (int)presented,
+            request.Subject ?? string.Empty,
+            request.Session ?? string.Empty,
+            request.TokenHash ?? string.Empty,
+            request.Workload ?? string.Empty,
+            originHex,
+            originText,
+            request.RequestHash ?? string.Empty,
+            digests?.Method ?? string.Empty,
+            digests?.Path ?? string.Empty,
+            digests?.Query ?? string.Empty,
+            digests?.Headers ?? string.Empty,
+            digests?.Body ?? string.Empty,
+            string.Join(' ', request.RevokeOn),
+            request.TraceId ?? string.Empty,
+            request.SpanId ?? string.Empty,
+            request.DryRun ? "1" : "0",
+            GrantRules.MaxEvents,
+        ];
+    }
+
+    private static ConsumeResult ReadConsumeResult(RedisResult result)
+    {
+        var r = (RedisResult[])result;
+        var reason = (string)r[0];
+        if (r.Length == 1)
+        {
+            return new ConsumeResult { Reason = reason };
+        }
+
+        var mismatch = (string)r[3];
+        return new ConsumeResult
+        {
+            Reason = reason,
+            Status = ParseStatus((string)r[1]),
+            UsesRemaining = (int)r[2],
+            Mismatch = string.IsNullOrEmpty(mismatch) ? [] : mismatch.Split(' '),
+            Revoked = (int)r[4] == 1,
+            FirstUse = r[5].IsNull ? null : ReadFirstUse((string)r[5]),
+            Approvers = r[6].IsNull ? [] : ReadStringArray((string)r[6]),
+            ApprovalAal = (int)r[7],
+            Subject = (string)r[8],
+            Workload = (string)r[9],
+            RequestHash = (string)r[10],
+        };
+    }
+
+    private static GrantRecord? ReadGrant(RedisResult result)
+    {
+        var parts = (RedisResult[])result;
+        var hash = (RedisResult[])parts[0];
+        if (hash.Length == 0)
+        {
+            return null;
+        }
+
+        var f = new Dictionary<string, string>(hash.Length / 2, StringComparer.Ordinal);
+        for (var i = 0; i + 1 < hash.Length; i += 2)
+        {
+            f[(string)hash[i]] = (string)hash[i + 1];
+        }
+
+        var rawEvents = (RedisResult[])parts[1];
+        var events = new GrantEvent[rawEvents.Length];
+        for (var i = 0; i < rawEvents.Length; i++)
+        {
+            events[i] = ReadEvent((string)rawEvents[i]);
+        }
+
+        string? Optional(string field) => f.GetValueOrDefault(field);
+        int Int(string field) => f.TryGetValue(field, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : 0;
+
+        RequestDigests? digests = null;
+        if (f.ContainsKey("digests"))
+        {
+            digests = new RequestDigests(f["d.method"], f["d.path"], f["d.query"], f["d.headers"], f["d.body"]);
+        }
+
+        return new GrantRecord
+        {
+            Id = f["id"],
+            Route = f["route"],
+            Policy = Optional("policy"),
+            Status = ParseStatus(f["status"]),
+            Subject = Optional("subject"),
+            Session = Optional("session"),
+            TokenHash = Optional("token"),
+            Workload = Optional("workload"),
+            Origins = f.TryGetValue("origins", out var origins) ? ReadStringArray(origins) : [],
+            RequestHash = Optional("request"),
+            Digests = digests,
+            Method = Optional("method"),
+            Path = Optional("path"),
+            MaxUses = Int("maxUses"),
+            UsesRemaining = Int("uses"),
+            CreatedAt = FromMicros(long.Parse(f["createdAt"], CultureInfo.InvariantCulture)),
+            ExpiresAt = FromMicros(long.Parse(f["expiresAt"], CultureInfo.InvariantCulture)),
+            NotBefore = f.TryGetValue("notBefore", out var notBefore) ? FromMicros(long.Parse(notBefore, CultureInfo.InvariantCulture)) : null,
+            Reason = Optional("reason"),
+            CreatedBy = Optional("createdBy"),
+            ApprovalsRequired = Int("approvalsRequired"),
+            Approvers = f.TryGetValue("approvers", out var approvers) ? ReadStringArray(approvers) : [],
+            ApprovalAal = Int("approvalAal"),
+            Bound = (Enforcement.Bindings)Int("bound"),
+            FirstUse = f.TryGetValue("firstUse", out var firstUse) ? ReadFirstUse(firstUse) : null,
+            Events = events,
+            DroppedEvents = f.TryGetValue("dropped", out var dropped) ? long.Parse(dropped, CultureInfo.InvariantCulture) : 0,
+        };
+    }
+
+    internal static string StatusName(GrantStatus status) => status switch
+    {
+        GrantStatus.Pending => StatusPending,
+        GrantStatus.Active => StatusActive,
+        GrantStatus.Consumed => StatusConsumed,
+        GrantStatus.Revoked => StatusRevoked,
+        _ => throw new ArgumentOutOfRangeException(nameof(status), status, null),
+    };
+
+    internal static GrantStatus ParseStatus(string? status) => status switch
+    {
+        StatusPending => GrantStatus.Pending,
+        StatusActive => GrantStatus.Active,
+        StatusConsumed => GrantStatus.Consumed,
+        StatusRevoked => GrantStatus.Revoked,
+        _ => throw new InvalidDataException($"Unknown grant status '{status}' in the store."),
+    };
+
+    /// <summary>Microseconds since the Unix epoch: Redis TIME resolution, and exact in Lua's doubles.</summary>
+    internal static long ToMicros(DateTimeOffset time) => (time.UtcTicks - DateTimeOffset.UnixEpoch.UtcTicks) / TimeSpan.TicksPerMicrosecond;
+
+    internal static DateTimeOffset FromMicros(long micros) => DateTimeOffset.UnixEpoch.AddTicks(micros * TimeSpan.TicksPerMicrosecond);
+
+    // Events are written by hand rather than by a serializer: the Lua side reads and writes the same small shape, and
+    // every value (the time included) is a string so that cjson never rounds it.
+    internal static string EventJson(GrantEvent grantEvent, bool includeAt)
+    {
+        return WriteJson(grantEvent, includeAt, static (w, e, at) =>
+        {
+            w.WriteString("type", e.Type);
+            if (at)
+            {
+                w.WriteString("at", ToMicros(e.At).ToString(CultureInfo.InvariantCulture));
+            }
+
+            WriteOptional(w, "traceId", e.TraceId);
+            WriteOptional(w, "spanId", e.SpanId);
+            WriteOptional(w, "reason", e.Reason);
+            WriteOptional(w, "workload", e.Workload);
+            WriteOptional(w, "origin", e.Origin);
+            WriteOptional(w, "actor", e.Actor);
+            if (e.Mismatch is { } mismatch)
+            {
+                w.WriteStartArray("mismatch");
+                foreach (var component in mismatch)
+                {
+                    w.WriteStringValue(component);
+                }
+
+                w.WriteEndArray();
+            }
+        });
+    }
+
+    private static string FirstUseJson(FirstUse firstUse)
+    {
+        return WriteJson(firstUse, false, static (w, u, _) =>
+        {
+            w.WriteString("at", ToMicros(u.At).ToString(CultureInfo.InvariantCulture));
+            WriteOptional(w, "traceId", u.TraceId);
+            WriteOptional(w, "spanId", u.SpanId);
+            WriteOptional(w, "workload", u.Workload);
+            WriteOptional(w, "origin", u.Origin);
+        });
+    }
+
+    private static string JsonArray(IReadOnlyList<string> values)
+    {
+        var buffer = new ArrayBufferWriter<byte>(64);
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartArray();
+            foreach (var value in values)
+            {
+                writer.WriteStringValue(value);
+            }
+
+            writer.WriteEndArray();
+        }
+
+        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
+    private static string WriteJson<T>(T value, bool flag, Action<Utf8JsonWriter, T, bool> write)
+    {
+        var buffer = new ArrayBufferWriter<byte>(256);
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            write(writer, value, flag);
+            writer.WriteEndObject();
+        }
+
+        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
+    private static void WriteOptional(Utf8JsonWriter writer, string name, string? value)
+    {
+        if (value is not null)
+        {
+            writer.WriteString(name, value);
+        }
+    }
+
+    internal static GrantEvent ReadEvent(string json)
+    {
+        using var document = JsonDocument.Parse(json);
+        var e = document.RootElement;
+        return new GrantEvent
+        {
+            Type = ReadString(e, "type") ?? string.Empty,
+            At = ReadTime(e),
+            TraceId = ReadString(e, "traceId"),
+            SpanId = ReadString(e, "spanId"),
+            Reason = ReadString(e, "reason"),
+            Workload = ReadString(e, "workload"),
+            Origin = ReadString(e, "origin"),
+            Actor = ReadString(e, "actor"),
+            Mismatch = e.TryGetProperty("mismatch", out var mismatch) ? ReadStrings(mismatch) : null,
+        };
+    }
+
+    private static FirstUse ReadFirstUse(string json)
+    {
+        using var document = JsonDocument.Parse(json);
+        var u = document.RootElement;
+        return new FirstUse(ReadString(u, "traceId"), ReadString(u, "spanId"), ReadTime(u), ReadString(u, "workload"), ReadString(u, "origin"));
+    }
+
+    private static string[] ReadStringArray(string json)
+    {
+        using var document = JsonDocument.Parse(json);
+        return ReadStrings(document.RootElement);
+    }
+
+    // cjson encodes an empty Lua table as {}: read it as an empty list.
+    private static string[] ReadStrings(JsonElement element) =>
+        element.ValueKind == JsonValueKind.Array ? [.. element.EnumerateArray().Select(static v => v.GetString() ?? string.Empty)] : [];
+
+    private static string? ReadString(JsonElement element, string name) =>
+        element.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.String ? value.GetString() : null;
+
+    private static DateTimeOffset ReadTime(JsonElement element)
+    {
+        if (!element.TryGetProperty("at", out var at))
+        {
+            return default;
+        }
+
+        var micros = at.ValueKind == JsonValueKind.Number ? at.GetInt64() : long.Parse(at.GetString() ?? "0", CultureInfo.InvariantCulture);
+        return FromMicros(micros);
+    }
+}

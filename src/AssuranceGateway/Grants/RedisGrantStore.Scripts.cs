@@ -1,0 +1,414 @@
+using AssuranceGateway.Enforcement;
+
+namespace AssuranceGateway.Grants;
+
+// The Lua side of the Redis grant store. Conventions shared by every script:
+// - Times are integer microseconds since the Unix epoch (Redis TIME resolution). They stay below 2^53, so Lua's
+//   doubles hold them exactly, but Lua prints large numbers as "1.7e+15": every number that is written back goes
+//   through fmt() ('%.0f').
+// - "Now" is always the store's clock (TIME), never the caller's: SPEC §2 step 6 judges expiry by the store.
+// - A hash field that is absent is nil (a null in C#); an empty string is a value. Bindings compare ordinally.
+// - Events are JSON objects (cjson) in the grant's event list, oldest first. Every value is a string, including
+//   "at", so that cjson never rounds a number. Once the list holds MaxEvents entries, further events only count in
+//   the hash field "dropped" (the same cap as the in-memory store).
+// - Every script reads and checks first and writes last: a script that fails halfway (OOM under noeviction) has
+//   then written nothing, because Redis does not roll back the writes a failing script already made.
+// Reason codes, statuses and event types come from the C# constants (const interpolation), so the two stores
+// cannot drift apart in spelling.
+internal sealed partial class RedisGrantStore
+{
+    internal const string StatusPending = "pending";
+    internal const string StatusActive = "active";
+    internal const string StatusConsumed = "consumed";
+    internal const string StatusRevoked = "revoked";
+
+    /// <summary>Flags of <c>ConsumeRequest</c> values that are present (not null), passed as one number.</summary>
+    [Flags]
+    internal enum Presented
+    {
+        None = 0,
+        Subject = 1,
+        Session = 2,
+        Token = 4,
+        Workload = 8,
+        Origin = 16,
+        RequestHash = 32,
+        Digests = 64,
+        TraceId = 128,
+        SpanId = 256,
+    }
+
+    private static class Scripts
+    {
+        private const string Common = """
+            local function fmt(n)
+              return string.format('%.0f', n)
+            end
+
+            local function now_us()
+              local t = redis.call('TIME')
+              return tonumber(t[1]) * 1000000 + tonumber(t[2])
+            end
+
+            -- Appends one event, or counts it as dropped once the list is full.
+            local function append(hash, list, json, max)
+              if redis.call('LLEN', list) >= max then
+                redis.call('HINCRBY', hash, 'dropped', 1)
+              else
+                redis.call('RPUSH', list, json)
+              end
+            end
+
+            -- An event prepared by the caller, stamped with the store's time (and an actor when given).
+            local function stamp(json, now, actor)
+              local e = cjson.decode(json)
+              e.at = fmt(now)
+              if actor then e.actor = actor end
+              return cjson.encode(e)
+            end
+
+            """;
+
+        /// <summary>
+        /// Creates a grant with its <c>created</c> event (and the creator's <c>approved</c> event).
+        /// KEYS[1] grant hash, KEYS[2] event list.
+        /// ARGV[1] key expiry (Unix ms: expiresAt + evidence retention), ARGV[2] created event JSON (no "at"),
+        /// ARGV[3] approved event JSON (no "at") or "" when the grant has no approver, ARGV[4..] field, value, ...
+        /// Returns {"conflict"} or {"done", createdAt}.
+        /// </summary>
+        public const string Create = Common + """
+            if redis.call('EXISTS', KEYS[1]) == 1 then
+              return {'conflict'}
+            end
+            local now = now_us()
+            redis.call('HSET', KEYS[1], 'createdAt', fmt(now), unpack(ARGV, 4))
+            redis.call('DEL', KEYS[2])
+            redis.call('RPUSH', KEYS[2], stamp(ARGV[2], now))
+            if ARGV[3] ~= '' then
+              redis.call('RPUSH', KEYS[2], stamp(ARGV[3], now))
+            end
+            -- Evidence outlives the grant by the retention period, then both keys go together.
+            redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+            redis.call('PEXPIREAT', KEYS[2], ARGV[1])
+            return {'done', fmt(now)}
+            """;
+
+        /// <summary>
+        /// SPEC §2 step 6 in one script: every check of <c>GrantRules.Check</c> in the same order, then the use consumed,
+        /// or the denial recorded (and the grant revoked when the reason is in RevokeOn). Dry run: decide, write nothing.
+        /// KEYS[1] grant hash, KEYS[2] event list.
+        /// ARGV[1] route, upper-cased (routes compare ignoring case), ARGV[2] bindings the policy requires (flags),
+        /// ARGV[3] which of the following values are present (<see cref="Presented"/> flags),
+        /// ARGV[4] subject, ARGV[5] session, ARGV[6] token hash, ARGV[7] workload,
+        /// ARGV[8] origin address as lower-case hex of its bytes (IPv4-mapped IPv6 already made IPv4),
+        /// ARGV[9] origin as text (for the record), ARGV[10] request hash,
+        /// ARGV[11..15] request digests: method, path, query, headers, body,
+        /// ARGV[16] reasons that revoke, space-separated, ARGV[17] trace id, ARGV[18] span id,
+        /// ARGV[19] "1" for a dry run, ARGV[20] maximum number of events.
+        /// Returns {reason} when the grant does not exist, else {reason, status, usesRemaining, mismatch
+        /// (space-separated), revoked (0|1), firstUse JSON|nil, approvers JSON|nil, approvalAal, subject|nil,
+        /// workload|nil, requestHash|nil}.
+        /// </summary>
+        public const string Consume = Common + $$"""
+            local raw = redis.call('HGETALL', KEYS[1])
+            if #raw == 0 then
+              return {'{{ReasonCodes.GrantNotFound}}'}
+            end
+            local g = {}
+            for i = 1, #raw, 2 do
+              g[raw[i]] = raw[i + 1]
+            end
+
+            local given = tonumber(ARGV[3])
+            local function presented(index, flag)
+              if bit.band(given, flag) ~= 0 then return ARGV[index] end
+              return nil
+            end
+
+            -- Whole nibbles first, then the leading bits of the next one. Addresses of another family have another
+            -- length and never match, as IPNetwork.Contains.
+            local function in_network(address, network)
+              local slash = string.find(network, '/', 1, true)
+              local base = string.sub(network, 1, slash - 1)
+              if #base ~= #address then return false end
+              local bits = tonumber(string.sub(network, slash + 1))
+              local nibbles = math.floor(bits / 4)
+              if string.sub(base, 1, nibbles) ~= string.sub(address, 1, nibbles) then return false end
+              local rest = bits % 4
+              if rest == 0 then return true end
+              local unit = 2 ^ (4 - rest)
+              local a = tonumber(string.sub(address, nibbles + 1, nibbles + 1), 16)
+              local b = tonumber(string.sub(base, nibbles + 1, nibbles + 1), 16)
+              return math.floor(a / unit) == math.floor(b / unit)
+            end
+
+            local function origin_allowed(networks, address)
+              if not networks or not address then return false end
+              for network in string.gmatch(networks, '%S+') do
+                if in_network(address, network) then return true end
+              end
+              return false
+            end
+
+            local now = now_us()
+            -- A binding is checked when the policy demands it or when the issuer put it on the grant anyway.
+            local check = bit.bor(tonumber(ARGV[2]), tonumber(g.bound or '0'))
+            local function differs(flag, bound, value)
+              return bit.band(check, flag) ~= 0 and (bound == nil or bound ~= value)
+            end
+
+            local reason
+            local mismatch = {}
+            if g.status == '{{StatusPending}}' then
+              reason = '{{ReasonCodes.GrantPending}}'
+            elseif g.status == '{{StatusRevoked}}' then
+              reason = '{{ReasonCodes.GrantRevoked}}'
+            elseif now >= tonumber(g.expiresAt) then
+              reason = '{{ReasonCodes.GrantExpired}}'
+            elseif g.notBefore and now < tonumber(g.notBefore) then
+              reason = '{{ReasonCodes.GrantNotYetValid}}'
+            elseif g.routeKey ~= ARGV[1] then
+              reason = '{{ReasonCodes.RouteMismatch}}'
+            elseif differs(1, g.subject, presented(4, 1)) then
+              reason = '{{ReasonCodes.SubjectMismatch}}'
+            elseif differs(2, g.session, presented(5, 2)) then
+              reason = '{{ReasonCodes.SessionMismatch}}'
+            elseif differs(4, g.token, presented(6, 4)) then
+              reason = '{{ReasonCodes.TokenMismatch}}'
+            elseif differs(8, g.workload, presented(7, 8)) then
+              reason = '{{ReasonCodes.WorkloadMismatch}}'
+            elseif bit.band(check, 16) ~= 0 and not origin_allowed(g.originNets, presented(8, 16)) then
+              reason = '{{ReasonCodes.OriginMismatch}}'
+            elseif differs(32, g.request, presented(10, 32)) then
+              reason = '{{ReasonCodes.RequestMismatch}}'
+              if g.digests and bit.band(given, 64) ~= 0 then
+                local names = {'method', 'path', 'query', 'headers', 'body'}
+                for i = 1, 5 do
+                  if g['d.' .. names[i]] ~= ARGV[10 + i] then
+                    mismatch[#mismatch + 1] = names[i]
+                  end
+                end
+              end
+            elseif tonumber(g.uses) <= 0 then
+              reason = '{{ReasonCodes.Replayed}}'
+            else
+              reason = '{{ReasonCodes.Ok}}'
+            end
+
+            local revoke_on = {}
+            for r in string.gmatch(ARGV[16], '%S+') do
+              revoke_on[r] = true
+            end
+            local revoke = reason ~= '{{ReasonCodes.Ok}}' and revoke_on[reason] == true and g.status ~= '{{StatusRevoked}}'
+
+            local status = g.status
+            local uses = tonumber(g.uses)
+            local first = g.firstUse
+            if ARGV[19] == '1' then
+              -- Shadow mode: report what enforcement would have done, change nothing.
+              if revoke then status = '{{StatusRevoked}}' end
+              if reason == '{{ReasonCodes.Ok}}' then uses = uses - 1 end
+            else
+              local max = tonumber(ARGV[20])
+              local e = {
+                at = fmt(now), traceId = presented(17, 128), spanId = presented(18, 256),
+                workload = presented(7, 8), origin = presented(9, 16),
+              }
+              if reason == '{{ReasonCodes.Ok}}' then
+                uses = uses - 1
+                if uses == 0 then status = '{{StatusConsumed}}' end
+                if not first then
+                  first = cjson.encode(e)
+                end
+                redis.call('HSET', KEYS[1], 'uses', fmt(uses), 'status', status, 'firstUse', first)
+                e.type = '{{GrantEvent.Used}}'
+                append(KEYS[1], KEYS[2], cjson.encode(e), max)
+              else
+                e.type = '{{GrantEvent.Denied}}'
+                e.reason = reason
+                if #mismatch > 0 then e.mismatch = mismatch end
+                append(KEYS[1], KEYS[2], cjson.encode(e), max)
+                if revoke then
+                  e.type = '{{GrantEvent.Revoked}}'
+                  e.mismatch = nil
+                  append(KEYS[1], KEYS[2], cjson.encode(e), max)
+                  status = '{{StatusRevoked}}'
+                  redis.call('HSET', KEYS[1], 'status', status)
+                end
+              end
+            end
+
+            return {
+              reason, status, fmt(uses), table.concat(mismatch, ' '), revoke and 1 or 0, first or false,
+              g.approvers or false, g.approvalAal or '0', g.subject or false, g.workload or false, g.request or false,
+            }
+            """;
+
+        /// <summary>
+        /// The grant and its events, read together. KEYS[1] grant hash, KEYS[2] event list.
+        /// Returns {hash as field, value, ..., events}; an empty hash when the grant does not exist.
+        /// </summary>
+        public const string Get = """
+            return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)}
+            """;
+
+        /// <summary>
+        /// Revokes a grant (idempotent: a revoked grant keeps its first revocation).
+        /// KEYS[1] grant hash, KEYS[2] event list. ARGV[1] revoked event JSON (no "at"), ARGV[2] maximum events.
+        /// Returns {"not_found"} or {"done", status before, subject|nil}.
+        /// </summary>
+        public const string Revoke = Common + $$"""
+            local found = redis.call('HMGET', KEYS[1], 'status', 'subject')
+            if not found[1] then
+              return {'not_found'}
+            end
+            if found[1] ~= '{{StatusRevoked}}' then
+              append(KEYS[1], KEYS[2], stamp(ARGV[1], now_us()), tonumber(ARGV[2]))
+              redis.call('HSET', KEYS[1], 'status', '{{StatusRevoked}}')
+            end
+            return {'done', found[1], found[2]}
+            """;
+
+        /// <summary>
+        /// Adds one distinct approver to a pending grant; activates it at quorum. The grant's approval AAL is the lowest
+        /// AAL among its approvers.
+        /// KEYS[1] grant hash, KEYS[2] event list. ARGV[1] approver, ARGV[2] approver AAL, ARGV[3] approved event JSON
+        /// (no "at", no actor), ARGV[4] maximum events.
+        /// Returns {"not_found"}, {"conflict", status} or {"done", status, approvals remaining, activated (0|1), subject|nil}.
+        /// </summary>
+        public const string Approve = Common + $$"""
+            local g = redis.call('HMGET', KEYS[1], 'status', 'expiresAt', 'approvers', 'approvalAal', 'approvalsRequired', 'subject')
+            local status = g[1]
+            if not status then
+              return {'not_found'}
+            end
+            local now = now_us()
+            if status ~= '{{StatusPending}}' or now >= tonumber(g[2]) then
+              return {'conflict', status}
+            end
+            local approvers = {}
+            if g[3] then approvers = cjson.decode(g[3]) end
+            local known = false
+            for _, a in ipairs(approvers) do
+              if a == ARGV[1] then known = true end
+            end
+            local activated = 0
+            if not known then
+              local aal = tonumber(ARGV[2])
+              if #approvers > 0 then aal = math.min(tonumber(g[4] or '0'), aal) end
+              approvers[#approvers + 1] = ARGV[1]
+              append(KEYS[1], KEYS[2], stamp(ARGV[3], now, ARGV[1]), tonumber(ARGV[4]))
+              redis.call('HSET', KEYS[1], 'approvers', cjson.encode(approvers), 'approvalAal', fmt(aal))
+              if #approvers >= tonumber(g[5]) then
+                status = '{{StatusActive}}'
+                activated = 1
+                redis.call('HSET', KEYS[1], 'status', status)
+              end
+            end
+            return {'done', status, fmt(math.max(0, tonumber(g[5]) - #approvers)), activated, g[6]}
+            """;
+
+        /// <summary>
+        /// Appends an event as given (its "at" included), without changing state.
+        /// KEYS[1] grant hash, KEYS[2] event list. ARGV[1] event JSON, ARGV[2] maximum events, ARGV[3] "1" = only when
+        /// the very same event is not there yet (a retried unknown-outcome record must not appear twice).
+        /// Returns 1 when appended (or counted as dropped), 0 otherwise.
+        /// </summary>
+        public const string AppendEvent = Common + """
+            if redis.call('EXISTS', KEYS[1]) == 0 then
+              return 0
+            end
+            if ARGV[3] == '1' then
+              for _, e in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+                if e == ARGV[1] then return 0 end
+              end
+            end
+            append(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]))
+            return 1
+            """;
+
+        /// <summary>
+        /// Deletes a grant that was created a moment ago and must not stay (its subject had too many pending grants).
+        /// KEYS[1] grant hash, KEYS[2] event list.
+        /// </summary>
+        public const string Delete = $$"""
+            if redis.call('HGET', KEYS[1], 'status') == '{{StatusPending}}' then
+              return redis.call('DEL', KEYS[1], KEYS[2])
+            end
+            return 0
+            """;
+
+        /// <summary>
+        /// Takes one of a subject's pending slots. KEYS[1] the subject's pending set (score: expiry, µs).
+        /// ARGV[1] grant id, ARGV[2] its expiry (µs), ARGV[3] the limit, ARGV[4..] members known to be stale (their
+        /// grant is gone or no longer pending), removed first.
+        /// Returns {"done", now} or {"too_many", now, {members}}.
+        /// </summary>
+        public const string ReservePending = Common + """
+            local now = now_us()
+            for i = 4, #ARGV do
+              redis.call('ZREM', KEYS[1], ARGV[i])
+            end
+            redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
+            if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+              return {'too_many', fmt(now), redis.call('ZRANGE', KEYS[1], 0, -1)}
+            end
+            redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+            -- The set lives as long as its longest-lived member.
+            local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+            redis.call('PEXPIREAT', KEYS[1], fmt(math.floor(tonumber(last[2]) / 1000) + 1))
+            return {'done', fmt(now)}
+            """;
+
+        private const string PrunePendingIndex = """
+            -- Drops pending ids whose expiry passed, from both sets of the index.
+            local function prune(created, expires, now)
+              local gone = redis.call('ZRANGEBYSCORE', expires, '-inf', fmt(now))
+              for _, id in ipairs(gone) do
+                redis.call('ZREM', created, id)
+                redis.call('ZREM', expires, id)
+              end
+            end
+
+            """;
+
+        /// <summary>
+        /// Adds a pending grant to the index that <c>ListPendingAsync</c> reads.
+        /// KEYS[1] ids by creation time, KEYS[2] ids by expiry (both µs). ARGV[1] id, ARGV[2] createdAt, ARGV[3] expiresAt.
+        /// </summary>
+        public const string IndexPending = Common + PrunePendingIndex + """
+            local now = now_us()
+            prune(KEYS[1], KEYS[2], now)
+            redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+            redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+            local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+            local until_ms = fmt(math.floor(tonumber(last[2]) / 1000) + 1)
+            redis.call('PEXPIREAT', KEYS[1], until_ms)
+            redis.call('PEXPIREAT', KEYS[2], until_ms)
+            return 1
+            """;
+
+        /// <summary>
+        /// One page of pending ids, oldest first. KEYS[1] ids by creation time, KEYS[2] ids by expiry.
+        /// ARGV[1] first rank, ARGV[2] last rank. Returns {now, {ids}}.
+        /// </summary>
+        public const string PendingPage = Common + PrunePendingIndex + """
+            local now = now_us()
+            prune(KEYS[1], KEYS[2], now)
+            return {fmt(now), redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])}
+            """;
+
+        /// <summary>Removes ids (ARGV) from every sorted set in KEYS (all of one slot).</summary>
+        public const string Unindex = """
+            for _, key in ipairs(KEYS) do
+              for _, id in ipairs(ARGV) do
+                redis.call('ZREM', key, id)
+              end
+            end
+            return 1
+            """;
+
+        public static readonly string[] All =
+            [Create, Consume, Get, Revoke, Approve, AppendEvent, Delete, ReservePending, IndexPending, PendingPage, Unindex];
+    }
+}

@@ -1,0 +1,614 @@
+using System.Net;
+using System.Threading.Channels;
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Enforcement;
+using Microsoft.Extensions.Logging;
+using StackExchange.Redis;
+
+namespace AssuranceGateway.Grants;
+
+/// <summary>
+/// The shared store: grants in Redis, one Lua script per atomic operation, with exactly the semantics of
+/// <see cref="InMemoryGrantStore"/> (the store conformance tests run the same cases against both).
+/// </summary>
+/// <remarks>
+/// <para><b>Consume</b> (SPEC §2 step 6) is one <c>EVALSHA</c>: every check of <see cref="GrantRules.Check"/> in order,
+/// judged by Redis <c>TIME</c>, and the use (or the denial, or the revocation) written in the same script. One round
+/// trip on the allow path (SPEC §7.5); Lua atomicity gives "at most N uses" across any number of gateways (§7.2).</para>
+/// <para><b>StackExchange.Redis 1.2.6</b> has no timeout on async calls, can get stuck reconnecting, and deadlocks with
+/// <c>PreserveAsyncOrder</c>. So: every call here is bounded by <see cref="StoreSettings.Timeout"/> and fails with
+/// <see cref="StoreUnavailableException"/>; a consume is never retried, and one that timed out after it was sent (it may
+/// still run when Redis wakes up) is queued and recorded on the grant as <c>unknown_outcome</c> once Redis answers; a
+/// watchdog pings every 250 ms and rebuilds the multiplexer after ~1 s without an answer.</para>
+/// <para><b>Pending grants per subject, in Redis Cluster.</b> The grant's keys are tagged by grant id, the subject's
+/// pending set by subject: two slots, which one script may not touch together in a cluster. Putting the subject into the
+/// grant's hash tag is not possible (ids are opaque, at most 64 characters, and chosen by their issuer), and tagging
+/// every grant alike would put all grants, and every consume, on one node. So creation is three single-slot steps,
+/// each atomic on its own: (1) create the grant (id conflict checked there); (2) take a slot
+/// in the subject's set, atomically against other creators for the same subject (prune expired members, count,
+/// add) — when the limit is reached, the grant made in step 1 is deleted again and the answer is <c>TooMany</c>;
+/// (3) add the id to the list index for <see cref="ListPendingAsync"/> (one <c>{pending}</c> slot: written when a grant
+/// enters or leaves pending, never by a consume). The index sets are hints, the grant hash is the
+/// truth: an approval or revocation removes the id from them in a separate best-effort step, and a member whose grant
+/// is no longer pending (or gone) is found and removed when a subject hits its limit or when pending grants are
+/// listed. The grant always exists before its index entries, so a member without a grant is always stale. A create
+/// that fails between the steps (store unavailable) answers store_unavailable; the pending grant it may leave behind
+/// was never shown to anyone and lapses with its pending TTL.</para>
+/// <para><b>Replica acknowledgement</b> (<see cref="StoreSettings.RequireReplicaAcks"/>, SPEC §7.6): consumes then go on
+/// a connection of their own, as the script followed by WAIT in the same write (see
+/// <see cref="ConsumeAcknowledgedAsync"/>). Not supported on Redis Cluster, where it fails closed.</para>
+/// <para><b>Thread pool.</b> 1.2.6 parks thread-pool threads (measured here: the first multiplexer of a process
+/// stalled every pool continuation for ~1 s on a 2-core machine while the pool grew). Every deadline of this store is a
+/// pool continuation, so a host on a small machine should raise the pool minimum (ThreadPool.SetMinThreads or
+/// <c>System.Threading.ThreadPool.MinThreads</c> in runtimeconfig); the tests do.</para>
+/// </remarks>
+internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
+{
+    private static readonly TimeSpan WatchdogInterval = TimeSpan.FromMilliseconds(250);
+    private static readonly TimeSpan RebuildAfter = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan UnknownOutcomeRetry = TimeSpan.FromMilliseconds(200);
+    private const int UnknownOutcomeCapacity = 1024;
+    private const int PendingPageSize = 100;
+    private const string OperationPing = "ping";
+
+    private readonly StoreSettings _settings;
+    private readonly TimeProvider _time;
+    private readonly ILogger<RedisGrantStore> _logger;
+    private readonly ConfigurationOptions _options;
+    private readonly GrantKeys _keys;
+    private readonly Channel<UnknownOutcome> _unknownOutcomes;
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly Link _shared = new("shared");
+    private readonly Link? _acked;
+    private readonly Link[] _links;
+    private readonly Task[] _watchdogs;
+    private readonly Task _unknownOutcomeWriter;
+    private int _unknownOutcomeInFlight;
+    private int _disposed;
+
+    public RedisGrantStore(StoreSettings settings, TimeProvider time, ILogger<RedisGrantStore> logger)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        ArgumentNullException.ThrowIfNull(time);
+        ArgumentNullException.ThrowIfNull(logger);
+        if (string.IsNullOrWhiteSpace(settings.Redis))
+        {
+            throw new ArgumentException("Assurance:Store:Redis is empty: use the in-process store instead.", nameof(settings));
+        }
+
+        _settings = settings;
+        _time = time;
+        _logger = logger;
+        _keys = new GrantKeys(settings.KeyPrefix);
+        _options = ConfigurationOptions.Parse(settings.Redis);
+
+        // Connect must not throw when Redis is down: the gateway starts, answers 503 and /readyz says why.
+        _options.AbortOnConnectFail = false;
+        _options.ConnectTimeout = (int)Math.Clamp(settings.Timeout.TotalMilliseconds * 2, 200, 1000);
+        _options.SyncTimeout = (int)Math.Max(1, settings.Timeout.TotalMilliseconds);
+        _options.ConnectRetry = 1;
+        _options.ReconnectRetryPolicy = new LinearRetry(250);
+
+        // No tie-breaker key and no configuration channel: one interactive connection, no pub/sub socket, no
+        // GET of a key the gateway does not own.
+        _options.TieBreaker = string.Empty;
+        _options.ConfigurationChannel = string.Empty;
+        _options.ClientName ??= "assurance-gateway";
+        Description = "redis " + string.Join(",", _options.EndPoints.Select(FormatEndPoint));
+
+        _unknownOutcomes = Channel.CreateBounded<UnknownOutcome>(
+            new BoundedChannelOptions(UnknownOutcomeCapacity) { FullMode = BoundedChannelFullMode.DropOldest, SingleReader = true },
+            dropped => Log.UnknownOutcomeDropped(_logger, Description, dropped.GrantId, dropped.Event.TraceId));
+
+        if (settings.RequireReplicaAcks > 0)
+        {
+            _acked = new Link("replica-acknowledged consumes");
+            _links = [_shared, _acked];
+        }
+        else
+        {
+            _links = [_shared];
+        }
+
+        _watchdogs = [.. _links.Select(link => Task.Run(() => WatchdogAsync(link, _stopping.Token)))];
+        _unknownOutcomeWriter = Task.Run(() => WriteUnknownOutcomesAsync(_stopping.Token));
+    }
+
+    public string Description { get; }
+
+    /// <summary>Consumes whose outcome is unknown and not yet recorded on their grant.</summary>
+    internal int UnknownOutcomesPending => _unknownOutcomes.Reader.Count + Volatile.Read(ref _unknownOutcomeInFlight);
+
+    public async Task<GrantChange> CreateAsync(GrantRecord grant, GrantEvent created, int maxPendingPerSubject, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(grant);
+        ArgumentNullException.ThrowIfNull(created);
+        var keys = _keys.GrantAndEvents(grant.Id);
+        var result = (RedisResult[])await EvaluateAsync(
+            Scripts.Create, keys, CreateArguments(grant, created, KeyExpiresAtMs(grant.ExpiresAt)), "create", grant.Id, cancellationToken).ConfigureAwait(false);
+        if ((string)result[0] == "conflict")
+        {
+            return GrantChange.Conflict;
+        }
+
+        if (grant.Status != GrantStatus.Pending)
+        {
+            return GrantChange.Done;
+        }
+
+        var expiresAt = ToMicros(grant.ExpiresAt);
+        if (grant.Subject is not null && !await ReservePendingAsync(grant.Id, grant.Subject, expiresAt, maxPendingPerSubject, cancellationToken).ConfigureAwait(false))
+        {
+            // Nobody has seen this id yet: taking the grant back leaves the store as if it had never been created.
+            await EvaluateAsync(Scripts.Delete, keys, [], "create", grant.Id, cancellationToken).ConfigureAwait(false);
+            return GrantChange.TooMany;
+        }
+
+        await EvaluateAsync(
+            Scripts.IndexPending, [_keys.PendingByCreation, _keys.PendingByExpiry], [grant.Id, (long)result[1], expiresAt], "create", grant.Id, cancellationToken)
+            .ConfigureAwait(false);
+        return GrantChange.Done;
+    }
+
+    public async Task<ConsumeResult> ConsumeAsync(ConsumeRequest request, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        RedisResult result;
+        try
+        {
+            // Deliberately not cancellable: the call is bounded by Store:Timeout anyway, and walking away from a consume
+            // that was sent would turn a known outcome into an unknown one.
+            var keys = _keys.GrantAndEvents(request.GrantId);
+            var args = ConsumeArguments(request);
+            result = _acked is null || request.DryRun
+                ? await EvaluateAsync(Scripts.Consume, keys, args, "consume", request.GrantId, CancellationToken.None).ConfigureAwait(false)
+                : await ConsumeAcknowledgedAsync(_acked, keys, args, request.GrantId).ConfigureAwait(false);
+        }
+        catch (StoreUnavailableException e) when (e.OutcomeUnknown && !request.DryRun)
+        {
+            // Never retried: the script may have run (or may still run when Redis wakes up). Say so on the grant.
+            RememberUnknownOutcome(request);
+            throw;
+        }
+
+        return ReadConsumeResult(result);
+    }
+
+    public async Task<GrantRecord?> GetAsync(string id, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(id);
+        var result = await EvaluateAsync(Scripts.Get, _keys.GrantAndEvents(id), [], "get", id, cancellationToken).ConfigureAwait(false);
+        return ReadGrant(result);
+    }
+
+    public async Task<GrantChange> RevokeAsync(string id, GrantEvent revoked, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(id);
+        ArgumentNullException.ThrowIfNull(revoked);
+        var result = (RedisResult[])await EvaluateAsync(
+            Scripts.Revoke, _keys.GrantAndEvents(id), [EventJson(revoked, includeAt: false), GrantRules.MaxEvents], "revoke", id, cancellationToken)
+            .ConfigureAwait(false);
+        if ((string)result[0] == "not_found")
+        {
+            return GrantChange.NotFound;
+        }
+
+        if ((string)result[1] == StatusPending)
+        {
+            await UnindexPendingAsync(id, (string)result[2], cancellationToken).ConfigureAwait(false);
+        }
+
+        return GrantChange.Done;
+    }
+
+    public async Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(id);
+        ArgumentNullException.ThrowIfNull(approver);
+        ArgumentNullException.ThrowIfNull(approved);
+        var result = (RedisResult[])await EvaluateAsync(
+            Scripts.Approve, _keys.GrantAndEvents(id), [approver, approverAal, EventJson(approved, includeAt: false), GrantRules.MaxEvents], "approve", id, cancellationToken)
+            .ConfigureAwait(false);
+        switch ((string)result[0])
+        {
+            case "not_found":
+                return new ApproveResult(GrantChange.NotFound, null, 0);
+            case "conflict":
+                return new ApproveResult(GrantChange.Conflict, ParseStatus((string)result[1]), 0);
+        }
+
+        if ((int)result[3] == 1)
+        {
+            await UnindexPendingAsync(id, (string)result[4], cancellationToken).ConfigureAwait(false);
+        }
+
+        return new ApproveResult(GrantChange.Done, ParseStatus((string)result[1]), (int)result[2]);
+    }
+
+    public async Task<IReadOnlyList<GrantRecord>> ListPendingAsync(int limit, CancellationToken cancellationToken)
+    {
+        var found = new List<GrantRecord>(Math.Clamp(limit, 0, PendingPageSize));
+        var stale = new List<RedisValue>();
+        for (var start = 0; found.Count < limit; start += PendingPageSize)
+        {
+            var page = (RedisResult[])await EvaluateAsync(
+                Scripts.PendingPage, [_keys.PendingByCreation, _keys.PendingByExpiry], [start, start + PendingPageSize - 1], "list", "*", cancellationToken)
+                .ConfigureAwait(false);
+            var now = FromMicros((long)page[0]);
+            var ids = (RedisResult[])page[1];
+            var grants = await Task.WhenAll(ids.Select(id => GetAsync((string)id, cancellationToken))).ConfigureAwait(false);
+            for (var i = 0; i < ids.Length; i++)
+            {
+                if (grants[i] is { Status: GrantStatus.Pending } grant && grant.ExpiresAt > now)
+                {
+                    if (found.Count < limit)
+                    {
+                        found.Add(grant);
+                    }
+                }
+                else
+                {
+                    stale.Add((string)ids[i]);
+                }
+            }
+
+            if (ids.Length < PendingPageSize)
+            {
+                break;
+            }
+        }
+
+        if (stale.Count > 0)
+        {
+            await TryUnindexAsync([_keys.PendingByCreation, _keys.PendingByExpiry], [.. stale], cancellationToken).ConfigureAwait(false);
+        }
+
+        return found;
+    }
+
+    public Task AppendEventAsync(string id, GrantEvent grantEvent, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(id);
+        ArgumentNullException.ThrowIfNull(grantEvent);
+        return EvaluateAsync(
+            Scripts.AppendEvent, _keys.GrantAndEvents(id), [EventJson(grantEvent, includeAt: true), GrantRules.MaxEvents, "0"], "append", id, cancellationToken);
+    }
+
+    public async Task<bool> PingAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            foreach (var link in _links)
+            {
+                await RunAsync(link, static db => db.PingAsync(), OperationPing, "*", cancellationToken).ConfigureAwait(false);
+            }
+
+            return true;
+        }
+        catch (StoreUnavailableException)
+        {
+            return false;
+        }
+        catch (ObjectDisposedException)
+        {
+            return false;
+        }
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        _stopping.Cancel();
+        try
+        {
+            // Both loops stop at their next await; the bound only guards against a stuck client library.
+            Task.WaitAll([.. _watchdogs, _unknownOutcomeWriter], TimeSpan.FromSeconds(2));
+        }
+        catch (AggregateException e)
+        {
+            Log.BackgroundFailure(_logger, Description, e);
+        }
+
+        var lost = UnknownOutcomesPending;
+        if (lost > 0)
+        {
+            Log.UnknownOutcomesLost(_logger, Description, lost);
+        }
+
+        foreach (var link in _links)
+        {
+            CloseNow(Interlocked.Exchange(ref link.Current, null));
+        }
+
+        _stopping.Dispose();
+    }
+
+    /// <summary>Evidence outlives the grant by the retention period: the keys expire at expiresAt + retention.</summary>
+    private long KeyExpiresAtMs(DateTimeOffset expiresAt) =>
+        (ToMicros(expiresAt) / 1000) + (long)_settings.EvidenceRetention.TotalMilliseconds;
+
+    /// <summary>Takes one of the subject's pending slots; false when the subject already has the maximum.</summary>
+    private async Task<bool> ReservePendingAsync(string id, string subject, long expiresAt, int limit, CancellationToken cancellationToken)
+    {
+        RedisKey[] key = [_keys.SubjectPending(subject)];
+        var result = (RedisResult[])await EvaluateAsync(Scripts.ReservePending, key, [id, expiresAt, limit], "create", id, cancellationToken).ConfigureAwait(false);
+        if ((string)result[0] == "done")
+        {
+            return true;
+        }
+
+        // At the limit: the set may still hold grants that were approved or revoked since (their clean-up step is best
+        // effort) or whose creation was taken back. Check each against its grant, drop the stale ones, count again.
+        var now = (long)result[1];
+        var members = (RedisResult[])result[2];
+        var states = await Task.WhenAll(members.Select(m => RunAsync(
+            _shared, db => db.HashGetAsync(_keys.Grant((string)m), ["status", "expiresAt"]), "create", id, cancellationToken))).ConfigureAwait(false);
+        var stale = new List<RedisValue>();
+        for (var i = 0; i < members.Length; i++)
+        {
+            var status = states[i][0];
+            var expires = states[i][1];
+            if (status.IsNull || (string)status != StatusPending || expires.IsNull || (long)expires <= now)
+            {
+                stale.Add((string)members[i]);
+            }
+        }
+
+        if (stale.Count == 0)
+        {
+            return false;
+        }
+
+        result = (RedisResult[])await EvaluateAsync(Scripts.ReservePending, key, [id, expiresAt, limit, .. stale], "create", id, cancellationToken).ConfigureAwait(false);
+        return (string)result[0] == "done";
+    }
+
+    private Task UnindexPendingAsync(string id, string? subject, CancellationToken cancellationToken)
+    {
+        var subjectTask = subject is null
+            ? Task.CompletedTask
+            : TryUnindexAsync([_keys.SubjectPending(subject)], [id], cancellationToken);
+        return Task.WhenAll(subjectTask, TryUnindexAsync([_keys.PendingByCreation, _keys.PendingByExpiry], [id], cancellationToken));
+    }
+
+    /// <summary>
+    /// Removes ids from index sets of one slot. Best effort: the grant's own change already happened, and the index
+    /// heals itself when read, so a store that is unavailable now does not fail the caller.
+    /// </summary>
+    private async Task TryUnindexAsync(RedisKey[] keys, RedisValue[] ids, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await EvaluateAsync(Scripts.Unindex, keys, ids, "unindex", (string)ids[0], cancellationToken).ConfigureAwait(false);
+        }
+        catch (StoreUnavailableException e)
+        {
+            Log.IndexCleanupDeferred(_logger, Description, string.Join(",", ids), e);
+        }
+    }
+
+    private void RememberUnknownOutcome(ConsumeRequest request)
+    {
+        var origin = request.Origin is null ? null : GrantRules.Normalize(request.Origin).ToString();
+        var record = new GrantEvent
+        {
+            Type = GrantEvent.UnknownOutcome,
+            At = _time.GetUtcNow(),
+            TraceId = request.TraceId,
+            SpanId = request.SpanId,
+
+            // What the client was told: the gateway denied, whatever the store did.
+            Reason = ReasonCodes.StoreUnavailable,
+            Workload = request.Workload,
+            Origin = origin,
+        };
+        Log.UnknownOutcome(_logger, Description, request.GrantId, request.TraceId);
+        _unknownOutcomes.Writer.TryWrite(new UnknownOutcome(request.GrantId, record));
+    }
+
+    /// <summary>
+    /// Records queued unknown outcomes once Redis answers again. Retrying this append is safe (unlike a consume): the
+    /// script skips an event that is already there, so an append that timed out but ran is not written twice.
+    /// </summary>
+    private async Task WriteUnknownOutcomesAsync(CancellationToken stopping)
+    {
+        try
+        {
+            while (await _unknownOutcomes.Reader.WaitToReadAsync(stopping).ConfigureAwait(false))
+            {
+                while (_unknownOutcomes.Reader.TryRead(out var item))
+                {
+                    Volatile.Write(ref _unknownOutcomeInFlight, 1);
+                    var json = EventJson(item.Event, includeAt: true);
+                    while (!await TryRecordAsync(item, json, stopping).ConfigureAwait(false))
+                    {
+                        await Task.Delay(UnknownOutcomeRetry, _time, stopping).ConfigureAwait(false);
+                    }
+
+                    Volatile.Write(ref _unknownOutcomeInFlight, 0);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+            // Disposed: Dispose reports what was not recorded.
+        }
+    }
+
+    private async Task<bool> TryRecordAsync(UnknownOutcome item, string json, CancellationToken stopping)
+    {
+        if (!_shared.Healthy)
+        {
+            return false;
+        }
+
+        try
+        {
+            await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [json, GrantRules.MaxEvents, "1"], "append", item.GrantId, stopping)
+                .ConfigureAwait(false);
+            Log.UnknownOutcomeRecorded(_logger, Description, item.GrantId, item.Event.TraceId);
+            return true;
+        }
+        catch (StoreUnavailableException)
+        {
+            // Still unavailable: keep the record and try again.
+            return false;
+        }
+        catch (ObjectDisposedException)
+        {
+            stopping.ThrowIfCancellationRequested();
+            throw;
+        }
+    }
+
+    private Task<RedisResult> EvaluateAsync(string script, RedisKey[] keys, RedisValue[] args, string operation, string grantId, CancellationToken cancellationToken) =>
+        RunAsync(_shared, db => db.ScriptEvaluateAsync(script, keys, args), operation, grantId, cancellationToken);
+
+    /// <summary>
+    /// SPEC §7.6: a use counts only once <see cref="StoreSettings.RequireReplicaAcks"/> replicas have it. The consume
+    /// script and a WAIT go out together on the link reserved for consumes: still one round trip, and WAIT, coming
+    /// after the script on the same connection, waits for exactly this write (and any before it) to be replicated.
+    /// Too few acknowledgements: the request is denied as store_unavailable, and since the use was taken on the primary
+    /// but may be lost in a failover, the grant is told that this consume's outcome is unknown.
+    /// </summary>
+    private async Task<RedisResult> ConsumeAcknowledgedAsync(Link link, RedisKey[] keys, RedisValue[] args, string grantId)
+    {
+        if (link.IsCluster)
+        {
+            // WAIT has no key, so 1.2.6 could send it to another node than the script's: refuse rather than pretend.
+            Log.ReplicaAcksUnsupported(_logger, Description);
+            throw Unavailable("consume", grantId, "replica acknowledgement is not supported on Redis Cluster", outcomeUnknown: false, null);
+        }
+
+        var replicas = _settings.RequireReplicaAcks;
+
+        // WAIT must answer before our own deadline does, so that a slow replica is a known "too few", not a timeout.
+        // Redis checks blocked clients' timeouts on its cron (every 100 ms at the default hz 10): leave room for that.
+        var waitMs = (long)Math.Max(1, _settings.Timeout.TotalMilliseconds / 2);
+        var (result, acknowledged) = await RunAsync(
+            link,
+            async db =>
+            {
+                var evaluate = db.ScriptEvaluateAsync(Scripts.Consume, keys, args);
+                var wait = db.ExecuteAsync("WAIT", replicas, waitMs);
+                try
+                {
+                    var consumed = await evaluate.ConfigureAwait(false);
+                    return (consumed, (long)await wait.ConfigureAwait(false));
+                }
+                catch (RedisException)
+                {
+                    Observe(wait);
+                    throw;
+                }
+            },
+            "consume",
+            grantId,
+            CancellationToken.None).ConfigureAwait(false);
+
+        if ((string)((RedisResult[])result)[0] == ReasonCodes.Ok && acknowledged < replicas)
+        {
+            Log.TooFewReplicaAcks(_logger, Description, grantId, acknowledged, replicas);
+            throw Unavailable("consume", grantId, $"acknowledged by {acknowledged} of {replicas} replicas", outcomeUnknown: true, null);
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// Runs one command with the store's own deadline (1.2.6 async calls never time out). Any failure becomes a
+    /// <see cref="StoreUnavailableException"/> that says whether the command may have reached Redis.
+    /// </summary>
+    private async Task<T> RunAsync<T>(Link link, Func<IDatabase, Task<T>> command, string operation, string grantId, CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        var started = _time.GetTimestamp();
+        var connection = Volatile.Read(ref link.Current);
+        if (connection is null)
+        {
+            // Still connecting (just started): wait within the same deadline.
+            try
+            {
+                await link.FirstConnection.Task.WaitAsync(_settings.Timeout, _time, cancellationToken).ConfigureAwait(false);
+            }
+            catch (TimeoutException e)
+            {
+                throw Unavailable(operation, grantId, "still connecting", outcomeUnknown: false, e);
+            }
+
+            connection = Volatile.Read(ref link.Current);
+        }
+
+        if (connection is null || !connection.IsConnected)
+        {
+            throw Unavailable(operation, grantId, "not connected", outcomeUnknown: false, null);
+        }
+
+        Task<T> task;
+        try
+        {
+            task = command(connection.GetDatabase());
+        }
+        catch (Exception e) when (e is RedisConnectionException or ObjectDisposedException)
+        {
+            throw Unavailable(operation, grantId, "connection failed", outcomeUnknown: false, e);
+        }
+
+        var remaining = _settings.Timeout - _time.GetElapsedTime(started);
+        try
+        {
+            return await task.WaitAsync(remaining > TimeSpan.Zero ? remaining : TimeSpan.Zero, _time, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutException e)
+        {
+            Observe(task);
+            throw Unavailable(operation, grantId, $"no answer within {_settings.Timeout.TotalMilliseconds} ms", outcomeUnknown: true, e);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            Observe(task);
+            throw;
+        }
+        catch (RedisConnectionException e)
+        {
+            // "No connection is available" fails before anything is written; a socket that broke afterwards may have
+            // delivered the command.
+            throw Unavailable(operation, grantId, "connection failed", e.CommandStatus != CommandStatus.WaitingToBeSent, e);
+        }
+        catch (Exception e) when (e is RedisException or ObjectDisposedException)
+        {
+            // A timeout reported by the client, a script error (OOM under noeviction), a connection disposed by the
+            // watchdog: the command was sent and nothing says what became of it.
+            throw Unavailable(operation, grantId, e.GetType().Name, outcomeUnknown: true, e);
+        }
+    }
+
+    private StoreUnavailableException Unavailable(string operation, string grantId, string why, bool outcomeUnknown, Exception? inner)
+    {
+        var exception = new StoreUnavailableException($"Grant store {Description}: {operation} failed ({why}).", outcomeUnknown, inner);
+
+        // Readiness probes ask often while Redis is down; the watchdog reports that transition once.
+        if (operation != OperationPing)
+        {
+            Log.OperationFailed(_logger, Description, operation, grantId, why, outcomeUnknown);
+        }
+
+        return exception;
+    }
+
+    /// <summary>A task we stopped waiting for still completes later: observe its failure so it is not reported as unobserved.</summary>
+    private static void Observe(Task task) =>
+        _ = task.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+
+    private static string FormatEndPoint(EndPoint endPoint) => endPoint switch
+    {
+        DnsEndPoint dns => $"{dns.Host}:{dns.Port}",
+        _ => endPoint.ToString() ?? "?",
+    };
+
+    private sealed record UnknownOutcome(string GrantId, GrantEvent Event);
+}

@@ -1,0 +1,134 @@
+using System.Globalization;
+using System.Net;
+using AssuranceGateway.Enforcement;
+using AssuranceGateway.Grants;
+using AssuranceGateway.Testing;
+
+namespace AssuranceGateway.FunctionalTests.Grants;
+
+/// <summary>
+/// SPEC §7.6: with <c>RequireReplicaAcks</c> N, a use counts only once N replicas have it; otherwise the request is
+/// denied. A primary and one replica of its own per test; a paused replica is always resumed in a finally.
+/// </summary>
+public sealed class RedisGrantStoreReplicaTests
+{
+    [Fact]
+    public async Task ConsumeAsync_ReplicaAcknowledges_OkAndTheReplicaAlreadyHasTheUse()
+    {
+        await using var primary = await StartPrimaryAsync();
+        await using var replica = await StartReplicaAsync(primary);
+        var settings = RedisStores.Settings(primary) with { RequireReplicaAcks = 1 };
+        using var store = await RedisStores.StartAsync(settings);
+        var grant = Grant();
+        await store.CreateAsync(grant, Created(), 10, default);
+
+        await using var monitor = await primary.MonitorAsync();
+        var result = await store.ConsumeAsync(Matching(grant), default);
+        await monitor.SyncAsync();
+
+        Assert.Equal(ReasonCodes.Ok, result.Reason);
+
+        // WAIT returned only once the replica had the write: read it there, straight away.
+        Assert.Equal("0", await replica.ExecuteAsync("HGET", new GrantKeys(settings.KeyPrefix).Grant(grant.Id)!, "uses"));
+
+        // One round trip: the script and the WAIT after it, nothing else.
+        var sent = monitor.Commands
+            .Where(c => c.Client != "lua" && c.Command is not ("PING" or "REPLCONF") && !c.Line.Contains("monitor-sync-", StringComparison.Ordinal))
+            .Select(c => c.Command)
+            .ToList();
+        Assert.Equal(["EVALSHA", "WAIT"], sent);
+    }
+
+    [Fact]
+    public async Task ConsumeAsync_ReplicaPaused_DeniedAsUnavailableAndUnknownOutcomeRecorded()
+    {
+        await using var primary = await StartPrimaryAsync();
+        await using var replica = await StartReplicaAsync(primary);
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(primary, timeout: TimeSpan.FromMilliseconds(400)) with { RequireReplicaAcks = 1 });
+        var grant = Grant();
+        await store.CreateAsync(grant, Created(), 10, default);
+        var request = Matching(grant);
+
+        StoreUnavailableException failure;
+        await replica.PauseAsync();
+        try
+        {
+            failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(request, default));
+        }
+        finally
+        {
+            await replica.ResumeAsync();
+        }
+
+        Assert.True(failure.OutcomeUnknown);
+
+        // The primary took the use, but it was never acknowledged: the request was denied, and the grant says why.
+        await RedisStores.WaitUntilAsync(
+            async () => (await store.GetAsync(grant.Id, default))!.Events.Any(e => e.Type == GrantEvent.UnknownOutcome && e.TraceId == request.TraceId),
+            TimeSpan.FromSeconds(10),
+            "the unknown_outcome event");
+        var stored = await store.GetAsync(grant.Id, default);
+        Assert.Equal(0, stored!.UsesRemaining);
+        Assert.Equal(ReasonCodes.Replayed, (await store.ConsumeAsync(Matching(grant), default)).Reason);
+    }
+
+    [Fact]
+    public async Task ConsumeAsync_MoreAcksRequiredThanReplicas_NeverAllowsButStillDenies()
+    {
+        await using var primary = await StartPrimaryAsync();
+        await using var replica = await StartReplicaAsync(primary);
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(primary, timeout: TimeSpan.FromMilliseconds(300)) with { RequireReplicaAcks = 2 });
+        var grant = Grant();
+        await store.CreateAsync(grant, Created(), 10, default);
+
+        await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+
+        // A denial needs no acknowledgement: it lets nothing through.
+        Assert.Equal(ReasonCodes.GrantNotFound, (await store.ConsumeAsync(Matching(Grant()), default)).Reason);
+        Assert.Equal(ReasonCodes.Replayed, (await store.ConsumeAsync(Matching(grant), default)).Reason);
+    }
+
+    // Redis 7 waits 5 s before a diskless full sync, in case more replicas come: none will.
+    private static Task<RedisServer> StartPrimaryAsync() => RedisServer.StartAsync("--repl-diskless-sync-delay", "0");
+
+    private static async Task<RedisServer> StartReplicaAsync(RedisServer primary)
+    {
+        var replica = await RedisServer.StartAsync("--replicaof", "127.0.0.1", primary.Port.ToString(CultureInfo.InvariantCulture));
+        try
+        {
+            await RedisStores.WaitUntilAsync(
+                async () => ((string?)await replica.ExecuteAsync("INFO", "replication"))?.Contains("master_link_status:up", StringComparison.Ordinal) == true,
+                TimeSpan.FromSeconds(10),
+                "the replica to sync");
+            return replica;
+        }
+        catch
+        {
+            await replica.DisposeAsync();
+            throw;
+        }
+    }
+
+    private static GrantRecord Grant() => new()
+    {
+        Id = Guid.NewGuid().ToString("N"),
+        Route = "deploy",
+        Status = GrantStatus.Active,
+        TokenHash = "sha256:token",
+        MaxUses = 1,
+        UsesRemaining = 1,
+        ExpiresAt = DateTimeOffset.UtcNow.AddMinutes(5),
+    };
+
+    private static ConsumeRequest Matching(GrantRecord grant) => new()
+    {
+        GrantId = grant.Id,
+        Route = grant.Route,
+        Required = Bindings.Token,
+        TokenHash = grant.TokenHash,
+        Origin = IPAddress.Loopback,
+        TraceId = "trace-" + Guid.NewGuid().ToString("N"),
+    };
+
+    private static GrantEvent Created() => new() { Type = GrantEvent.Created, Actor = "bob" };
+}

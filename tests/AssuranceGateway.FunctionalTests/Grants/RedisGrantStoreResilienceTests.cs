@@ -1,0 +1,193 @@
+using System.Diagnostics;
+using System.Net;
+using AssuranceGateway.Enforcement;
+using AssuranceGateway.Grants;
+using AssuranceGateway.Testing;
+using Xunit.Abstractions;
+
+namespace AssuranceGateway.FunctionalTests.Grants;
+
+/// <summary>
+/// SPEC §2 "store unavailable" and §7.3: a frozen, killed or absent Redis. Each test owns its redis-server, so
+/// pausing or killing it disturbs no other test; a paused server is always resumed in a finally.
+/// </summary>
+public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromMilliseconds(250);
+    private readonly TestOutputLogger<RedisGrantStore> _log = new(output);
+
+    [Fact]
+    public async Task ConsumeAsync_RedisPaused_FailsWithinTimeoutAndRecordsUnknownOutcomeOnceBack()
+    {
+        await using var redis = await RedisServer.StartAsync();
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
+        var grant = Grant();
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        var request = Matching(grant);
+
+        StoreUnavailableException failure;
+        TimeSpan took;
+        bool pingWhilePaused;
+        await redis.PauseAsync();
+        try
+        {
+            // Timed off the test framework's synchronization context (as in ASP.NET Core): what is measured is the
+            // store's own deadline, not how busy the test runner's threads are.
+            (failure, took) = await Task.Run(async () =>
+            {
+                var clock = Stopwatch.StartNew();
+                var thrown = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(request, default));
+                return (thrown, clock.Elapsed);
+            });
+            pingWhilePaused = await store.PingAsync(default);
+        }
+        finally
+        {
+            await redis.ResumeAsync();
+        }
+
+        output.WriteLine($"consume against a paused Redis failed after {took.TotalMilliseconds:F0} ms");
+        Assert.True(failure.OutcomeUnknown);
+        Assert.InRange(took, Timeout - TimeSpan.FromMilliseconds(20), Timeout + TimeSpan.FromMilliseconds(300));
+        Assert.False(pingWhilePaused);
+
+        // Once Redis answers again, the grant says that this trace's consume has an unknown outcome.
+        await RedisStores.WaitUntilAsync(
+            async () => (await store.GetAsync(grant.Id, default))?.Events.Any(e => e.Type == GrantEvent.UnknownOutcome) == true,
+            TimeSpan.FromSeconds(10),
+            "the unknown_outcome event");
+        var stored = await store.GetAsync(grant.Id, default);
+        var unknown = Assert.Single(stored!.Events, e => e.Type == GrantEvent.UnknownOutcome);
+        Assert.Equal(request.TraceId, unknown.TraceId);
+        Assert.Equal(request.SpanId, unknown.SpanId);
+        Assert.Equal(request.Workload, unknown.Workload);
+        Assert.Equal("10.1.2.3", unknown.Origin);
+        Assert.Equal(ReasonCodes.StoreUnavailable, unknown.Reason);
+        await RedisStores.WaitUntilAsync(() => Task.FromResult(store.UnknownOutcomesPending == 0), TimeSpan.FromSeconds(1), "the queue to drain");
+    }
+
+    [Fact]
+    public async Task ConsumeAsync_DryRunWhileRedisPaused_FailsButRecordsNothing()
+    {
+        await using var redis = await RedisServer.StartAsync();
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
+        var grant = Grant();
+        await store.CreateAsync(grant, Created(), 10, default);
+
+        await redis.PauseAsync();
+        try
+        {
+            await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant) with { DryRun = true }, default));
+        }
+        finally
+        {
+            await redis.ResumeAsync();
+        }
+
+        // A shadow decision writes nothing, so there is no outcome to be unsure about.
+        Assert.Equal(0, store.UnknownOutcomesPending);
+        await RedisStores.WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(5), "the store to answer again");
+        Assert.DoesNotContain((await store.GetAsync(grant.Id, default))!.Events, e => e.Type == GrantEvent.UnknownOutcome);
+    }
+
+    [Fact]
+    public async Task Store_RedisKilledAndRestartedOnSamePort_ServesAgainWithinTwoSeconds()
+    {
+        await using var redis = await RedisServer.StartAsync();
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
+        var before = Grant();
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(before, Created(), 10, default));
+
+        await redis.KillAsync();
+        Assert.False(await store.PingAsync(default));
+        await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(before), default));
+
+        // Down long enough for the watchdog to give up on the old connection and rebuild it.
+        await Task.Delay(TimeSpan.FromSeconds(1.5));
+        await redis.StartAsync();
+        var recovery = await RedisStores.WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(5), "the store to answer again");
+
+        output.WriteLine($"serving again {recovery.TotalMilliseconds:F0} ms after the restart");
+        Assert.True(recovery < TimeSpan.FromSeconds(2), $"recovered after {recovery}");
+        var after = Grant(); // the restarted server is empty (no persistence in tests)
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(after, Created(), 10, default));
+        Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(after), default)).Reason);
+        Assert.Equal(ReasonCodes.Replayed, (await store.ConsumeAsync(Matching(after), default)).Reason);
+    }
+
+    [Fact]
+    public async Task Store_ConstructedWhileRedisDown_PingFalseThenServesOnceRedisStarts()
+    {
+        await using var redis = new RedisServer(); // a port, no server yet
+        var clock = Stopwatch.StartNew();
+        using var store = RedisStores.Create(RedisStores.Settings(redis, timeout: Timeout), _log);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(1), $"constructor took {clock.Elapsed}");
+
+        Assert.False(await store.PingAsync(default));
+        await Assert.ThrowsAsync<StoreUnavailableException>(() => store.CreateAsync(Grant(), Created(), 10, default));
+
+        await redis.StartAsync();
+        var ready = await RedisStores.WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(5), "the store to connect");
+
+        output.WriteLine($"serving {ready.TotalMilliseconds:F0} ms after Redis started");
+        Assert.True(ready < TimeSpan.FromSeconds(2), $"connected after {ready}");
+        var grant = Grant();
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(grant), default)).Reason);
+    }
+
+    [Fact]
+    public async Task Store_RedisPausedLongerThanTheWatchdogWaits_ServesAgainAfterResume()
+    {
+        await using var redis = await RedisServer.StartAsync();
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
+
+        await redis.PauseAsync();
+        try
+        {
+            // Long enough for the watchdog to rebuild the multiplexer against a frozen server.
+            await Task.Delay(TimeSpan.FromSeconds(1.6));
+            Assert.False(await store.PingAsync(default));
+        }
+        finally
+        {
+            await redis.ResumeAsync();
+        }
+
+        var recovery = await RedisStores.WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(5), "the store to answer again");
+        output.WriteLine($"serving again {recovery.TotalMilliseconds:F0} ms after the resume");
+        Assert.True(recovery < TimeSpan.FromSeconds(2), $"recovered after {recovery}");
+        var grant = Grant();
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(grant), default)).Reason);
+    }
+
+    private static GrantRecord Grant() => new()
+    {
+        Id = Guid.NewGuid().ToString("N"),
+        Route = "deploy",
+        Status = GrantStatus.Active,
+        Subject = "alice",
+        TokenHash = "sha256:token",
+        Workload = "spiffe://prod.example/ns/ci/sa/deployer",
+        Origins = ["10.1.0.0/16"],
+        MaxUses = 1,
+        UsesRemaining = 1,
+        ExpiresAt = DateTimeOffset.UtcNow.AddMinutes(5),
+    };
+
+    private static ConsumeRequest Matching(GrantRecord grant) => new()
+    {
+        GrantId = grant.Id,
+        Route = grant.Route,
+        Required = Bindings.Subject | Bindings.Token | Bindings.Workload | Bindings.Origin,
+        Subject = grant.Subject,
+        TokenHash = grant.TokenHash,
+        Workload = grant.Workload,
+        Origin = IPAddress.Parse("::ffff:10.1.2.3"),
+        TraceId = "trace-" + Guid.NewGuid().ToString("N"),
+        SpanId = Guid.NewGuid().ToString("N")[..16],
+    };
+
+    private static GrantEvent Created() => new() { Type = GrantEvent.Created, Actor = "bob" };
+}

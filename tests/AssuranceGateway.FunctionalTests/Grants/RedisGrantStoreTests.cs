@@ -1,0 +1,147 @@
+using AssuranceGateway.Enforcement;
+using AssuranceGateway.Grants;
+using AssuranceGateway.Testing;
+
+namespace AssuranceGateway.FunctionalTests.Grants;
+
+/// <summary>
+/// The conformance suite against Redis (one private redis-server for the class, a key prefix per test), and what only
+/// Redis can show: exactly-once across gateways, one command per consume, key expiry, a self-healing pending index.
+/// </summary>
+public sealed class RedisGrantStoreTests(RedisServer redis) : GrantStoreConformanceTests, IClassFixture<RedisServer>
+{
+    private readonly string _prefix = RedisStores.NewPrefix();
+
+    protected override DateTimeOffset Now => DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+
+    protected override async Task<IGrantStore> CreateStoreAsync() => await RedisStores.StartAsync(RedisStores.Settings(redis, _prefix));
+
+    [Fact]
+    public async Task ConsumeAsync_500ConcurrentFromTwoGateways_ExactlyOneOk()
+    {
+        using var other = await RedisStores.StartAsync(RedisStores.Settings(redis, _prefix));
+        var grant = NewGrant();
+        await CreateAsync(grant);
+        var stores = new[] { Store, other };
+
+        // All 500 wait at one gate (without blocking pool threads), then go at once.
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var attempts = Enumerable.Range(0, 500).Select(async i =>
+        {
+            await gate.Task;
+            return await stores[i % 2].ConsumeAsync(Matching(grant), default);
+        }).ToArray();
+        gate.SetResult();
+        var results = await Task.WhenAll(attempts);
+
+        Assert.Single(results, r => r.Reason == ReasonCodes.Ok);
+        Assert.Equal(499, results.Count(r => r.Reason == ReasonCodes.Replayed));
+        var stored = await Store.GetAsync(grant.Id, default);
+        Assert.Equal(0, stored!.UsesRemaining);
+        Assert.Single(stored.Events, e => e.Type == GrantEvent.Used);
+        Assert.Equal(results.Single(r => r.Allowed).FirstUse, stored.FirstUse);
+    }
+
+    [Fact]
+    public async Task ConsumeAsync_ThreeUsesUnderConcurrency_ExactlyThreeOk()
+    {
+        using var other = await RedisStores.StartAsync(RedisStores.Settings(redis, _prefix));
+        var grant = NewGrant() with { MaxUses = 3, UsesRemaining = 3 };
+        await CreateAsync(grant);
+
+        var results = await Task.WhenAll(Enumerable.Range(0, 200).Select(i => (i % 2 == 0 ? Store : other).ConsumeAsync(Matching(grant), default)));
+
+        Assert.Equal(3, results.Count(r => r.Allowed));
+        Assert.Equal(197, results.Count(r => r.Reason == ReasonCodes.Replayed));
+    }
+
+    [Fact]
+    public async Task ConsumeAsync_AnyOutcome_OneCommandPerConsume()
+    {
+        var grants = Enumerable.Range(0, 4).Select(_ => NewGrant()).ToArray();
+        foreach (var grant in grants)
+        {
+            await CreateAsync(grant);
+        }
+
+        await Store.ConsumeAsync(Matching(grants[0]), default); // warm: the script is known by now
+
+        await using var monitor = await redis.MonitorAsync();
+        await Store.ConsumeAsync(Matching(grants[1]), default); // ok
+        await Store.ConsumeAsync(Matching(grants[1]), default); // replayed
+        await Store.ConsumeAsync(Matching(grants[2]) with { Workload = "spiffe://x", RevokeOn = [ReasonCodes.WorkloadMismatch] }, default);
+        await Store.ConsumeAsync(Matching(grants[3]) with { DryRun = true }, default);
+        await Store.ConsumeAsync(Matching(NewGrant()), default); // not found
+        await monitor.SyncAsync();
+
+        // Everything a client sent, except the watchdog's PING and the monitor's own sync marker. Commands the script
+        // runs inside Redis show up as client "lua" and are not round trips.
+        var sent = monitor.Commands
+            .Where(c => c.Client != "lua" && c.Command != "PING" && !c.Line.Contains("monitor-sync-", StringComparison.Ordinal))
+            .ToList();
+        Assert.True(sent.Count == 5, string.Join("\n", sent.Select(c => c.Line)));
+        Assert.All(sent, c => Assert.Equal("EVALSHA", c.Command));
+    }
+
+    [Fact]
+    public async Task CreateAsync_Keys_ExpireAtExpiryPlusRetentionAndKeepItThroughUse()
+    {
+        var settings = RedisStores.Settings(redis, retention: TimeSpan.FromHours(1));
+        using var store = await RedisStores.StartAsync(settings);
+        var grant = NewGrant() with { MaxUses = 2, UsesRemaining = 2, ExpiresAt = Now.AddMinutes(5) };
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        await store.ConsumeAsync(Matching(grant), default);
+        await store.ConsumeAsync(Matching(grant) with { Subject = "x" }, default);
+        await store.RevokeAsync(grant.Id, Revoked(), default);
+
+        var keys = new GrantKeys(settings.KeyPrefix);
+        var expected = (grant.ExpiresAt + TimeSpan.FromHours(1) - DateTimeOffset.UtcNow).TotalMilliseconds;
+        foreach (var key in new[] { (string)keys.Grant(grant.Id)!, (string)keys.Events(grant.Id)! })
+        {
+            var ttl = (long)(await redis.ExecuteAsync("PTTL", key))!;
+            Assert.InRange(ttl, expected - 5000, expected + 1000);
+        }
+    }
+
+    [Fact]
+    public async Task CreateAsync_SubjectIndexHoldsStaleMembers_CountsOnlyLivePendingGrants()
+    {
+        var subject = "alice-" + NewId();
+        var live = NewGrant() with { Status = GrantStatus.Pending, Subject = subject };
+        await CreateAsync(live, maxPendingPerSubject: 2);
+
+        // Leftovers of clean-up steps that never ran: a grant that no longer exists, one that is active.
+        var active = NewGrant() with { Subject = subject };
+        await CreateAsync(active);
+        var key = (string)new GrantKeys(_prefix).SubjectPending(subject)!;
+        var expiry = RedisGrantStore.ToMicros(Now.AddMinutes(5)).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        await redis.ExecuteAsync("ZADD", key, expiry, "gone-" + NewId(), expiry, active.Id);
+
+        Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = subject }, Created(), 2, default));
+        Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = subject }, Created(), 2, default));
+        Assert.Equal(2L, await redis.ExecuteAsync("ZCARD", key));
+    }
+
+    [Fact]
+    public async Task ListPendingAsync_IndexHoldsStaleIds_SkipsAndRemovesThem()
+    {
+        var pending = NewGrant() with { Status = GrantStatus.Pending };
+        var active = NewGrant();
+        await CreateAsync(pending);
+        await CreateAsync(active);
+        var keys = new GrantKeys(_prefix);
+        var micros = RedisGrantStore.ToMicros(Now).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var later = RedisGrantStore.ToMicros(Now.AddMinutes(5)).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        foreach (var id in new[] { active.Id, "gone" })
+        {
+            await redis.ExecuteAsync("ZADD", (string)keys.PendingByCreation!, micros, id);
+            await redis.ExecuteAsync("ZADD", (string)keys.PendingByExpiry!, later, id);
+        }
+
+        var listed = await Store.ListPendingAsync(10, default);
+
+        Assert.Equal([pending.Id], listed.Select(g => g.Id));
+        Assert.Equal(1L, await redis.ExecuteAsync("ZCARD", (string)keys.PendingByCreation!));
+        Assert.Equal(1L, await redis.ExecuteAsync("ZCARD", (string)keys.PendingByExpiry!));
+    }
+}

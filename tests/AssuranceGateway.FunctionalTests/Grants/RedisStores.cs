@@ -1,0 +1,70 @@
+using System.Diagnostics;
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Grants;
+using AssuranceGateway.Testing;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace AssuranceGateway.FunctionalTests.Grants;
+
+/// <summary>Redis grant stores for tests: a unique key prefix each, ready (answering PING) when returned.</summary>
+internal static class RedisStores
+{
+    static RedisStores()
+    {
+        // StackExchange.Redis 1.2.6 parks several thread-pool threads per multiplexer (measured here: the first connect
+        // in a process stalls every pool continuation for ~1 s on a 2-core machine until the pool grows). Every
+        // deadline of the store is a pool continuation, so tests that time them would measure the pool's growth
+        // instead. A gateway host should raise the minimum the same way (see the report on RedisGrantStore).
+        ThreadPool.GetMinThreads(out var workers, out var completionPorts);
+        ThreadPool.SetMinThreads(Math.Max(workers, 32), completionPorts);
+    }
+
+    /// <summary>Generous for tests that run many stores in parallel; the failure tests choose their own.</summary>
+    public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(2);
+
+    public static StoreSettings Settings(RedisServer redis, string? prefix = null, TimeSpan? timeout = null, TimeSpan? retention = null) => new()
+    {
+        Redis = redis.ConnectionString,
+        KeyPrefix = prefix ?? NewPrefix(),
+        Timeout = timeout ?? DefaultTimeout,
+        EvidenceRetention = retention ?? TimeSpan.FromDays(7),
+    };
+
+    public static string NewPrefix() => "t" + Guid.NewGuid().ToString("N")[..12] + ":";
+
+    public static RedisGrantStore Create(StoreSettings settings, ILogger<RedisGrantStore>? logger = null) =>
+        new(settings, TimeProvider.System, logger ?? NullLogger<RedisGrantStore>.Instance);
+
+    public static async Task<RedisGrantStore> StartAsync(StoreSettings settings, ILogger<RedisGrantStore>? logger = null)
+    {
+        var store = Create(settings, logger);
+        try
+        {
+            await WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(10), "the store to answer PING");
+            return store;
+        }
+        catch
+        {
+            store.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Polls every 20 ms; returns how long it took, or throws with <paramref name="what"/> once the time is up.</summary>
+    public static async Task<TimeSpan> WaitUntilAsync(Func<Task<bool>> condition, TimeSpan limit, string what)
+    {
+        var clock = Stopwatch.StartNew();
+        while (!await condition())
+        {
+            if (clock.Elapsed > limit)
+            {
+                throw new TimeoutException($"Waited {limit} for {what}.");
+            }
+
+            await Task.Delay(20);
+        }
+
+        return clock.Elapsed;
+    }
+}
