@@ -1,0 +1,197 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text.Json.Nodes;
+using AssuranceGateway.Testing;
+using static AssuranceGateway.Testing.GrantHelpers;
+
+namespace AssuranceGateway.FunctionalTests.Enforcement;
+
+/// <summary>The whole enforcement suite again, with the grants in a real redis-server.</summary>
+public sealed class RedisGrantEnforcementTests : GrantEnforcementTests
+{
+    private RedisServer? _redis;
+
+    protected override async Task<string?> StoreConnectionAsync()
+    {
+        _redis = await RedisServer.StartAsync();
+        return $"127.0.0.1:{_redis.Port}";
+    }
+
+    public override async Task DisposeAsync()
+    {
+        await base.DisposeAsync();
+        if (_redis is not null)
+        {
+            await _redis.DisposeAsync();
+        }
+    }
+}
+
+/// <summary>SPEC §7 invariants 2, 3 and 5 through the real pipeline with a real Redis.</summary>
+public sealed class RedisGatewayTests : IAsyncLifetime
+{
+    private RedisServer _redis = null!;
+
+    public async Task InitializeAsync() => _redis = await RedisServer.StartAsync();
+
+    public async Task DisposeAsync() => await _redis.DisposeAsync();
+
+    private string Connection => $"127.0.0.1:{_redis.Port}";
+
+    [Fact]
+    public async Task ExactlyOnce_200ConcurrentUsesAcrossTwoGateways_OneForwarded()
+    {
+        await using var a = await GatewayHarness.StartAsync(redis: Connection);
+        // The second instance shares the store, the key prefix, the issuers and the upstream of the first.
+        await using var b = await GatewayHarness.CreateAsync();
+        var config = JsonNode.Parse(await File.ReadAllTextAsync(a.ConfigPath))!.AsObject();
+        await b.StartWithAsync(config);
+        var token = a.Idp.Token();
+        var svid = a.WorkloadIssuer.Svid();
+        var id = await a.CreateGrantAsync(DeployGrant(token));
+
+        var responses = await Task.WhenAll(Enumerable.Range(0, 200).Select(async i =>
+        {
+            using var request = DeployRequest(token, svid, id, out _);
+            using var response = await (i % 2 == 0 ? a.Proxy : b.Proxy).SendAsync(request);
+            return response.StatusCode;
+        }));
+
+        Assert.Equal(1, responses.Count(s => s == HttpStatusCode.OK));
+        Assert.Equal(199, responses.Count(s => s == HttpStatusCode.Forbidden));
+        Assert.Equal(1, a.Upstream.Count);
+        Assert.Equal(0, b.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task AllowedRequest_ExactlyOneRedisCommand()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(redis: Connection);
+        var token = gateway.Idp.Token();
+        var svid = gateway.WorkloadIssuer.Svid();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token, maxUses: 5));
+        using (var warm = await gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _)))
+        {
+            Assert.Equal(HttpStatusCode.OK, warm.StatusCode);
+        }
+
+        // What the gateway sent while serving three allowed requests. Commands a script runs inside Redis show up
+        // as client "lua" and are not round trips; the watchdog's PING is not part of a request.
+        await using var monitor = await _redis.MonitorAsync();
+        for (var i = 0; i < 3; i++)
+        {
+            using var response = await gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _));
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        }
+
+        await monitor.SyncAsync();
+        var sent = monitor.Commands
+            .Where(c => c.Client != "lua" && c.Command != "PING" && !c.Line.Contains("monitor-sync-", StringComparison.Ordinal))
+            .ToList();
+        Assert.True(sent.Count == 3, string.Join("\n", sent.Select(c => c.Line)));
+        Assert.All(sent, c => Assert.Equal("EVALSHA", c.Command));
+    }
+
+    [Fact]
+    public async Task RedisPaused_503WithinTimeout_NothingForwarded_UnknownOutcomeRecordedAfterwards()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(redis: Connection);
+        var token = gateway.Idp.Token();
+        var svid = gateway.WorkloadIssuer.Svid();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token));
+
+        HttpStatusCode status;
+        string reason;
+        TimeSpan elapsed;
+        await _redis.PauseAsync();
+        try
+        {
+            var watch = Stopwatch.StartNew();
+            using var response = await gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _));
+            elapsed = watch.Elapsed;
+            status = response.StatusCode;
+            reason = await response.ReasonAsync();
+        }
+        finally
+        {
+            await _redis.ResumeAsync();
+        }
+
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, status);
+        Assert.Equal("store_unavailable", reason);
+        Assert.True(elapsed < TimeSpan.FromSeconds(2), $"answered after {elapsed}");
+        Assert.Equal(0, gateway.Upstream.Count);
+
+        // The paused EVAL ran when Redis resumed; the grant says the outcome of that attempt is unknown.
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        JsonNode? grant = null;
+        while (DateTime.UtcNow < deadline)
+        {
+            grant = JsonNode.Parse((await gateway.GetGrantAsync(id)).GetRawText());
+            if (grant!["events"]!.AsArray().Any(e => (string?)e!["type"] == "unknown_outcome"))
+            {
+                break;
+            }
+
+            await Task.Delay(200);
+        }
+
+        Assert.Contains(grant!["events"]!.AsArray(), e => (string?)e!["type"] == "unknown_outcome");
+        Assert.Equal(0, gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task RedisKilledAndRestarted_ServiceResumesWithoutRestartingTheGateway()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(redis: Connection);
+        var token = gateway.Idp.Token();
+        var svid = gateway.WorkloadIssuer.Svid();
+
+        await _redis.KillAsync();
+        using (var down = await gateway.Proxy.SendAsync(DeployRequest(token, svid, "anyGrant", out _)))
+        {
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, down.StatusCode);
+        }
+
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, (await gateway.Api.GetAsync("/readyz")).StatusCode);
+        await _redis.RestartAsync();
+        var restarted = Stopwatch.StartNew();
+        while (restarted.Elapsed < TimeSpan.FromSeconds(10) && (await gateway.Api.GetAsync("/readyz")).StatusCode != HttpStatusCode.OK)
+        {
+            await Task.Delay(100);
+        }
+
+        Assert.True(restarted.Elapsed < TimeSpan.FromSeconds(5), $"ready again after {restarted.Elapsed}");
+        var id = await gateway.CreateGrantAsync(DeployGrant(token));
+        using var up = await gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _));
+        Assert.Equal(HttpStatusCode.OK, up.StatusCode);
+        Assert.Equal(1, gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task GatewayStartedWhileRedisDown_StartsNotReady_ThenServes()
+    {
+        await _redis.KillAsync();
+        await using var gateway = await GatewayHarness.StartAsync(redis: Connection);
+
+        Assert.Equal(HttpStatusCode.OK, (await gateway.Api.GetAsync("/healthz")).StatusCode);
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, (await gateway.Api.GetAsync("/readyz")).StatusCode);
+        using (var down = await gateway.Proxy.SendAsync(DeployRequest(gateway.Idp.Token(), gateway.WorkloadIssuer.Svid(), "anyGrant", out _)))
+        {
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, down.StatusCode);
+            Assert.Equal(0, gateway.Upstream.Count);
+        }
+
+        await _redis.RestartAsync();
+        var watch = Stopwatch.StartNew();
+        while (watch.Elapsed < TimeSpan.FromSeconds(10) && (await gateway.Api.GetAsync("/readyz")).StatusCode != HttpStatusCode.OK)
+        {
+            await Task.Delay(100);
+        }
+
+        var token = gateway.Idp.Token();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token));
+        using var up = await gateway.Proxy.SendAsync(DeployRequest(token, gateway.WorkloadIssuer.Svid(), id, out _));
+        Assert.Equal(HttpStatusCode.OK, up.StatusCode);
+    }
+}
