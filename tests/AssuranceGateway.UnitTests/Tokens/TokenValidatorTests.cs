@@ -488,8 +488,65 @@ public sealed class TokenValidatorTests : IDisposable
         return new TokenValidator(settings, _time, audiencesOverride, typeOptional);
     }
 
+    [Fact]
+    public async Task ValidateAsync_SameTokenTwice_SecondServedFromCache()
+    {
+        var token = Sign(Claims());
+        var validator = Validator();
+
+        var first = await validator.ValidateAsync(token, default);
+        var second = await validator.ValidateAsync(token, default);
+
+        Assert.True(second.IsValid, second.Failure);
+        Assert.Same(first.Token, second.Token);
+        Assert.Equal(1, validator.CachedCount);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_InvalidToken_NotCached()
+    {
+        var validator = Validator();
+
+        var check = await validator.ValidateAsync(Sign(Claims(exp: -600, iat: -900, nbf: -900)), default);
+
+        Assert.False(check.IsValid);
+        Assert.Equal(0, validator.CachedCount);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_CachedTokenAfterIssuerDropsItsKey_Rejected()
+    {
+        var source = new CountingKeySource(Keys((_idp.Key, "k1")));
+        var validator = Validator(source: source);
+        var token = Sign(Claims());
+        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+
+        using var replacement = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        source.Keys = Keys((replacement, "k2"));
+
+        Assert.Equal("unknown kid", (await validator.ValidateAsync(token, default)).Failure);
+        Assert.Equal(0, validator.CachedCount);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_CachedTokenAfterKeyReplacedUnderSameKid_ReverifiedAndRejected()
+    {
+        var source = new CountingKeySource(Keys((_idp.Key, "k1")));
+        var validator = Validator(source: source);
+        var token = Sign(Claims());
+        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+
+        using var replacement = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        source.Keys = Keys((replacement, "k1"));
+
+        Assert.Equal("signature invalid", (await validator.ValidateAsync(token, default)).Failure);
+    }
+
     private sealed class CountingKeySource(IssuerKeys keys) : IIssuerKeySource
     {
+        /// <summary>What the issuer publishes now (a test rotates keys by replacing it).</summary>
+        public IssuerKeys Keys { get; set; } = keys;
+
         public int Reads { get; private set; }
 
         public int Refreshes { get; private set; }
@@ -497,7 +554,7 @@ public sealed class TokenValidatorTests : IDisposable
         public ValueTask<IssuerKeys> GetKeysAsync(CancellationToken cancellationToken)
         {
             Reads++;
-            return ValueTask.FromResult(keys);
+            return ValueTask.FromResult(Keys);
         }
 
         public void RequestRefresh() => Refreshes++;
