@@ -29,15 +29,20 @@ public sealed class GatewayProcess : IAsyncDisposable
 
     public int? ExitCode => _process.HasExited ? _process.ExitCode : null;
 
-    /// <summary>The host built next to this test assembly (same configuration: Debug or Release).</summary>
+    /// <summary>
+    /// src/Gateway/bin/&lt;configuration&gt;/&lt;tfm&gt;/Gateway.dll, built with the functional tests (they reference the host
+    /// project without its assembly), found from this assembly's own bin/&lt;configuration&gt;/&lt;tfm&gt; folder.
+    /// </summary>
     public static string HostDll()
     {
-        var testDir = AppContext.BaseDirectory;                          // tests/X/bin/<cfg>/net10.0/
-        var configuration = new DirectoryInfo(testDir).Parent!.Name;      // <cfg>
-        var root = FindRepositoryRoot(testDir);
-        var dll = Path.Combine(root, "src", "Gateway", "bin", configuration, "net10.0", "Gateway.dll");
-        return File.Exists(dll) ? dll : throw new FileNotFoundException($"build src/Gateway first ({dll})");
+        var bin = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
+        var root = FindRepositoryRoot(bin.FullName);
+        var dll = Path.Combine(root, "src", "Gateway", "bin", bin.Parent!.Name, bin.Name, "Gateway.dll");
+        return File.Exists(dll) ? dll : throw new FileNotFoundException($"{dll} not found: build the solution (or the functional tests) first");
     }
+
+    /// <summary>The dotnet executable running the tests (DOTNET_HOST_PATH under dotnet test), else "dotnet" on PATH.</summary>
+    public static string DotnetHost() => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host : "dotnet";
 
     public static int FreePort()
     {
@@ -48,7 +53,7 @@ public sealed class GatewayProcess : IAsyncDisposable
 
     public static GatewayProcess Start(IEnumerable<string> arguments, IReadOnlyDictionary<string, string>? environment = null, string? workingDirectory = null)
     {
-        var start = new ProcessStartInfo("dotnet")
+        var start = new ProcessStartInfo(DotnetHost())
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -59,6 +64,13 @@ public sealed class GatewayProcess : IAsyncDisposable
         foreach (var argument in arguments)
         {
             start.ArgumentList.Add(argument);
+        }
+
+        // Only what the test sets: nothing inherited may name a config file or override a key.
+        start.Environment.Remove("GATEWAY_CONFIG");
+        foreach (var key in start.Environment.Keys.Where(k => k.StartsWith("Assurance__", StringComparison.OrdinalIgnoreCase) || k.StartsWith("OTEL_", StringComparison.OrdinalIgnoreCase)).ToList())
+        {
+            start.Environment.Remove(key);
         }
 
         foreach (var (name, value) in environment ?? new Dictionary<string, string>())

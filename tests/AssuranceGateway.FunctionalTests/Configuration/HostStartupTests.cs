@@ -187,14 +187,14 @@ public sealed class HostStartupTests : IDisposable
 
     private Process Start(string[] args, Dictionary<string, string>? environment)
     {
-        var psi = new ProcessStartInfo(DotnetHost())
+        var psi = new ProcessStartInfo(GatewayProcess.DotnetHost())
         {
             WorkingDirectory = _directory,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        psi.ArgumentList.Add(GatewayDll());
+        psi.ArgumentList.Add(GatewayProcess.HostDll());
         foreach (var arg in args)
         {
             psi.ArgumentList.Add(arg);
@@ -213,29 +213,6 @@ public sealed class HostStartupTests : IDisposable
         }
 
         return Process.Start(psi)!;
-    }
-
-    private static string DotnetHost() => Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host ? host : "dotnet";
-
-    /// <summary>
-    /// src/Gateway/bin/&lt;configuration&gt;/&lt;tfm&gt;/Gateway.dll, built with this test project (it references the host
-    /// project without its assembly), found from this assembly's own bin/&lt;configuration&gt;/&lt;tfm&gt; folder.
-    /// </summary>
-    private static string GatewayDll()
-    {
-        var bin = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
-        var tfm = bin.Name;
-        var configuration = bin.Parent!.Name;
-        var root = bin;
-        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Gateway.sln")))
-        {
-            root = root.Parent;
-        }
-
-        Assert.NotNull(root);
-        var dll = Path.Combine(root.FullName, "src", "Gateway", "bin", configuration, tfm, "Gateway.dll");
-        Assert.True(File.Exists(dll), $"{dll} not found: build the solution (or this test project) first");
-        return dll;
     }
 
     private sealed record HostRun(int ExitCode, string Stdout, string Stderr)
