@@ -25,7 +25,8 @@ if command -v redis-server >/dev/null; then
 else
   echo "store: embedded in-process (install redis-server to see the Redis store)"
 fi
-agw upstream --urls "http://127.0.0.1:$up" >"$work/upstream.log" 2>&1 &
+# Started directly (not through the agw function) so that $! is the dotnet process the trap must stop.
+dotnet src/Gateway.Cli/bin/Release/net10.0/agw.dll upstream --urls "http://127.0.0.1:$up" >"$work/upstream.log" 2>&1 &
 pids+=($!)
 dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --Urls "http://127.0.0.1:$proxy" --Assurance:Api:Url "http://127.0.0.1:$api" \
   --ReverseProxy:Clusters:sample:Destinations:d1:Address "http://127.0.0.1:$up" "${store_args[@]}" >"$work/gateway.log" 2>&1 &

@@ -9,7 +9,8 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 dotnet build Gateway.sln -c Release -nologo -v quiet
 agw() { dotnet src/Gateway.Cli/bin/Release/net10.0/agw.dll "$@"; }
 agw keys init --dir config/keys
-agw upstream --urls http://127.0.0.1:5001 &
+# Started directly (not through the agw function) so that $! is the dotnet process the trap must stop.
+dotnet src/Gateway.Cli/bin/Release/net10.0/agw.dll upstream --urls http://127.0.0.1:5001 &
 upstream=$!
 trap 'kill $upstream 2>/dev/null || true' EXIT INT TERM
 cat <<'TXT'
