@@ -49,11 +49,23 @@ public sealed class RedisServer : IAsyncLifetime, IAsyncDisposable
     {
     }
 
-    private RedisServer(string[] extraArgs)
+    private RedisServer(string[] extraArgs, bool cluster = false)
     {
         _extraArgs = extraArgs;
         Port = FreePort();
+        if (cluster)
+        {
+            // The cluster bus defaults to port + 10000, which can pass 65535 for a high ephemeral port or collide with
+            // another listener: choose it like the port itself.
+            ClusterBusPort = FreePort();
+        }
     }
+
+    /// <summary>Set for cluster-mode nodes: the cluster bus port.</summary>
+    public int? ClusterBusPort { get; }
+
+    /// <summary>A cluster-enabled node, not started yet, owning no slots.</summary>
+    public static RedisServer CreateClusterNode() => new([], cluster: true);
 
     public int Port { get; private set; }
 
@@ -131,6 +143,14 @@ public sealed class RedisServer : IAsyncLifetime, IAsyncDisposable
             ])
             {
                 info.ArgumentList.Add(arg);
+            }
+
+            if (ClusterBusPort is { } bus)
+            {
+                foreach (var arg in (string[])["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", bus.ToString(CultureInfo.InvariantCulture)])
+                {
+                    info.ArgumentList.Add(arg);
+                }
             }
 
             foreach (var arg in _extraArgs)

@@ -41,7 +41,7 @@ public sealed class RedisClusterGrantStoreTests(RedisClusterGrantStoreTests.Clus
     /// <summary>A redis-server in cluster mode that owns all 16384 slots.</summary>
     public sealed class ClusterNode : IAsyncLifetime
     {
-        public RedisServer Server { get; } = RedisServer.Create("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf");
+        public RedisServer Server { get; } = RedisServer.CreateClusterNode();
 
         public async Task InitializeAsync()
         {
