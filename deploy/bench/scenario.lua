@@ -1,0 +1,54 @@
+-- One wrk scenario, configured by environment variables (wrk's Lua has os.getenv):
+--   BENCH_TOKEN, BENCH_SVID, BENCH_GRANT: headers to send when set
+--   BENCH_TOKENS_FILE: a file of access tokens, one per line; each request takes the next (fresh-token scenario)
+--   BENCH_BODY_FILE: the exact body (1 KiB), sent with content-type application/json
+-- done() prints one parseable line: RESULT requests=… duration_us=… non2xx=… p50_us=… p99_us=…
+local token = os.getenv("BENCH_TOKEN")
+local svid = os.getenv("BENCH_SVID")
+local grant = os.getenv("BENCH_GRANT")
+local tokens_file = os.getenv("BENCH_TOKENS_FILE")
+local body_file = os.getenv("BENCH_BODY_FILE")
+
+wrk.method = "POST"
+if body_file then
+  local f = assert(io.open(body_file, "rb"))
+  wrk.body = f:read("*a")
+  f:close()
+end
+wrk.headers["Content-Type"] = "application/json"
+if token then wrk.headers["Authorization"] = "Bearer " .. token end
+if svid then wrk.headers["Workload-Identity"] = svid end
+if grant then wrk.headers["Assurance-Id"] = grant end
+
+local tokens = nil
+local next_token = 1
+local threads = {}
+local thread_count = 0
+
+function setup(thread)
+  thread_count = thread_count + 1
+  thread:set("index", thread_count)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  if tokens_file then
+    tokens = {}
+    for line in io.lines(tokens_file) do tokens[#tokens + 1] = line end
+    -- Threads start far apart in the list so that no two send the same token.
+    next_token = ((index or 1) - 1) * math.floor(#tokens / 4) + 1
+  end
+end
+
+function request()
+  if tokens then
+    wrk.headers["Authorization"] = "Bearer " .. tokens[next_token]
+    next_token = next_token % #tokens + 1
+  end
+  return wrk.format()
+end
+
+function done(summary, latency, requests)
+  io.write(string.format("RESULT requests=%d duration_us=%d non2xx=%d p50_us=%d p99_us=%d\n",
+    summary.requests, summary.duration, summary.errors.status, latency:percentile(50), latency:percentile(99)))
+end
