@@ -1,0 +1,240 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
+
+namespace AssuranceGateway.UnitTests.Configuration;
+
+/// <summary>
+/// config/gateway.schema.json stays true: the sample configurations validate against it, and its keys are exactly the
+/// keys the compiler accepts (read from the compiler's own RejectUnknownKeys lists), so adding a setting to one
+/// without the other fails here.
+/// </summary>
+public sealed partial class ConfigSchemaTests
+{
+    private static readonly string Root = RepositoryRoot();
+    private static readonly JsonElement Schema = JsonDocument.Parse(File.ReadAllText(Path.Combine(Root, "config", "gateway.schema.json"))).RootElement;
+
+    [Theory]
+    [InlineData("config/gateway.json")]
+    [InlineData("deploy/k8s/gateway.json")]
+    public void SampleConfig_ValidatesAgainstSchema(string path)
+    {
+        var config = JsonDocument.Parse(File.ReadAllText(Path.Combine(Root, path))).RootElement;
+
+        var errors = new List<string>();
+        Validate(Schema, config, "$", errors);
+
+        Assert.Empty(errors);
+    }
+
+    [Theory]
+    [InlineData("""{"Assurance":{"Policies":{"p":{"Binds":["token"]}}}}""", "$.Assurance.Policies.p.Binds")]
+    [InlineData("""{"Assurance":{"Policies":{"p":{"Bind":["tokens"]}}}}""", "$.Assurance.Policies.p.Bind[0]")]
+    [InlineData("""{"Assurance":{"Policies":{"p":{"MaxTtl":"300"}}}}""", "$.Assurance.Policies.p.MaxTtl")]
+    [InlineData("""{"Assurance":{"Policies":{"p":{"MinimumAal":4}}}}""", "$.Assurance.Policies.p.MinimumAal")]
+    [InlineData("""{"Assurance":{"Store":{"Timout":"00:00:01"}}}""", "$.Assurance.Store.Timout")]
+    [InlineData("""{"Assurance":{"Tokens":{"Issuers":[{"Issuer":"x","JwksFile":"a","JwksUri":"http://b"}]}}}""", "$.Assurance.Tokens.Issuers[0]")]
+    [InlineData("""{"Assurance":{"Policies":{"passthrough":{}}}}""", "$.Assurance.Policies")]
+    public void BrokenConfig_FailsSchema(string json, string where)
+    {
+        var errors = new List<string>();
+        Validate(Schema, JsonDocument.Parse(json).RootElement, "$", errors);
+
+        Assert.Contains(errors, e => e.StartsWith(where, StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void SchemaSections_HaveExactlyTheCompilersKeys()
+    {
+        var source = File.ReadAllText(Path.Combine(Root, "src", "AssuranceGateway", "Configuration", "GatewayConfigCompiler.cs"));
+        var compilerLists = new List<SortedSet<string>>();
+        foreach (Match call in RejectCall().Matches(source))
+        {
+            var text = call.Groups[1].Value;
+            // A call may choose between two bracketed lists (issuers with or without Authority).
+            var lists = Bracketed().Matches(text).Select(m => m.Groups[1].Value).DefaultIfEmpty(text);
+            foreach (var list in lists)
+            {
+                compilerLists.Add(new SortedSet<string>(Quoted().Matches(list).Select(m => m.Groups[1].Value), StringComparer.Ordinal));
+            }
+        }
+
+        var assurance = Schema.GetProperty("properties").GetProperty("Assurance");
+        var sections = new Dictionary<string, JsonElement>
+        {
+            ["Assurance"] = assurance,
+            ["Policy"] = assurance.GetProperty("properties").GetProperty("Policies").GetProperty("additionalProperties"),
+            ["Tokens"] = Section(assurance, "Tokens"),
+            ["Tokens.Issuer"] = Section(assurance, "Tokens").GetProperty("properties").GetProperty("Issuers").GetProperty("items"),
+            ["Workload"] = Section(assurance, "Workload"),
+            ["Workload.Issuer"] = Section(assurance, "Workload").GetProperty("properties").GetProperty("Issuers").GetProperty("items"),
+            ["Store"] = Section(assurance, "Store"),
+            ["Api"] = Section(assurance, "Api"),
+            ["Evidence"] = Section(assurance, "Evidence"),
+        };
+
+        var unmatched = compilerLists.ToList();
+        foreach (var (name, section) in sections)
+        {
+            var keys = new SortedSet<string>(section.GetProperty("properties").EnumerateObject().Select(p => p.Name), StringComparer.Ordinal);
+            var match = unmatched.FirstOrDefault(l => l.SetEquals(keys));
+            Assert.True(match is not null, $"schema section {name} ({string.Join(", ", keys)}) matches no compiler key list");
+            unmatched.Remove(match);
+        }
+
+        Assert.True(unmatched.Count == 0, "compiler key lists missing from the schema: " + string.Join(" | ", unmatched.Select(l => string.Join(", ", l))));
+    }
+
+    private static JsonElement Section(JsonElement assurance, string name) => assurance.GetProperty("properties").GetProperty(name);
+
+    [GeneratedRegex("""RejectUnknownKeys\((.*?)\);""", RegexOptions.Singleline)]
+    private static partial Regex RejectCall();
+
+    [GeneratedRegex("""\[(.*?)\]""", RegexOptions.Singleline)]
+    private static partial Regex Bracketed();
+
+    [GeneratedRegex("\"([A-Za-z]+)\"")]
+    private static partial Regex Quoted();
+
+    /// <summary>The subset of JSON Schema 2020-12 this schema uses.</summary>
+    private static void Validate(JsonElement schema, JsonElement value, string path, List<string> errors)
+    {
+        if (schema.ValueKind == JsonValueKind.False)
+        {
+            errors.Add($"{path}: not allowed");
+            return;
+        }
+
+        if (schema.ValueKind != JsonValueKind.Object)
+        {
+            return;
+        }
+
+        if (schema.TryGetProperty("type", out var type) && !TypeMatches(type, value))
+        {
+            errors.Add($"{path}: expected {type}");
+            return;
+        }
+
+        if (schema.TryGetProperty("enum", out var allowed) && !allowed.EnumerateArray().Any(a => a.ToString() == value.ToString() && a.ValueKind == value.ValueKind))
+        {
+            errors.Add($"{path}: '{value}' not in {allowed}");
+        }
+
+        if (value.ValueKind == JsonValueKind.String && schema.TryGetProperty("pattern", out var pattern) && !Regex.IsMatch(value.GetString()!, pattern.GetString()!))
+        {
+            errors.Add($"{path}: '{value}' does not match {pattern}");
+        }
+
+        if (value.ValueKind == JsonValueKind.String && schema.TryGetProperty("minLength", out var minLength) && value.GetString()!.Length < minLength.GetInt32())
+        {
+            errors.Add($"{path}: too short");
+        }
+
+        if (value.ValueKind == JsonValueKind.Number)
+        {
+            if (schema.TryGetProperty("minimum", out var min) && value.GetDouble() < min.GetDouble())
+            {
+                errors.Add($"{path}: below {min}");
+            }
+
+            if (schema.TryGetProperty("maximum", out var max) && value.GetDouble() > max.GetDouble())
+            {
+                errors.Add($"{path}: above {max}");
+            }
+        }
+
+        if (value.ValueKind == JsonValueKind.Array)
+        {
+            if (schema.TryGetProperty("minItems", out var minItems) && value.GetArrayLength() < minItems.GetInt32())
+            {
+                errors.Add($"{path}: too few items");
+            }
+
+            if (schema.TryGetProperty("items", out var items))
+            {
+                var i = 0;
+                foreach (var item in value.EnumerateArray())
+                {
+                    Validate(items, item, $"{path}[{i++}]", errors);
+                }
+            }
+        }
+
+        if (value.ValueKind == JsonValueKind.Object)
+        {
+            schema.TryGetProperty("properties", out var properties);
+            foreach (var property in value.EnumerateObject())
+            {
+                if (schema.TryGetProperty("propertyNames", out var names) && names.TryGetProperty("not", out var not) && not.TryGetProperty("enum", out var forbidden)
+                    && forbidden.EnumerateArray().Any(f => f.GetString() == property.Name))
+                {
+                    errors.Add($"{path}: property name '{property.Name}' is reserved");
+                }
+
+                if (properties.ValueKind == JsonValueKind.Object && properties.TryGetProperty(property.Name, out var propertySchema))
+                {
+                    Validate(propertySchema, property.Value, $"{path}.{property.Name}", errors);
+                }
+                else if (schema.TryGetProperty("additionalProperties", out var additional))
+                {
+                    Validate(additional, property.Value, $"{path}.{property.Name}", errors);
+                }
+            }
+
+            if (schema.TryGetProperty("required", out var required))
+            {
+                foreach (var name in required.EnumerateArray().Select(r => r.GetString()!).Where(n => !value.TryGetProperty(n, out _)))
+                {
+                    errors.Add($"{path}: '{name}' is required");
+                }
+            }
+        }
+
+        if (schema.TryGetProperty("oneOf", out var oneOf))
+        {
+            var passing = oneOf.EnumerateArray().Count(s =>
+            {
+                var inner = new List<string>();
+                Validate(s, value, path, inner);
+                return inner.Count == 0;
+            });
+            if (passing != 1)
+            {
+                errors.Add($"{path}: must match exactly one of oneOf ({passing} matched)");
+            }
+        }
+    }
+
+    private static bool TypeMatches(JsonElement type, JsonElement value)
+    {
+        if (type.ValueKind == JsonValueKind.Array)
+        {
+            return type.EnumerateArray().Any(t => TypeMatches(t, value));
+        }
+
+        return type.GetString() switch
+        {
+            "object" => value.ValueKind == JsonValueKind.Object,
+            "array" => value.ValueKind == JsonValueKind.Array,
+            "string" => value.ValueKind == JsonValueKind.String,
+            "integer" => value.ValueKind == JsonValueKind.Number && value.TryGetInt64(out _),
+            "number" => value.ValueKind == JsonValueKind.Number,
+            "boolean" => value.ValueKind is JsonValueKind.True or JsonValueKind.False,
+            "null" => value.ValueKind == JsonValueKind.Null,
+            _ => false,
+        };
+    }
+
+    internal static string RepositoryRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Gateway.sln")))
+            {
+                return dir.FullName;
+            }
+        }
+
+        throw new DirectoryNotFoundException("Gateway.sln not found");
+    }
+}
