@@ -33,11 +33,16 @@ public sealed class GatewayProcess : IAsyncDisposable
     /// src/Gateway/bin/&lt;configuration&gt;/&lt;tfm&gt;/Gateway.dll, built with the functional tests (they reference the host
     /// project without its assembly), found from this assembly's own bin/&lt;configuration&gt;/&lt;tfm&gt; folder.
     /// </summary>
-    public static string HostDll()
+    public static string HostDll() => BuiltDll("Gateway", "Gateway.dll");
+
+    /// <summary>The agw command-line tool, built like the host.</summary>
+    public static string CliDll() => BuiltDll("Gateway.Cli", "agw.dll");
+
+    private static string BuiltDll(string project, string file)
     {
         var bin = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
         var root = FindRepositoryRoot(bin.FullName);
-        var dll = Path.Combine(root, "src", "Gateway", "bin", bin.Parent!.Name, bin.Name, "Gateway.dll");
+        var dll = Path.Combine(root, "src", project, "bin", bin.Parent!.Name, bin.Name, file);
         return File.Exists(dll) ? dll : throw new FileNotFoundException($"{dll} not found: build the solution (or the functional tests) first");
     }
 

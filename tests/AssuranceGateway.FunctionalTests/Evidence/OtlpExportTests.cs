@@ -79,6 +79,44 @@ public sealed class OtlpExportTests
         Assert.Contains("Denied replayed", gateway.Output, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task HostProcess_CollectorUnreachable_RequestsNeitherSlowedNorFailed()
+    {
+        await using var harness = await GatewayHarness.CreateAsync();
+        var proxyPort = GatewayProcess.FreePort();
+        var apiPort = GatewayProcess.FreePort();
+        var config = harness.DefaultConfig();
+        config["Urls"] = $"http://127.0.0.1:{proxyPort}";
+        config["Assurance"]!["Api"]!["Url"] = $"http://127.0.0.1:{apiPort}";
+        var configPath = Path.Combine(harness.Directory, "gateway.json");
+        await File.WriteAllTextAsync(configPath, config.ToJsonString());
+
+        // Nothing listens there (a port just freed), and spans are due for export every 100 ms.
+        await using var gateway = GatewayProcess.Start(["--config", configPath], new Dictionary<string, string>
+        {
+            ["OTEL_EXPORTER_OTLP_ENDPOINT"] = $"http://127.0.0.1:{GatewayProcess.FreePort()}",
+            ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf",
+            ["OTEL_BSP_SCHEDULE_DELAY"] = "100",
+        });
+        await gateway.WaitReadyAsync($"http://127.0.0.1:{apiPort}/healthz", TimeSpan.FromSeconds(30));
+        using var proxy = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{proxyPort}") };
+        var token = harness.Idp.Token();
+
+        var slowest = TimeSpan.Zero;
+        for (var i = 0; i < 40; i++)
+        {
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            using var response = await proxy.SendAsync(GatewayHarness.Request(HttpMethod.Get, "/status", i % 2 == 0 ? token : null, out _));
+            slowest = TimeSpan.FromTicks(Math.Max(slowest.Ticks, watch.Elapsed.Ticks));
+            Assert.Equal(i % 2 == 0 ? HttpStatusCode.OK : HttpStatusCode.Unauthorized, response.StatusCode);
+            await Task.Delay(20);
+        }
+
+        Assert.True(slowest < TimeSpan.FromSeconds(1), $"slowest request {slowest}");
+        Assert.Equal(20, harness.Upstream.Count);
+        Assert.Equal(0, await gateway.StopGracefullyAsync(TimeSpan.FromSeconds(30)));
+    }
+
     private static bool Contains(byte[] haystack, string needle) => Contains(haystack, Encoding.UTF8.GetBytes(needle));
 
     private static bool Contains(byte[] haystack, byte[] needle) => haystack.AsSpan().IndexOf(needle) >= 0;

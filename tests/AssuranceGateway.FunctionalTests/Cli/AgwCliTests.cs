@@ -1,0 +1,87 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using AssuranceGateway.Testing;
+using static AssuranceGateway.Testing.GrantHelpers;
+
+namespace AssuranceGateway.FunctionalTests.Cli;
+
+/// <summary>agw as an issuer or a CI pipeline uses it: the same hash as the gateway, grants created and used, exit codes.</summary>
+public sealed class AgwCliTests : IAsyncLifetime
+{
+    private GatewayHarness _gateway = null!;
+
+    public async Task InitializeAsync() => _gateway = await GatewayHarness.StartAsync();
+
+    public async Task DisposeAsync() => await _gateway.DisposeAsync();
+
+    private static async Task<(int Code, string Out, string Err)> AgwAsync(params string[] args)
+    {
+        var start = new ProcessStartInfo(GatewayProcess.DotnetHost()) { RedirectStandardOutput = true, RedirectStandardError = true };
+        start.ArgumentList.Add(GatewayProcess.CliDll());
+        foreach (var arg in args)
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        start.Environment.Remove("AGW_TOKEN");
+        start.Environment.Remove("AGW_API");
+        using var process = Process.Start(start)!;
+        var output = process.StandardOutput.ReadToEndAsync();
+        var error = process.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await process.WaitForExitAsync(timeout.Token);
+        return (process.ExitCode, (await output).Trim(), (await error).Trim());
+    }
+
+    [Fact]
+    public async Task Hash_EqualsTheHashTheGatewayComputesForTheSameRequest()
+    {
+        var bodyFile = Path.Combine(_gateway.Directory, "release.json");
+        await File.WriteAllTextAsync(bodyFile, ReleaseBody);
+        var id = await _gateway.CreateGrantAsync(DeployGrant(_gateway.Idp.Token()));
+        var expected = (await _gateway.GetGrantAsync(id)).GetProperty("requestHash").GetString();
+
+        var (code, output, _) = await AgwAsync("hash", "--method", "POST", "--path", "/deploy/v1/releases",
+            "--header", "Content-Type: application/json", "--body", bodyFile);
+
+        Assert.Equal(0, code);
+        Assert.Equal(expected, output);
+    }
+
+    [Fact]
+    public async Task GrantCreate_PrintsAnIdThatTheGatewayAccepts_ThenShowAndRevoke()
+    {
+        var token = _gateway.Idp.Token();
+        var bodyFile = Path.Combine(_gateway.Directory, "release.json");
+        await File.WriteAllTextAsync(bodyFile, ReleaseBody);
+        var approver = _gateway.Idp.ApiToken();
+
+        var created = await AgwAsync("grant", "create", "--api", _gateway.ApiAddress, "--as", approver, "-q", "--route", "deploy", "--subject", "alice",
+            "--token", token, "--workload", Deployer, "--method", "POST", "--path", "/deploy/v1/releases",
+            "--header", "content-type: application/json", "--body", bodyFile, "--reason", "CHG-1");
+        Assert.Equal(0, created.Code);
+        var id = created.Out;
+        using var used = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _));
+        var shown = await AgwAsync("grant", "show", "--api", _gateway.ApiAddress, "--as", approver, id);
+        var revoked = await AgwAsync("grant", "revoke", "--api", _gateway.ApiAddress, "--as", approver, id);
+
+        Assert.Equal(HttpStatusCode.OK, used.StatusCode);
+        Assert.Equal(0, shown.Code);
+        using var json = JsonDocument.Parse(shown.Out);
+        Assert.Equal("consumed", json.RootElement.GetProperty("status").GetString());
+        Assert.DoesNotContain(token, shown.Out, StringComparison.Ordinal);
+        Assert.Equal(0, revoked.Code);
+    }
+
+    [Fact]
+    public async Task GrantCreate_Refused_ExitsNonZeroWithTheProblem()
+    {
+        var (code, _, error) = await AgwAsync("grant", "create", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(scope: "assurance:read"),
+            "--route", "deploy", "--subject", "alice");
+
+        Assert.Equal(1, code);
+        Assert.Contains("insufficient_scope", error, StringComparison.Ordinal);
+    }
+}
