@@ -97,7 +97,7 @@ internal static class ApiProblems
 
     public static Task InsufficientAalAsync(HttpContext context, GatewaySettings settings, int required, int actual)
     {
-        var acceptable = settings.Tokens.AalMap.Where(e => e.Value >= required).OrderBy(e => e.Value).ThenBy(e => e.Key, StringComparer.Ordinal).Select(e => e.Key);
+        var acceptable = AssuranceMiddleware.AcceptableAcr(settings.Tokens, required);
         context.Response.StatusCode = StatusCodes.Status401Unauthorized;
         context.Response.Headers.WWWAuthenticate =
             $"Bearer error=\"insufficient_user_authentication\", error_description=\"Approving this action needs a stronger authentication\", acr_values=\"{string.Join(' ', acceptable)}\"";

@@ -122,10 +122,21 @@ internal static class GrantEndpoints
         await WriteJsonAsync(context, new Dictionary<string, object> { ["grants"] = views }).ConfigureAwait(false);
     }
 
-    private static async Task RevokeAsync(HttpContext context, string id)
+    private static Task RevokeAsync(HttpContext context, string id) =>
+        RevokeAsAsync(context, id, ApiScopes.Revoke, "revoked_by_api", c =>
+        {
+            c.Response.StatusCode = StatusCodes.Status204NoContent;
+            return Task.CompletedTask;
+        });
+
+    /// <summary>An approver's "no": the pending grant is revoked, with the approver as actor.</summary>
+    private static Task DenyAsync(HttpContext context, string id) =>
+        RevokeAsAsync(context, id, ApiScopes.Approve, "denied_by_approver", c => WriteJsonAsync(c, new ApproveResponse(id, GrantStatus.Revoked, 0)));
+
+    private static async Task RevokeAsAsync(HttpContext context, string id, string scope, string reason, Func<HttpContext, Task> respond)
     {
         var (runtime, store, _) = Services(context);
-        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Revoke).ConfigureAwait(false) is not { } caller)
+        if (await ApiCaller.AuthenticateAsync(context, runtime, scope).ConfigureAwait(false) is not { } caller)
         {
             return;
         }
@@ -135,11 +146,11 @@ internal static class GrantEndpoints
             return;
         }
 
-        var revoked = new GrantEvent { Type = GrantEvent.Revoked, TraceId = TraceId(), Actor = caller.Subject, Reason = "revoked_by_api" };
+        var revoked = new GrantEvent { Type = GrantEvent.Revoked, TraceId = TraceId(), Actor = caller.Subject, Reason = reason };
         var (ok, _) = await StoreCallAsync(context, "revoke", ct => store.RevokeAsync(id, revoked, ct), found: o => o != GrantChange.NotFound).ConfigureAwait(false);
         if (ok)
         {
-            context.Response.StatusCode = StatusCodes.Status204NoContent;
+            await respond(context).ConfigureAwait(false);
         }
     }
 
@@ -194,27 +205,6 @@ internal static class GrantEndpoints
         }
 
         await WriteJsonAsync(context, new ApproveResponse(id, result.Status ?? GrantStatus.Pending, result.ApprovalsRemaining)).ConfigureAwait(false);
-    }
-
-    private static async Task DenyAsync(HttpContext context, string id)
-    {
-        var (runtime, store, _) = Services(context);
-        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Approve).ConfigureAwait(false) is not { } caller)
-        {
-            return;
-        }
-
-        if (!await CheckIdAsync(context, id).ConfigureAwait(false))
-        {
-            return;
-        }
-
-        var revoked = new GrantEvent { Type = GrantEvent.Revoked, TraceId = TraceId(), Actor = caller.Subject, Reason = "denied_by_approver" };
-        var (ok, _) = await StoreCallAsync(context, "revoke", ct => store.RevokeAsync(id, revoked, ct), found: o => o != GrantChange.NotFound).ConfigureAwait(false);
-        if (ok)
-        {
-            await WriteJsonAsync(context, new ApproveResponse(id, GrantStatus.Revoked, 0)).ConfigureAwait(false);
-        }
     }
 
     private static (GatewayRuntime Runtime, IGrantStore Store, TimeProvider Time) Services(HttpContext context)

@@ -398,7 +398,8 @@ public sealed partial class AssuranceMiddleware
         return true;
     }
 
-    private static List<string> AcceptableAcr(TokenSettings tokens, int minimum)
+    /// <summary>The <c>acr</c> values whose AAL meets <paramref name="minimum"/>, weakest first (RFC 9470 <c>acr_values</c>).</summary>
+    internal static List<string> AcceptableAcr(TokenSettings tokens, int minimum)
     {
         var acceptable = new List<KeyValuePair<string, int>>();
         foreach (var entry in tokens.AalMap)

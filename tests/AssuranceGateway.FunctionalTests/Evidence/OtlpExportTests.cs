@@ -24,23 +24,15 @@ public sealed class OtlpExportTests
     {
         await using var harness = await GatewayHarness.CreateAsync();
         await using var collector = await OtlpReceiver.StartAsync();
-        var proxyPort = GatewayProcess.FreePort();
-        var apiPort = GatewayProcess.FreePort();
-        var config = harness.DefaultConfig();
-        config["Urls"] = $"http://127.0.0.1:{proxyPort}";
-        config["Assurance"]!["Api"]!["Url"] = $"http://127.0.0.1:{apiPort}";
-        var configPath = Path.Combine(harness.Directory, "gateway.json");
-        await File.WriteAllTextAsync(configPath, config.ToJsonString());
-
-        await using var gateway = GatewayProcess.Start(["--config", configPath], new Dictionary<string, string>
+        var (gateway, proxy, api) = await StartHostAsync(harness, new Dictionary<string, string>
         {
             ["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector.Address,
             ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf",
             ["OTEL_SERVICE_NAME"] = "gateway-under-test",
         });
-        await gateway.WaitReadyAsync($"http://127.0.0.1:{apiPort}/healthz", TimeSpan.FromSeconds(30));
-        using var proxy = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{proxyPort}") };
-        using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{apiPort}") };
+        await using var host = gateway;
+        using var proxyClient = proxy;
+        using var apiClient = api;
 
         var token = harness.Idp.Token();
         var svid = harness.WorkloadIssuer.Svid();
@@ -83,23 +75,17 @@ public sealed class OtlpExportTests
     public async Task HostProcess_CollectorUnreachable_RequestsNeitherSlowedNorFailed()
     {
         await using var harness = await GatewayHarness.CreateAsync();
-        var proxyPort = GatewayProcess.FreePort();
-        var apiPort = GatewayProcess.FreePort();
-        var config = harness.DefaultConfig();
-        config["Urls"] = $"http://127.0.0.1:{proxyPort}";
-        config["Assurance"]!["Api"]!["Url"] = $"http://127.0.0.1:{apiPort}";
-        var configPath = Path.Combine(harness.Directory, "gateway.json");
-        await File.WriteAllTextAsync(configPath, config.ToJsonString());
 
         // Nothing listens there (a port just freed), and spans are due for export every 100 ms.
-        await using var gateway = GatewayProcess.Start(["--config", configPath], new Dictionary<string, string>
+        var (gateway, proxy, api) = await StartHostAsync(harness, new Dictionary<string, string>
         {
             ["OTEL_EXPORTER_OTLP_ENDPOINT"] = $"http://127.0.0.1:{GatewayProcess.FreePort()}",
             ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf",
             ["OTEL_BSP_SCHEDULE_DELAY"] = "100",
         });
-        await gateway.WaitReadyAsync($"http://127.0.0.1:{apiPort}/healthz", TimeSpan.FromSeconds(30));
-        using var proxy = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{proxyPort}") };
+        await using var host = gateway;
+        using var apiClient = api;
+        using var proxyClient = proxy;
         var token = harness.Idp.Token();
 
         var slowest = TimeSpan.Zero;
@@ -115,6 +101,21 @@ public sealed class OtlpExportTests
         Assert.True(slowest < TimeSpan.FromSeconds(1), $"slowest request {slowest}");
         Assert.Equal(20, harness.Upstream.Count);
         Assert.Equal(0, await gateway.StopGracefullyAsync(TimeSpan.FromSeconds(30)));
+    }
+
+    /// <summary>The real host process with the harness's configuration on free ports, ready, and clients for both listeners.</summary>
+    private static async Task<(GatewayProcess Gateway, HttpClient Proxy, HttpClient Api)> StartHostAsync(GatewayHarness harness, Dictionary<string, string> environment)
+    {
+        var proxyPort = GatewayProcess.FreePort();
+        var apiPort = GatewayProcess.FreePort();
+        var config = harness.DefaultConfig();
+        config["Urls"] = $"http://127.0.0.1:{proxyPort}";
+        config["Assurance"]!["Api"]!["Url"] = $"http://127.0.0.1:{apiPort}";
+        var configPath = Path.Combine(harness.Directory, "gateway.json");
+        await File.WriteAllTextAsync(configPath, config.ToJsonString());
+        var gateway = GatewayProcess.Start(["--config", configPath], environment);
+        await gateway.WaitReadyAsync($"http://127.0.0.1:{apiPort}/healthz", TimeSpan.FromSeconds(30));
+        return (gateway, new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{proxyPort}") }, new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{apiPort}") });
     }
 
     private static bool Contains(byte[] haystack, string needle) => Contains(haystack, Encoding.UTF8.GetBytes(needle));
