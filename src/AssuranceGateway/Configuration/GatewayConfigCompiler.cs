@@ -755,6 +755,4 @@ public static class GatewayConfigCompiler
 
         return true;
     }
-
-    internal static string Invariant(FormattableString s) => s.ToString(CultureInfo.InvariantCulture);
 }

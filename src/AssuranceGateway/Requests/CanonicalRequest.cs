@@ -1,5 +1,3 @@
-using System.Buffers;
-using System.Security.Cryptography;
 using System.Text;
 using AssuranceGateway.Grants;
 using Microsoft.Extensions.Primitives;
@@ -95,26 +93,5 @@ public static class CanonicalRequest
         }
 
         return builder.ToString();
-    }
-
-    /// <summary>SHA-256 over a stream, for the CLI helper (bodies from files).</summary>
-    public static string BodyHex(Stream body)
-    {
-        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        var buffer = ArrayPool<byte>.Shared.Rent(81920);
-        try
-        {
-            int read;
-            while ((read = body.Read(buffer, 0, buffer.Length)) > 0)
-            {
-                sha.AppendData(buffer, 0, read);
-            }
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(buffer);
-        }
-
-        return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 }
