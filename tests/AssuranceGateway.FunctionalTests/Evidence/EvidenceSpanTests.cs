@@ -25,6 +25,7 @@ public sealed class EvidenceSpanTests : IAsyncLifetime
         using var response = await _gateway.Proxy.SendAsync(request);
 
         Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal(0, _gateway.Upstream.Count);
         var span = Assert.Single(_gateway.Spans.Enforce(traceId));
         Assert.True(span.Recorded);
         Assert.Equal("token_missing", span.GetTagItem("assurance.reason"));
@@ -97,6 +98,7 @@ public sealed class EvidenceSpanTests : IAsyncLifetime
     {
         using var response = await _gateway.Proxy.SendAsync(DeployRequest(_gateway.Idp.Token(), _gateway.WorkloadIssuer.Svid(), "missingGrant", out var trace));
 
+        Assert.Equal(0, _gateway.Upstream.Count);
         var line = Assert.Single(_gateway.Logs.Lines, l => l.Contains("[200]", StringComparison.Ordinal) && l.Contains(trace, StringComparison.Ordinal));
         Assert.Contains("Reason=grant_not_found", line, StringComparison.Ordinal);
         Assert.Contains("Route=deploy", line, StringComparison.Ordinal);
