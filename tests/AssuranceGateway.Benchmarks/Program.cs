@@ -87,6 +87,71 @@ switch (mode)
         return 0;
     }
 
+    case "redis-rtt":
+    {
+        // One connection, one call at a time: what StackExchange.Redis 1.2.6 adds to a Redis round trip.
+        var options = StackExchange.Redis.ConfigurationOptions.Parse(Arg("--redis", "127.0.0.1:6379"));
+        options.AbortOnConnectFail = false;
+        using var redis = await StackExchange.Redis.ConnectionMultiplexer.ConnectAsync(options);
+        redis.PreserveAsyncOrder = false;
+        var db = redis.GetDatabase();
+        var times = new List<double>();
+        for (var i = 0; i < 6000; i++)
+        {
+            var start = System.Diagnostics.Stopwatch.GetTimestamp();
+            await db.ScriptEvaluateAsync("return 1", [], []);
+            if (i >= 1000)
+            {
+                times.Add(System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMicroseconds);
+            }
+        }
+
+        times.Sort();
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"StackExchange.Redis 1.2.6 EVALSHA, one at a time: p50 {times[times.Count / 2]:F0} µs, p99 {times[times.Count * 99 / 100]:F0} µs"));
+
+        // The gateway's own consume (the full step-6 script, events included) through RedisGrantStore.
+        using var store = new AssuranceGateway.Grants.RedisGrantStore(
+            new AssuranceGateway.Configuration.StoreSettings { Redis = Arg("--redis", "127.0.0.1:6379"), KeyPrefix = "rtt:", Timeout = TimeSpan.FromSeconds(1) },
+            TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger<AssuranceGateway.Grants.RedisGrantStore>.Instance);
+        while (!await store.PingAsync(default))
+        {
+            await Task.Delay(50);
+        }
+
+        var hash = AssuranceGateway.Requests.CanonicalRequest.Compute("POST", "/bound/x", "", [], _ => default, new byte[1024]);
+        var grantId = AssuranceGateway.Grants.GrantIds.New();
+        await store.CreateAsync(new AssuranceGateway.Grants.GrantRecord
+        {
+            Id = grantId, Route = "bound", Status = AssuranceGateway.Grants.GrantStatus.Active, TokenHash = "sha256:" + new string('A', 43),
+            Workload = "spiffe://bench/w", RequestHash = hash.Hash, Digests = hash.Digests, MaxUses = 1000000, UsesRemaining = 1000000,
+            ExpiresAt = DateTimeOffset.UtcNow.AddHours(1),
+            Bound = AssuranceGateway.Enforcement.Bindings.Token | AssuranceGateway.Enforcement.Bindings.Workload | AssuranceGateway.Enforcement.Bindings.Request,
+        }, new AssuranceGateway.Grants.GrantEvent { Type = "created" }, 10, default);
+        foreach (var dryRun in new[] { true, false })
+        {
+            times.Clear();
+            for (var i = 0; i < 4000; i++)
+            {
+                var start = System.Diagnostics.Stopwatch.GetTimestamp();
+                var result = await store.ConsumeAsync(new AssuranceGateway.Grants.ConsumeRequest
+                {
+                    GrantId = grantId, Route = "bound", TokenHash = "sha256:" + new string('A', 43), Workload = "spiffe://bench/w",
+                    RequestHash = hash.Hash, Digests = hash.Digests, DryRun = dryRun, TraceId = new string('a', 32), SpanId = new string('b', 16),
+                    Required = AssuranceGateway.Enforcement.Bindings.Token | AssuranceGateway.Enforcement.Bindings.Workload | AssuranceGateway.Enforcement.Bindings.Request,
+                }, default);
+                if (i >= 500)
+                {
+                    times.Add(System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMicroseconds);
+                }
+            }
+
+            times.Sort();
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"RedisGrantStore.ConsumeAsync (dry run {dryRun}): p50 {times[times.Count / 2]:F0} µs, p99 {times[times.Count * 99 / 100]:F0} µs"));
+        }
+
+        return 0;
+    }
+
     default:
         BenchmarkSwitcher.FromAssembly(typeof(PipelineBenchmarks).Assembly).Run(args.Length > 0 && args[0] == "micro" ? args[1..] : args);
         return 0;
