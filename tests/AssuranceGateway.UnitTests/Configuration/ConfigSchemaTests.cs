@@ -1,5 +1,8 @@
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using AssuranceGateway.Configuration;
+using AssuranceGateway.Enforcement;
+using Microsoft.Extensions.Configuration;
 
 namespace AssuranceGateway.UnitTests.Configuration;
 
@@ -84,7 +87,94 @@ public sealed partial class ConfigSchemaTests
         Assert.True(unmatched.Count == 0, "compiler key lists missing from the schema: " + string.Join(" | ", unmatched.Select(l => string.Join(", ", l))));
     }
 
+    /// <summary>
+    /// Each enum of the schema holds exactly the names the compiler accepts: every schema value compiles with no
+    /// problem on its key, a value outside the enum is refused there (so the check can fail), and the compiler's own
+    /// list of names is the schema's list.
+    /// </summary>
+    [Theory]
+    [InlineData("Bind")]
+    [InlineData("Mode")]
+    [InlineData("OnMissing")]
+    [InlineData("RevokeOn")]
+    [InlineData("Sources")]
+    [InlineData("Tokens.Algorithms")]
+    [InlineData("Workload.Algorithms")]
+    public void SchemaEnum_IsExactlyWhatTheCompilerAccepts(string name)
+    {
+        var (schemaPath, key, compilerNames, comparer) = EnumCase(name);
+        var schemaValues = schemaPath.Aggregate(Schema, (e, p) => e.GetProperty(p)).GetProperty("enum").EnumerateArray().Select(v => v.GetString()!).ToList();
+
+        foreach (var value in schemaValues)
+        {
+            Assert.Empty(CompileErrors(key, value));
+        }
+
+        Assert.NotEmpty(CompileErrors(key, "bogus"));
+        var compiler = new HashSet<string>(compilerNames, comparer);
+        Assert.True(compiler.SetEquals(schemaValues), $"{name}: schema [{string.Join(", ", schemaValues)}], compiler [{string.Join(", ", compiler)}]");
+    }
+
+    private static (string[] SchemaPath, string Key, IEnumerable<string> CompilerNames, StringComparer Comparer) EnumCase(string name)
+    {
+        string[] policy = ["properties", "Assurance", "properties", "Policies", "additionalProperties", "properties"];
+        string[] tokens = ["properties", "Assurance", "properties", "Tokens", "properties", "Issuers", "items", "properties"];
+        string[] workload = ["properties", "Assurance", "properties", "Workload", "properties"];
+        // Bindings and reason codes are matched in any case (the compiler lowercases), enum names ignoring case;
+        // algorithms are compared ordinally, as the compiler does.
+        return name switch
+        {
+            "Bind" => ([.. policy, "Bind", "items"], "Assurance:Policies:p:Bind:0", BindingNames.All.Select(b => b.Name), StringComparer.OrdinalIgnoreCase),
+            "Mode" => ([.. policy, "Mode"], "Assurance:Policies:p:Mode", Enum.GetNames<PolicyMode>(), StringComparer.OrdinalIgnoreCase),
+            "OnMissing" => ([.. policy, "OnMissing"], "Assurance:Policies:p:OnMissing", Enum.GetNames<MissingGrantAction>(), StringComparer.OrdinalIgnoreCase),
+            "RevokeOn" => ([.. policy, "RevokeOn", "items"], "Assurance:Policies:p:RevokeOn:0", ReasonCodes.Mismatches, StringComparer.OrdinalIgnoreCase),
+            "Sources" => ([.. workload, "Sources", "items"], "Assurance:Workload:Sources:0", Enum.GetNames<WorkloadSource>(), StringComparer.OrdinalIgnoreCase),
+            "Tokens.Algorithms" => ([.. tokens, "Algorithms", "items"], "Assurance:Tokens:Issuers:0:Algorithms:0", AllowedAlgorithms(), StringComparer.Ordinal),
+            "Workload.Algorithms" => (
+                [.. workload, "Issuers", "items", "properties", "Algorithms", "items"], "Assurance:Workload:Issuers:0:Algorithms:0", AllowedAlgorithms(), StringComparer.Ordinal),
+            _ => throw new ArgumentOutOfRangeException(nameof(name)),
+        };
+    }
+
+    /// <summary>The compiler keeps its algorithm list private; it names it in the error for an algorithm it refuses.</summary>
+    private static string[] AllowedAlgorithms()
+    {
+        var error = Assert.Single(CompileErrors("Assurance:Tokens:Issuers:0:Algorithms:0", "HS256"));
+        return AllowedList().Match(error).Groups[1].Value.Split(", ");
+    }
+
+    /// <summary>
+    /// The problems the compiler reports on <paramref name="key"/> (and on its list, for a list item) when it holds
+    /// <paramref name="value"/>, in a configuration that is otherwise just enough for that key to be read.
+    /// </summary>
+    private static List<string> CompileErrors(string key, string value)
+    {
+        var settings = new Dictionary<string, string?>
+        {
+            ["Assurance:Tokens:Issuers:0:Issuer"] = "https://idp.example",
+            ["Assurance:Tokens:Issuers:0:Audiences:0"] = "gateway",
+            ["Assurance:Tokens:Issuers:0:JwksUri"] = "https://idp.example/jwks.json",
+            ["Assurance:Workload:Issuers:0:Issuer"] = "spiffe://prod.example",
+            ["Assurance:Workload:Issuers:0:JwksUri"] = "https://spire.example/jwks.json",
+            ["Assurance:Workload:Audience"] = "gateway",
+            [key] = value,
+        };
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
+
+        GatewayConfigCompiler.Compile(configuration, Root, out var errors);
+
+        // Errors on a list name the list ("...:Bind: unknown binding"), not the item.
+        var owner = ListIndex().Replace(key, string.Empty);
+        return errors.Where(e => e.StartsWith(owner + ":", StringComparison.Ordinal)).ToList();
+    }
+
     private static JsonElement Section(JsonElement assurance, string name) => assurance.GetProperty("properties").GetProperty(name);
+
+    [GeneratedRegex(":[0-9]+$")]
+    private static partial Regex ListIndex();
+
+    [GeneratedRegex(@"\(allowed: ([^;]+);")]
+    private static partial Regex AllowedList();
 
     [GeneratedRegex("""RejectUnknownKeys\((.*?)\);""", RegexOptions.Singleline)]
     private static partial Regex RejectCall();
