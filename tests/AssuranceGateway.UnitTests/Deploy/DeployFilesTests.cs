@@ -1,10 +1,11 @@
 using System.Diagnostics;
+using System.Text.RegularExpressions;
 using AssuranceGateway.UnitTests.Configuration;
 
 namespace AssuranceGateway.UnitTests.Deploy;
 
 /// <summary>The deployment files are linted and keep the settings the gateway's guarantees depend on.</summary>
-public sealed class DeployFilesTests
+public sealed partial class DeployFilesTests
 {
     private static readonly string Deploy = Path.Combine(ConfigSchemaTests.RepositoryRoot(), "deploy");
 
@@ -14,9 +15,65 @@ public sealed class DeployFilesTests
     public void Yaml_PassesYamllint()
     {
         // tests/run.sh installs yamllint; a missing linter is a failure, not a skip.
-        var (code, output) = Run("yamllint", "-c", Path.Combine(Deploy, ".yamllint"), "--strict", Path.Combine(Deploy, "k8s"), Path.Combine(Deploy, "otel"));
+        // The whole folder: yamllint finds every *.yaml below it, so a new manifest is linted without touching this test.
+        var (code, output) = Run("yamllint", "-c", Path.Combine(Deploy, ".yamllint"), "--strict", Deploy);
 
         Assert.True(code == 0, output);
+    }
+
+    [Fact]
+    public void Manifests_EveryDocumentHasApiVersionKindAndName()
+    {
+        var documents = 0;
+        // Every YAML file under deploy/ is a Kubernetes or kustomize document, except the collector's configuration.
+        var otel = Path.Combine(Deploy, "otel") + Path.DirectorySeparatorChar;
+        foreach (var file in Directory.GetFiles(Deploy, "*.yaml", SearchOption.AllDirectories).Where(f => !f.StartsWith(otel, StringComparison.Ordinal)))
+        {
+            foreach (var document in DocumentSeparator().Split(File.ReadAllText(file)).Where(d => TopLevelKey().IsMatch(d)))
+            {
+                documents++;
+                var where = Path.GetRelativePath(Deploy, file);
+                Assert.Matches(@"(?m)^apiVersion: \S+", document);
+                var kind = Assert.Single(Kind().Matches(document)).Groups[1].Value;
+                if (kind != "Kustomization")
+                {
+                    Assert.True(MetadataName().IsMatch(document), $"{where}: a {kind} without metadata.name");
+                }
+            }
+        }
+
+        Assert.True(documents >= 10, $"only {documents} manifests found under {Deploy}");
+    }
+
+    [Fact]
+    public void Kustomization_LoadsOnlyFilesBelowItsOwnFolderAndBuilds()
+    {
+        // kustomize refuses a generator file outside the kustomization's folder ("../redis/redis.conf"), and with it
+        // the whole build; a folder holding another kustomization may be listed under resources instead.
+        foreach (var file in Directory.GetFiles(Deploy, "kustomization.yaml", SearchOption.AllDirectories))
+        {
+            var entries = GeneratorFiles().Matches(File.ReadAllText(file))
+                .SelectMany(block => block.Groups[2].Value.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            foreach (var entry in entries)
+            {
+                var path = entry.Split('#')[0].Trim().TrimStart('-').Trim().Split('=')[^1];
+                Assert.False(path.StartsWith('/') || path.Split('/').Contains(".."), $"{Path.GetRelativePath(Deploy, file)}: '{path}' is outside its folder");
+                Assert.True(File.Exists(Path.Combine(Path.GetDirectoryName(file)!, path)), $"{Path.GetRelativePath(Deploy, file)}: '{path}' does not exist");
+            }
+        }
+
+        // The real thing where kubectl is installed (it builds offline); not required on the test machine.
+        if (OnPath("kubectl"))
+        {
+            var (code, output) = Run("kubectl", "kustomize", Path.Combine(Deploy, "k8s"));
+            Assert.True(code == 0, output);
+            foreach (var kind in new[] { "Deployment", "StatefulSet", "NetworkPolicy", "PodDisruptionBudget", "HorizontalPodAutoscaler" })
+            {
+                Assert.Contains($"kind: {kind}\n", output, StringComparison.Ordinal);
+            }
+
+            Assert.Equal(2, Regex.Count(output, @"(?m)^kind: ConfigMap$"));
+        }
     }
 
     [Fact]
@@ -33,6 +90,11 @@ public sealed class DeployFilesTests
             Assert.Contains(setting, deployment, StringComparison.Ordinal);
         }
 
+        Assert.Matches(@"(?m)^  replicas: [2-9]", deployment);
+        Assert.Matches(@"mountPath: /tmp\n", deployment);
+        Assert.Matches(@"tmp\n\s+emptyDir:", deployment);
+        Assert.Matches(@"resources:\s+requests:\s+cpu: \S+\s+memory: \S+\s+limits:", deployment);
+        Assert.Contains("OTEL_EXPORTER_OTLP_ENDPOINT", deployment, StringComparison.Ordinal);
         Assert.Matches(@"readinessProbe:\s+httpGet:\s+path: /readyz\s+port: api", deployment);
         Assert.Matches(@"livenessProbe:\s+httpGet:\s+path: /healthz\s+port: api", deployment);
     }
@@ -80,7 +142,7 @@ public sealed class DeployFilesTests
         Assert.Contains("NoNewPrivileges=yes", unit, StringComparison.Ordinal);
         Assert.Contains("ProtectSystem=strict", unit, StringComparison.Ordinal);
         Assert.DoesNotMatch(@"(?m)^MemoryDenyWriteExecute", unit);
-        if (File.Exists("/usr/bin/systemd-analyze"))
+        if (OnPath("systemd-analyze"))
         {
             var (code, output) = Run("systemd-analyze", "verify", Path.Combine(Deploy, "systemd", "assurance-gateway.service"));
             Assert.DoesNotContain("Unknown key", output, StringComparison.OrdinalIgnoreCase);
@@ -88,6 +150,28 @@ public sealed class DeployFilesTests
             _ = code; // a missing dotnet binary on the test machine is reported, but is not a fault of the unit
         }
     }
+
+    private static bool OnPath(string program) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? string.Empty).Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries)
+            .Any(dir => File.Exists(Path.Combine(dir, program)));
+
+    [GeneratedRegex(@"(?m)^---\s*$")]
+    private static partial Regex DocumentSeparator();
+
+    [GeneratedRegex(@"(?m)^[A-Za-z]")]
+    private static partial Regex TopLevelKey();
+
+    [GeneratedRegex(@"(?m)^kind: (\S+)")]
+    private static partial Regex Kind();
+
+    // metadata: followed by its indented block, in which "  name:" appears.
+    [GeneratedRegex(@"(?m)^metadata:\n(?:  .*\n)*?  name: \S+")]
+    private static partial Regex MetadataName();
+
+    // The entries under "files:" of a configMapGenerator/secretGenerator: "- name" or "- key=path", maybe commented.
+    // Entries are indented at least as deep as "files:"; the next generator's "- name:" is not.
+    [GeneratedRegex(@"(?m)^([ \t]+)files:\n((?:\1[ \t]*- [^\n]+\n)+)")]
+    private static partial Regex GeneratorFiles();
 
     private static (int Code, string Output) Run(string file, params string[] args)
     {
