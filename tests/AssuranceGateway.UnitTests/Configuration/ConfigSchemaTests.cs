@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using AssuranceGateway.Configuration;
@@ -144,34 +145,167 @@ public sealed partial class ConfigSchemaTests
     }
 
     /// <summary>
-    /// The problems the compiler reports on <paramref name="key"/> (and on its list, for a list item) when it holds
-    /// <paramref name="value"/>, in a configuration that is otherwise just enough for that key to be read.
+    /// Every default and range in the schema is the compiler's. A default equals what the compiler fills in when the
+    /// key is absent, and a key the compiler fills in has a default in the schema. A minimum and maximum (for a
+    /// duration, the "(from to to)" that ends its description) are accepted, and one step beyond each is refused.
     /// </summary>
+    [Theory]
+    [InlineData("Policy")]
+    [InlineData("Tokens")]
+    [InlineData("Tokens.Issuer")]
+    [InlineData("Workload")]
+    [InlineData("Workload.Issuer")]
+    [InlineData("Store")]
+    [InlineData("Api")]
+    [InlineData("Evidence")]
+    public void SchemaDefaultsAndRanges_AreTheCompilers(string name)
+    {
+        var (properties, prefix, read) = DefaultsCase(name);
+        var (settings, errors) = Compile(null, null);
+        Assert.Empty(errors);
+        var compiled = read(settings!);
+
+        foreach (var property in properties.EnumerateObject())
+        {
+            var key = prefix + property.Name;
+            var schema = property.Value;
+            if (!Baseline.Keys.Any(k => k == key || k.StartsWith(key + ":", StringComparison.Ordinal)))
+            {
+                var actual = compiled.GetType().GetProperty(property.Name)?.GetValue(compiled);
+                if (schema.TryGetProperty("default", out var expected))
+                {
+                    Assert.True(SameValue(expected, actual), $"{key}: schema default {expected}, compiler default {Describe(actual)}");
+                }
+                else
+                {
+                    Assert.True(IsUnset(actual), $"{key}: the compiler defaults it to {Describe(actual)}; the schema gives no default");
+                }
+            }
+
+            if (schema.TryGetProperty("minimum", out var minimum))
+            {
+                AssertBound(key, minimum.GetInt64().ToString(CultureInfo.InvariantCulture), (minimum.GetInt64() - 1).ToString(CultureInfo.InvariantCulture));
+            }
+
+            if (schema.TryGetProperty("maximum", out var maximum))
+            {
+                AssertBound(key, maximum.GetInt64().ToString(CultureInfo.InvariantCulture), (maximum.GetInt64() + 1).ToString(CultureInfo.InvariantCulture));
+            }
+
+            if (schema.TryGetProperty("pattern", out var pattern) && pattern.GetString()!.Contains(@":\d{2}:\d{2}", StringComparison.Ordinal))
+            {
+                var range = DurationRange().Match(schema.GetProperty("description").GetString()!);
+                Assert.True(range.Success, $"{key}: a duration's description ends with its range, \"(00:00:01 to 01:00:00).\"");
+                var (from, to) = (TimeSpan.Parse(range.Groups[1].Value, CultureInfo.InvariantCulture), TimeSpan.Parse(range.Groups[2].Value, CultureInfo.InvariantCulture));
+                var step = TimeSpan.FromMilliseconds(1);
+                AssertBound(key, from.ToString("c", CultureInfo.InvariantCulture), (from - step).ToString("c", CultureInfo.InvariantCulture));
+                AssertBound(key, to.ToString("c", CultureInfo.InvariantCulture), (to + step).ToString("c", CultureInfo.InvariantCulture));
+            }
+        }
+    }
+
+    private static (JsonElement Properties, string Prefix, Func<GatewaySettings, object> Read) DefaultsCase(string name)
+    {
+        var assurance = Schema.GetProperty("properties").GetProperty("Assurance");
+        JsonElement Properties(params string[] path) => path.Aggregate(assurance, (e, p) => e.GetProperty("properties").GetProperty(p)).GetProperty("properties");
+        JsonElement Items(params string[] path) => path.Aggregate(assurance, (e, p) => e.GetProperty("properties").GetProperty(p)).GetProperty("items").GetProperty("properties");
+        return name switch
+        {
+            "Policy" => (assurance.GetProperty("properties").GetProperty("Policies").GetProperty("additionalProperties").GetProperty("properties"),
+                "Assurance:Policies:p:", s => s.Policies["p"]),
+            "Tokens" => (Properties("Tokens"), "Assurance:Tokens:", s => s.Tokens),
+            "Tokens.Issuer" => (Items("Tokens", "Issuers"), "Assurance:Tokens:Issuers:0:", s => s.Tokens.Issuers[0]),
+            "Workload" => (Properties("Workload"), "Assurance:Workload:", s => s.Workload),
+            "Workload.Issuer" => (Items("Workload", "Issuers"), "Assurance:Workload:Issuers:0:", s => s.Workload.Issuers[0]),
+            "Store" => (Properties("Store"), "Assurance:Store:", s => s.Store),
+            "Api" => (Properties("Api"), "Assurance:Api:", s => s.Api),
+            "Evidence" => (Properties("Evidence"), "Assurance:Evidence:", s => s.Evidence),
+            _ => throw new ArgumentOutOfRangeException(nameof(name)),
+        };
+    }
+
+    /// <summary>The compiler accepts <paramref name="bound"/> for <paramref name="key"/> and refuses <paramref name="beyond"/>.</summary>
+    private static void AssertBound(string key, string bound, string beyond)
+    {
+        Assert.True(CompileErrors(key, bound) is [], $"{key}: the schema's bound '{bound}' is refused by the compiler");
+        Assert.True(CompileErrors(key, beyond) is not [], $"{key}: '{beyond}', beyond the schema's bound, is accepted by the compiler");
+    }
+
+    private static bool SameValue(JsonElement expected, object? actual) => actual switch
+    {
+        TimeSpan t => expected.ValueKind == JsonValueKind.String && TimeSpan.Parse(expected.GetString()!, CultureInfo.InvariantCulture) == t,
+        int or long => expected.ValueKind == JsonValueKind.Number && expected.GetInt64() == Convert.ToInt64(actual, CultureInfo.InvariantCulture),
+        bool b => expected.ValueKind == (b ? JsonValueKind.True : JsonValueKind.False),
+        string text => expected.ValueKind == JsonValueKind.String && expected.GetString() == text,
+        Bindings b => expected.ValueKind == JsonValueKind.Array
+            && expected.EnumerateArray().Select(e => e.GetString()).ToHashSet().SetEquals(BindingNames.All.Where(n => b.HasFlag(n.Flag)).Select(n => n.Name)),
+        Enum e => expected.ValueKind == JsonValueKind.String && string.Equals(expected.GetString(), e.ToString(), StringComparison.OrdinalIgnoreCase),
+        IReadOnlyDictionary<string, int> map => expected.ValueKind == JsonValueKind.Object
+            && expected.EnumerateObject().Count() == map.Count
+            && expected.EnumerateObject().All(p => map.TryGetValue(p.Name, out var v) && p.Value.GetInt32() == v),
+        IEnumerable<string> list => expected.ValueKind == JsonValueKind.Array && expected.EnumerateArray().Select(e => e.GetString()).ToHashSet().SetEquals(list),
+        _ => false,
+    };
+
+    private static bool IsUnset(object? value) => value switch
+    {
+        null => true,
+        string => false,
+        Bindings b => b == Bindings.None,
+        System.Collections.IEnumerable items => !items.GetEnumerator().MoveNext(),
+        _ => false,
+    };
+
+    private static string Describe(object? value) => value switch
+    {
+        null => "none",
+        string text => $"\"{text}\"",
+        System.Collections.IEnumerable items => "[" + string.Join(", ", items.Cast<object>()) + "]",
+        _ => Convert.ToString(value, CultureInfo.InvariantCulture) ?? "?",
+    };
+
+    /// <summary>
+    /// Just enough configuration for every section to compile: a policy "p", one token issuer and one workload issuer
+    /// (remote keys, fetched only when a token arrives), and the audience the "header" source needs.
+    /// </summary>
+    private static readonly Dictionary<string, string?> Baseline = new(StringComparer.Ordinal)
+    {
+        ["Assurance:Policies:p:RequireClaims:scope"] = "deploy",
+        ["Assurance:Tokens:Issuers:0:Issuer"] = "https://idp.example",
+        ["Assurance:Tokens:Issuers:0:Audiences:0"] = "gateway",
+        ["Assurance:Tokens:Issuers:0:JwksUri"] = "https://idp.example/jwks.json",
+        ["Assurance:Workload:Issuers:0:Issuer"] = "spiffe://prod.example",
+        ["Assurance:Workload:Issuers:0:JwksUri"] = "https://spire.example/jwks.json",
+        ["Assurance:Workload:Audience"] = "gateway",
+    };
+
+    private static (GatewaySettings? Settings, IReadOnlyList<string> Errors) Compile(string? key, string? value)
+    {
+        var settings = new Dictionary<string, string?>(Baseline, StringComparer.Ordinal);
+        if (key is not null)
+        {
+            settings[key] = value;
+        }
+
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
+        return (GatewayConfigCompiler.Compile(configuration, Root, out var errors), errors);
+    }
+
+    /// <summary>The problems the compiler reports on <paramref name="key"/> (or on its list, for a list item) when it holds <paramref name="value"/>.</summary>
     private static List<string> CompileErrors(string key, string value)
     {
-        var settings = new Dictionary<string, string?>
-        {
-            ["Assurance:Tokens:Issuers:0:Issuer"] = "https://idp.example",
-            ["Assurance:Tokens:Issuers:0:Audiences:0"] = "gateway",
-            ["Assurance:Tokens:Issuers:0:JwksUri"] = "https://idp.example/jwks.json",
-            ["Assurance:Workload:Issuers:0:Issuer"] = "spiffe://prod.example",
-            ["Assurance:Workload:Issuers:0:JwksUri"] = "https://spire.example/jwks.json",
-            ["Assurance:Workload:Audience"] = "gateway",
-            [key] = value,
-        };
-        var configuration = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
-
-        GatewayConfigCompiler.Compile(configuration, Root, out var errors);
-
         // Errors on a list name the list ("...:Bind: unknown binding"), not the item.
         var owner = ListIndex().Replace(key, string.Empty);
-        return errors.Where(e => e.StartsWith(owner + ":", StringComparison.Ordinal)).ToList();
+        return Compile(key, value).Errors.Where(e => e.StartsWith(owner + ":", StringComparison.Ordinal)).ToList();
     }
 
     private static JsonElement Section(JsonElement assurance, string name) => assurance.GetProperty("properties").GetProperty(name);
 
     [GeneratedRegex(":[0-9]+$")]
     private static partial Regex ListIndex();
+
+    [GeneratedRegex(@"\((\S+) to (\S+)\)\.$")]
+    private static partial Regex DurationRange();
 
     [GeneratedRegex(@"\(allowed: ([^;]+);")]
     private static partial Regex AllowedList();
