@@ -76,31 +76,14 @@ internal static class ApiProblems
     public static Task WriteAsync(HttpContext context, string reason, string? detail, Action<System.Text.Json.Utf8JsonWriter>? extra = null)
     {
         context.Response.StatusCode = reason == ReasonCodes.InsufficientScope ? StatusCodes.Status403Forbidden : ReasonCodes.StatusCode(reason);
-        switch (reason)
-        {
-            case ReasonCodes.TokenMissing:
-                context.Response.Headers.WWWAuthenticate = "Bearer";
-                break;
-            case ReasonCodes.TokenInvalid:
-                context.Response.Headers.WWWAuthenticate = "Bearer error=\"invalid_token\"";
-                break;
-            case ReasonCodes.InsufficientScope:
-                context.Response.Headers.WWWAuthenticate = "Bearer error=\"insufficient_scope\"";
-                break;
-            case ReasonCodes.StoreUnavailable:
-                context.Response.Headers.RetryAfter = "1";
-                break;
-        }
-
+        ProblemResponses.SetChallenge(context.Response, reason, []);
         return ProblemResponses.WriteAsync(context, reason, detail, System.Diagnostics.Activity.Current?.TraceId.ToHexString(), extra);
     }
 
     public static Task InsufficientAalAsync(HttpContext context, GatewaySettings settings, int required, int actual)
     {
-        var acceptable = AssuranceMiddleware.AcceptableAcr(settings.Tokens, required);
         context.Response.StatusCode = StatusCodes.Status401Unauthorized;
-        context.Response.Headers.WWWAuthenticate =
-            $"Bearer error=\"insufficient_user_authentication\", error_description=\"Approving this action needs a stronger authentication\", acr_values=\"{string.Join(' ', acceptable)}\"";
+        ProblemResponses.SetChallenge(context.Response, ReasonCodes.InsufficientAal, AssuranceMiddleware.AcceptableAcr(settings.Tokens, required));
         return ProblemResponses.WriteAsync(context, ReasonCodes.InsufficientAal,
             $"authentication level {actual} is below the {required} this policy requires of approvers", System.Diagnostics.Activity.Current?.TraceId.ToHexString());
     }

@@ -38,7 +38,8 @@ public sealed partial class GatewayConfigState : IDisposable
         InMemoryConfigProvider proxyConfig,
         TimeProvider time,
         ILogger<GatewayConfigState> logger,
-        bool watch = true)
+        bool watch = true,
+        GatewaySettings? initial = null)
     {
         _time = time;
         _configuration = configuration;
@@ -48,10 +49,16 @@ public sealed partial class GatewayConfigState : IDisposable
         _proxyConfig = proxyConfig;
         _logger = logger;
 
-        var (settings, problems) = CompileAsync().AsTask().GetAwaiter().GetResult();
+        // The host validates once before anything starts and hands the result over (initial), so key files are not
+        // read twice at start.
+        var settings = initial;
         if (settings is null)
         {
-            throw new GatewayConfigurationException(problems);
+            (settings, var problems) = CompileAsync().AsTask().GetAwaiter().GetResult();
+            if (settings is null)
+            {
+                throw new GatewayConfigurationException(problems);
+            }
         }
 
         _current = new GatewayRuntime(settings, time);

@@ -15,30 +15,8 @@ public static class ProblemResponses
 
     public static Task WriteDenialAsync(HttpContext context, AssuranceDecision decision)
     {
-        var response = context.Response;
-        response.StatusCode = ReasonCodes.StatusCode(decision.Reason);
-        switch (decision.Reason)
-        {
-            case ReasonCodes.TokenMissing:
-                // RFC 6750 §3.1: no error code when the request carried no authentication at all.
-                response.Headers.WWWAuthenticate = "Bearer";
-                break;
-            case ReasonCodes.TokenInvalid:
-                response.Headers.WWWAuthenticate = "Bearer error=\"invalid_token\"";
-                break;
-            case ReasonCodes.InsufficientAal:
-                // RFC 9470 §3: tell the client which authentication contexts would do.
-                response.Headers.WWWAuthenticate = string.Create(CultureInfo.InvariantCulture,
-                    $"Bearer error=\"insufficient_user_authentication\", error_description=\"A stronger authentication is required\", acr_values=\"{string.Join(' ', decision.AcceptableAcr)}\"");
-                break;
-            case ReasonCodes.WorkloadUnidentified or ReasonCodes.WorkloadInvalid:
-                response.Headers.WWWAuthenticate = "Bearer";
-                break;
-            case ReasonCodes.StoreUnavailable:
-                response.Headers.RetryAfter = "1";
-                break;
-        }
-
+        context.Response.StatusCode = ReasonCodes.StatusCode(decision.Reason);
+        SetChallenge(context.Response, decision.Reason, decision.AcceptableAcr);
         return WriteAsync(context, decision.Reason, decision.Detail, decision.TraceId, writer =>
         {
             if (decision.GrantId is not null)
@@ -64,6 +42,35 @@ public static class ProblemResponses
                 writer.WriteString("grantStatus", "pending");
             }
         });
+    }
+
+    /// <summary>
+    /// The headers a denial owes its client, in one place for the proxy and the API: the Bearer challenges of RFC 6750
+    /// §3 (and RFC 9110's rule that every 401 carries one), RFC 9470's step-up challenge, and Retry-After on 503.
+    /// </summary>
+    public static void SetChallenge(HttpResponse response, string reason, IReadOnlyList<string> acceptableAcr)
+    {
+        switch (reason)
+        {
+            case ReasonCodes.TokenMissing or ReasonCodes.WorkloadUnidentified or ReasonCodes.WorkloadInvalid:
+                // RFC 6750 §3.1: no error code when the request carried no (access-token) authentication problem.
+                response.Headers.WWWAuthenticate = "Bearer";
+                break;
+            case ReasonCodes.TokenInvalid:
+                response.Headers.WWWAuthenticate = "Bearer error=\"invalid_token\"";
+                break;
+            case ReasonCodes.InsufficientScope:
+                response.Headers.WWWAuthenticate = "Bearer error=\"insufficient_scope\"";
+                break;
+            case ReasonCodes.InsufficientAal:
+                // RFC 9470 §3: tell the client which authentication contexts would do.
+                response.Headers.WWWAuthenticate = string.Create(CultureInfo.InvariantCulture,
+                    $"Bearer error=\"insufficient_user_authentication\", error_description=\"A stronger authentication is required\", acr_values=\"{string.Join(' ', acceptableAcr)}\"");
+                break;
+            case ReasonCodes.StoreUnavailable:
+                response.Headers.RetryAfter = "1";
+                break;
+        }
     }
 
     /// <summary>Writes one problem document; <paramref name="extra"/> adds members beyond the standard ones.</summary>

@@ -33,11 +33,13 @@ public static partial class GatewayHostingExtensions
 
         // Validate before anything starts, with YARP's own validator for routes and clusters, so that one run names
         // every problem (ours and YARP's) and the process exits without listening.
+        GatewaySettings initial;
         using (var validation = new ServiceCollection().AddLogging().AddReverseProxy().Services.BuildServiceProvider())
         {
             using var probe = new GatewayConfigState(builder.Configuration, file, contentRoot,
                 validation.GetRequiredService<IConfigValidator>(), new InMemoryConfigProvider([], []), TimeProvider.System,
                 NullLogger<GatewayConfigState>.Instance, watch: false);
+            initial = probe.Current.Settings;
         }
 
         // The mtls workload source: HTTPS endpoints of the proxy ask for a client certificate and accept any (the
@@ -54,7 +56,7 @@ public static partial class GatewayHostingExtensions
         services.TryAddSingleton(sp => new GatewayConfigState(
             builder.Configuration, file, contentRoot, sp.GetRequiredService<IConfigValidator>(),
             sp.GetRequiredService<InMemoryConfigProvider>(), sp.GetRequiredService<TimeProvider>(),
-            sp.GetRequiredService<ILogger<GatewayConfigState>>()));
+            sp.GetRequiredService<ILogger<GatewayConfigState>>(), initial: initial));
         services.TryAddSingleton<IGrantStore>(sp => GrantStoreFactory.Create(
             sp.GetRequiredService<GatewayConfigState>().Current.Settings.Store, sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILoggerFactory>()));
         services.TryAddSingleton(sp => new GatewayTelemetry(sp.GetServices<BaseProcessor<Activity>>(), sp.GetServices<MetricReader>()));
