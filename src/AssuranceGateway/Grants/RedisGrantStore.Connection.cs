@@ -197,7 +197,7 @@ internal sealed partial class RedisGrantStore
                 var server = connection.GetServer(endPoint);
                 foreach (var script in Scripts.All)
                 {
-                    loads.Add(server.ScriptLoadAsync(script));
+                    loads.Add(server.ScriptLoadAsync(script.Text));
                 }
             }
 

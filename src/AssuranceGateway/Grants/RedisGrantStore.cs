@@ -465,8 +465,35 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         }
     }
 
-    private Task<RedisResult> EvaluateAsync(string script, RedisKey[] keys, RedisValue[] args, string operation, string grantId, CancellationToken cancellationToken) =>
-        RunAsync(_shared, db => db.ScriptEvaluateAsync(script, keys, args), operation, grantId, cancellationToken);
+    private Task<RedisResult> EvaluateAsync(StoreScript script, RedisKey[] keys, RedisValue[] args, string operation, string grantId, CancellationToken cancellationToken) =>
+        RunAsync(_shared, db => EvaluateAsync(db, script, keys, args), operation, grantId, cancellationToken);
+
+    /// <summary>
+    /// EVALSHA. When Redis does not know the script (its script cache was flushed), nothing ran: this call sends the text
+    /// itself (EVAL, routed by the keys like any command), and the watchdog loads every script again on its next ping.
+    /// </summary>
+    private async Task<RedisResult> EvaluateAsync(IDatabaseAsync db, StoreScript script, RedisKey[] keys, RedisValue[] args)
+    {
+        try
+        {
+            return await db.ScriptEvaluateAsync(script.Sha1, keys, args).ConfigureAwait(false);
+        }
+        catch (RedisServerException e) when (IsNoScript(e))
+        {
+            ForgetLoadedScripts();
+            return await db.ScriptEvaluateAsync(script.Text, keys, args).ConfigureAwait(false);
+        }
+    }
+
+    private void ForgetLoadedScripts()
+    {
+        foreach (var link in _links)
+        {
+            Volatile.Write(ref link.ScriptsLoadedOn, null);
+        }
+    }
+
+    private static bool IsNoScript(RedisServerException e) => e.Message.StartsWith("NOSCRIPT", StringComparison.Ordinal);
 
     /// <summary>
     /// SPEC §7.6: a use counts only once <see cref="StoreSettings.RequireReplicaAcks"/> replicas have it. The consume
@@ -493,22 +520,37 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             link,
             async db =>
             {
-                var evaluate = db.ScriptEvaluateAsync(Scripts.Consume, keys, args);
-                var wait = db.ExecuteAsync("WAIT", replicas, waitMs);
                 try
                 {
-                    var consumed = await evaluate.ConfigureAwait(false);
-                    return (consumed, (long)await wait.ConfigureAwait(false));
+                    return await EvaluateThenWaitAsync(db, Scripts.Consume.Sha1).ConfigureAwait(false);
                 }
-                catch (RedisException)
+                catch (RedisServerException e) when (IsNoScript(e))
                 {
-                    Observe(wait);
-                    throw;
+                    ForgetLoadedScripts();
+
+                    // Nothing ran (and the WAIT that went with it only waited): again, with the script's text.
+                    return await EvaluateThenWaitAsync(db, null).ConfigureAwait(false);
                 }
             },
             "consume",
             grantId,
             CancellationToken.None).ConfigureAwait(false);
+
+        async Task<(RedisResult, long)> EvaluateThenWaitAsync(IDatabase db, byte[]? sha)
+        {
+            var evaluate = sha is null ? db.ScriptEvaluateAsync(Scripts.Consume.Text, keys, args) : db.ScriptEvaluateAsync(sha, keys, args);
+            var wait = db.ExecuteAsync("WAIT", replicas, waitMs);
+            try
+            {
+                var consumed = await evaluate.ConfigureAwait(false);
+                return (consumed, (long)await wait.ConfigureAwait(false));
+            }
+            catch (RedisException)
+            {
+                Observe(wait);
+                throw;
+            }
+        }
 
         if ((string)((RedisResult[])result)[0] == ReasonCodes.Ok && acknowledged < replicas)
         {

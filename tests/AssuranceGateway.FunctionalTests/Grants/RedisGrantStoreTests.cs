@@ -84,6 +84,43 @@ public sealed class RedisGrantStoreTests(RedisServer redis) : GrantStoreConforma
     }
 
     [Fact]
+    public async Task ConsumeAsync_RedisForgotTheScripts_SendsTheScriptAndConsumesExactlyOnce()
+    {
+        var grant = NewGrant() with { MaxUses = 2, UsesRemaining = 2 };
+        await CreateAsync(grant);
+        Assert.True((await Store.ConsumeAsync(Matching(grant), default)).Allowed);
+
+        // What a Redis restart without persistence of scripts (or an operator) does: EVALSHA now answers NOSCRIPT.
+        await redis.ExecuteAsync("SCRIPT", "FLUSH");
+        await using var monitor = await redis.MonitorAsync();
+        var second = await Store.ConsumeAsync(Matching(grant), default);
+
+        // The watchdog loads the scripts again on its next ping (every 250 ms), so consumes are one EVALSHA again.
+#pragma warning disable CA5350 // SHA-1 is how Redis names scripts; computed here independently of the store.
+        var sha = Convert.ToHexStringLower(System.Security.Cryptography.SHA1.HashData(System.Text.Encoding.UTF8.GetBytes(RedisGrantStore.Scripts.Consume.Text)));
+#pragma warning restore CA5350
+        for (var i = 0; i < 100 && ((object?[])(await redis.ExecuteAsync("SCRIPT", "EXISTS", sha))!)[0] is not 1L; i++)
+        {
+            await Task.Delay(50);
+        }
+
+        var third = await Store.ConsumeAsync(Matching(grant), default);
+        await monitor.SyncAsync();
+
+        Assert.True(second.Allowed);
+        Assert.Equal(0, second.UsesRemaining);
+        Assert.Equal(ReasonCodes.Replayed, third.Reason);
+        var stored = await Store.GetAsync(grant.Id, default);
+        Assert.Equal(2, stored!.Events.Count(e => e.Type == GrantEvent.Used));
+        var sent = monitor.Commands
+            .TakeWhile(c => !c.Line.Contains("monitor-sync-", StringComparison.Ordinal))
+            .Where(c => c.Client != "lua" && c.Command is "EVALSHA" or "EVAL")
+            .Select(c => c.Command)
+            .ToList();
+        Assert.Equal(["EVALSHA", "EVAL", "EVALSHA"], sent);
+    }
+
+    [Fact]
     public async Task CreateAsync_Keys_ExpireAtExpiryPlusRetentionAndKeepItThroughUse()
     {
         var settings = RedisStores.Settings(redis, retention: TimeSpan.FromHours(1));

@@ -43,8 +43,26 @@ public sealed class TokenValidatorTests : IDisposable
         Assert.Equal(2, check.Token.Aal);
         Assert.Equal("urn:aal2", check.Token.Acr);
         Assert.Equal("s-1", check.Token.Session);
-        Assert.StartsWith("sha256:", check.Token.TokenHash, StringComparison.Ordinal);
+        Assert.Equal(AssuranceGateway.Requests.Hashes.TokenHash(token), check.Token.TokenHash);
         Assert.DoesNotContain(token, check.Token.TokenHash, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("=")]
+    [InlineData(" ")]
+    [InlineData("\u00e9")]
+    [InlineData("\u0000")]
+    public async Task ValidateAsync_CachedTokenWithOneCharacterOutsideBase64UrlAppended_Rejected(string extra)
+    {
+        // The cache is keyed by the hash of the token's ASCII bytes: a character that is not ASCII (or not base64url)
+        // must never let another text reach an entry, so such text is refused before hashing.
+        var token = Sign(Claims());
+        var validator = Validator();
+        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+
+        var check = await validator.ValidateAsync(token + extra, default);
+
+        Assert.Equal("not a compact JWS (characters outside base64url)", check.Failure);
     }
 
     [Theory]
