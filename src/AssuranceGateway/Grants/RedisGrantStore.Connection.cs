@@ -1,3 +1,4 @@
+using System.Net.Sockets;
 using StackExchange.Redis;
 
 namespace AssuranceGateway.Grants;
@@ -94,6 +95,11 @@ internal sealed partial class RedisGrantStore
                 await LoadScriptsAsync(link, connection, stopping).ConfigureAwait(false);
             }
 
+            if (ReferenceEquals(link, _shared))
+            {
+                await EnsurePipeAsync(link, connection, stopping).ConfigureAwait(false);
+            }
+
             return null;
         }
 
@@ -184,6 +190,48 @@ internal sealed partial class RedisGrantStore
         {
             Observe(ping);
             return false;
+        }
+    }
+
+    /// <summary>
+    /// Keeps the dedicated consume connection (<see cref="RespPipe"/>) up while the multiplexer reaches a standalone
+    /// primary. Not for TLS (1.2.6 owns that handshake) or Redis Cluster (a consume must reach its slot's node): there,
+    /// consumes stay on the multiplexer. A broken pipe is replaced on a later healthy round.
+    /// </summary>
+    private async Task EnsurePipeAsync(Link link, ConnectionMultiplexer connection, CancellationToken stopping)
+    {
+        if (_options.Ssl || link.IsCluster || Volatile.Read(ref _pipe) is { Broken: null })
+        {
+            return;
+        }
+
+        var primaries = connection.GetEndPoints()
+            .Select(endPoint => connection.GetServer(endPoint))
+            .Where(server => server.IsConnected && !server.IsSlave && server.ServerType == ServerType.Standalone)
+            .ToList();
+        if (primaries.Count != 1)
+        {
+            return;
+        }
+
+        try
+        {
+            var fresh = await RespPipe.ConnectAsync(
+                primaries[0].EndPoint, _options.Password, _options.DefaultDatabase ?? 0, (_options.ClientName ?? "assurance-gateway") + "-consume",
+                _settings.Timeout, _time, stopping).ConfigureAwait(false);
+            if (Volatile.Read(ref _disposed) != 0)
+            {
+                fresh.Dispose();
+                return;
+            }
+
+            Interlocked.Exchange(ref _pipe, fresh)?.Dispose();
+            Log.PipeConnected(_logger, Description, FormatEndPoint(primaries[0].EndPoint));
+        }
+        catch (Exception e) when (e is SocketException or StoreUnavailableException or OperationCanceledException)
+        {
+            stopping.ThrowIfCancellationRequested();
+            Log.PipeUnavailable(_logger, Description, e.Message);
         }
     }
 

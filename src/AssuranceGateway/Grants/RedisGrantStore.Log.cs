@@ -55,5 +55,11 @@ internal sealed partial class RedisGrantStore
 
         [LoggerMessage(3111, LogLevel.Debug, "Grant store {Store}: loading scripts failed; they will be sent in full on first use")]
         public static partial void ScriptLoadFailed(ILogger logger, string store, Exception exception);
+
+        [LoggerMessage(3114, LogLevel.Information, "Grant store {Store}: consumes go over a dedicated connection to {EndPoint}")]
+        public static partial void PipeConnected(ILogger logger, string store, string endPoint);
+
+        [LoggerMessage(3115, LogLevel.Warning, "Grant store {Store}: the dedicated consume connection is unavailable ({Why}); consumes use the shared connection meanwhile")]
+        public static partial void PipeUnavailable(ILogger logger, string store, string why);
     }
 }

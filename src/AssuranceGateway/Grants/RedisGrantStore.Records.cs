@@ -206,29 +206,31 @@ internal sealed partial class RedisGrantStore
         ];
     }
 
-    private static ConsumeResult ReadConsumeResult(RedisResult result)
+    /// <summary>The consume script's reply as text, whichever connection carried it (nil is null).</summary>
+    private static string?[] ConsumeReply(RedisResult result) => Array.ConvertAll((RedisResult[])result, static r => (string?)r);
+
+    private static ConsumeResult ReadConsumeResult(string?[] r)
     {
-        var r = (RedisResult[])result;
-        var reason = (string)r[0];
+        var reason = r[0] ?? throw new FormatException("consume reply without a reason");
         if (r.Length == 1)
         {
             return new ConsumeResult { Reason = reason };
         }
 
-        var mismatch = (string)r[3];
+        var mismatch = r[3];
         return new ConsumeResult
         {
             Reason = reason,
-            Status = ParseStatus((string)r[1]),
-            UsesRemaining = (int)r[2],
+            Status = ParseStatus(r[1]!),
+            UsesRemaining = int.Parse(r[2]!, CultureInfo.InvariantCulture),
             Mismatch = string.IsNullOrEmpty(mismatch) ? [] : mismatch.Split(' '),
-            Revoked = (int)r[4] == 1,
-            FirstUse = r[5].IsNull ? null : ReadFirstUse((string)r[5]),
-            Approvers = r[6].IsNull ? [] : ReadStringArray((string)r[6]),
-            ApprovalAal = (int)r[7],
-            Subject = (string)r[8],
-            Workload = (string)r[9],
-            RequestHash = (string)r[10],
+            Revoked = r[4] == "1",
+            FirstUse = r[5] is null ? null : ReadFirstUse(r[5]!),
+            Approvers = r[6] is null ? [] : ReadStringArray(r[6]!),
+            ApprovalAal = int.Parse(r[7]!, CultureInfo.InvariantCulture),
+            Subject = r[8],
+            Workload = r[9],
+            RequestHash = r[10],
         };
     }
 

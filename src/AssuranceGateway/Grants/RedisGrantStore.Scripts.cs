@@ -438,9 +438,13 @@ internal sealed class StoreScript
 #pragma warning disable CA5350 // Not a security use: SHA-1 is how Redis names scripts (EVALSHA).
         Sha1 = System.Security.Cryptography.SHA1.HashData(System.Text.Encoding.UTF8.GetBytes(text));
 #pragma warning restore CA5350
+        Sha1Hex = System.Text.Encoding.ASCII.GetBytes(Convert.ToHexStringLower(Sha1));
     }
 
     public string Text { get; }
 
     public byte[] Sha1 { get; }
+
+    /// <summary>The digest as EVALSHA spells it: 40 lower-case hex digits, ASCII.</summary>
+    public byte[] Sha1Hex { get; }
 }

@@ -1,4 +1,7 @@
+using System.Buffers;
+using System.Globalization;
 using System.Net;
+using System.Text;
 using System.Threading.Channels;
 using AssuranceGateway.Configuration;
 using AssuranceGateway.Enforcement;
@@ -66,6 +69,9 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     private int _unknownOutcomeInFlight;
     private int _disposed;
 
+    /// <summary>The dedicated consume connection, when one is up (see <see cref="EnsurePipeAsync"/>).</summary>
+    private RespPipe? _pipe;
+
     public RedisGrantStore(StoreSettings settings, TimeProvider time, ILogger<RedisGrantStore> logger)
     {
         ArgumentNullException.ThrowIfNull(settings);
@@ -116,6 +122,12 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
     public string Description { get; }
 
+    /// <summary>True while consumes go over the dedicated connection (standalone Redis without TLS).</summary>
+    internal bool ConsumesOnDedicatedConnection => Volatile.Read(ref _pipe) is { Broken: null };
+
+    /// <summary>The server is a Redis Cluster node (known once connected).</summary>
+    internal bool IsCluster => _shared.IsCluster;
+
     /// <summary>Consumes whose outcome is unknown and not yet recorded on their grant.</summary>
     internal int UnknownOutcomesPending => _unknownOutcomes.Reader.Count + Volatile.Read(ref _unknownOutcomeInFlight);
 
@@ -153,16 +165,22 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     public async Task<ConsumeResult> ConsumeAsync(ConsumeRequest request, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
-        RedisResult result;
+        string?[] reply;
         try
         {
             // Deliberately not cancellable: the call is bounded by Store:Timeout anyway, and walking away from a consume
             // that was sent would turn a known outcome into an unknown one.
             var keys = _keys.GrantAndEvents(request.GrantId);
             var args = ConsumeArguments(request);
-            result = _acked is null || request.DryRun
+            if (_acked is null && Volatile.Read(ref _pipe) is { Broken: null } pipe
+                && await ConsumeThroughPipeAsync(pipe, keys, args, request.GrantId).ConfigureAwait(false) is { } fast)
+            {
+                return ReadConsumeResult(fast);
+            }
+
+            reply = ConsumeReply(_acked is null || request.DryRun
                 ? await EvaluateAsync(Scripts.Consume, keys, args, "consume", request.GrantId, CancellationToken.None).ConfigureAwait(false)
-                : await ConsumeAcknowledgedAsync(_acked, keys, args, request.GrantId).ConfigureAwait(false);
+                : await ConsumeAcknowledgedAsync(_acked, keys, args, request.GrantId).ConfigureAwait(false));
         }
         catch (StoreUnavailableException e) when (e.OutcomeUnknown && !request.DryRun)
         {
@@ -171,7 +189,63 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             throw;
         }
 
-        return ReadConsumeResult(result);
+        return ReadConsumeResult(reply);
+    }
+
+    /// <summary>
+    /// The consume over the dedicated connection (<see cref="RespPipe"/>). Null when it provably did not run there
+    /// (the command never left, or Redis did not know the script): the caller then takes the shared connection.
+    /// </summary>
+    private async Task<string?[]?> ConsumeThroughPipeAsync(RespPipe pipe, RedisKey[] keys, RedisValue[] args, string grantId)
+    {
+        object? reply;
+        try
+        {
+            reply = await pipe.SendAsync(EncodeEvalSha(Scripts.Consume, keys, args)).ConfigureAwait(false);
+        }
+        catch (StoreUnavailableException e) when (!e.OutcomeUnknown)
+        {
+            return null;
+        }
+        catch (StoreUnavailableException e)
+        {
+            throw Unavailable("consume", grantId, e.Message, outcomeUnknown: true, e);
+        }
+
+        switch (reply)
+        {
+            case RespError { IsNoScript: true }:
+                ForgetLoadedScripts();
+                return null;
+            case RespError error:
+                // A script error (OOM under noeviction, say): it ran up to the failure, and nothing says how far.
+                throw Unavailable("consume", grantId, error.Message, outcomeUnknown: true, null);
+            case object?[] items when items.All(static i => i is null or string or long):
+                return Array.ConvertAll(items, static i => i is long n ? n.ToString(CultureInfo.InvariantCulture) : (string?)i);
+            default:
+                throw Unavailable("consume", grantId, "unexpected reply", outcomeUnknown: true, null);
+        }
+    }
+
+    /// <summary>EVALSHA in RESP2, with the keys and arguments exactly as the multiplexer would send them.</summary>
+    private static byte[] EncodeEvalSha(StoreScript script, RedisKey[] keys, RedisValue[] args)
+    {
+        var writer = new ArrayBufferWriter<byte>(1024);
+        RespPipe.WriteArrayHeader(writer, 3 + keys.Length + args.Length);
+        RespPipe.WriteBulk(writer, "EVALSHA"u8);
+        RespPipe.WriteBulk(writer, script.Sha1Hex);
+        RespPipe.WriteBulk(writer, Encoding.ASCII.GetBytes(keys.Length.ToString(CultureInfo.InvariantCulture)));
+        foreach (var key in keys)
+        {
+            RespPipe.WriteBulk(writer, Encoding.UTF8.GetBytes((string?)key ?? string.Empty));
+        }
+
+        foreach (var arg in args)
+        {
+            RespPipe.WriteBulk(writer, Encoding.UTF8.GetBytes((string?)arg ?? string.Empty));
+        }
+
+        return writer.WrittenSpan.ToArray();
     }
 
     public async Task<GrantRecord?> GetAsync(string id, CancellationToken cancellationToken)
@@ -313,6 +387,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             Log.BackgroundFailure(_logger, Description, e);
         }
 
+        Interlocked.Exchange(ref _pipe, null)?.Dispose();
         var lost = UnknownOutcomesPending;
         if (lost > 0)
         {

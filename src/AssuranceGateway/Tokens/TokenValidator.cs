@@ -68,15 +68,11 @@ public sealed class TokenValidator
             return TokenCheck.Fail("token exceeds MaxTokenBytes");
         }
 
-        // Only then hashing: every byte of a compact JWS is one of 65 ASCII characters, so the hash (the cache key
-        // and the binding) is over exactly the token's text and no two texts share it.
-        if (token.AsSpan().ContainsAnyExcept(CompactJwsChars))
-        {
-            return TokenCheck.Fail("not a compact JWS (characters outside base64url)");
-        }
-
-        var digest = TokenDigest.Of(token);
-        if (_cache.TryGet(digest, out var cached))
+        // Only a token that is all base64url and dots is hashed and looked up: then the hash (the cache key and the
+        // binding) is over exactly the token's text, and no two texts share it.
+        var compact = !token.AsSpan().ContainsAnyExcept(CompactJwsChars);
+        var digest = compact ? TokenDigest.Of(token) : default;
+        if (compact && _cache.TryGet(digest, out var cached))
         {
             if (await StillValidAsync(cached, cancellationToken).ConfigureAwait(false))
             {
@@ -89,6 +85,12 @@ public sealed class TokenValidator
         if (!JwtInspector.TryInspect(token, out var shape, out var failure))
         {
             return TokenCheck.Fail(failure);
+        }
+
+        if (!compact)
+        {
+            // Header and payload decoded, so what is left is in the signature (or padding the decoder tolerated).
+            return TokenCheck.Fail("not a compact JWS (characters outside base64url)");
         }
 
         if (shape.Issuer is null || !_issuers.TryGetValue(shape.Issuer, out var entry))

@@ -84,6 +84,24 @@ public sealed class RedisGrantStoreTests(RedisServer redis) : GrantStoreConforma
     }
 
     [Fact]
+    public async Task ConsumeAsync_Standalone_SentOnTheDedicatedConsumeConnection()
+    {
+        var grant = NewGrant();
+        await CreateAsync(grant);
+        var clients = (string)(await redis.ExecuteAsync("CLIENT", "LIST"))!;
+        var consumer = clients.Split('\n').Single(line => line.Contains(" name=assurance-gateway-consume ", StringComparison.Ordinal));
+        var address = consumer.Split(' ').Single(part => part.StartsWith("addr=", StringComparison.Ordinal))["addr=".Length..];
+
+        await using var monitor = await redis.MonitorAsync();
+        var result = await Store.ConsumeAsync(Matching(grant), default);
+        await monitor.SyncAsync();
+
+        Assert.True(result.Allowed);
+        var evalsha = Assert.Single(monitor.Commands.TakeWhile(c => !c.Line.Contains("monitor-sync-", StringComparison.Ordinal)), c => c.Command == "EVALSHA");
+        Assert.Equal(address, evalsha.Client);
+    }
+
+    [Fact]
     public async Task ConsumeAsync_RedisForgotTheScripts_SendsTheScriptAndConsumesExactlyOnce()
     {
         var grant = NewGrant() with { MaxUses = 2, UsesRemaining = 2 };
@@ -117,7 +135,11 @@ public sealed class RedisGrantStoreTests(RedisServer redis) : GrantStoreConforma
             .Where(c => c.Client != "lua" && c.Command is "EVALSHA" or "EVAL")
             .Select(c => c.Command)
             .ToList();
-        Assert.Equal(["EVALSHA", "EVAL", "EVALSHA"], sent);
+        // NOSCRIPT, then the script's text once (EVAL), then by digest again. A NOSCRIPT on the dedicated consume
+        // connection is followed by one more EVALSHA on the shared one before the text goes.
+        Assert.Equal("EVALSHA", sent[0]);
+        Assert.Single(sent, c => c == "EVAL");
+        Assert.Equal(["EVAL", "EVALSHA"], sent[^2..]);
     }
 
     [Fact]

@@ -42,6 +42,13 @@ internal static class RedisStores
         try
         {
             await WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(10), "the store to answer PING");
+            if (!store.IsCluster)
+            {
+                // Standalone: consumes go over the dedicated connection once the watchdog has opened it; tests that
+                // consume should exercise that path, not the shared connection that stands in until then.
+                await WaitUntilAsync(() => Task.FromResult(store.ConsumesOnDedicatedConnection), TimeSpan.FromSeconds(10), "the consume connection");
+            }
+
             return store;
         }
         catch
