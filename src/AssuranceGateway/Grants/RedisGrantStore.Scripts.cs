@@ -110,13 +110,17 @@ internal sealed partial class RedisGrantStore
         /// workload|nil, requestHash|nil}.
         /// </summary>
         private const string ConsumeText = Common + $$"""
-            local raw = redis.call('HGETALL', KEYS[1])
-            if #raw == 0 then
+            -- Only the fields a decision reads (the request digests only on a request mismatch): the whole hash,
+            -- approvals and all, would cost every consume a table build for nothing.
+            local names = {'status', 'expiresAt', 'notBefore', 'routeKey', 'bound', 'subject', 'session', 'token', 'workload',
+              'originNets', 'request', 'digests', 'uses', 'firstUse', 'approvers', 'approvalAal'}
+            local values = redis.call('HMGET', KEYS[1], unpack(names))
+            if not values[1] then
               return {'{{ReasonCodes.GrantNotFound}}'}
             end
             local g = {}
-            for i = 1, #raw, 2 do
-              g[raw[i]] = raw[i + 1]
+            for i = 1, #names do
+              if values[i] then g[names[i]] = values[i] end
             end
 
             local given = tonumber(ARGV[3])
@@ -182,10 +186,11 @@ internal sealed partial class RedisGrantStore
             elseif differs(32, g.request, presented(10, 32)) then
               reason = '{{ReasonCodes.RequestMismatch}}'
               if g.digests and bit.band(given, 64) ~= 0 then
-                local names = {'method', 'path', 'query', 'headers', 'body'}
+                local parts = {'method', 'path', 'query', 'headers', 'body'}
+                local stored = redis.call('HMGET', KEYS[1], 'd.method', 'd.path', 'd.query', 'd.headers', 'd.body')
                 for i = 1, 5 do
-                  if g['d.' .. names[i]] ~= ARGV[10 + i] then
-                    mismatch[#mismatch + 1] = names[i]
+                  if stored[i] ~= ARGV[10 + i] then
+                    mismatch[#mismatch + 1] = parts[i]
                   end
                 end
               end
@@ -195,11 +200,12 @@ internal sealed partial class RedisGrantStore
               reason = '{{ReasonCodes.Ok}}'
             end
 
-            local revoke_on = {}
-            for r in string.gmatch(ARGV[16], '%S+') do
-              revoke_on[r] = true
+            local revoke = false
+            if reason ~= '{{ReasonCodes.Ok}}' and g.status ~= '{{StatusRevoked}}' then
+              for r in string.gmatch(ARGV[16], '%S+') do
+                if r == reason then revoke = true end
+              end
             end
-            local revoke = reason ~= '{{ReasonCodes.Ok}}' and revoke_on[reason] == true and g.status ~= '{{StatusRevoked}}'
 
             local status = g.status
             local uses = tonumber(g.uses)
