@@ -223,12 +223,25 @@ internal sealed partial class RedisGrantStore
               if reason == '{{ReasonCodes.Ok}}' then
                 uses = uses - 1
                 if uses == 0 then status = '{{StatusConsumed}}' end
+                -- Write only what changed: the count always, the status when it changes, the first use once.
+                local changes = {'uses', fmt(uses)}
+                if status ~= g.status then
+                  changes[#changes + 1] = 'status'
+                  changes[#changes + 1] = status
+                end
                 if not first then
                   first = cjson.encode(e)
+                  changes[#changes + 1] = 'firstUse'
+                  changes[#changes + 1] = first
                 end
-                redis.call('HSET', KEYS[1], 'uses', fmt(uses), 'status', status, 'firstUse', first)
+                redis.call('HSET', KEYS[1], unpack(changes))
                 e.type = '{{GrantEvent.Used}}'
-                append(KEYS[1], KEYS[2], cjson.encode(e), max)
+                -- A full event list only counts the event: spare the encoding then.
+                if redis.call('LLEN', KEYS[2]) >= max then
+                  redis.call('HINCRBY', KEYS[1], 'dropped', 1)
+                else
+                  redis.call('RPUSH', KEYS[2], cjson.encode(e))
+                end
               else
                 e.type = '{{GrantEvent.Denied}}'
                 e.reason = reason

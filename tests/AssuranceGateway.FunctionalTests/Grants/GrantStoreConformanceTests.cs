@@ -941,6 +941,30 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Consume_UseBeyondTheEventCap_CountedAsDroppedUseStillTakenFirstUseKept()
+    {
+        var grant = NewGrant() with { MaxUses = 3, UsesRemaining = 3 };
+        await CreateAsync(grant);
+        for (var i = 0; i < GrantRules.MaxEvents - 3; i++)
+        {
+            await Store.AppendEventAsync(grant.Id, new GrantEvent { Type = GrantEvent.UnknownOutcome, At = Now, TraceId = "t" + i }, default);
+        }
+
+        var first = await Store.ConsumeAsync(Matching(grant) with { TraceId = "first" }, default); // the last event that fits
+        var second = await Store.ConsumeAsync(Matching(grant) with { TraceId = "second" }, default);
+
+        Assert.True(second.Allowed);
+        Assert.Equal(1, second.UsesRemaining);
+        Assert.Equal(first.FirstUse, second.FirstUse);
+        Assert.Equal("first", second.FirstUse!.TraceId);
+        var stored = await Store.GetAsync(grant.Id, default);
+        Assert.Equal(GrantRules.MaxEvents, stored!.Events.Count);
+        Assert.Equal(1, stored.DroppedEvents);
+        Assert.Equal("first", stored.Events[^1].TraceId);
+        Assert.Equal(GrantStatus.Active, stored.Status);
+    }
+
+    [Fact]
     public async Task PingAsync_Reachable_True()
     {
         Assert.True(await Store.PingAsync(default));
