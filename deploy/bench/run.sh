@@ -30,7 +30,7 @@ trap cleanup EXIT INT TERM
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 1 150); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; echo "not up: $1" >&2; exit 1; }
 
-redis_port=$(port); up=$(port); plain=$(port); gw=$(port); api=$(port)
+redis_port=$(port); up=$(port); plain=$(port); gw=$(port); api=$(port); gws=$(port); apis=$(port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$work/redis.log" 2>&1 & pids+=($!)
 $bench upstream --urls "http://127.0.0.1:$up" & pids+=($!)
 $bench plain-yarp --urls "http://127.0.0.1:$plain" --upstream "http://127.0.0.1:$up" & pids+=($!)
@@ -62,7 +62,21 @@ cat >"$work/gateway.json" <<JSON
 }
 JSON
 dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --config "$work/gateway.json" >"$work/gateway.log" 2>&1 & pids+=($!)
-wait_http "http://127.0.0.1:$up/"; wait_http "http://127.0.0.1:$plain/"; wait_http "http://127.0.0.1:$api/readyz"
+gateway_pid=$!
+# The same gateway with signed evidence (Assurance-Evidence, one ES256 signature per allowed request), as in
+# config/gateway.json: a second process, so that both are measured in the same rounds.
+python3 - "$work" "$gws" "$apis" <<'PY'
+import json, sys
+work, port, api = sys.argv[1:]
+c = json.load(open(f"{work}/gateway.json"))
+c["Urls"] = f"http://127.0.0.1:{port}"
+c["Assurance"]["Api"]["Url"] = f"http://127.0.0.1:{api}"
+c["Assurance"]["Evidence"] = {"SigningKeyFile": f"{work}/keys/evidence.jwk.json"}
+json.dump(c, open(f"{work}/gateway-signed.json", "w"), indent=2)
+PY
+dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --config "$work/gateway-signed.json" >"$work/gateway-signed.log" 2>&1 & pids+=($!)
+signed_pid=$!
+wait_http "http://127.0.0.1:$up/"; wait_http "http://127.0.0.1:$plain/"; wait_http "http://127.0.0.1:$api/readyz"; wait_http "http://127.0.0.1:$apis/readyz"
 
 # Credentials and grants, made the way operators make them (agw), valid for the whole run.
 python3 -c 'import sys; a, b = "{\"payload\":\"", "\"}"; sys.stdout.write(a + "x" * (1024 - len(a) - len(b)) + b)' >"$work/body.json"
@@ -75,22 +89,31 @@ grant() { $agw grant create --as "$approver" -q --route "$1" --workload spiffe:/
   --path "/$1/bench" --header "content-type: application/json" --body "$work/body.json" --max-uses 1000000 --ttl 7200 "${@:2}"; }
 bound_grant=$(grant bound --token "$token")
 fresh_grant=$(grant fresh)
-fresh_count=$(( (rounds * duration * 12000) + 20000 ))
+# Fresh tokens: every wrk run takes a slice of its own (the warm-up too), so no token is ever sent twice.
+slice=$(( duration * 15000 )); fresh_count=$(( (rounds + 1) * slice ))
 $bench mint --key "$work/keys/idp.private.jwk.json" --count "$fresh_count" --out "$work/tokens.txt"
 
-run() { # run NAME URL [env...]: one wrk run, prints "NAME RESULT ..."
+redis_pid=$(pgrep -f "redis-server 127.0.0.1:$redis_port" | head -1)
+upstream_pid=$(pgrep -f "Benchmarks.dll upstream --urls http://127.0.0.1:$up" | head -1)
+plain_pid=$(pgrep -f "Benchmarks.dll plain-yarp --urls http://127.0.0.1:$plain" | head -1)
+cpu_ticks() { for p in "$gateway_pid" "$signed_pid" "$plain_pid" "$upstream_pid" "$redis_pid"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd' '; }
+run() { # run NAME URL [env...]: one wrk run, prints "NAME RESULT ... cpu=<ticks before>/<ticks after>"
   local name=$1 url=$2; shift 2
-  local out
+  local out before
+  before=$(cpu_ticks)
   out=$(env "$@" BENCH_BODY_FILE="$work/body.json" wrk -t"$threads" -c"$connections" -d"${duration}s" --latency -s deploy/bench/scenario.lua "$url" | grep '^RESULT')
-  echo "$name $out"
+  echo "$name $out cpu=${before// /,}/$(cpu_ticks | tr ' ' ',')"
 }
 evalsha() { redis-cli -p "$redis_port" info commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p'; }
 
 echo "warming up" >&2
-for url in "http://127.0.0.1:$plain/bound/bench" "http://127.0.0.1:$gw/bound/bench"; do
-  env BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant" BENCH_BODY_FILE="$work/body.json" \
-    wrk -t2 -c16 -d3s -s deploy/bench/scenario.lua "$url" >/dev/null
-done
+warm() { env "$@" BENCH_BODY_FILE="$work/body.json" wrk -t2 -c16 -d3s -s deploy/bench/scenario.lua "${url}" >/dev/null; }
+url="http://127.0.0.1:$plain/bound/bench"; warm BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
+url="http://127.0.0.1:$gw/pass/bench"; warm
+url="http://127.0.0.1:$gw/token/bench"; warm BENCH_TOKEN="$token"
+url="http://127.0.0.1:$gw/bound/bench"; warm BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
+url="http://127.0.0.1:$gws/bound/bench"; warm BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
+url="http://127.0.0.1:$gw/fresh/bench"; warm BENCH_TOKENS_FILE="$work/tokens.txt" BENCH_TOKENS_FROM=0 BENCH_TOKENS_COUNT="$slice" BENCH_SVID="$svid" BENCH_GRANT="$fresh_grant"
 
 results="$work/results.txt"
 for round in $(seq 1 "$rounds"); do
@@ -102,7 +125,9 @@ for round in $(seq 1 "$rounds"); do
     before=$(evalsha)
     run full-binding "http://127.0.0.1:$gw/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
     echo "EVALSHA $(( $(evalsha) - before ))"
-    run fresh-token "http://127.0.0.1:$gw/fresh/bench" BENCH_TOKENS_FILE="$work/tokens.txt" BENCH_SVID="$svid" BENCH_GRANT="$fresh_grant"
+    run fresh-token "http://127.0.0.1:$gw/fresh/bench" BENCH_TOKENS_FILE="$work/tokens.txt" BENCH_TOKENS_FROM=$(( round * slice )) \
+      BENCH_TOKENS_COUNT="$slice" BENCH_SVID="$svid" BENCH_GRANT="$fresh_grant"
+    run full-binding-signed "http://127.0.0.1:$gws/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
   } >>"$results"
 done
 
@@ -113,6 +138,7 @@ connections=1; threads=1
   run passthrough-1conn "http://127.0.0.1:$gw/pass/bench"
   run token-only-1conn "http://127.0.0.1:$gw/token/bench" BENCH_TOKEN="$token"
   run full-binding-1conn "http://127.0.0.1:$gw/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
+  run full-binding-signed-1conn "http://127.0.0.1:$gws/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
 } >>"$results"
 
 # Grant issuance through the API (each request creates a new grant).
@@ -131,9 +157,10 @@ LUA
   echo "issuance $(wrk -t2 -c32 -d"${duration}s" --latency -s "$work/issue.lua" "http://127.0.0.1:$api/assurance/v1/grants" | grep '^RESULT')"
 } >>"$results"
 
-python3 - "$results" "$(nproc)" "$(uptime | sed 's/.*load average: //')" <<'PY'
-import re, statistics, sys
-path, cores, load = sys.argv[1], sys.argv[2], sys.argv[3]
+python3 - "$results" "$(nproc)" "$(uptime | sed 's/.*load average: //')" "$(getconf CLK_TCK)" <<'PY'
+import statistics, sys
+path, cores, load, tick = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+processes = ["gateway", "gateway-signed", "plain-yarp", "upstream", "redis"]
 rounds, current = {}, None
 for line in open(path):
     parts = line.split()
@@ -142,25 +169,33 @@ for line in open(path):
     elif parts[0] == "EVALSHA":
         current["evalsha"] = int(parts[1])
     else:
-        kv = dict(p.split("=") for p in parts[2:])
+        kv = dict(p.split("=", 1) for p in parts[2:])
         ok = int(kv["requests"]) - int(kv["non2xx"])
-        current[parts[0]] = dict(rps=ok / (int(kv["duration_us"]) / 1e6), p50=int(kv["p50_us"]), p99=int(kv["p99_us"]),
-                                 ok=ok, non2xx=int(kv["non2xx"]))
+        row = dict(rps=ok / (int(kv["duration_us"]) / 1e6), p50=int(kv["p50_us"]), p99=int(kv["p99_us"]), ok=ok,
+                   non2xx=int(kv["non2xx"]))
+        if "cpu" in kv:
+            before, after = ([int(x) for x in half.split(",")] for half in kv["cpu"].split("/"))
+            row["cpu"] = [(a - b) / tick * 1e6 / max(int(kv["requests"]), 1) for a, b in zip(after, before)]
+        current[parts[0]] = row
 load_rounds = [r for k, r in rounds.items() if k.isdigit()]
+names = ["plain", "passthrough", "token-only", "full-binding", "fresh-token", "full-binding-signed"]
 print(f"\nAssurance Gateway vs plain YARP: {len(load_rounds)} round(s), {cores} cores, load average after: {load}")
-print(f"{'scenario':<14}{'rps':>9}{'p50 µs':>9}{'p99 µs':>9}{'× plain':>9}{'non-2xx':>9}")
-for name in ["plain", "passthrough", "token-only", "full-binding", "fresh-token"]:
+print(f"{'scenario':<21}{'rps':>8}{'p50 µs':>8}{'p99 µs':>8}{'× plain':>9}{'non-2xx':>8}   CPU µs per request: " + " ".join(f"{p:>8}" for p in ["proxy", "upstream", "redis"]))
+for name in names:
     rows = [r[name] for r in load_rounds]
     ratios = [r[name]["rps"] / r["plain"]["rps"] for r in load_rounds]
-    print(f"{name:<14}{statistics.median(x['rps'] for x in rows):>9.0f}{statistics.median(x['p50'] for x in rows):>9.0f}"
-          f"{statistics.median(x['p99'] for x in rows):>9.0f}{statistics.median(ratios):>9.2f}{sum(x['non2xx'] for x in rows):>9}")
+    proxy = 2 if name == "plain" else 1 if name == "full-binding-signed" else 0
+    cpu = [statistics.median(x["cpu"][i] for x in rows) for i in (proxy, 3, 4)]
+    print(f"{name:<21}{statistics.median(x['rps'] for x in rows):>8.0f}{statistics.median(x['p50'] for x in rows):>8.0f}"
+          f"{statistics.median(x['p99'] for x in rows):>8.0f}{statistics.median(ratios):>9.2f}{sum(x['non2xx'] for x in rows):>8}"
+          f"   {'':<20}" + " ".join(f"{c:>8.0f}" for c in cpu))
 per = [r["evalsha"] / r["full-binding"]["ok"] for r in load_rounds if r["full-binding"]["ok"]]
 print(f"Redis EVALSHA per allowed request (full binding): {statistics.median(per):.3f}")
 lat = rounds["latency"]
 base = lat["plain-1conn"]["p50"]
-print("one connection, p50 (added over plain YARP): plain %d µs, passthrough %d (+%d), token-only %d (+%d), full binding %d (+%d)" % (
-    base, lat["passthrough-1conn"]["p50"], lat["passthrough-1conn"]["p50"] - base, lat["token-only-1conn"]["p50"],
-    lat["token-only-1conn"]["p50"] - base, lat["full-binding-1conn"]["p50"], lat["full-binding-1conn"]["p50"] - base))
+print("one connection, p50 (added over plain YARP): plain %d µs" % base + "".join(
+    f", {n} {lat[n + '-1conn']['p50']} (+{lat[n + '-1conn']['p50'] - base})"
+    for n in ["passthrough", "token-only", "full-binding", "full-binding-signed"]))
 api = rounds["api"]["issuance"]
 print(f"grant issuance through the API: {api['rps']:.0f} grants/s (p50 {api['p50']} µs, non-201 {api['non2xx']})")
 PY

@@ -1,6 +1,7 @@
 -- One wrk scenario, configured by environment variables (wrk's Lua has os.getenv):
 --   BENCH_TOKEN, BENCH_SVID, BENCH_GRANT: headers to send when set
---   BENCH_TOKENS_FILE: a file of access tokens, one per line; each request takes the next (fresh-token scenario)
+--   BENCH_TOKENS_FILE: a file of access tokens, one per line; each request takes the next (fresh-token scenario),
+--   from line BENCH_TOKENS_FROM (0-based) on, BENCH_TOKENS_COUNT of them, split evenly between wrk's threads
 --   BENCH_BODY_FILE: the exact body (1 KiB), sent with content-type application/json
 -- done() prints one parseable line: RESULT requests=… duration_us=… non2xx=… p50_us=… p99_us=…
 local token = os.getenv("BENCH_TOKEN")
@@ -8,6 +9,8 @@ local svid = os.getenv("BENCH_SVID")
 local grant = os.getenv("BENCH_GRANT")
 local tokens_file = os.getenv("BENCH_TOKENS_FILE")
 local body_file = os.getenv("BENCH_BODY_FILE")
+local tokens_from = tonumber(os.getenv("BENCH_TOKENS_FROM") or "0")
+local tokens_count = tonumber(os.getenv("BENCH_TOKENS_COUNT") or "0")
 
 wrk.method = "POST"
 if body_file then
@@ -25,21 +28,27 @@ local next_token = 1
 -- The fresh-token request is prebuilt around the token: wrk.format() per request costs the load generator
 -- (which shares the machine with what it measures) far more than one concatenation.
 local before_token, after_token = nil, nil
-local threads = {}
 local thread_count = 0
 
 function setup(thread)
   thread_count = thread_count + 1
   thread:set("index", thread_count)
-  table.insert(threads, thread)
 end
 
 function init(args)
   if tokens_file then
+    -- This thread's share of the run's slice: threads never send the same token, runs never repeat one.
+    local threads_total = tonumber(os.getenv("BENCH_THREADS") or "2")
+    local share = math.floor(tokens_count / threads_total)
+    local first = tokens_from + ((index or 1) - 1) * share
     tokens = {}
-    for line in io.lines(tokens_file) do tokens[#tokens + 1] = line end
-    -- Threads start far apart in the list so that no two send the same token.
-    next_token = ((index or 1) - 1) * math.floor(#tokens / 4) + 1
+    local line_number = 0
+    for line in io.lines(tokens_file) do
+      if line_number >= first + share then break end
+      if line_number >= first then tokens[#tokens + 1] = line end
+      line_number = line_number + 1
+    end
+    assert(#tokens > 0, "no tokens in the slice")
     local marker = "\1TOKEN\1"
     wrk.headers["Authorization"] = "Bearer " .. marker
     local template = wrk.format()

@@ -1,7 +1,10 @@
-using System.Security.Claims;
+using System.Buffers;
+using System.Buffers.Text;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
 using AssuranceGateway.Configuration;
 using AssuranceGateway.Enforcement;
-using Microsoft.IdentityModel.JsonWebTokens;
 using Microsoft.IdentityModel.Tokens;
 
 namespace AssuranceGateway.Evidence;
@@ -11,45 +14,87 @@ namespace AssuranceGateway.Evidence;
 /// very request through, so it can verify that for itself with the key published at /.well-known/jwks.json.
 /// The key is read from the configuration in force, so a rotated key file takes effect on reload.
 /// </summary>
+/// <remarks>
+/// The JWS is written here (RFC 7515 compact form, RFC 7518 §3.4 signature) rather than by
+/// <c>JsonWebTokenHandler.CreateToken</c>: handed a private JWK, the handler built a new ECDsa key for every token,
+/// measured at ~180 µs of CPU per allowed request under load against ~25 µs for the signature itself. Each thread
+/// keeps one ECDsa per key (an ECDsa instance is not documented as safe for concurrent use).
+/// </remarks>
 public sealed class EvidenceSigner(TimeProvider time) : IEvidenceSigner
 {
     public const string Type = "assurance-evidence+jwt";
     public const string Issuer = "urn:assurance-gateway";
 
-    private readonly JsonWebTokenHandler _handler = new() { SetDefaultTimesOnTokenCreation = false };
+    [ThreadStatic]
+    private static KeyValuePair<JsonWebKey, ECDsa>? t_key;
 
     public string Sign(AssuranceDecision decision, GatewaySettings settings)
     {
+        ArgumentNullException.ThrowIfNull(decision);
+        ArgumentNullException.ThrowIfNull(settings);
         var key = settings.Evidence.SigningKey ?? throw new InvalidOperationException("no evidence signing key configured");
-        var now = time.GetUtcNow().UtcDateTime;
-        var claims = new Dictionary<string, object>(StringComparer.Ordinal)
+        var now = time.GetUtcNow().ToUnixTimeSeconds();
+
+        var buffer = new ArrayBufferWriter<byte>(1024);
+        using (var header = new Utf8JsonWriter(buffer))
         {
-            ["route"] = decision.Route,
-            ["policy"] = decision.Policy.Name,
-            ["traceId"] = decision.TraceId ?? string.Empty,
-        };
-        Add(claims, "grantId", decision.GrantId);
-        Add(claims, "requestHash", decision.RequestHash);
-        Add(claims, "workload", decision.WorkloadId);
-        Add(claims, "aal", decision.Aal);
-        Add(claims, "approvalAal", decision.ApprovalAal);
-        Add(claims, "usesRemaining", decision.UsesRemaining);
-        if (decision.Approvers.Count > 0)
-        {
-            claims["approvers"] = decision.Approvers.ToArray();
+            header.WriteStartObject();
+            header.WriteString("alg", "ES256");
+            if (!string.IsNullOrEmpty(key.Kid))
+            {
+                header.WriteString("kid", key.Kid);
+            }
+
+            header.WriteString("typ", Type);
+            header.WriteEndObject();
         }
 
-        var descriptor = new SecurityTokenDescriptor
+        var headerLength = buffer.WrittenCount;
+        using (var payload = new Utf8JsonWriter(buffer))
         {
-            Issuer = Issuer,
-            Subject = decision.Subject is null ? null : new ClaimsIdentity([new Claim("sub", decision.Subject)]),
-            IssuedAt = now,
-            Expires = now + settings.Evidence.Lifetime,
-            Claims = claims,
-            TokenType = Type,
-            SigningCredentials = new SigningCredentials(key, SecurityAlgorithms.EcdsaSha256),
-        };
-        return _handler.CreateToken(descriptor);
+            payload.WriteStartObject();
+            payload.WriteString("iss", Issuer);
+            if (decision.Subject is not null)
+            {
+                payload.WriteString("sub", decision.Subject);
+            }
+
+            payload.WriteNumber("iat", now);
+            payload.WriteNumber("exp", now + (long)settings.Evidence.Lifetime.TotalSeconds);
+            payload.WriteString("route", decision.Route);
+            payload.WriteString("policy", decision.Policy.Name);
+            payload.WriteString("traceId", decision.TraceId ?? string.Empty);
+            WriteIfPresent(payload, "grantId", decision.GrantId);
+            WriteIfPresent(payload, "requestHash", decision.RequestHash);
+            WriteIfPresent(payload, "workload", decision.WorkloadId);
+            WriteIfPresent(payload, "aal", decision.Aal);
+            WriteIfPresent(payload, "approvalAal", decision.ApprovalAal);
+            WriteIfPresent(payload, "usesRemaining", decision.UsesRemaining);
+            if (decision.Approvers.Count > 0)
+            {
+                payload.WriteStartArray("approvers");
+                foreach (var approver in decision.Approvers)
+                {
+                    payload.WriteStringValue(approver);
+                }
+
+                payload.WriteEndArray();
+            }
+
+            payload.WriteEndObject();
+        }
+
+        var json = buffer.WrittenSpan;
+        var signingInput = Base64Url.EncodeToString(json[..headerLength]) + "." + Base64Url.EncodeToString(json[headerLength..]);
+        Span<byte> signature = stackalloc byte[64];
+        var ascii = Encoding.ASCII.GetBytes(signingInput);
+        if (!SignerFor(key).TrySignData(ascii, signature, HashAlgorithmName.SHA256, DSASignatureFormat.IeeeP1363FixedFieldConcatenation, out var written)
+            || written != 64)
+        {
+            throw new CryptographicException("ES256 signature has an unexpected size");
+        }
+
+        return signingInput + "." + Base64Url.EncodeToString(signature);
     }
 
     /// <summary>The public half of the evidence key as a JWK Set (what /.well-known/jwks.json serves).</summary>
@@ -73,11 +118,38 @@ public sealed class EvidenceSigner(TimeProvider time) : IEvidenceSigner
         return new Dictionary<string, object> { ["keys"] = keys };
     }
 
-    private static void Add(Dictionary<string, object> claims, string name, object? value)
+    private static ECDsa SignerFor(JsonWebKey key)
+    {
+        if (t_key is { } cached && ReferenceEquals(cached.Key, key))
+        {
+            return cached.Value;
+        }
+
+        // The compiler checked at load that this is a private P-256 JWK.
+        var ecdsa = ECDsa.Create(new ECParameters
+        {
+            Curve = ECCurve.NamedCurves.nistP256,
+            D = Base64UrlEncoder.DecodeBytes(key.D),
+            Q = new ECPoint { X = Base64UrlEncoder.DecodeBytes(key.X), Y = Base64UrlEncoder.DecodeBytes(key.Y) },
+        });
+        t_key?.Value.Dispose();
+        t_key = new KeyValuePair<JsonWebKey, ECDsa>(key, ecdsa);
+        return ecdsa;
+    }
+
+    private static void WriteIfPresent(Utf8JsonWriter writer, string name, string? value)
     {
         if (value is not null)
         {
-            claims[name] = value;
+            writer.WriteString(name, value);
+        }
+    }
+
+    private static void WriteIfPresent(Utf8JsonWriter writer, string name, int? value)
+    {
+        if (value is { } number)
+        {
+            writer.WriteNumber(name, number);
         }
     }
 }

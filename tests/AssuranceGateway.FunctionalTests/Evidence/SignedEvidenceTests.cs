@@ -68,6 +68,10 @@ public sealed class SignedEvidenceTests : IAsyncLifetime
         Assert.Equal("approver", jwt.GetClaim("approvers").Value);
         Assert.Equal(traceId, jwt.GetClaim("traceId").Value);
         Assert.True(jwt.ValidTo - jwt.IssuedAt <= TimeSpan.FromMinutes(1));
+        Assert.Equal("ev-1", jwt.Kid);
+        Assert.Equal("ES256", jwt.Alg);
+        Assert.Equal("assurance-evidence+jwt", jwt.Typ);
+        Assert.Equal(grant.GetProperty("usesRemaining").GetInt32() - 1, int.Parse(jwt.GetClaim("usesRemaining").Value, System.Globalization.CultureInfo.InvariantCulture));
     }
 
     [Fact]
