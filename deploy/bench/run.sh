@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The benchmark: the gateway against plain YARP (same YARP version and settings) on this machine, same run.
-#   deploy/bench/run.sh            3 interleaved rounds of 10 s per scenario (about 4 minutes)
+#   deploy/bench/run.sh            3 interleaved rounds of 10 s per scenario (about 6 minutes)
 #   deploy/bench/run.sh --quick    1 round of 3 s (smoke run)
 # Everything shares this machine's cores: the load generator, Redis, the upstream, YARP and the gateway. Compare the
 # ratios of one round, not absolute numbers across machines.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-rounds=3; duration=10
-if [ "${1:-}" = "--quick" ]; then rounds=1; duration=3; fi
+rounds=3; duration=10; warmup=6
+if [ "${1:-}" = "--quick" ]; then rounds=1; duration=3; warmup=3; fi
 threads=2; connections=32
 
 missing=()
@@ -107,7 +107,7 @@ run() { # run NAME URL [env...]: one wrk run, prints "NAME RESULT ... cpu=<ticks
 evalsha() { redis-cli -p "$redis_port" info commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p'; }
 
 echo "warming up" >&2
-warm() { env "$@" BENCH_BODY_FILE="$work/body.json" wrk -t2 -c16 -d3s -s deploy/bench/scenario.lua "${url}" >/dev/null; }
+warm() { env "$@" BENCH_BODY_FILE="$work/body.json" wrk -t2 -c16 -d"${warmup}s" -s deploy/bench/scenario.lua "${url}" >/dev/null; }
 url="http://127.0.0.1:$plain/bound/bench"; warm BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
 url="http://127.0.0.1:$gw/pass/bench"; warm
 url="http://127.0.0.1:$gw/token/bench"; warm BENCH_TOKEN="$token"
