@@ -131,15 +131,17 @@ for round in $(seq 1 "$rounds"); do
   } >>"$results"
 done
 
-# One connection: the latency a single caller sees.
+# One connection: the latency a single caller sees (interleaved rounds too: one run alone is noisy on 2 cores).
 connections=1; threads=1
-{ echo "ROUND latency"
-  run plain-1conn "http://127.0.0.1:$plain/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
-  run passthrough-1conn "http://127.0.0.1:$gw/pass/bench"
-  run token-only-1conn "http://127.0.0.1:$gw/token/bench" BENCH_TOKEN="$token"
-  run full-binding-1conn "http://127.0.0.1:$gw/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
-  run full-binding-signed-1conn "http://127.0.0.1:$gws/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
-} >>"$results"
+for round in $(seq 1 "$rounds"); do
+  { echo "ROUND latency$round"
+    run plain-1conn "http://127.0.0.1:$plain/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
+    run passthrough-1conn "http://127.0.0.1:$gw/pass/bench"
+    run token-only-1conn "http://127.0.0.1:$gw/token/bench" BENCH_TOKEN="$token"
+    run full-binding-1conn "http://127.0.0.1:$gw/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
+    run full-binding-signed-1conn "http://127.0.0.1:$gws/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
+  } >>"$results"
+done
 
 # Grant issuance through the API (each request creates a new grant).
 threads=2; connections=32
@@ -191,11 +193,13 @@ for name in names:
           f"   {'':<20}" + " ".join(f"{c:>8.0f}" for c in cpu))
 per = [r["evalsha"] / r["full-binding"]["ok"] for r in load_rounds if r["full-binding"]["ok"]]
 print(f"Redis EVALSHA per allowed request (full binding): {statistics.median(per):.3f}")
-lat = rounds["latency"]
-base = lat["plain-1conn"]["p50"]
-print("one connection, p50 (added over plain YARP): plain %d µs" % base + "".join(
-    f", {n} {lat[n + '-1conn']['p50']} (+{lat[n + '-1conn']['p50'] - base})"
-    for n in ["passthrough", "token-only", "full-binding", "full-binding-signed"]))
+latency = [r for k, r in rounds.items() if k.startswith("latency")]
+def p50(name):
+    return statistics.median(r[name + "-1conn"]["p50"] for r in latency)
+def added(name):
+    return statistics.median(r[name + "-1conn"]["p50"] - r["plain-1conn"]["p50"] for r in latency)
+print("one connection, p50, median of %d rounds (added over plain YARP in the same round): plain %d µs" % (len(latency), p50("plain")) + "".join(
+    f", {n} {p50(n):.0f} (+{added(n):.0f})" for n in ["passthrough", "token-only", "full-binding", "full-binding-signed"]))
 api = rounds["api"]["issuance"]
 print(f"grant issuance through the API: {api['rps']:.0f} grants/s (p50 {api['p50']} µs, non-201 {api['non2xx']})")
 PY
