@@ -200,7 +200,7 @@ internal sealed partial class RedisGrantStore
     /// </summary>
     private async Task EnsurePipeAsync(Link link, ConnectionMultiplexer connection, CancellationToken stopping)
     {
-        if (_options.Ssl || link.IsCluster || Volatile.Read(ref _pipe) is { Broken: null })
+        if (_options.Ssl || link.IsCluster)
         {
             return;
         }
@@ -209,8 +209,10 @@ internal sealed partial class RedisGrantStore
             .Select(endPoint => connection.GetServer(endPoint))
             .Where(server => server.IsConnected && !server.IsSlave && server.ServerType == ServerType.Standalone)
             .ToList();
-        if (primaries.Count != 1)
+        var current = Volatile.Read(ref _pipe);
+        if (primaries.Count != 1 || (current is { Broken: null } && Equals(current.EndPoint, primaries[0].EndPoint)))
         {
+            // Up and talking to the primary (or no single primary to talk to: consumes stay on the multiplexer).
             return;
         }
 
@@ -226,12 +228,19 @@ internal sealed partial class RedisGrantStore
             }
 
             Interlocked.Exchange(ref _pipe, fresh)?.Dispose();
+            _pipeFailureReported = false;
             Log.PipeConnected(_logger, Description, FormatEndPoint(primaries[0].EndPoint));
         }
         catch (Exception e) when (e is SocketException or StoreUnavailableException or OperationCanceledException)
         {
             stopping.ThrowIfCancellationRequested();
-            Log.PipeUnavailable(_logger, Description, e.Message);
+
+            // Once per outage, not every 250 ms: consumes work meanwhile, over the multiplexer.
+            if (!_pipeFailureReported)
+            {
+                _pipeFailureReported = true;
+                Log.PipeUnavailable(_logger, Description, e.Message);
+            }
         }
     }
 

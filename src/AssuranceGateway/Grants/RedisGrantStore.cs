@@ -72,6 +72,9 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     /// <summary>The dedicated consume connection, when one is up (see <see cref="EnsurePipeAsync"/>).</summary>
     private RespPipe? _pipe;
 
+    /// <summary>Opening the consume connection failed and was logged (only the watchdog touches this).</summary>
+    private bool _pipeFailureReported;
+
     public RedisGrantStore(StoreSettings settings, TimeProvider time, ILogger<RedisGrantStore> logger)
     {
         ArgumentNullException.ThrowIfNull(settings);
@@ -216,6 +219,12 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         {
             case RespError { IsNoScript: true }:
                 ForgetLoadedScripts();
+                return null;
+            case RespError { IsNotPrimary: true } error:
+                // Nothing ran. The primary moved (or is loading): drop this connection, the watchdog opens one to
+                // wherever the multiplexer finds the primary, and the multiplexer takes this consume.
+                pipe.Dispose();
+                Log.PipeUnavailable(_logger, Description, error.Message);
                 return null;
             case RespError error:
                 // A script error (OOM under noeviction, say): it ran up to the failure, and nothing says how far.

@@ -11,6 +11,15 @@ namespace AssuranceGateway.Grants;
 internal sealed record RespError(string Message)
 {
     public bool IsNoScript => Message.StartsWith("NOSCRIPT", StringComparison.Ordinal);
+
+    /// <summary>
+    /// Refused before anything ran on a server that is not (or not yet) a usable primary: a replica after a failover
+    /// (<c>READONLY</c>; a script's first write fails, so nothing was written), a primary loading its data, a replica
+    /// whose primary is down.
+    /// </summary>
+    public bool IsNotPrimary =>
+        Message.StartsWith("READONLY", StringComparison.Ordinal) || Message.StartsWith("LOADING", StringComparison.Ordinal)
+        || Message.StartsWith("MASTERDOWN", StringComparison.Ordinal);
 }
 
 /// <summary>
@@ -43,8 +52,9 @@ internal sealed class RespPipe : IDisposable
     private int _writing;
     private string? _broken;
 
-    private RespPipe(Socket socket, TimeProvider time, TimeSpan timeout, string description)
+    private RespPipe(Socket socket, EndPoint endPoint, TimeProvider time, TimeSpan timeout, string description)
     {
+        EndPoint = endPoint;
         _socket = socket;
         _time = time;
         _timeout = timeout;
@@ -52,6 +62,9 @@ internal sealed class RespPipe : IDisposable
         var period = TimeSpan.FromMilliseconds(Math.Clamp(timeout.TotalMilliseconds / 4, 10, 250));
         _deadline = time.CreateTimer(static state => ((RespPipe)state!).CheckDeadline(), this, period, period);
     }
+
+    /// <summary>The server this pipe talks to.</summary>
+    public EndPoint EndPoint { get; }
 
     /// <summary>Why the pipe is no longer usable, or null while it is.</summary>
     public string? Broken => Volatile.Read(ref _broken);
@@ -71,21 +84,22 @@ internal sealed class RespPipe : IDisposable
             }
 
             socket.Blocking = false;
-            pipe = new RespPipe(socket, time, timeout, endPoint.ToString() ?? "redis");
+            pipe = new RespPipe(socket, endPoint, time, timeout, endPoint.ToString() ?? "redis");
             _ = pipe.ReadLoopAsync();
-            var handshake = new List<Task<object?>>();
+            var required = new List<Task<object?>>();
             if (!string.IsNullOrEmpty(password))
             {
-                handshake.Add(pipe.SendAsync(Encode("AUTH", password)));
+                required.Add(pipe.SendAsync(Encode("AUTH", password)));
             }
 
             if (database > 0)
             {
-                handshake.Add(pipe.SendAsync(Encode("SELECT", database.ToString(System.Globalization.CultureInfo.InvariantCulture))));
+                required.Add(pipe.SendAsync(Encode("SELECT", database.ToString(System.Globalization.CultureInfo.InvariantCulture))));
             }
 
-            handshake.Add(pipe.SendAsync(Encode("CLIENT", "SETNAME", clientName)));
-            foreach (var reply in await Task.WhenAll(handshake).ConfigureAwait(false))
+            // The name only helps operators (CLIENT LIST); a server that disallows CLIENT is still served.
+            var naming = pipe.SendAsync(Encode("CLIENT", "SETNAME", clientName));
+            foreach (var reply in await Task.WhenAll(required).ConfigureAwait(false))
             {
                 if (reply is RespError error)
                 {
@@ -93,6 +107,7 @@ internal sealed class RespPipe : IDisposable
                 }
             }
 
+            await naming.ConfigureAwait(false);
             return pipe;
         }
         catch

@@ -89,6 +89,39 @@ public sealed class RedisGrantStoreReplicaTests
     }
 
     // Redis 7 waits 5 s before a diskless full sync, in case more replicas come: none will.
+    [Fact]
+    public async Task ConsumeAsync_PrimaryBecameAReplica_NothingWrittenDedicatedConnectionDroppedThenBackWhenPrimaryAgain()
+    {
+        await using var primary = await StartPrimaryAsync();
+        await using var other = await StartReplicaAsync(primary);
+        var settings = RedisStores.Settings(primary, timeout: TimeSpan.FromMilliseconds(500));
+        using var store = await RedisStores.StartAsync(settings);
+        var grant = Grant();
+        await store.CreateAsync(grant, Created(), 10, default);
+        var key = (string)new GrantKeys(settings.KeyPrefix).Grant(grant.Id)!;
+        Assert.True(store.ConsumesOnDedicatedConnection);
+
+        // A failover the gateway was not told about: the other server is promoted, ours follows it.
+        await other.ExecuteAsync("REPLICAOF", "NO", "ONE");
+        await primary.ExecuteAsync("REPLICAOF", "127.0.0.1", other.Port.ToString(CultureInfo.InvariantCulture));
+        await RedisStores.WaitUntilAsync(
+            async () => ((string?)await primary.ExecuteAsync("INFO", "replication"))?.Contains("master_link_status:up", StringComparison.Ordinal) == true,
+            TimeSpan.FromSeconds(10),
+            "the old primary to follow the new one");
+
+        await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+
+        Assert.False(store.ConsumesOnDedicatedConnection);
+        Assert.Equal("1", await other.ExecuteAsync("HGET", key, "uses"));
+
+        // Ours is the primary again: the watchdog reopens the consume connection and the use goes through once.
+        await other.ExecuteAsync("REPLICAOF", "127.0.0.1", primary.Port.ToString(CultureInfo.InvariantCulture));
+        await primary.ExecuteAsync("REPLICAOF", "NO", "ONE");
+        await RedisStores.WaitUntilAsync(() => Task.FromResult(store.ConsumesOnDedicatedConnection), TimeSpan.FromSeconds(10), "the consume connection");
+        Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(grant), default)).Reason);
+        Assert.Equal("0", await primary.ExecuteAsync("HGET", key, "uses"));
+    }
+
     private static Task<RedisServer> StartPrimaryAsync() => RedisServer.StartAsync("--repl-diskless-sync-delay", "0");
 
     private static async Task<RedisServer> StartReplicaAsync(RedisServer primary)
