@@ -133,8 +133,26 @@ internal sealed class RespPipe : IDisposable
     {
         var reply = new PendingReply(command);
         _outbox.Enqueue(reply);
-        Pump();
+        if (_inflight.IsEmpty)
+        {
+            Pump();
+        }
+        else if (Interlocked.CompareExchange(ref _flushQueued, 1, 0) == 0)
+        {
+            // Commands are in flight, so this one waits for Redis anyway: let the commands of requests that run
+            // meanwhile join it in one send.
+            ThreadPool.UnsafeQueueUserWorkItem(static pipe => pipe.FlushQueued(), this, preferLocal: false);
+        }
+
         return reply.Task;
+    }
+
+    private int _flushQueued;
+
+    private void FlushQueued()
+    {
+        Volatile.Write(ref _flushQueued, 0);
+        Pump();
     }
 
     public void Dispose() => Break("closed");
