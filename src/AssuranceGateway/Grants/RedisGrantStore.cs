@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Globalization;
 using System.Net;
-using System.Text;
 using System.Threading.Channels;
 using AssuranceGateway.Configuration;
 using AssuranceGateway.Enforcement;
@@ -229,11 +228,25 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             case RespError error:
                 // A script error (OOM under noeviction, say): it ran up to the failure, and nothing says how far.
                 throw Unavailable("consume", grantId, error.Message, outcomeUnknown: true, null);
-            case object?[] items when items.All(static i => i is null or string or long):
-                return Array.ConvertAll(items, static i => i is long n ? n.ToString(CultureInfo.InvariantCulture) : (string?)i);
+            case object?[] items:
+                var text = new string?[items.Length];
+                for (var i = 0; i < items.Length; i++)
+                {
+                    text[i] = items[i] switch
+                    {
+                        null => null,
+                        string value => value,
+                        long number => number.ToString(CultureInfo.InvariantCulture),
+                        _ => throw UnexpectedReply(),
+                    };
+                }
+
+                return text;
             default:
-                throw Unavailable("consume", grantId, "unexpected reply", outcomeUnknown: true, null);
+                throw UnexpectedReply();
         }
+
+        StoreUnavailableException UnexpectedReply() => Unavailable("consume", grantId, "unexpected reply", outcomeUnknown: true, null);
     }
 
     /// <summary>EVALSHA in RESP2, with the keys and arguments exactly as the multiplexer would send them.</summary>
@@ -243,15 +256,15 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         RespPipe.WriteArrayHeader(writer, 3 + keys.Length + args.Length);
         RespPipe.WriteBulk(writer, "EVALSHA"u8);
         RespPipe.WriteBulk(writer, script.Sha1Hex);
-        RespPipe.WriteBulk(writer, Encoding.ASCII.GetBytes(keys.Length.ToString(CultureInfo.InvariantCulture)));
+        RespPipe.WriteBulk(writer, keys.Length.ToString(CultureInfo.InvariantCulture));
         foreach (var key in keys)
         {
-            RespPipe.WriteBulk(writer, Encoding.UTF8.GetBytes((string?)key ?? string.Empty));
+            RespPipe.WriteBulk(writer, (string?)key ?? string.Empty);
         }
 
         foreach (var arg in args)
         {
-            RespPipe.WriteBulk(writer, Encoding.UTF8.GetBytes((string?)arg ?? string.Empty));
+            RespPipe.WriteBulk(writer, (string?)arg ?? string.Empty);
         }
 
         return writer.WrittenSpan.ToArray();

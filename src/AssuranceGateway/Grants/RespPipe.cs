@@ -164,13 +164,21 @@ internal sealed class RespPipe : IDisposable
         WriteArrayHeader(writer, parts.Length);
         foreach (var part in parts)
         {
-            WriteBulk(writer, Encoding.UTF8.GetBytes(part));
+            WriteBulk(writer, part);
         }
 
         return writer.WrittenSpan.ToArray();
     }
 
     public static void WriteArrayHeader(IBufferWriter<byte> writer, int count) => WriteHeader(writer, (byte)'*', count);
+
+    /// <summary>A string as a bulk string, UTF-8, encoded straight into <paramref name="writer"/>.</summary>
+    public static void WriteBulk(IBufferWriter<byte> writer, string value)
+    {
+        WriteHeader(writer, (byte)'$', Encoding.UTF8.GetByteCount(value));
+        Encoding.UTF8.GetBytes(value, writer);
+        writer.Write("\r\n"u8);
+    }
 
     public static void WriteBulk(IBufferWriter<byte> writer, ReadOnlySpan<byte> value)
     {

@@ -30,8 +30,11 @@ public static class Hashes
     {
         Span<byte> digest = stackalloc byte[32];
         SHA256.HashData(data, digest);
-        return Prefix + Base64Url.EncodeToString(digest);
+        return Spell(digest);
     }
+
+    /// <summary>How the contract spells a SHA-256 digest: <c>sha256:</c> + base64url without padding.</summary>
+    public static string Spell(ReadOnlySpan<byte> digest) => Prefix + Base64Url.EncodeToString(digest);
 
     public static string Sha256Hex(ReadOnlySpan<byte> data)
     {

@@ -38,7 +38,7 @@ internal readonly record struct TokenDigest(ulong A, ulong B, ulong C, ulong D)
         BinaryPrimitives.WriteUInt64LittleEndian(digest[8..], B);
         BinaryPrimitives.WriteUInt64LittleEndian(digest[16..], C);
         BinaryPrimitives.WriteUInt64LittleEndian(digest[24..], D);
-        return Hashes.Prefix + System.Buffers.Text.Base64Url.EncodeToString(digest);
+        return Hashes.Spell(digest);
     }
 }
 
