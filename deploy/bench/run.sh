@@ -14,6 +14,12 @@ missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v python3 >/dev/null || missing+=(python3)
+# The cheap upstream is nginx, as in the issue's baseline: one worker answering `200 ok` from memory costs a stable
+# ~25-30 µs of CPU per request. The .NET upstream (`Benchmarks upstream`, BENCH_UPSTREAM=dotnet) is kept as a
+# fallback only: its CPU per request is bistable (~40 µs when fed by plain YARP, 90-115 µs when fed by a freshly
+# started gateway, thread-pool spin state), which moved the gateway's ratios by up to 0.2 between runs.
+upstream_kind=${BENCH_UPSTREAM:-nginx}
+[ "$upstream_kind" = nginx ] && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light); }
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || { echo "install ${missing[*]} first" >&2; exit 1; }
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -32,7 +38,31 @@ wait_http() { for _ in $(seq 1 150); do curl -s -o /dev/null "$1" && return 0; s
 
 redis_port=$(port); up=$(port); plain=$(port); gw=$(port); api=$(port); gws=$(port); apis=$(port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$work/redis.log" 2>&1 & pids+=($!)
-$bench upstream --urls "http://127.0.0.1:$up" & pids+=($!)
+if [ "$upstream_kind" = nginx ]; then
+  mkdir -p "$work/nginx"
+  cat >"$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  server { listen 127.0.0.1:$up; location / { return 200 "ok"; } }
+}
+NGINX
+  PATH="$PATH:/usr/sbin" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
+  nginx_master=$!
+else
+  $bench upstream --urls "http://127.0.0.1:$up" & pids+=($!)
+fi
 $bench plain-yarp --urls "http://127.0.0.1:$plain" --upstream "http://127.0.0.1:$up" & pids+=($!)
 $agw keys init --dir "$work/keys" >/dev/null
 cat >"$work/gateway.json" <<JSON
@@ -94,7 +124,8 @@ slice=$(( duration * 15000 )); fresh_count=$(( (rounds + 1) * slice ))
 $bench mint --key "$work/keys/idp.private.jwk.json" --count "$fresh_count" --out "$work/tokens.txt"
 
 redis_pid=$(pgrep -f "redis-server 127.0.0.1:$redis_port" | head -1)
-upstream_pid=$(pgrep -f "Benchmarks.dll upstream --urls http://127.0.0.1:$up" | head -1)
+if [ "$upstream_kind" = nginx ]; then upstream_pid=$(pgrep -P "$nginx_master" | head -1)  # the one worker
+else upstream_pid=$(pgrep -f "Benchmarks.dll upstream --urls http://127.0.0.1:$up" | head -1); fi
 plain_pid=$(pgrep -f "Benchmarks.dll plain-yarp --urls http://127.0.0.1:$plain" | head -1)
 cpu_ticks() { for p in "$gateway_pid" "$signed_pid" "$plain_pid" "$upstream_pid" "$redis_pid"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd' '; }
 run() { # run NAME URL [env...]: one wrk run, prints "NAME RESULT ... cpu=<ticks before>/<ticks after>"
@@ -159,9 +190,9 @@ LUA
   echo "issuance $(wrk -t2 -c32 -d"${duration}s" --latency -s "$work/issue.lua" "http://127.0.0.1:$api/assurance/v1/grants" | grep '^RESULT')"
 } >>"$results"
 
-python3 - "$results" "$(nproc)" "$(uptime | sed 's/.*load average: //')" "$(getconf CLK_TCK)" <<'PY'
+python3 - "$results" "$(nproc)" "$(uptime | sed 's/.*load average: //')" "$(getconf CLK_TCK)" "$upstream_kind" <<'PY'
 import statistics, sys
-path, cores, load, tick = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+path, cores, load, tick, upstream = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 processes = ["gateway", "gateway-signed", "plain-yarp", "upstream", "redis"]
 rounds, current = {}, None
 for line in open(path):
@@ -181,7 +212,7 @@ for line in open(path):
         current[parts[0]] = row
 load_rounds = [r for k, r in rounds.items() if k.isdigit()]
 names = ["plain", "passthrough", "token-only", "full-binding", "fresh-token", "full-binding-signed"]
-print(f"\nAssurance Gateway vs plain YARP: {len(load_rounds)} round(s), {cores} cores, load average after: {load}")
+print(f"\nAssurance Gateway vs plain YARP: {len(load_rounds)} round(s), {cores} cores, upstream {upstream}, load average after: {load}")
 print(f"{'scenario':<21}{'rps':>8}{'p50 µs':>8}{'p99 µs':>8}{'× plain':>9}{'non-2xx':>8}   CPU µs per request: " + " ".join(f"{p:>8}" for p in ["proxy", "upstream", "redis"]))
 for name in names:
     rows = [r[name] for r in load_rounds]
