@@ -35,7 +35,25 @@ public sealed record ConsumeResult
     public int UsesRemaining { get; init; }
     public IReadOnlyList<string> Mismatch { get; init; } = [];
     public bool Revoked { get; init; }
-    public FirstUse? FirstUse { get; init; }
+    private FirstUse? _firstUse;
+    private string? _firstUseJson;
+
+    /// <summary>The grant's first use (the evidence a replay points at).</summary>
+    public FirstUse? FirstUse
+    {
+        get => _firstUse ??= _firstUseJson is null ? null : RedisGrantStore.ReadFirstUse(_firstUseJson);
+        init => _firstUse = value;
+    }
+
+    /// <summary>
+    /// The first use as the Redis store returns it: parsed only when read, which an allowed request never does
+    /// (only a replay's evidence names the first use).
+    /// </summary>
+    internal string? FirstUseJson
+    {
+        init => _firstUseJson = value;
+    }
+
     public IReadOnlyList<string> Approvers { get; init; } = [];
     public int ApprovalAal { get; init; }
     public string? Subject { get; init; }

@@ -45,13 +45,16 @@ internal sealed class GrantKeys
 
     public RedisKey Grant(string id) => string.Concat(_prefix, "{g:", id, "}");
 
-    public RedisKey Events(string id) => string.Concat(_prefix, "{g:", id, "}:ev");
+    public RedisKey Events(string id) => string.Concat(_prefix, "{g:", id, "}", EventsSuffix);
 
-    public RedisKey[] GrantAndEvents(string id)
-    {
-        var grant = string.Concat(_prefix, "{g:", id, "}");
-        return [grant, grant + ":ev"];
-    }
+    public RedisKey[] GrantAndEvents(string id) => KeysOf(GrantText(id));
+
+    /// <summary>The grant's hash key as text; its event list is this plus <see cref="EventsSuffix"/>.</summary>
+    public string GrantText(string id) => string.Concat(_prefix, "{g:", id, "}");
+
+    public const string EventsSuffix = ":ev";
+
+    public static RedisKey[] KeysOf(string grantText) => [grantText, grantText + EventsSuffix];
 
     public RedisKey SubjectPending(string subject)
     {

@@ -127,7 +127,11 @@ internal sealed partial class RedisGrantStore
         return networks.ToString();
     }
 
-    private static RedisValue[] ConsumeArguments(ConsumeRequest request)
+    /// <summary>
+    /// The consume script's ARGV as text: the dedicated connection encodes it straight into the command, the multiplexer
+    /// takes it as <see cref="RedisValue"/>s (<see cref="AsValues"/>).
+    /// </summary>
+    private static string[] ConsumeArguments(ConsumeRequest request)
     {
         var presented = Presented.None;
         if (request.Subject is not null)
@@ -184,8 +188,8 @@ internal sealed partial class RedisGrantStore
         return
         [
             request.Route.ToUpperInvariant(),
-            (int)request.Required,
-            (int)presented,
+            ((int)request.Required).ToString(CultureInfo.InvariantCulture),
+            ((int)presented).ToString(CultureInfo.InvariantCulture),
             request.Subject ?? string.Empty,
             request.Session ?? string.Empty,
             request.TokenHash ?? string.Empty,
@@ -202,9 +206,13 @@ internal sealed partial class RedisGrantStore
             request.TraceId ?? string.Empty,
             request.SpanId ?? string.Empty,
             request.DryRun ? "1" : "0",
-            GrantRules.MaxEvents,
+            MaxEventsText,
         ];
     }
+
+    private static readonly string MaxEventsText = GrantRules.MaxEvents.ToString(CultureInfo.InvariantCulture);
+
+    private static RedisValue[] AsValues(string[] args) => Array.ConvertAll(args, static a => (RedisValue)a);
 
     /// <summary>The consume script's reply as text, whichever connection carried it (nil is null).</summary>
     private static string?[] ConsumeReply(RedisResult result) => Array.ConvertAll((RedisResult[])result, static r => (string?)r);
@@ -225,7 +233,7 @@ internal sealed partial class RedisGrantStore
             UsesRemaining = int.Parse(r[2]!, CultureInfo.InvariantCulture),
             Mismatch = string.IsNullOrEmpty(mismatch) ? [] : mismatch.Split(' '),
             Revoked = r[4] == "1",
-            FirstUse = r[5] is null ? null : ReadFirstUse(r[5]!),
+            FirstUseJson = r[5],
             Approvers = r[6] is null ? [] : ReadStringArray(r[6]!),
             ApprovalAal = int.Parse(r[7]!, CultureInfo.InvariantCulture),
             Subject = r[8],
@@ -419,17 +427,42 @@ internal sealed partial class RedisGrantStore
         };
     }
 
-    private static FirstUse ReadFirstUse(string json)
+    internal static FirstUse ReadFirstUse(string json)
     {
         using var document = JsonDocument.Parse(json);
         var u = document.RootElement;
         return new FirstUse(ReadString(u, "traceId"), ReadString(u, "spanId"), ReadTime(u), ReadString(u, "workload"), ReadString(u, "origin"));
     }
 
+    /// <summary>A JSON array of strings (cjson writes an empty one as <c>{}</c>: read as empty), without a document.</summary>
     private static string[] ReadStringArray(string json)
     {
-        using var document = JsonDocument.Parse(json);
-        return ReadStrings(document.RootElement);
+        var max = Encoding.UTF8.GetMaxByteCount(json.Length);
+        byte[]? rented = null;
+        var utf8 = max <= 512 ? stackalloc byte[512] : (rented = ArrayPool<byte>.Shared.Rent(max));
+        try
+        {
+            var reader = new Utf8JsonReader(utf8[..Encoding.UTF8.GetBytes(json, utf8)]);
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartArray)
+            {
+                return [];
+            }
+
+            var values = new List<string>(2);
+            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+            {
+                values.Add(reader.TokenType == JsonTokenType.String ? reader.GetString()! : throw new FormatException("a list of strings holds something else"));
+            }
+
+            return values.ToArray();
+        }
+        finally
+        {
+            if (rented is not null)
+            {
+                ArrayPool<byte>.Shared.Return(rented);
+            }
+        }
     }
 
     // cjson encodes an empty Lua table as {}: read it as an empty list.

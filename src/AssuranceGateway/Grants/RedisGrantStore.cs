@@ -172,13 +172,16 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         {
             // Deliberately not cancellable: the call is bounded by Store:Timeout anyway, and walking away from a consume
             // that was sent would turn a known outcome into an unknown one.
-            var keys = _keys.GrantAndEvents(request.GrantId);
-            var args = ConsumeArguments(request);
+            var grantKey = _keys.GrantText(request.GrantId);
+            var text = ConsumeArguments(request);
             if (_acked is null && Volatile.Read(ref _pipe) is { Broken: null } pipe
-                && await ConsumeThroughPipeAsync(pipe, keys, args, request.GrantId).ConfigureAwait(false) is { } fast)
+                && await ConsumeThroughPipeAsync(pipe, grantKey, text, request.GrantId).ConfigureAwait(false) is { } fast)
             {
                 return ReadConsumeResult(fast);
             }
+
+            var keys = GrantKeys.KeysOf(grantKey);
+            var args = AsValues(text);
 
             reply = ConsumeReply(_acked is null || request.DryRun
                 ? await EvaluateAsync(Scripts.Consume, keys, args, "consume", request.GrantId, CancellationToken.None).ConfigureAwait(false)
@@ -198,12 +201,12 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     /// The consume over the dedicated connection (<see cref="RespPipe"/>). Null when it provably did not run there
     /// (the command never left, or Redis did not know the script): the caller then takes the shared connection.
     /// </summary>
-    private async Task<string?[]?> ConsumeThroughPipeAsync(RespPipe pipe, RedisKey[] keys, RedisValue[] args, string grantId)
+    private async Task<string?[]?> ConsumeThroughPipeAsync(RespPipe pipe, string grantKey, string[] args, string grantId)
     {
         object? reply;
         try
         {
-            reply = await pipe.SendAsync(EncodeEvalSha(Scripts.Consume, keys, args)).ConfigureAwait(false);
+            reply = await pipe.SendAsync(EncodeConsume(grantKey, args)).ConfigureAwait(false);
         }
         catch (StoreUnavailableException e) when (!e.OutcomeUnknown)
         {
@@ -249,26 +252,30 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         StoreUnavailableException UnexpectedReply() => Unavailable("consume", grantId, "unexpected reply", outcomeUnknown: true, null);
     }
 
-    /// <summary>EVALSHA in RESP2, with the keys and arguments exactly as the multiplexer would send them.</summary>
-    private static byte[] EncodeEvalSha(StoreScript script, RedisKey[] keys, RedisValue[] args)
+    /// <summary>
+    /// The consume's EVALSHA in RESP2 (keys: the grant's hash and its event list), encoded from the text in one pass
+    /// into a per-thread buffer and copied out once: the command is the only allocation.
+    /// </summary>
+    private static byte[] EncodeConsume(string grantKey, string[] args)
     {
-        var writer = new ArrayBufferWriter<byte>(1024);
-        RespPipe.WriteArrayHeader(writer, 3 + keys.Length + args.Length);
+        var writer = t_commandBuffer ??= new ArrayBufferWriter<byte>(1024);
+        writer.ResetWrittenCount();
+        RespPipe.WriteArrayHeader(writer, 5 + args.Length);
         RespPipe.WriteBulk(writer, "EVALSHA"u8);
-        RespPipe.WriteBulk(writer, script.Sha1Hex);
-        RespPipe.WriteBulk(writer, keys.Length.ToString(CultureInfo.InvariantCulture));
-        foreach (var key in keys)
-        {
-            RespPipe.WriteBulk(writer, (string?)key ?? string.Empty);
-        }
-
+        RespPipe.WriteBulk(writer, Scripts.Consume.Sha1Hex);
+        RespPipe.WriteBulk(writer, "2"u8);
+        RespPipe.WriteBulk(writer, grantKey);
+        RespPipe.WriteBulk(writer, grantKey, GrantKeys.EventsSuffix);
         foreach (var arg in args)
         {
-            RespPipe.WriteBulk(writer, (string?)arg ?? string.Empty);
+            RespPipe.WriteBulk(writer, arg);
         }
 
         return writer.WrittenSpan.ToArray();
     }
+
+    [ThreadStatic]
+    private static ArrayBufferWriter<byte>? t_commandBuffer;
 
     public async Task<GrantRecord?> GetAsync(string id, CancellationToken cancellationToken)
     {

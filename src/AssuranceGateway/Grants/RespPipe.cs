@@ -180,6 +180,15 @@ internal sealed class RespPipe : IDisposable
         writer.Write("\r\n"u8);
     }
 
+    /// <summary>Two strings as one bulk string (a key and its suffix), without joining them first.</summary>
+    public static void WriteBulk(IBufferWriter<byte> writer, string value, string suffix)
+    {
+        WriteHeader(writer, (byte)'$', Encoding.UTF8.GetByteCount(value) + Encoding.UTF8.GetByteCount(suffix));
+        Encoding.UTF8.GetBytes(value, writer);
+        Encoding.UTF8.GetBytes(suffix, writer);
+        writer.Write("\r\n"u8);
+    }
+
     public static void WriteBulk(IBufferWriter<byte> writer, ReadOnlySpan<byte> value)
     {
         WriteHeader(writer, (byte)'$', value.Length);
