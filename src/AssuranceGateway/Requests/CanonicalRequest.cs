@@ -37,10 +37,10 @@ public static class CanonicalRequest
         var headersText = CanonicalHeaders(boundHeaders, headerValues);
         var bodyHex = Hashes.Sha256Hex(body);
 
-        var text = string.Concat(Version, "\n", methodText, "\n", pathText, "\n", queryText, "\n", headersText, bodyHex);
         var digests = new RequestDigests(
             Hashes.Sha256Hex(methodText), Hashes.Sha256Hex(pathText), Hashes.Sha256Hex(queryText), Hashes.Sha256Hex(headersText), bodyHex);
-        return new RequestHash(Hashes.Sha256Prefixed(Encoding.UTF8.GetBytes(text)), digests);
+        var hash = Hashes.Sha256Prefixed(Version, "\n", methodText, "\n", pathText, "\n", queryText, "\n", headersText, bodyHex);
+        return new RequestHash(hash, digests);
     }
 
     /// <summary>Raw "name=value" pairs split on '&amp;', empty pairs dropped, sorted by ordinal byte order.</summary>

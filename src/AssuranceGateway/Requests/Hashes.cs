@@ -43,7 +43,39 @@ public static class Hashes
         return Convert.ToHexStringLower(digest);
     }
 
-    public static string Sha256Hex(string text) => Sha256Hex(Encoding.UTF8.GetBytes(text));
+    public static string Sha256Hex(string text) => Sha256Hex([text], prefixed: false);
+
+    /// <summary>The digest of the UTF-8 of <paramref name="parts"/> joined, without building the joined text.</summary>
+    public static string Sha256Prefixed(params ReadOnlySpan<string> parts) => Sha256Hex(parts, prefixed: true);
+
+    private static string Sha256Hex(ReadOnlySpan<string> parts, bool prefixed)
+    {
+        var max = 0;
+        foreach (var part in parts)
+        {
+            max += Encoding.UTF8.GetMaxByteCount(part.Length);
+        }
+
+        byte[]? rented = null;
+        var buffer = max <= 1024 ? stackalloc byte[1024] : (rented = ArrayPool<byte>.Shared.Rent(max));
+        try
+        {
+            var length = 0;
+            foreach (var part in parts)
+            {
+                length += Encoding.UTF8.GetBytes(part, buffer[length..]);
+            }
+
+            return prefixed ? Sha256Prefixed(buffer[..length]) : Sha256Hex(buffer[..length]);
+        }
+        finally
+        {
+            if (rented is not null)
+            {
+                ArrayPool<byte>.Shared.Return(rented);
+            }
+        }
+    }
 
     /// <summary>True when <paramref name="value"/> is spelled like a hash of ours (used to validate API input).</summary>
     public static bool IsWellFormed(string? value) =>

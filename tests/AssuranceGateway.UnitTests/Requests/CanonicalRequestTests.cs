@@ -1,3 +1,6 @@
+using System.Buffers.Text;
+using System.Security.Cryptography;
+using System.Text;
 using AssuranceGateway.Requests;
 using Microsoft.Extensions.Primitives;
 
@@ -65,6 +68,23 @@ public sealed class CanonicalRequestTests
         Assert.Equal(a.Digests.Query, b.Digests.Query);
         Assert.Equal(a.Digests.Headers, b.Digests.Headers);
         Assert.NotEqual(a.Digests.Body, b.Digests.Body);
+    }
+
+    [Fact]
+    public void Compute_LongPathAndNonAsciiHeader_HashOfTheCanonicalTextAsUtf8()
+    {
+        // Longer than the stack buffer the hashes are written through, and not ASCII: the pooled path, UTF-8 counted.
+        var path = "/" + new string('p', 3000);
+        var body = "{}"u8.ToArray();
+        var headers = "x-note:café ☃\n";
+        var bodyHex = Convert.ToHexStringLower(SHA256.HashData(body));
+        var text = $"AGW-REQUEST-V1\nPOST\n{path}\n\n{headers}{bodyHex}";
+
+        var result = CanonicalRequest.Compute("POST", path, "", ["x-note"], _ => new StringValues("café ☃"), body);
+
+        Assert.Equal("sha256:" + Base64Url.EncodeToString(SHA256.HashData(Encoding.UTF8.GetBytes(text))), result.Hash);
+        Assert.Equal(Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(headers))), result.Digests.Headers);
+        Assert.Equal(Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(path))), result.Digests.Path);
     }
 
     [Fact]
