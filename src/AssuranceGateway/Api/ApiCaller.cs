@@ -34,7 +34,7 @@ internal sealed record ApiCaller(ValidatedToken Token)
             return null;
         }
 
-        var check = await runtime.ApiTokens.ValidateAsync(raw, context.RequestAborted).ConfigureAwait(false);
+        var check = await runtime.ApiTokens.ValidateAsync(raw.Value, context.RequestAborted).ConfigureAwait(false);
         if (check.Token is not { } token)
         {
             await ApiProblems.WriteAsync(context, ReasonCodes.TokenInvalid, check.Failure).ConfigureAwait(false);

@@ -240,7 +240,8 @@ public sealed partial class AssuranceMiddleware
         decision.UsesRemaining = result.Reason == ReasonCodes.GrantNotFound ? null : result.UsesRemaining;
         decision.Mismatch = result.Mismatch;
         decision.Revoked = result.Revoked;
-        decision.FirstUse = result.FirstUse;
+        // Only a replay's evidence points at the first use: an allowed request never reads (so never parses) it.
+        decision.FirstUse = result.Reason == ReasonCodes.Replayed ? result.FirstUse : null;
         decision.Approvers = result.Approvers;
         decision.ApprovalAal = result.Reason == ReasonCodes.GrantNotFound ? null : result.ApprovalAal;
         if (!result.Allowed)
@@ -265,7 +266,7 @@ public sealed partial class AssuranceMiddleware
             return null;
         }
 
-        var check = await validator.ValidateAsync(token, cancellationToken).ConfigureAwait(false);
+        var check = await validator.ValidateAsync(token.Value, cancellationToken).ConfigureAwait(false);
         if (check.Token is not { } valid)
         {
             decision.Reason = ReasonCodes.TokenInvalid;
@@ -281,7 +282,7 @@ public sealed partial class AssuranceMiddleware
     }
 
     /// <summary>The bearer token of the request, or null (with <paramref name="malformed"/> when one was attempted).</summary>
-    public static string? BearerToken(HttpRequest request, out bool malformed)
+    public static ReadOnlyMemory<char>? BearerToken(HttpRequest request, out bool malformed)
     {
         malformed = false;
         var values = request.Headers.Authorization;
@@ -297,14 +298,15 @@ public sealed partial class AssuranceMiddleware
             return null;
         }
 
-        var token = value.AsSpan(7).Trim();
+        // A slice of the header value, not a copy: a cached token is looked up from it as it is.
+        var token = value.AsMemory(7).Trim();
         if (token.IsEmpty)
         {
             malformed = true;
             return null;
         }
 
-        return token.ToString();
+        return token;
     }
 
     /// <summary>SPEC §5.3: a pending grant bound to exactly this request, for an approver to activate.</summary>

@@ -60,7 +60,14 @@ public sealed class TokenValidator
 
     public TokenSettings Settings => _settings;
 
-    public async ValueTask<TokenCheck> ValidateAsync(string token, CancellationToken cancellationToken)
+    public ValueTask<TokenCheck> ValidateAsync(string token, CancellationToken cancellationToken) =>
+        ValidateAsync(token.AsMemory(), cancellationToken);
+
+    /// <summary>
+    /// Validates the token in <paramref name="token"/> (a slice of a header value, say): a cached token is found from the
+    /// slice; only a token that must be verified becomes a string of its own.
+    /// </summary>
+    public async ValueTask<TokenCheck> ValidateAsync(ReadOnlyMemory<char> token, CancellationToken cancellationToken)
     {
         // Before any parsing or cryptography: a token cannot cost more than MaxTokenBytes of work.
         if (token.Length > _settings.MaxTokenBytes)
@@ -70,8 +77,8 @@ public sealed class TokenValidator
 
         // Only a token that is all base64url and dots is hashed and looked up: then the hash (the cache key and the
         // binding) is over exactly the token's text, and no two texts share it.
-        var compact = !token.AsSpan().ContainsAnyExcept(CompactJwsChars);
-        var digest = compact ? TokenDigest.Of(token) : default;
+        var compact = !token.Span.ContainsAnyExcept(CompactJwsChars);
+        var digest = compact ? TokenDigest.Of(token.Span) : default;
         if (compact && _cache.TryGet(digest, out var cached))
         {
             if (await StillValidAsync(cached, cancellationToken).ConfigureAwait(false))
@@ -82,7 +89,8 @@ public sealed class TokenValidator
             _cache.Remove(digest);
         }
 
-        if (!JwtInspector.TryInspect(token, out var shape, out var failure))
+        var raw = token.ToString();
+        if (!JwtInspector.TryInspect(raw, out var shape, out var failure))
         {
             return TokenCheck.Fail(failure);
         }
@@ -157,7 +165,7 @@ public sealed class TokenValidator
             return TokenCheck.Fail(shape.KeyId is null ? "kid missing" : "unknown kid");
         }
 
-        var jwt = new JsonWebToken(token);
+        var jwt = new JsonWebToken(raw);
         var parameters = entry.Parameters.Clone();
         // Hand the library exactly the key chosen above. Setting IssuerSigningKey alone is not enough: with
         // TryAllIssuerSigningKeys off, the library matches that key by kid only, so the token of a one-key issuer

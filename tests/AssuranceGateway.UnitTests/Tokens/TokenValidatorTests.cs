@@ -2,6 +2,7 @@ using System.Collections.Frozen;
 using System.Security.Cryptography;
 using System.Text.Json.Nodes;
 using AssuranceGateway.Configuration;
+using AssuranceGateway.Requests;
 using AssuranceGateway.Testing;
 using AssuranceGateway.Tokens;
 using Microsoft.IdentityModel.Tokens;
@@ -517,6 +518,35 @@ public sealed class TokenValidatorTests : IDisposable
 
         Assert.True(second.IsValid, second.Failure);
         Assert.Same(first.Token, second.Token);
+        Assert.Equal(1, validator.CachedCount);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_TokenAsSliceOfHeader_SameHashAndCacheEntryAsTheWholeToken()
+    {
+        var token = Sign(Claims());
+        var header = "Bearer " + token + "  ";
+        var validator = Validator();
+
+        var fromSlice = await validator.ValidateAsync(header.AsMemory(7, token.Length), default);
+        var fromString = await validator.ValidateAsync(token, default);
+
+        Assert.True(fromSlice.IsValid, fromSlice.Failure);
+        Assert.Equal(Hashes.TokenHash(token), fromSlice.Token!.TokenHash);
+        Assert.Same(fromSlice.Token, fromString.Token);
+        Assert.Equal(1, validator.CachedCount);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_SliceOneCharacterShort_Rejected()
+    {
+        var token = Sign(Claims());
+        var validator = Validator();
+        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+
+        var check = await validator.ValidateAsync(token.AsMemory(0, token.Length - 1), default);
+
+        Assert.False(check.IsValid);
         Assert.Equal(1, validator.CachedCount);
     }
 
