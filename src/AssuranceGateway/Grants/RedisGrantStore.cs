@@ -254,9 +254,9 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
     /// <summary>
     /// The consume's EVALSHA in RESP2 (keys: the grant's hash and its event list), encoded from the text in one pass
-    /// into a per-thread buffer and copied out once: the command is the only allocation.
+    /// into a per-thread buffer (valid until this thread encodes the next one; the pipe copies it into a pooled buffer).
     /// </summary>
-    private static byte[] EncodeConsume(string grantKey, string[] args)
+    private static ReadOnlySpan<byte> EncodeConsume(string grantKey, string[] args)
     {
         var writer = t_commandBuffer ??= new ArrayBufferWriter<byte>(1024);
         writer.ResetWrittenCount();
@@ -271,7 +271,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             RespPipe.WriteBulk(writer, arg);
         }
 
-        return writer.WrittenSpan.ToArray();
+        return writer.WrittenSpan;
     }
 
     [ThreadStatic]

@@ -129,9 +129,12 @@ internal sealed class RespPipe : IDisposable
     /// Sends one encoded command. The reply is a string (or null), a long, an object?[] or a <see cref="RespError"/>;
     /// failures of the connection throw <see cref="StoreUnavailableException"/>.
     /// </summary>
-    public Task<object?> SendAsync(byte[] command)
+    public Task<object?> SendAsync(ReadOnlySpan<byte> command)
     {
-        var reply = new PendingReply(command);
+        // The command waits in a pooled copy until it is written (the caller's buffer may be reused at once).
+        var copy = ArrayPool<byte>.Shared.Rent(command.Length);
+        command.CopyTo(copy);
+        var reply = new PendingReply(copy, command.Length);
         _outbox.Enqueue(reply);
         if (_inflight.IsEmpty)
         {
@@ -246,7 +249,8 @@ internal sealed class RespPipe : IDisposable
         {
             // In flight before it is on the wire, so that its reply always finds it.
             reply.SentAt = now;
-            _writeBuffer.Write(reply.Command);
+            _writeBuffer.Write(reply.Command.AsSpan(0, reply.CommandLength));
+            reply.ReleaseCommand();
             _inflight.Enqueue(reply);
         }
 
@@ -307,6 +311,10 @@ internal sealed class RespPipe : IDisposable
     {
         var buffer = ArrayPool<byte>.Shared.Rent(64 * 1024);
         int start = 0, end = 0;
+
+        // The reply of the current read that is held back to complete on this thread: off the in-flight queue, so when
+        // the read fails before it completes it is failed here (Break only sees what is still queued).
+        PendingReply? last = null;
         try
         {
             while (Broken is null)
@@ -341,7 +349,7 @@ internal sealed class RespPipe : IDisposable
                 }
 
                 end += read;
-                PendingReply? last = null;
+                last = null;
                 while (true)
                 {
                     var position = start;
@@ -353,8 +361,7 @@ internal sealed class RespPipe : IDisposable
                     start = position;
                     if (!_inflight.TryDequeue(out var reply))
                     {
-                        Break("a reply nobody asked for");
-                        return;
+                        throw new FormatException("a reply nobody asked for");
                     }
 
                     reply.Value = value;
@@ -374,12 +381,16 @@ internal sealed class RespPipe : IDisposable
                     start = end = 0;
                 }
 
-                last?.Complete();
+                var completing = last;
+                last = null;
+                completing?.Complete();
             }
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or FormatException)
         {
-            Break(e is FormatException ? "malformed reply" : "receive failed");
+            var why = e is FormatException ? $"malformed reply ({e.Message})" : "receive failed";
+            Break(why);
+            last?.Fail(new StoreUnavailableException($"Grant store {_description}: {why}.", outcomeUnknown: true));
         }
         finally
         {
@@ -495,9 +506,18 @@ internal sealed class RespPipe : IDisposable
             ? value
             : throw new FormatException("bad integer");
 
-    private sealed class PendingReply(byte[] command) : TaskCompletionSource<object?>
+    private sealed class PendingReply(byte[] command, int length) : TaskCompletionSource<object?>
     {
-        public byte[] Command { get; } = command;
+        public byte[] Command { get; private set; } = command;
+
+        public int CommandLength { get; } = length;
+
+        /// <summary>Gives the pooled copy back once it is in the write buffer (a command that never leaves is collected).</summary>
+        public void ReleaseCommand()
+        {
+            ArrayPool<byte>.Shared.Return(Command);
+            Command = [];
+        }
 
         public long SentAt;
 

@@ -1,5 +1,7 @@
 using System.Globalization;
 using System.Net;
+using System.Net.Sockets;
+using System.Text;
 using AssuranceGateway.Grants;
 using AssuranceGateway.Testing;
 
@@ -64,6 +66,76 @@ public sealed class RespPipeTests(RedisServer redis) : IClassFixture<RedisServer
         Assert.NotNull(pipe.Broken);
         var after = await Assert.ThrowsAsync<StoreUnavailableException>(() => pipe.SendAsync(RespPipe.Encode("PING")));
         Assert.False(after.OutcomeUnknown);
+    }
+
+    [Theory]
+    [InlineData("+one\r\n+two\r\n+three\r\n")] // one reply more than was asked for
+    [InlineData("+one\r\n?garbage\r\n")] // a reply that is not RESP
+    public async Task SendAsync_ServerOutOfStepInTheMiddleOfARead_NoCallerLeftWaiting(string replies)
+    {
+        // Not Redis: a server that misbehaves on cue. A reply already taken off the in-flight queue when the read fails
+        // must still be answered (failed), not dropped with its caller waiting forever.
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        var server = Task.Run(async () =>
+        {
+            using var client = await listener.AcceptTcpClientAsync();
+            var stream = client.GetStream();
+            var received = new StringBuilder();
+            var buffer = new byte[4096];
+            async Task ReadUntilAsync(string text, int times)
+            {
+                while (CountOf(received.ToString(), text) < times)
+                {
+                    var n = await stream.ReadAsync(buffer);
+                    if (n == 0)
+                    {
+                        return;
+                    }
+
+                    received.Append(Encoding.ASCII.GetString(buffer, 0, n));
+                }
+            }
+
+            await ReadUntilAsync("SETNAME", 1);
+            await stream.WriteAsync("+OK\r\n"u8.ToArray());
+            await ReadUntilAsync("ECHO", 2);
+            await stream.WriteAsync(Encoding.ASCII.GetBytes(replies)); // one write, so one read on the other side
+            await ReadUntilAsync("never", 1);
+        });
+        using var pipe = await RespPipe.ConnectAsync(
+            listener.LocalEndpoint, null, 0, "resp-pipe-test", Timeout, TimeProvider.System, CancellationToken.None);
+
+        var first = pipe.SendAsync(RespPipe.Encode("ECHO", "one"));
+        var second = pipe.SendAsync(RespPipe.Encode("ECHO", "two"));
+
+        // The first reply was matched in order before anything went wrong: it may be delivered or failed, never lost.
+        try
+        {
+            Assert.Equal("one", await first.WaitAsync(Timeout));
+        }
+        catch (StoreUnavailableException failure)
+        {
+            Assert.True(failure.OutcomeUnknown);
+        }
+
+        // The second one's reply is in doubt: it fails (unknown outcome) instead of waiting forever.
+        Assert.True((await Assert.ThrowsAsync<StoreUnavailableException>(() => second.WaitAsync(Timeout))).OutcomeUnknown);
+
+        Assert.StartsWith("malformed reply", pipe.Broken);
+        pipe.Dispose();
+        await server.WaitAsync(Timeout);
+    }
+
+    private static int CountOf(string text, string value)
+    {
+        var count = 0;
+        for (var i = text.IndexOf(value, StringComparison.Ordinal); i >= 0; i = text.IndexOf(value, i + 1, StringComparison.Ordinal))
+        {
+            count++;
+        }
+
+        return count;
     }
 
     private Task<RespPipe> ConnectAsync(TimeSpan? timeout = null) =>
