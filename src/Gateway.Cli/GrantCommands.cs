@@ -120,7 +120,19 @@ internal static class GrantCommands
             request.Content = new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json");
         }
 
-        using var response = await client.SendAsync(request, ct);
+        HttpResponseMessage response;
+        try
+        {
+            response = await client.SendAsync(request, ct);
+        }
+        catch (HttpRequestException e)
+        {
+            // Unreachable (wrong --api / AGW_API, gateway down): say which address, not a stack trace.
+            await Console.Error.WriteLineAsync($"cannot reach the assurance API at {client.BaseAddress}: {e.Message}");
+            return 2;
+        }
+
+        using var _ = response;
         var text = await response.Content.ReadAsStringAsync(ct);
         if (!response.IsSuccessStatusCode)
         {

@@ -76,6 +76,22 @@ public sealed class AgwCliTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task GrantShow_ApiUnreachable_ExitsWithTheAddressNotAStackTrace()
+    {
+        using var closed = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        closed.Start();
+        var address = $"http://127.0.0.1:{((System.Net.IPEndPoint)closed.LocalEndpoint).Port}/";
+        closed.Stop(); // nothing listens there any more
+
+        var (code, output, error) = await AgwAsync("grant", "show", "--api", address, "--as", _gateway.Idp.ApiToken(scope: "assurance:read"), "some-grant");
+
+        Assert.Equal(2, code);
+        Assert.Empty(output);
+        Assert.StartsWith("cannot reach the assurance API at " + address, error, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task GrantCreate_Refused_ExitsNonZeroWithTheProblem()
     {
         var (code, _, error) = await AgwAsync("grant", "create", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(scope: "assurance:read"),
