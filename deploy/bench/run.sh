@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark: the gateway against plain YARP (same YARP version and settings) on this machine, same run.
-#   deploy/bench/run.sh            3 interleaved rounds of 10 s per scenario (about 6 minutes)
+#   deploy/bench/run.sh            3 interleaved rounds of 10 s per scenario (about 10 minutes)
 #   deploy/bench/run.sh --quick    1 round of 3 s (smoke run)
 # Everything shares this machine's cores: the load generator, Redis, the upstream, YARP and the gateway. Compare the
 # ratios of one round, not absolute numbers across machines.
@@ -222,6 +222,8 @@ for name in names:
     print(f"{name:<21}{statistics.median(x['rps'] for x in rows):>8.0f}{statistics.median(x['p50'] for x in rows):>8.0f}"
           f"{statistics.median(x['p99'] for x in rows):>8.0f}{statistics.median(ratios):>9.2f}{sum(x['non2xx'] for x in rows):>8}"
           f"   {'':<20}" + " ".join(f"{c:>8.0f}" for c in cpu))
+print("per round (× plain): " + "; ".join(
+    f"{n} " + " ".join(f"{r[n]['rps'] / r['plain']['rps']:.2f}" for r in load_rounds) for n in names[1:]))
 per = [r["evalsha"] / r["full-binding"]["ok"] for r in load_rounds if r["full-binding"]["ok"]]
 print(f"Redis EVALSHA per allowed request (full binding): {statistics.median(per):.3f}")
 latency = [r for k, r in rounds.items() if k.startswith("latency")]
