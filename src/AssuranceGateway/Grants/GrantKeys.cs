@@ -43,7 +43,7 @@ internal sealed class GrantKeys
 
     public RedisKey PendingByExpiry { get; }
 
-    public RedisKey Grant(string id) => string.Concat(_prefix, "{g:", id, "}");
+    public RedisKey Grant(string id) => GrantText(id);
 
     public RedisKey Events(string id) => string.Concat(_prefix, "{g:", id, "}", EventsSuffix);
 
