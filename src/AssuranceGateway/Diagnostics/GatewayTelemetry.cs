@@ -38,7 +38,9 @@ public sealed class GatewayTelemetry : IDisposable
         var tracer = Sdk.CreateTracerProviderBuilder()
             .SetSampler(new EvidenceSampler())
             .SetResourceBuilder(Resource())
-            .AddSource(AssuranceSemanticConventions.SourceName, "Microsoft.AspNetCore", "Yarp.ReverseProxy");
+            // System.Net.Http: the client span of the forwarded request. HttpClient creates it anyway to carry
+            // traceparent upstream; unrecorded, it was a parent the upstream's spans pointed at and no backend ever saw.
+            .AddSource(AssuranceSemanticConventions.SourceName, "Microsoft.AspNetCore", "Yarp.ReverseProxy", "System.Net.Http");
         foreach (var processor in processors)
         {
             tracer.AddProcessor(processor);

@@ -16,6 +16,41 @@ public sealed class EvidenceSpanTests : IAsyncLifetime
     public async Task DisposeAsync() => await _gateway.DisposeAsync();
 
     [Fact]
+    public async Task ForwardedRequest_UpstreamsParentSpanIsOneTheGatewayRecorded()
+    {
+        // An SRE follows the trace from the gateway into the upstream: the traceparent the upstream receives must name
+        // a span the gateway records (and exports), not a phantom the trace backend never sees.
+        using var request = GatewayHarness.Request(HttpMethod.Get, "/status", _gateway.Idp.Token(), out var traceId);
+
+        using var response = await _gateway.Proxy.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var traceparent = Assert.Single(_gateway.Upstream.Received).Headers["traceparent"].Split('-');
+        Assert.Equal(traceId, traceparent[1]);
+        Assert.Equal("01", traceparent[3]);
+        var parent = await EventuallyAsync(() => _gateway.Spans.All.FirstOrDefault(
+            s => s.TraceId.ToHexString() == traceId && s.SpanId.ToHexString() == traceparent[2]));
+        Assert.True(parent.Recorded);
+        Assert.Equal(ActivityKind.Client, parent.Kind);
+    }
+
+    private static async Task<Activity> EventuallyAsync(Func<Activity?> find)
+    {
+        // Spans reach the collector when they end, which for the client span is just after the response is sent.
+        for (var i = 0; i < 100; i++)
+        {
+            if (find() is { } found)
+            {
+                return found;
+            }
+
+            await Task.Delay(20);
+        }
+
+        throw new Xunit.Sdk.XunitException("no recorded span has the upstream's parent span id");
+    }
+
+    [Fact]
     public async Task ParentSampledOut_EvidenceSpanStillRecordedAsChildOfServerSpan()
     {
         var traceId = ActivityTraceId.CreateRandom().ToHexString();
