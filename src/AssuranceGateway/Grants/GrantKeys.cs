@@ -45,7 +45,7 @@ internal sealed class GrantKeys
 
     public RedisKey Grant(string id) => GrantText(id);
 
-    public RedisKey Events(string id) => string.Concat(_prefix, "{g:", id, "}", EventsSuffix);
+    public RedisKey Events(string id) => GrantText(id) + EventsSuffix;
 
     public RedisKey[] GrantAndEvents(string id) => KeysOf(GrantText(id));
 
