@@ -36,7 +36,7 @@ trap cleanup EXIT INT TERM
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 1 150); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; echo "not up: $1" >&2; exit 1; }
 
-redis_port=$(port); up=$(port); plain=$(port); gw=$(port); api=$(port); gws=$(port); apis=$(port)
+redis_port=$(port); up=$(port); plain=$(port); gw=$(port); api=$(port); gws=$(port); apis=$(port); gwe=$(port); apie=$(port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$work/redis.log" 2>&1 & pids+=($!)
 if [ "$upstream_kind" = nginx ]; then
   mkdir -p "$work/nginx"
@@ -95,18 +95,28 @@ dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --config "$work/gateway.json"
 gateway_pid=$!
 # The same gateway with signed evidence (Assurance-Evidence, one ES256 signature per allowed request), as in
 # config/gateway.json: a second process, so that both are measured in the same rounds.
-python3 - "$work" "$gws" "$apis" <<'PY'
+# And a diagnostic third one with the embedded in-process store instead of Redis: the same code and decision without the
+# network round trip, so the difference between it and the first is what the Redis round trip costs in that round.
+python3 - "$work" "$gws" "$apis" "$gwe" "$apie" <<'PY'
 import json, sys
-work, port, api = sys.argv[1:]
+work, port, api, eport, eapi = sys.argv[1:]
 c = json.load(open(f"{work}/gateway.json"))
 c["Urls"] = f"http://127.0.0.1:{port}"
 c["Assurance"]["Api"]["Url"] = f"http://127.0.0.1:{api}"
 c["Assurance"]["Evidence"] = {"SigningKeyFile": f"{work}/keys/evidence.jwk.json"}
 json.dump(c, open(f"{work}/gateway-signed.json", "w"), indent=2)
+c = json.load(open(f"{work}/gateway.json"))
+c["Urls"] = f"http://127.0.0.1:{eport}"
+c["Assurance"]["Api"]["Url"] = f"http://127.0.0.1:{eapi}"
+del c["Assurance"]["Store"]
+json.dump(c, open(f"{work}/gateway-embedded.json", "w"), indent=2)
 PY
 dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --config "$work/gateway-signed.json" >"$work/gateway-signed.log" 2>&1 & pids+=($!)
 signed_pid=$!
-wait_http "http://127.0.0.1:$up/"; wait_http "http://127.0.0.1:$plain/"; wait_http "http://127.0.0.1:$api/readyz"; wait_http "http://127.0.0.1:$apis/readyz"
+dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --config "$work/gateway-embedded.json" >"$work/gateway-embedded.log" 2>&1 & pids+=($!)
+embedded_pid=$!
+wait_http "http://127.0.0.1:$up/"; wait_http "http://127.0.0.1:$plain/"
+for a in "$api" "$apis" "$apie"; do wait_http "http://127.0.0.1:$a/readyz"; done
 
 # Credentials and grants, made the way operators make them (agw), valid for the whole run.
 python3 -c 'import sys; a, b = "{\"payload\":\"", "\"}"; sys.stdout.write(a + "x" * (1024 - len(a) - len(b)) + b)' >"$work/body.json"
@@ -118,6 +128,7 @@ export AGW_API="http://127.0.0.1:$api"
 grant() { $agw grant create --as "$approver" -q --route "$1" --workload spiffe://prod.example/ns/bench/sa/load --method POST \
   --path "/$1/bench" --header "content-type: application/json" --body "$work/body.json" --max-uses 1000000 --ttl 7200 "${@:2}"; }
 bound_grant=$(grant bound --token "$token")
+embedded_grant=$(AGW_API="http://127.0.0.1:$apie" grant bound --token "$token")
 fresh_grant=$(grant fresh)
 # Fresh tokens: every wrk run takes a slice of its own (the warm-up too), so no token is ever sent twice.
 slice=$(( duration * 15000 )); fresh_count=$(( (rounds + 1) * slice ))
@@ -127,7 +138,7 @@ redis_pid=$(pgrep -f "redis-server 127.0.0.1:$redis_port" | head -1)
 if [ "$upstream_kind" = nginx ]; then upstream_pid=$(pgrep -P "$nginx_master" | head -1)  # the one worker
 else upstream_pid=$(pgrep -f "Benchmarks.dll upstream --urls http://127.0.0.1:$up" | head -1); fi
 plain_pid=$(pgrep -f "Benchmarks.dll plain-yarp --urls http://127.0.0.1:$plain" | head -1)
-cpu_ticks() { for p in "$gateway_pid" "$signed_pid" "$plain_pid" "$upstream_pid" "$redis_pid"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd' '; }
+cpu_ticks() { for p in "$gateway_pid" "$signed_pid" "$plain_pid" "$upstream_pid" "$redis_pid" "$embedded_pid"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd' '; }
 run() { # run NAME URL [env...]: one wrk run, prints "NAME RESULT ... cpu=<ticks before>/<ticks after>"
   local name=$1 url=$2; shift 2
   local out before
@@ -144,6 +155,7 @@ url="http://127.0.0.1:$gw/pass/bench"; warm
 url="http://127.0.0.1:$gw/token/bench"; warm BENCH_TOKEN="$token"
 url="http://127.0.0.1:$gw/bound/bench"; warm BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
 url="http://127.0.0.1:$gws/bound/bench"; warm BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
+url="http://127.0.0.1:$gwe/bound/bench"; warm BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$embedded_grant"
 url="http://127.0.0.1:$gw/fresh/bench"; warm BENCH_TOKENS_FILE="$work/tokens.txt" BENCH_TOKENS_FROM=0 BENCH_TOKENS_COUNT="$slice" BENCH_SVID="$svid" BENCH_GRANT="$fresh_grant"
 
 results="$work/results.txt"
@@ -159,6 +171,7 @@ for round in $(seq 1 "$rounds"); do
     run fresh-token "http://127.0.0.1:$gw/fresh/bench" BENCH_TOKENS_FILE="$work/tokens.txt" BENCH_TOKENS_FROM=$(( round * slice )) \
       BENCH_TOKENS_COUNT="$slice" BENCH_SVID="$svid" BENCH_GRANT="$fresh_grant"
     run full-binding-signed "http://127.0.0.1:$gws/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
+    run full-binding-embedded "http://127.0.0.1:$gwe/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$embedded_grant"
   } >>"$results"
 done
 
@@ -171,6 +184,7 @@ for round in $(seq 1 "$rounds"); do
     run token-only-1conn "http://127.0.0.1:$gw/token/bench" BENCH_TOKEN="$token"
     run full-binding-1conn "http://127.0.0.1:$gw/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
     run full-binding-signed-1conn "http://127.0.0.1:$gws/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
+    run full-binding-embedded-1conn "http://127.0.0.1:$gwe/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$embedded_grant"
   } >>"$results"
 done
 
@@ -186,6 +200,12 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, summary.errors.status, latency:percentile(50), latency:percentile(99)))
 end
 LUA
+# What one round trip to this Redis costs by itself, from a C client: back to back (redis-benchmark, one connection), and
+# when Redis idles 10 ms between commands (redis-cli --latency), as between the consumes of a single slow caller.
+{ echo "ROUND redis"
+  echo "redis-busy $(redis-benchmark -p "$redis_port" -c 1 -n 20000 -t ping_mbulk --csv | tr -d '"' | awk -F, '$1 == "PING_MBULK" {print "p50_ms=" $5}')"
+  echo "redis-idle $(timeout -s INT 5 redis-cli -p "$redis_port" --latency --raw 2>/dev/null | tail -1 | awk '{print "avg_ms=" $3}')"
+} >>"$results"
 { echo "ROUND api"
   echo "issuance $(wrk -t2 -c32 -d"${duration}s" --latency -s "$work/issue.lua" "http://127.0.0.1:$api/assurance/v1/grants" | grep '^RESULT')"
 } >>"$results"
@@ -193,7 +213,7 @@ LUA
 python3 - "$results" "$(nproc)" "$(uptime | sed 's/.*load average: //')" "$(getconf CLK_TCK)" "$upstream_kind" <<'PY'
 import statistics, sys
 path, cores, load, tick, upstream = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-processes = ["gateway", "gateway-signed", "plain-yarp", "upstream", "redis"]
+processes = ["gateway", "gateway-signed", "plain-yarp", "upstream", "redis", "gateway-embedded"]
 rounds, current = {}, None
 for line in open(path):
     parts = line.split()
@@ -201,6 +221,8 @@ for line in open(path):
         current = rounds.setdefault(parts[1], {})
     elif parts[0] == "EVALSHA":
         current["evalsha"] = int(parts[1])
+    elif parts[0].startswith("redis-"):
+        current[parts[0]] = parts[1].split("=", 1)[1] if len(parts) > 1 else "?"
     else:
         kv = dict(p.split("=", 1) for p in parts[2:])
         ok = int(kv["requests"]) - int(kv["non2xx"])
@@ -211,15 +233,15 @@ for line in open(path):
             row["cpu"] = [(a - b) / tick * 1e6 / max(int(kv["requests"]), 1) for a, b in zip(after, before)]
         current[parts[0]] = row
 load_rounds = [r for k, r in rounds.items() if k.isdigit()]
-names = ["plain", "passthrough", "token-only", "full-binding", "fresh-token", "full-binding-signed"]
+names = ["plain", "passthrough", "token-only", "full-binding", "fresh-token", "full-binding-signed", "full-binding-embedded"]
 print(f"\nAssurance Gateway vs plain YARP: {len(load_rounds)} round(s), {cores} cores, upstream {upstream}, load average after: {load}")
-print(f"{'scenario':<21}{'rps':>8}{'p50 µs':>8}{'p99 µs':>8}{'× plain':>9}{'non-2xx':>8}   CPU µs per request: " + " ".join(f"{p:>8}" for p in ["proxy", "upstream", "redis"]))
+print(f"{'scenario':<23}{'rps':>8}{'p50 µs':>8}{'p99 µs':>8}{'× plain':>9}{'non-2xx':>8}   CPU µs per request: " + " ".join(f"{p:>8}" for p in ["proxy", "upstream", "redis"]))
 for name in names:
     rows = [r[name] for r in load_rounds]
     ratios = [r[name]["rps"] / r["plain"]["rps"] for r in load_rounds]
-    proxy = 2 if name == "plain" else 1 if name == "full-binding-signed" else 0
+    proxy = {"plain": 2, "full-binding-signed": 1, "full-binding-embedded": 5}.get(name, 0)
     cpu = [statistics.median(x["cpu"][i] for x in rows) for i in (proxy, 3, 4)]
-    print(f"{name:<21}{statistics.median(x['rps'] for x in rows):>8.0f}{statistics.median(x['p50'] for x in rows):>8.0f}"
+    print(f"{name:<23}{statistics.median(x['rps'] for x in rows):>8.0f}{statistics.median(x['p50'] for x in rows):>8.0f}"
           f"{statistics.median(x['p99'] for x in rows):>8.0f}{statistics.median(ratios):>9.2f}{sum(x['non2xx'] for x in rows):>8}"
           f"   {'':<20}" + " ".join(f"{c:>8.0f}" for c in cpu))
 print("per round (× plain): " + "; ".join(
@@ -232,7 +254,10 @@ def p50(name):
 def added(name):
     return statistics.median(r[name + "-1conn"]["p50"] - r["plain-1conn"]["p50"] for r in latency)
 print("one connection, p50, median of %d rounds (added over plain YARP in the same round): plain %d µs" % (len(latency), p50("plain")) + "".join(
-    f", {n} {p50(n):.0f} (+{added(n):.0f})" for n in ["passthrough", "token-only", "full-binding", "full-binding-signed"]))
+    f", {n} {p50(n):.0f} (+{added(n):.0f})" for n in ["passthrough", "token-only", "full-binding", "full-binding-signed", "full-binding-embedded"]))
+redis = rounds["redis"]
+print(f"one round trip to this Redis (PING from a C client): p50 {redis['redis-busy']} ms back to back, "
+      f"average {redis['redis-idle']} ms when it idles 10 ms between commands")
 api = rounds["api"]["issuance"]
 print(f"grant issuance through the API: {api['rps']:.0f} grants/s (p50 {api['p50']} µs, non-201 {api['non2xx']})")
 PY
