@@ -47,6 +47,11 @@ internal sealed class RespPipe : IDisposable
     private readonly string _description;
     private readonly ConcurrentQueue<PendingReply> _outbox = new();
     private readonly ConcurrentQueue<PendingReply> _inflight = new();
+
+    // Taken to match a reply to the oldest in-flight command, and to fail what is in flight once the pipe is broken. The
+    // two must not interleave: a reply read after another thread took its command off the queue would be handed to the
+    // next command, another caller's request.
+    private readonly Lock _matching = new();
     private readonly ArrayBufferWriter<byte> _writeBuffer = new(4096);
     private readonly ITimer _deadline;
     private int _writing;
@@ -359,9 +364,20 @@ internal sealed class RespPipe : IDisposable
                     }
 
                     start = position;
-                    if (!_inflight.TryDequeue(out var reply))
+                    PendingReply? reply;
+                    lock (_matching)
                     {
-                        throw new FormatException("a reply nobody asked for");
+                        // Broken: what is still in flight is failed (or about to be, under this lock), so this reply
+                        // no longer has its command in the queue. Nothing more is matched.
+                        if (Broken is not null)
+                        {
+                            break;
+                        }
+
+                        if (!_inflight.TryDequeue(out reply))
+                        {
+                            throw new FormatException("a reply nobody asked for");
+                        }
                     }
 
                     reply.Value = value;
@@ -416,8 +432,18 @@ internal sealed class RespPipe : IDisposable
 
     private void FailAll(string why)
     {
-        // Written: Redis may have run it. Still queued: it never left.
-        while (_inflight.TryDequeue(out var reply))
+        // Written: Redis may have run it. Still queued: it never left. Taken off the queue under the lock the reader
+        // matches under, and failed outside it (a caller's continuation may run inline).
+        List<PendingReply>? written = null;
+        lock (_matching)
+        {
+            while (_inflight.TryDequeue(out var reply))
+            {
+                (written ??= []).Add(reply);
+            }
+        }
+
+        foreach (var reply in written ?? [])
         {
             reply.Fail(new StoreUnavailableException($"Grant store {_description}: {why}.", outcomeUnknown: true));
         }

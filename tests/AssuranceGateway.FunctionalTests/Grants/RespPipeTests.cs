@@ -33,6 +33,56 @@ public sealed class RespPipeTests(RedisServer redis) : IClassFixture<RedisServer
     }
 
     [Fact]
+    public async Task SendAsync_PipeBrokenWhileRepliesAreBeingRead_NoCallerGetsAnotherCallersReply()
+    {
+        // The store drops a pipe (Dispose) while other callers' replies are still arriving, and the deadline timer breaks
+        // one on its own thread: the in-flight commands are failed while the reader may be matching replies to them. A
+        // reply must then reach the caller it belongs to or nobody; one handed to the next caller in the queue would be
+        // another request's decision.
+        var mismatched = new List<string>();
+        var delivered = 0;
+        var failed = 0;
+        for (var round = 0; round < 40; round++)
+        {
+            var pipe = await ConnectAsync();
+            var calls = Enumerable.Range(0, 1500).Select(i =>
+            {
+                var payload = FormattableString.Invariant($"r{round}-c{i}");
+                return (payload, reply: pipe.SendAsync(RespPipe.Encode("ECHO", payload)));
+            }).ToArray();
+
+            // Break it while the replies stream in: after the first one is back, at a point that moves round by round.
+            await calls[0].reply.WaitAsync(Timeout);
+            var spin = new SpinWait();
+            for (var i = 0; i < round % 20; i++)
+            {
+                spin.SpinOnce(sleep1Threshold: -1);
+            }
+
+            pipe.Dispose();
+            foreach (var (payload, reply) in calls)
+            {
+                try
+                {
+                    var value = await reply.WaitAsync(Timeout);
+                    delivered++;
+                    if (!Equals(value, payload))
+                    {
+                        mismatched.Add($"{payload} got {value}");
+                    }
+                }
+                catch (StoreUnavailableException)
+                {
+                    failed++;
+                }
+            }
+        }
+
+        Assert.Empty(mismatched);
+        Assert.True(delivered > 0 && failed > 0, $"the test should break pipes halfway: {delivered} delivered, {failed} failed");
+    }
+
+    [Fact]
     public async Task SendAsync_ErrorReply_ReturnedToThatCallerOnly()
     {
         using var pipe = await ConnectAsync();
