@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark: the gateway against plain YARP (same YARP version and settings) on this machine, same run.
-#   deploy/bench/run.sh            3 interleaved rounds of 10 s per scenario (about 10 minutes)
+#   deploy/bench/run.sh            3 interleaved rounds of 10 s per scenario (about 14 minutes)
 #   deploy/bench/run.sh --quick    1 round of 3 s (smoke run)
 # Everything shares this machine's cores: the load generator, Redis, the upstream, YARP and the gateway. Compare the
 # ratios of one round, not absolute numbers across machines.
