@@ -725,6 +725,12 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             // delivered the command.
             throw Unavailable(operation, grantId, "connection failed", e.CommandStatus != CommandStatus.WaitingToBeSent, e);
         }
+        catch (RedisServerException e) when (RespError.IsNotPrimaryMessage(e.Message))
+        {
+            // Refused by a server that is not (or not yet) a usable primary: nothing was written (see RespError), as when
+            // the consume connection gets the same reply. Not an unknown outcome.
+            throw Unavailable(operation, grantId, "not the primary", outcomeUnknown: false, e);
+        }
         catch (Exception e) when (e is RedisException or ObjectDisposedException)
         {
             // A timeout reported by the client, a script error (OOM under noeviction), a connection disposed by the

@@ -109,7 +109,11 @@ public sealed class RedisGrantStoreReplicaTests
             TimeSpan.FromSeconds(10),
             "the old primary to follow the new one");
 
-        await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+        // Refused before anything was written, on the consume connection and then on the shared one: a known failure,
+        // so no unknown_outcome is recorded on the grant.
+        var refused = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+        Assert.False(refused.OutcomeUnknown, refused.Message);
+        Assert.Equal(0, store.UnknownOutcomesPending);
 
         Assert.False(store.ConsumesOnDedicatedConnection);
         Assert.Equal("1", await other.ExecuteAsync("HGET", key, "uses"));
