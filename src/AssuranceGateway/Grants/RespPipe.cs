@@ -17,9 +17,12 @@ internal sealed record RespError(string Message)
     /// (<c>READONLY</c>; a script's first write fails, so nothing was written), a primary loading its data, a replica
     /// whose primary is down.
     /// </summary>
-    public bool IsNotPrimary =>
-        Message.StartsWith("READONLY", StringComparison.Ordinal) || Message.StartsWith("LOADING", StringComparison.Ordinal)
-        || Message.StartsWith("MASTERDOWN", StringComparison.Ordinal);
+    public bool IsNotPrimary => IsNotPrimaryMessage(Message);
+
+    /// <summary>The same test on an error message, as StackExchange.Redis reports it (<c>RedisServerException</c>).</summary>
+    public static bool IsNotPrimaryMessage(string message) =>
+        message.StartsWith("READONLY", StringComparison.Ordinal) || message.StartsWith("LOADING", StringComparison.Ordinal)
+        || message.StartsWith("MASTERDOWN", StringComparison.Ordinal);
 }
 
 /// <summary>
@@ -159,7 +162,10 @@ internal sealed class RespPipe : IDisposable
 
     private void FlushQueued()
     {
-        Volatile.Write(ref _flushQueued, 0);
+        // A full fence, not a release store: the emptiness check in Pump must not be read before this is visible, or a
+        // sender that saw the flag still set (and so queued no flush) and this flush that saw its command not yet queued
+        // would both back off, and the command would wait for the next caller (see also CheckDeadline).
+        Interlocked.Exchange(ref _flushQueued, 0);
         Pump();
     }
 
@@ -228,7 +234,9 @@ internal sealed class RespPipe : IDisposable
             {
                 if (!sending)
                 {
-                    Volatile.Write(ref _writing, 0);
+                    // A full fence for the same reason as in FlushQueued: the loop's next emptiness check must not
+                    // overtake this release.
+                    Interlocked.Exchange(ref _writing, 0);
                 }
             }
 
@@ -306,7 +314,7 @@ internal sealed class RespPipe : IDisposable
         }
         finally
         {
-            Volatile.Write(ref _writing, 0);
+            Interlocked.Exchange(ref _writing, 0);
         }
 
         Pump();
@@ -419,6 +427,15 @@ internal sealed class RespPipe : IDisposable
         if (_inflight.TryPeek(out var oldest) && _time.GetElapsedTime(oldest.SentAt) > _timeout)
         {
             Break($"no answer within {_timeout.TotalMilliseconds} ms");
+            return;
+        }
+
+        // The deadline only sees commands that were written. A command still queued here is waiting for a send that
+        // every path should have started; should one ever not have, it goes out now instead of waiting for the next
+        // caller (which, on an idle gateway, may never come).
+        if (!_outbox.IsEmpty)
+        {
+            Pump();
         }
     }
 
