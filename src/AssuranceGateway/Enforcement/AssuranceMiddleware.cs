@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using System.Net;
 using AssuranceGateway.Configuration;
@@ -165,6 +166,18 @@ public sealed partial class AssuranceMiddleware
         RequestHash? requestHash = null;
         if ((policy.Bind & Bindings.Request) != 0)
         {
+            // The hash covers the target as it arrived (SPEC §4.2); the upstream gets the path Kestrel decoded and
+            // normalised, re-encoded. Where the two differ, what was approved is not what would run: refused before the
+            // body is read or any grant is touched.
+            var (path, query) = RawTarget(context);
+            if (!ForwardedAsReceived(context, path, query))
+            {
+                decision.Reason = ReasonCodes.RequestAmbiguous;
+                decision.Detail = "the request target is not in normal form (dot segments, or percent-encoding that the "
+                    + "gateway would decode or re-encode before forwarding): send it as the upstream should receive it";
+                return;
+            }
+
             var body = await RequestBody.ReadAsync(context.Request, policy.MaxBodyBytes, aborted).ConfigureAwait(false);
             if (body is null)
             {
@@ -173,7 +186,6 @@ public sealed partial class AssuranceMiddleware
                 return;
             }
 
-            var (path, query) = RawTarget(context);
             var headers = context.Request.Headers;
             requestHash = CanonicalRequest.Compute(context.Request.Method, path, query, policy.BoundHeaders, name => headers[name], body.Span);
             decision.RequestHash = requestHash.Value.Hash;
@@ -429,6 +441,75 @@ public sealed partial class AssuranceMiddleware
         var q = raw.IndexOf('?', StringComparison.Ordinal);
         return q < 0 ? (raw, string.Empty) : (raw[..q], raw[(q + 1)..]);
     }
+
+    /// <summary>
+    /// True when the upstream receives the target exactly as it arrived. YARP forwards the path Kestrel decoded (all
+    /// escapes but <c>%2F</c>) and cleared of dot segments, percent-encoding every character outside RFC 3986's pchar
+    /// set and '%' itself; and the query as received. Both then pass through <see cref="Uri"/>, which decodes
+    /// percent-encoded unreserved characters.
+    /// </summary>
+    internal static bool ForwardedAsReceived(HttpContext context, string rawPath, string rawQuery)
+    {
+        var decoded = context.Request.PathBase.Add(context.Request.Path).Value ?? "/";
+        if (decoded.AsSpan().IndexOfAnyExcept(PathChars) < 0)
+        {
+            // Nothing to encode: the raw path must be the decoded one.
+            if (!string.Equals(decoded, rawPath, StringComparison.Ordinal))
+            {
+                return false;
+            }
+        }
+        else if (!string.Equals(EncodeForwardedPath(decoded), rawPath, StringComparison.Ordinal))
+        {
+            return false;
+        }
+
+        if (rawQuery.AsSpan().IndexOfAnyExcept(QueryChars) < 0)
+        {
+            return true;
+        }
+
+        return Uri.TryCreate("http://upstream/?" + rawQuery, UriKind.Absolute, out var uri)
+            && string.Equals(uri.Query, "?" + rawQuery, StringComparison.Ordinal);
+    }
+
+    private static string? EncodeForwardedPath(string decoded)
+    {
+        var builder = new System.Text.StringBuilder(decoded.Length + 16);
+        Span<byte> utf8 = stackalloc byte[4];
+        for (var i = 0; i < decoded.Length; i++)
+        {
+            var c = decoded[i];
+            if (PathChars.Contains(c))
+            {
+                builder.Append(c);
+                continue;
+            }
+
+            if (!System.Text.Rune.TryGetRuneAt(decoded, i, out var rune))
+            {
+                return null;
+            }
+
+            var length = rune.EncodeToUtf8(utf8);
+            for (var b = 0; b < length; b++)
+            {
+                builder.Append('%').Append(utf8[b].ToString("X2", System.Globalization.CultureInfo.InvariantCulture));
+            }
+
+            i += rune.Utf16SequenceLength - 1;
+        }
+
+        return builder.ToString();
+    }
+
+    /// <summary>RFC 3986 pchar and '/', without '%': what YARP forwards in a path unescaped.</summary>
+    private static readonly SearchValues<char> PathChars =
+        SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/");
+
+    /// <summary>The same plus '?': a query of only these (no escapes) is left alone by Uri.</summary>
+    private static readonly SearchValues<char> QueryChars =
+        SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?");
 
     /// <summary>
     /// Headers the upstream must never see: the grant id and the workload JWT (a credential), an evidence header a

@@ -13,6 +13,12 @@ public static class ReasonCodes
     public const string WorkloadInvalid = "workload_invalid";
     public const string ClaimsMismatch = "claims_mismatch";
     public const string BodyTooLarge = "body_too_large";
+
+    /// <summary>
+    /// Not in SPEC §6 (an addition): the request target is not in normal form, so the upstream would receive another
+    /// path or query than the one hashed and bound (dot segments, percent-encoding the proxy decodes or re-encodes).
+    /// </summary>
+    public const string RequestAmbiguous = "request_ambiguous";
     public const string AssuranceRequired = "assurance_required";
     public const string AssuranceMalformed = "assurance_malformed";
     public const string GrantNotFound = "grant_not_found";
@@ -46,7 +52,7 @@ public static class ReasonCodes
 
     public static int StatusCode(string reason) => reason switch
     {
-        AssuranceMalformed or InvalidRequest => StatusCodes.Status400BadRequest,
+        AssuranceMalformed or InvalidRequest or RequestAmbiguous => StatusCodes.Status400BadRequest,
         TokenMissing or TokenInvalid or InsufficientAal or WorkloadUnidentified or WorkloadInvalid => StatusCodes.Status401Unauthorized,
         BodyTooLarge => StatusCodes.Status413PayloadTooLarge,
         TooManyPending => StatusCodes.Status429TooManyRequests,
@@ -66,6 +72,7 @@ public static class ReasonCodes
         WorkloadInvalid => "Workload identity invalid",
         ClaimsMismatch => "Claims do not satisfy the policy",
         BodyTooLarge => "Request body too large",
+        RequestAmbiguous => "Request target ambiguous",
         AssuranceRequired => "Assurance required",
         AssuranceMalformed => "Assurance-Id malformed",
         GrantNotFound => "Assurance not found",

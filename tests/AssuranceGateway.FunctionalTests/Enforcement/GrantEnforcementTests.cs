@@ -243,6 +243,70 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         Assert.DoesNotContain(grant.GetProperty("events").EnumerateArray(), e => e.GetProperty("type").GetString() is "used" or "denied");
     }
 
+    [Theory]
+    [InlineData("/deploy/v1/releases/%2e%2e/admin", "")] // the upstream would get /deploy/v1/admin
+    [InlineData("/deploy/v1/releases/../admin", "")]
+    [InlineData("/deploy/v1/releases/./x", "")]
+    [InlineData("/deploy/v1/%72eleases", "")] // an encoded unreserved character: decoded on the way
+    [InlineData("/deploy/v1/a%2Fb", "")] // an encoded slash: double-encoded on the way
+    [InlineData("/deploy/v1/releases", "env=%70rod")] // the query's unreserved escapes are decoded on the way
+    public async Task Use_ApprovedTargetTheUpstreamWouldReceiveDifferently_400RequestAmbiguous(string path, string query)
+    {
+        // The attacker gets a grant for exactly the raw target it will send (an approver sees that text), so the hash
+        // would match; but the upstream would run another path or query than the one approved.
+        var token = _gateway.Idp.Token();
+        var grant = DeployGrant(token, path: path);
+        grant["request"]!["query"] = query;
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        var (status, problem) = await SendRawDeployAsync(path + (query.Length > 0 ? "?" + query : string.Empty), token, id);
+
+        Assert.Equal(400, status);
+        Assert.Equal("request_ambiguous", problem.GetProperty("reason").GetString());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        var stored = await _gateway.GetGrantAsync(id);
+        Assert.Equal(1, stored.GetProperty("usesRemaining").GetInt32());
+    }
+
+    [Fact]
+    public async Task Use_PercentEncodedTargetTheUpstreamReceivesAsIs_Allowed()
+    {
+        // Encoding is not refused as such: a space in a path segment goes through exactly as approved.
+        const string path = "/deploy/v1/releases/5.2%20hotfix";
+        var token = _gateway.Idp.Token();
+        var grant = DeployGrant(token, path: path);
+        grant["request"]!["query"] = "note=a%26b";
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        var (status, _) = await SendRawDeployAsync(path + "?note=a%26b", token, id);
+
+        Assert.Equal(200, status);
+        var received = Assert.Single(_gateway.Upstream.Received);
+        Assert.Equal(path, received.Path);
+        Assert.Equal("note=a%26b", received.Query.TrimStart('?'));
+    }
+
+    /// <summary>HttpClient would normalise the target (dot segments, escapes): this request is written by hand.</summary>
+    private async Task<(int Status, System.Text.Json.JsonElement Problem)> SendRawDeployAsync(string target, string token, string grantId)
+    {
+        var uri = new Uri(_gateway.ProxyAddress);
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(uri.Host, uri.Port);
+        await using var stream = tcp.GetStream();
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+        var head = $"POST {target} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
+            + $"Workload-Identity: {_gateway.WorkloadIssuer.Svid()}\r\nAssurance-Id: {grantId}\r\n"
+            + $"Content-Type: application/json\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n";
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(head));
+        await stream.WriteAsync(body);
+        using var reader = new StreamReader(stream, Encoding.UTF8);
+        var text = await reader.ReadToEndAsync();
+        var status = int.Parse(text.AsSpan(9, 3), System.Globalization.CultureInfo.InvariantCulture);
+        var content = text[(text.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..];
+        using var json = System.Text.Json.JsonDocument.Parse(content.StartsWith('{') ? content : "{}");
+        return (status, json.RootElement.Clone());
+    }
+
     [Fact]
     public async Task Use_ChunkedBody_HashedAndForwardedExactly()
     {
