@@ -178,6 +178,24 @@ public sealed partial class AssuranceMiddleware
                 return;
             }
 
+            // The hash upper-cases the method; YARP forwards a method it does not know as sent ("Purge" is not "PURGE").
+            var method = context.Request.Method;
+            if (!string.Equals(HttpMethods.GetCanonicalizedValue(method), method.ToUpperInvariant(), StringComparison.Ordinal))
+            {
+                decision.Reason = ReasonCodes.RequestAmbiguous;
+                decision.Detail = "the method is not in upper case: the upstream would receive another method than the one bound";
+                return;
+            }
+
+            // What follows a protocol upgrade (WebSocket) or an extended CONNECT is not part of any request hash.
+            if (context.Features.Get<IHttpUpgradeFeature>()?.IsUpgradableRequest == true
+                || context.Features.Get<IHttpExtendedConnectFeature>()?.IsExtendedConnect == true)
+            {
+                decision.Reason = ReasonCodes.RequestAmbiguous;
+                decision.Detail = "a protocol upgrade cannot be bound to one request: what is sent after it would not be covered";
+                return;
+            }
+
             var body = await RequestBody.ReadAsync(context.Request, policy.MaxBodyBytes, aborted).ConfigureAwait(false);
             if (body is null)
             {

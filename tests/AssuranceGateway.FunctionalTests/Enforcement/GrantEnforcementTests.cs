@@ -286,23 +286,82 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         Assert.Equal("note=a%26b", received.Query.TrimStart('?'));
     }
 
+    [Fact]
+    public async Task Use_MethodNotInUpperCase_400RequestAmbiguous()
+    {
+        // The hash upper-cases the method, YARP forwards an unknown method as sent: approved PURGE, upstream gets Purge.
+        var token = _gateway.Idp.Token();
+        var grant = DeployGrant(token);
+        grant["request"]!["method"] = "PURGE";
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        var (status, problem) = await SendRawDeployAsync("/deploy/v1/releases", token, id, method: "Purge");
+
+        Assert.Equal(400, status);
+        Assert.Equal("request_ambiguous", problem.GetProperty("reason").GetString());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Use_WebSocketUpgradeOnARequestBoundRoute_400RequestAmbiguous()
+    {
+        // A grant approved for one GET must not open a connection whose later traffic no hash covers.
+        var token = _gateway.Idp.Token();
+        var grant = DeployGrant(token, body: string.Empty);
+        grant["request"]!["method"] = "GET";
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        var (status, problem) = await SendRawDeployAsync(
+            "/deploy/v1/releases", token, id, method: "GET", body: string.Empty,
+            extraHeaders: "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
+
+        Assert.Equal(400, status);
+        Assert.Equal("request_ambiguous", problem.GetProperty("reason").GetString());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        Assert.Equal(1, (await _gateway.GetGrantAsync(id)).GetProperty("usesRemaining").GetInt32());
+    }
+
     /// <summary>HttpClient would normalise the target (dot segments, escapes): this request is written by hand.</summary>
-    private async Task<(int Status, System.Text.Json.JsonElement Problem)> SendRawDeployAsync(string target, string token, string grantId)
+    private async Task<(int Status, System.Text.Json.JsonElement Problem)> SendRawDeployAsync(
+        string target, string token, string grantId, string method = "POST", string body = ReleaseBody, string extraHeaders = "")
     {
         var uri = new Uri(_gateway.ProxyAddress);
         using var tcp = new System.Net.Sockets.TcpClient();
         await tcp.ConnectAsync(uri.Host, uri.Port);
         await using var stream = tcp.GetStream();
-        var body = Encoding.UTF8.GetBytes(ReleaseBody);
-        var head = $"POST {target} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
+        var bytes = Encoding.UTF8.GetBytes(body);
+        var request = $"{method} {target} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
             + $"Workload-Identity: {_gateway.WorkloadIssuer.Svid()}\r\nAssurance-Id: {grantId}\r\n"
-            + $"Content-Type: application/json\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n";
-        await stream.WriteAsync(Encoding.ASCII.GetBytes(head));
-        await stream.WriteAsync(body);
-        using var reader = new StreamReader(stream, Encoding.UTF8);
-        var text = await reader.ReadToEndAsync();
-        var status = int.Parse(text.AsSpan(9, 3), System.Globalization.CultureInfo.InvariantCulture);
-        var content = text[(text.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..];
+            + $"Content-Type: application/json\r\n"
+            + (bytes.Length > 0 ? $"Content-Length: {bytes.Length}\r\n" : string.Empty)
+            + (extraHeaders.Length > 0 ? extraHeaders : "Connection: close\r\n") + "\r\n";
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(request));
+        await stream.WriteAsync(bytes);
+        // One response, read by its Content-Length (an upgrade request keeps the connection open).
+        var received = new List<byte>();
+        var buffer = new byte[4096];
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        int headerEnd;
+        while ((headerEnd = Encoding.ASCII.GetString([.. received]).IndexOf("\r\n\r\n", StringComparison.Ordinal)) < 0)
+        {
+            var n = await stream.ReadAsync(buffer, deadline.Token);
+            Assert.True(n > 0, "the connection closed before a response");
+            received.AddRange(buffer.AsSpan(0, n));
+        }
+
+        var head = Encoding.ASCII.GetString([.. received])[..headerEnd];
+        var length = System.Text.RegularExpressions.Regex.Match(head, @"(?im)^content-length:\s*(\d+)") is { Success: true } m
+            ? int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)
+            : 0;
+        while (received.Count < headerEnd + 4 + length)
+        {
+            var n = await stream.ReadAsync(buffer, deadline.Token);
+            Assert.True(n > 0, "the connection closed before the whole response");
+            received.AddRange(buffer.AsSpan(0, n));
+        }
+
+        var status = int.Parse(head.AsSpan(9, 3), System.Globalization.CultureInfo.InvariantCulture);
+        var content = Encoding.UTF8.GetString([.. received], headerEnd + 4, length);
         using var json = System.Text.Json.JsonDocument.Parse(content.StartsWith('{') ? content : "{}");
         return (status, json.RootElement.Clone());
     }
