@@ -671,7 +671,12 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     /// </summary>
     private async Task<T> RunAsync<T>(Link link, Func<IDatabase, Task<T>> command, string operation, string grantId, CancellationToken cancellationToken)
     {
-        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            // The host is stopping and a request still came through: a denial (503) like any other outage, not a 500.
+            throw Unavailable(operation, grantId, "store closed", outcomeUnknown: false, null);
+        }
+
         var started = _time.GetTimestamp();
         var connection = Volatile.Read(ref link.Current);
         if (connection is null)

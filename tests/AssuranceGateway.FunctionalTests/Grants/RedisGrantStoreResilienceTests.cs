@@ -67,6 +67,24 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task ConsumeAsync_AfterTheStoreIsDisposed_KnownFailureNotACrash()
+    {
+        // A request that races the host's shutdown must be denied as store_unavailable, not end in a 500.
+        await using var redis = await RedisServer.StartAsync();
+        var settings = RedisStores.Settings(redis, timeout: Timeout);
+        var store = await RedisStores.StartAsync(settings, _log);
+        var grant = Grant();
+        await store.CreateAsync(grant, Created(), 10, default);
+        store.Dispose();
+
+        var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+
+        Assert.False(failure.OutcomeUnknown);
+        Assert.Equal(0, store.UnknownOutcomesPending);
+        Assert.Equal("1", await redis.ExecuteAsync("HGET", (string)new GrantKeys(settings.KeyPrefix).Grant(grant.Id)!, "uses"));
+    }
+
+    [Fact]
     public async Task ConsumeAsync_DryRunWhileRedisPaused_FailsButRecordsNothing()
     {
         await using var redis = await RedisServer.StartAsync();
