@@ -13,7 +13,11 @@ public sealed class AssuranceDecision
 {
     public required string Route { get; init; }
     public required AssurancePolicy Policy { get; init; }
-    public string Reason { get; set; } = ReasonCodes.Ok;
+    /// <summary>
+    /// Denied until a step says otherwise: only an allowed consume, a policy that needs no grant, or passthrough sets
+    /// <see cref="ReasonCodes.Ok"/>, so a path that forgets to decide fails closed.
+    /// </summary>
+    public string Reason { get; set; } = ReasonCodes.AssuranceRequired;
 
     /// <summary>Why, in words, for the problem's <c>detail</c> (never a secret).</summary>
     public string? Detail { get; set; }

@@ -87,6 +87,7 @@ public sealed partial class AssuranceMiddleware
         }
         else
         {
+            decision.Reason = ReasonCodes.Ok;
             decision.Origin = OriginResolver.Resolve(context, runtime.Settings.Workload.TrustedProxies)?.ToString();
         }
 
@@ -159,6 +160,7 @@ public sealed partial class AssuranceMiddleware
 
         if (!policy.RequiresGrant)
         {
+            decision.Reason = ReasonCodes.Ok;
             return;
         }
 
