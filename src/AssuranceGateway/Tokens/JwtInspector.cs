@@ -213,8 +213,9 @@ internal static class JwtInspector
             failure = $"{part} is not a JSON object";
             return false;
         }
-        catch (JsonException)
+        catch (Exception e) when (e is JsonException or InvalidOperationException)
         {
+            // InvalidOperationException: a name or string that is not valid UTF-8 or holds a lone surrogate (GetString).
             failure = $"{part} is not valid JSON";
             return false;
         }
@@ -258,6 +259,8 @@ internal static class JwtInspector
         return true;
     }
 
+    private const long MaxNumericDate = 253_402_300_799; // 9999-12-31T23:59:59Z
+
     private static bool ReadNumericDate(ref Utf8JsonReader reader, string name, ref long? value, ref string error)
     {
         // RFC 7519 §2 NumericDate is a JSON number; a string "exp" is accepted by the library and refused here.
@@ -267,13 +270,15 @@ internal static class JwtInspector
             return false;
         }
 
-        if (reader.TryGetInt64(out var seconds))
+        // From the epoch to the year 9999: outside that, arithmetic on the value (lifetime = exp - iat) could overflow
+        // and let a token through a limit.
+        if (reader.TryGetInt64(out var seconds) && seconds is >= 0 and <= MaxNumericDate)
         {
             value = seconds;
             return true;
         }
 
-        if (reader.TryGetDouble(out var fractional) && fractional is > -1e12 and < 1e12)
+        if (reader.TryGetDouble(out var fractional) && fractional is >= 0 and < MaxNumericDate)
         {
             value = (long)Math.Floor(fractional);
             return true;

@@ -88,6 +88,16 @@ public sealed class TokenAttackTests : IClassFixture<TokenAttackFixture>
         ["JWE-shaped, five segments"] = (f => HostileTokens.JweShaped(Claims(f)), "not a compact JWS (three segments expected)"),
         ["garbage base64"] = (_ => "!!!.@@@.###", "header is not base64url"),
         ["sub missing"] = (f => Signed(f, c => c.Remove("sub")), "sub missing"),
+        ["header name with a lone surrogate"] = (f => TestIssuer.SignRaw(
+            f.Gateway.Idp.Header().ToJsonString()[..^1] + ",\"\\ud800\":1}", Claims(f).ToJsonString(), f.Gateway.Idp.Key), "header is not valid JSON"),
+        ["aud as a number"] = (f => Signed(f, c => c["aud"] = 5), "token malformed (a claim of an unexpected type)"),
+        ["sub as an object"] = (f => Signed(f, c => c["sub"] = new JsonObject { ["a"] = 1 }), "token malformed (a claim of an unexpected type)"),
+        ["iat before the epoch, ten-year lifetime"] = (f => Signed(f, c =>
+        {
+            c["iat"] = long.MinValue + 30;
+            c.Remove("nbf");
+            c["exp"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds() + (10L * 365 * 86_400);
+        }), "'iat' is out of range"),
         ["alg forging a log line"] = (f => f.Gateway.Idp.Sign(Header(f, h => h["alg"] = "ES256\nInfo forged[0] allow"), Claims(f).ToJsonString()),
             "algorithm 'ES256?Info forged[0] allow' not allowed for this issuer"),
     };
