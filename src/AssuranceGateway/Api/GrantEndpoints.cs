@@ -6,6 +6,7 @@ using AssuranceGateway.Enforcement;
 using AssuranceGateway.Grants;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -129,9 +130,57 @@ internal static class GrantEndpoints
             return Task.CompletedTask;
         });
 
-    /// <summary>An approver's "no": the pending grant is revoked, with the approver as actor.</summary>
-    private static Task DenyAsync(HttpContext context, string id) =>
-        RevokeAsAsync(context, id, ApiScopes.Approve, "denied_by_approver", c => WriteJsonAsync(c, new ApproveResponse(id, GrantStatus.Revoked, 0)));
+    /// <summary>
+    /// An approver's "no": a pending grant is revoked, with the approver as actor. Only a pending one (revoking a live
+    /// grant takes the revoke scope), and only by a caller strong enough to have approved it.
+    /// </summary>
+    private static async Task DenyAsync(HttpContext context, string id)
+    {
+        var (runtime, store, _) = Services(context);
+        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Approve).ConfigureAwait(false) is not { } caller)
+        {
+            return;
+        }
+
+        if (!await CheckIdAsync(context, id).ConfigureAwait(false))
+        {
+            return;
+        }
+
+        var (found, grant) = await StoreCallAsync(context, "get", ct => store.GetAsync(id, ct), found: g => g is not null).ConfigureAwait(false);
+        if (!found || grant is null)
+        {
+            return;
+        }
+
+        if (grant.Status != GrantStatus.Pending)
+        {
+            await ApiProblems.WriteAsync(context, ReasonCodes.Conflict, $"only a pending grant can be denied (this one is {grant.Status.ToString().ToLowerInvariant()}); revoking takes the revoke scope").ConfigureAwait(false);
+            return;
+        }
+
+        var required = RequiredApprovalAal(runtime, grant);
+        if (caller.Aal < required)
+        {
+            await ApiProblems.InsufficientAalAsync(context, runtime.Settings, required, caller.Aal).ConfigureAwait(false);
+            return;
+        }
+
+        var revoked = new GrantEvent { Type = GrantEvent.Revoked, TraceId = TraceId(), Actor = caller.Subject, Reason = "denied_by_approver" };
+        var (ok, _) = await StoreCallAsync(context, "revoke", ct => store.RevokeAsync(id, revoked, ct), found: o => o != GrantChange.NotFound).ConfigureAwait(false);
+        if (ok)
+        {
+            await WriteJsonAsync(context, new ApproveResponse(id, GrantStatus.Revoked, 0)).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>The approval strength a grant needs, judged against the policy in force now (3 when its route is gone).</summary>
+    private static int RequiredApprovalAal(GatewayRuntime runtime, GrantRecord grant)
+    {
+        var policy = runtime.Settings.PolicyForRoute(grant.Route)
+            ?? (grant.Policy is not null && runtime.Settings.Policies.TryGetValue(grant.Policy, out var named) ? named : null);
+        return policy?.MinimumApprovalAal ?? 3;
+    }
 
     private static async Task RevokeAsAsync(HttpContext context, string id, string scope, string reason, Func<HttpContext, Task> respond)
     {
@@ -180,9 +229,7 @@ internal static class GrantEndpoints
         }
 
         // The approval strength is judged against the policy in force now, found by the route the grant is bound to.
-        var policy = runtime.Settings.PolicyForRoute(grant.Route)
-            ?? (grant.Policy is not null && runtime.Settings.Policies.TryGetValue(grant.Policy, out var named) ? named : null);
-        var required = policy?.MinimumApprovalAal ?? 3;
+        var required = RequiredApprovalAal(runtime, grant);
         if (caller.Aal < required)
         {
             await ApiProblems.InsufficientAalAsync(context, runtime.Settings, required, caller.Aal).ConfigureAwait(false);
@@ -266,9 +313,14 @@ internal static class GrantEndpoints
 
         if (context.Request.ContentLength > MaxBodyBytes)
         {
-            context.Response.StatusCode = StatusCodes.Status413PayloadTooLarge;
-            await ProblemResponses.WriteAsync(context, ReasonCodes.InvalidRequest, $"at most {MaxBodyBytes} bytes", TraceId()).ConfigureAwait(false);
+            await BodyTooLargeAsync(context).ConfigureAwait(false);
             return null;
+        }
+
+        // A chunked body has no Content-Length to check: Kestrel enforces the same bound while it is read.
+        if (context.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit)
+        {
+            limit.MaxRequestBodySize = MaxBodyBytes;
         }
 
         try
@@ -281,6 +333,11 @@ internal static class GrantEndpoints
 
             return value;
         }
+        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            await BodyTooLargeAsync(context).ConfigureAwait(false);
+            return null;
+        }
         catch (JsonException e)
         {
             // Name the field: "$.maxUses" becomes "maxUses".
@@ -289,6 +346,12 @@ internal static class GrantEndpoints
             await ApiProblems.WriteAsync(context, ReasonCodes.InvalidRequest, $"{field}: {what}").ConfigureAwait(false);
             return null;
         }
+    }
+
+    private static Task BodyTooLargeAsync(HttpContext context)
+    {
+        context.Response.StatusCode = StatusCodes.Status413PayloadTooLarge;
+        return ProblemResponses.WriteAsync(context, ReasonCodes.InvalidRequest, $"at most {MaxBodyBytes} bytes", TraceId());
     }
 
     private static Task WriteJsonAsync<T>(HttpContext context, T value)

@@ -70,6 +70,25 @@ internal static class GrantRequestValidator
             return Invalid("tokenHash: expected 'sha256:' + 43 base64url characters");
         }
 
+        // Bounded, so that a grant cannot grow every view, listing and store record without limit.
+        if ((TooLong("subject", body.Subject, MaxIdentifier) ?? TooLong("session", body.Session, MaxIdentifier)
+            ?? TooLong("workload", body.Workload, MaxIdentifier)) is { } tooLong)
+        {
+            return Invalid(tooLong);
+        }
+
+        if (body.Origin is { Count: > MaxOrigins })
+        {
+            return Invalid($"origin: at most {MaxOrigins} entries");
+        }
+
+        if (body.Request is { } limits
+            && (TooLong("request.method", limits.Method, 32) ?? TooLong("request.path", limits.Path, MaxTarget)
+                ?? TooLong("request.query", limits.Query, MaxTarget)) is { } tooLongRequest)
+        {
+            return Invalid(tooLongRequest);
+        }
+
         if (Blank(body.Subject) || Blank(body.Session) || Blank(body.Workload))
         {
             return Invalid($"{(Blank(body.Subject) ? "subject" : Blank(body.Session) ? "session" : "workload")}: must not be empty");
@@ -163,6 +182,14 @@ internal static class GrantRequestValidator
             Bound = bound,
         }, null, null);
     }
+
+    private const int MaxIdentifier = 1024;
+    private const int MaxOrigins = 64;
+    private const int MaxTarget = 8192;
+
+    /// <summary>"field: at most N characters" when <paramref name="value"/> is longer, else null.</summary>
+    private static string? TooLong(string field, string? value, int max) =>
+        value is not null && value.Length > max ? $"{field}: at most {max} characters" : null;
 
     private static (RequestHash? Hash, string? Error) Compute(RequestSpec spec, AssurancePolicy policy)
     {

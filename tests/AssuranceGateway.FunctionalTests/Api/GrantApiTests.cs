@@ -42,6 +42,56 @@ public sealed class GrantApiTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Deny_ActiveGrantWithOnlyTheApproveScope_409AndTheGrantStaysActive()
+    {
+        // Deny is an approver's "no" to a pending request; revoking a live grant takes the revoke scope.
+        using var created = await _gateway.PostGrantAsync(DeployGrant(_gateway.Idp.Token()));
+        var id = (await created.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("id").GetString()!;
+        using var request = new HttpRequestMessage(HttpMethod.Post, $"/assurance/v1/grants/{id}/deny");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", _gateway.Idp.ApiToken("mallory", scope: "assurance:approve", acr: "urn:aal1"));
+
+        using var response = await _gateway.Api.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.Conflict, response.StatusCode);
+        Assert.Equal("conflict", await response.ReasonAsync());
+        Assert.Equal("active", (await _gateway.GetGrantAsync(id)).GetProperty("status").GetString());
+    }
+
+    [Fact]
+    public async Task Create_ChunkedBodyOverTheLimit_413()
+    {
+        // No Content-Length to check up front: the limit must hold while the body is read.
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant["reason"] = new string('x', 3 * 1024 * 1024);
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/assurance/v1/grants")
+        {
+            Content = new StreamContent(new MemoryStream(Encoding.UTF8.GetBytes(grant.ToJsonString()))),
+        };
+        request.Content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+        request.Headers.TransferEncodingChunked = true;
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", _gateway.Idp.ApiToken());
+
+        using var response = await _gateway.Api.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, response.StatusCode);
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+    }
+
+    [Theory]
+    [InlineData("subject")]
+    [InlineData("workload")]
+    public async Task Create_OversizedIdentifier_400NamesTheField(string field)
+    {
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant[field] = new string('a', 100_000);
+
+        using var response = await _gateway.PostGrantAsync(grant);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.StartsWith($"{field}: at most", (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Create_RequestHashInsteadOfRequest_Accepted()
     {
         var grant = DeployGrant(_gateway.Idp.Token());
