@@ -31,7 +31,13 @@ bench="dotnet tests/AssuranceGateway.Benchmarks/bin/Release/net10.0/AssuranceGat
 agw="dotnet src/Gateway.Cli/bin/Release/net10.0/agw.dll"
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  local status=$?
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  # A failed run says why: the last lines of every process's log (they go with the work directory otherwise).
+  if [ "$status" -ne 0 ]; then for f in "$work"/*.log; do [ -s "$f" ] && { echo "== $f" >&2; tail -n 20 "$f" >&2; }; done; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT INT TERM
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 1 150); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; echo "not up: $1" >&2; exit 1; }
