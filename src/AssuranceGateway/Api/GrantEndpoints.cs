@@ -123,12 +123,20 @@ internal static class GrantEndpoints
         await WriteJsonAsync(context, new Dictionary<string, object> { ["grants"] = views }).ConfigureAwait(false);
     }
 
-    private static Task RevokeAsync(HttpContext context, string id) =>
-        RevokeAsAsync(context, id, ApiScopes.Revoke, "revoked_by_api", c =>
+    private static async Task RevokeAsync(HttpContext context, string id)
+    {
+        var (runtime, store, _) = Services(context);
+        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Revoke).ConfigureAwait(false) is not { } caller
+            || !await CheckIdAsync(context, id).ConfigureAwait(false))
         {
-            c.Response.StatusCode = StatusCodes.Status204NoContent;
-            return Task.CompletedTask;
-        });
+            return;
+        }
+
+        if (await RevokeAsActorAsync(context, store, id, caller, "revoked_by_api").ConfigureAwait(false))
+        {
+            context.Response.StatusCode = StatusCodes.Status204NoContent;
+        }
+    }
 
     /// <summary>
     /// An approver's "no": a pending grant is revoked, with the approver as actor. Only a pending one (revoking a live
@@ -136,22 +144,12 @@ internal static class GrantEndpoints
     /// </summary>
     private static async Task DenyAsync(HttpContext context, string id)
     {
-        var (runtime, store, _) = Services(context);
-        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Approve).ConfigureAwait(false) is not { } caller)
+        if (await ApproverAndGrantAsync(context, id).ConfigureAwait(false) is not { } approver)
         {
             return;
         }
 
-        if (!await CheckIdAsync(context, id).ConfigureAwait(false))
-        {
-            return;
-        }
-
-        var (found, grant) = await StoreCallAsync(context, "get", ct => store.GetAsync(id, ct), found: g => g is not null).ConfigureAwait(false);
-        if (!found || grant is null)
-        {
-            return;
-        }
+        var (runtime, store, caller, grant) = approver;
 
         if (grant.Status != GrantStatus.Pending)
         {
@@ -159,68 +157,21 @@ internal static class GrantEndpoints
             return;
         }
 
-        var required = RequiredApprovalAal(runtime, grant);
-        if (caller.Aal < required)
-        {
-            await ApiProblems.InsufficientAalAsync(context, runtime.Settings, required, caller.Aal).ConfigureAwait(false);
-            return;
-        }
-
-        var revoked = new GrantEvent { Type = GrantEvent.Revoked, TraceId = TraceId(), Actor = caller.Subject, Reason = "denied_by_approver" };
-        var (ok, _) = await StoreCallAsync(context, "revoke", ct => store.RevokeAsync(id, revoked, ct), found: o => o != GrantChange.NotFound).ConfigureAwait(false);
-        if (ok)
+        if (await StrongEnoughAsync(context, runtime, caller, grant).ConfigureAwait(false)
+            && await RevokeAsActorAsync(context, store, id, caller, "denied_by_approver").ConfigureAwait(false))
         {
             await WriteJsonAsync(context, new ApproveResponse(id, GrantStatus.Revoked, 0)).ConfigureAwait(false);
         }
     }
 
-    /// <summary>The approval strength a grant needs, judged against the policy in force now (3 when its route is gone).</summary>
-    private static int RequiredApprovalAal(GatewayRuntime runtime, GrantRecord grant)
-    {
-        var policy = runtime.Settings.PolicyForRoute(grant.Route)
-            ?? (grant.Policy is not null && runtime.Settings.Policies.TryGetValue(grant.Policy, out var named) ? named : null);
-        return policy?.MinimumApprovalAal ?? 3;
-    }
-
-    private static async Task RevokeAsAsync(HttpContext context, string id, string scope, string reason, Func<HttpContext, Task> respond)
-    {
-        var (runtime, store, _) = Services(context);
-        if (await ApiCaller.AuthenticateAsync(context, runtime, scope).ConfigureAwait(false) is not { } caller)
-        {
-            return;
-        }
-
-        if (!await CheckIdAsync(context, id).ConfigureAwait(false))
-        {
-            return;
-        }
-
-        var revoked = new GrantEvent { Type = GrantEvent.Revoked, TraceId = TraceId(), Actor = caller.Subject, Reason = reason };
-        var (ok, _) = await StoreCallAsync(context, "revoke", ct => store.RevokeAsync(id, revoked, ct), found: o => o != GrantChange.NotFound).ConfigureAwait(false);
-        if (ok)
-        {
-            await respond(context).ConfigureAwait(false);
-        }
-    }
-
     private static async Task ApproveAsync(HttpContext context, string id)
     {
-        var (runtime, store, _) = Services(context);
-        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Approve).ConfigureAwait(false) is not { } caller)
+        if (await ApproverAndGrantAsync(context, id).ConfigureAwait(false) is not { } approver)
         {
             return;
         }
 
-        if (!await CheckIdAsync(context, id).ConfigureAwait(false))
-        {
-            return;
-        }
-
-        var (found, grant) = await StoreCallAsync(context, "get", ct => store.GetAsync(id, ct), found: g => g is not null).ConfigureAwait(false);
-        if (!found || grant is null)
-        {
-            return;
-        }
+        var (runtime, store, caller, grant) = approver;
 
         if (grant.Subject is not null && string.Equals(grant.Subject, caller.Subject, StringComparison.Ordinal))
         {
@@ -228,11 +179,8 @@ internal static class GrantEndpoints
             return;
         }
 
-        // The approval strength is judged against the policy in force now, found by the route the grant is bound to.
-        var required = RequiredApprovalAal(runtime, grant);
-        if (caller.Aal < required)
+        if (!await StrongEnoughAsync(context, runtime, caller, grant).ConfigureAwait(false))
         {
-            await ApiProblems.InsufficientAalAsync(context, runtime.Settings, required, caller.Aal).ConfigureAwait(false);
             return;
         }
 
@@ -252,6 +200,46 @@ internal static class GrantEndpoints
         }
 
         await WriteJsonAsync(context, new ApproveResponse(id, result.Status ?? GrantStatus.Pending, result.ApprovalsRemaining)).ConfigureAwait(false);
+    }
+
+    /// <summary>An approver (approve scope) and the grant it names; null once a problem has been written.</summary>
+    private static async Task<(GatewayRuntime Runtime, IGrantStore Store, ApiCaller Caller, GrantRecord Grant)?> ApproverAndGrantAsync(HttpContext context, string id)
+    {
+        var (runtime, store, _) = Services(context);
+        if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Approve).ConfigureAwait(false) is not { } caller
+            || !await CheckIdAsync(context, id).ConfigureAwait(false))
+        {
+            return null;
+        }
+
+        var (found, grant) = await StoreCallAsync(context, "get", ct => store.GetAsync(id, ct), found: g => g is not null).ConfigureAwait(false);
+        return found && grant is not null ? (runtime, store, caller, grant) : null;
+    }
+
+    /// <summary>
+    /// The approval strength a grant needs, judged against the policy in force now, found by the route the grant is bound
+    /// to (3 when that route is gone); false once the problem has been written.
+    /// </summary>
+    private static async Task<bool> StrongEnoughAsync(HttpContext context, GatewayRuntime runtime, ApiCaller caller, GrantRecord grant)
+    {
+        var policy = runtime.Settings.PolicyForRoute(grant.Route)
+            ?? (grant.Policy is not null && runtime.Settings.Policies.TryGetValue(grant.Policy, out var named) ? named : null);
+        var required = policy?.MinimumApprovalAal ?? 3;
+        if (caller.Aal >= required)
+        {
+            return true;
+        }
+
+        await ApiProblems.InsufficientAalAsync(context, runtime.Settings, required, caller.Aal).ConfigureAwait(false);
+        return false;
+    }
+
+    /// <summary>Revokes the grant with the caller as actor; false once a problem has been written (not found, store down).</summary>
+    private static async Task<bool> RevokeAsActorAsync(HttpContext context, IGrantStore store, string id, ApiCaller caller, string reason)
+    {
+        var revoked = new GrantEvent { Type = GrantEvent.Revoked, TraceId = TraceId(), Actor = caller.Subject, Reason = reason };
+        var (ok, _) = await StoreCallAsync(context, "revoke", ct => store.RevokeAsync(id, revoked, ct), found: o => o != GrantChange.NotFound).ConfigureAwait(false);
+        return ok;
     }
 
     private static (GatewayRuntime Runtime, IGrantStore Store, TimeProvider Time) Services(HttpContext context)

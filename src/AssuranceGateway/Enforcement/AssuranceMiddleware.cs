@@ -168,33 +168,13 @@ public sealed partial class AssuranceMiddleware
         RequestHash? requestHash = null;
         if ((policy.Bind & Bindings.Request) != 0)
         {
-            // The hash covers the target as it arrived (SPEC §4.2); the upstream gets the path Kestrel decoded and
-            // normalised, re-encoded. Where the two differ, what was approved is not what would run: refused before the
-            // body is read or any grant is touched.
+            // What the hash covers must be what the upstream receives: refused before the body is read or any grant
+            // is touched.
             var (path, query) = RawTarget(context);
-            if (!ForwardedAsReceived(context, path, query))
+            if (Ambiguity(context, path, query) is { } ambiguity)
             {
                 decision.Reason = ReasonCodes.RequestAmbiguous;
-                decision.Detail = "the request target is not in normal form (dot segments, or percent-encoding that the "
-                    + "gateway would decode or re-encode before forwarding): send it as the upstream should receive it";
-                return;
-            }
-
-            // The hash upper-cases the method; YARP forwards a method it does not know as sent ("Purge" is not "PURGE").
-            var method = context.Request.Method;
-            if (!string.Equals(HttpMethods.GetCanonicalizedValue(method), method.ToUpperInvariant(), StringComparison.Ordinal))
-            {
-                decision.Reason = ReasonCodes.RequestAmbiguous;
-                decision.Detail = "the method is not in upper case: the upstream would receive another method than the one bound";
-                return;
-            }
-
-            // What follows a protocol upgrade (WebSocket) or an extended CONNECT is not part of any request hash.
-            if (context.Features.Get<IHttpUpgradeFeature>()?.IsUpgradableRequest == true
-                || context.Features.Get<IHttpExtendedConnectFeature>()?.IsExtendedConnect == true)
-            {
-                decision.Reason = ReasonCodes.RequestAmbiguous;
-                decision.Detail = "a protocol upgrade cannot be bound to one request: what is sent after it would not be covered";
+                decision.Detail = ambiguity;
                 return;
             }
 
@@ -463,12 +443,37 @@ public sealed partial class AssuranceMiddleware
     }
 
     /// <summary>
+    /// Why the request the upstream would receive is not the one hashed, or null when it is. The hash covers the target
+    /// as it arrived (SPEC §4.2) and upper-cases the method; YARP forwards the path Kestrel decoded and normalised,
+    /// re-encoded, and a method it does not know as sent; what follows a protocol upgrade is covered by no hash.
+    /// </summary>
+    private static string? Ambiguity(HttpContext context, string rawPath, string rawQuery)
+    {
+        if (!ForwardedAsReceived(context, rawPath, rawQuery))
+        {
+            return "the request target is not in normal form (dot segments, or percent-encoding that the gateway would "
+                + "decode or re-encode before forwarding): send it as the upstream should receive it";
+        }
+
+        var method = context.Request.Method;
+        if (!string.Equals(HttpMethods.GetCanonicalizedValue(method), method.ToUpperInvariant(), StringComparison.Ordinal))
+        {
+            return "the method is not in upper case: the upstream would receive another method than the one bound";
+        }
+
+        return context.Features.Get<IHttpUpgradeFeature>()?.IsUpgradableRequest == true
+            || context.Features.Get<IHttpExtendedConnectFeature>()?.IsExtendedConnect == true
+            ? "a protocol upgrade cannot be bound to one request: what is sent after it would not be covered"
+            : null;
+    }
+
+    /// <summary>
     /// True when the upstream receives the target exactly as it arrived. YARP forwards the path Kestrel decoded (all
     /// escapes but <c>%2F</c>) and cleared of dot segments, percent-encoding every character outside RFC 3986's pchar
     /// set and '%' itself; and the query as received. Both then pass through <see cref="Uri"/>, which decodes
     /// percent-encoded unreserved characters.
     /// </summary>
-    internal static bool ForwardedAsReceived(HttpContext context, string rawPath, string rawQuery)
+    private static bool ForwardedAsReceived(HttpContext context, string rawPath, string rawQuery)
     {
         var decoded = context.Request.PathBase.Add(context.Request.Path).Value ?? "/";
         if (decoded.AsSpan().IndexOfAnyExcept(PathChars) < 0)

@@ -166,25 +166,17 @@ public sealed class TokenValidator
         }
 
         // The library is stricter about some claim types than the inspector (an "aud" or "sub" that is a number or an
-        // object, a header "cty" that is not a string) and throws on them before any signature is checked: a refusal.
+        // object, a header "cty" that is not a string) and throws on them, before any signature is checked: a refusal.
         JsonWebToken jwt;
-        try
-        {
-            jwt = new JsonWebToken(raw);
-        }
-        catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or System.Text.Json.JsonException)
-        {
-            return TokenCheck.Fail("token malformed (a claim of an unexpected type)");
-        }
-
-        var parameters = entry.Parameters.Clone();
-        // Hand the library exactly the key chosen above. Setting IssuerSigningKey alone is not enough: with
-        // TryAllIssuerSigningKeys off, the library matches that key by kid only, so the token of a one-key issuer
-        // that omits kid (allowed above) would fail with "key not found".
-        parameters.IssuerSigningKeyResolver = (_, _, _, _) => [key];
         TokenValidationResult result;
         try
         {
+            jwt = new JsonWebToken(raw);
+            var parameters = entry.Parameters.Clone();
+            // Hand the library exactly the key chosen above. Setting IssuerSigningKey alone is not enough: with
+            // TryAllIssuerSigningKeys off, the library matches that key by kid only, so the token of a one-key issuer
+            // that omits kid (allowed above) would fail with "key not found".
+            parameters.IssuerSigningKeyResolver = (_, _, _, _) => [key];
             result = await _handler.ValidateTokenAsync(jwt, parameters).ConfigureAwait(false);
         }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or System.Text.Json.JsonException)
