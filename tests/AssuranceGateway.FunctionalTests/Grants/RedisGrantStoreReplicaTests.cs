@@ -101,6 +101,12 @@ public sealed class RedisGrantStoreReplicaTests
         var key = (string)new GrantKeys(settings.KeyPrefix).Grant(grant.Id)!;
         Assert.True(store.ConsumesOnDedicatedConnection);
 
+        // Replication is asynchronous: promoted before it has the grant, the other server would hand ours an empty
+        // dataset, and the consume would read "grant_not_found" on the demoted server (a read writes nothing, so no
+        // READONLY) instead of being refused.
+        await RedisStores.WaitUntilAsync(
+            async () => await other.ExecuteAsync("EXISTS", key) is 1L, TimeSpan.FromSeconds(5), "the grant to reach the replica");
+
         // A failover the gateway was not told about: the other server is promoted, ours follows it.
         await other.ExecuteAsync("REPLICAOF", "NO", "ONE");
         await primary.ExecuteAsync("REPLICAOF", "127.0.0.1", other.Port.ToString(CultureInfo.InvariantCulture));
