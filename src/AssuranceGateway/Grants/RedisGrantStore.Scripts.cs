@@ -59,6 +59,15 @@ internal sealed partial class RedisGrantStore
               end
             end
 
+            -- "No such grant", decided by a read alone, could come from a demoted server that lost the grant in a
+            -- failover (replication is asynchronous). A write, even one that changes nothing, is refused there with
+            -- READONLY, which the store reports as unavailable. Deleting an absent key is neither replicated nor
+            -- persisted, and noeviction allows it when memory is full.
+            local function not_found(reply)
+              redis.call('DEL', KEYS[1])
+              return {reply}
+            end
+
             -- An event prepared by the caller, stamped with the store's time (and an actor when given).
             local function stamp(json, now, actor)
               local e = cjson.decode(json)
@@ -116,7 +125,7 @@ internal sealed partial class RedisGrantStore
             local v = redis.call('HMGET', KEYS[1], 'status', 'expiresAt', 'notBefore', 'routeKey', 'bound', 'subject',
               'session', 'token', 'workload', 'originNets', 'request', 'digests', 'uses', 'firstUse', 'approvers', 'approvalAal')
             if not v[1] then
-              return {'{{ReasonCodes.GrantNotFound}}'}
+              return not_found('{{ReasonCodes.GrantNotFound}}')
             end
             local g = {
               status = v[1], expiresAt = v[2], notBefore = v[3], routeKey = v[4], bound = v[5], subject = v[6],
@@ -280,7 +289,7 @@ internal sealed partial class RedisGrantStore
         private const string RevokeText = Common + $$"""
             local found = redis.call('HMGET', KEYS[1], 'status', 'subject')
             if not found[1] then
-              return {'not_found'}
+              return not_found('not_found')
             end
             if found[1] ~= '{{StatusRevoked}}' then
               append(KEYS[1], KEYS[2], stamp(ARGV[1], now_us()), tonumber(ARGV[2]))
@@ -300,7 +309,7 @@ internal sealed partial class RedisGrantStore
             local g = redis.call('HMGET', KEYS[1], 'status', 'expiresAt', 'approvers', 'approvalAal', 'approvalsRequired', 'subject')
             local status = g[1]
             if not status then
-              return {'not_found'}
+              return not_found('not_found')
             end
             local now = now_us()
             if status ~= '{{StatusPending}}' or now >= tonumber(g[2]) then

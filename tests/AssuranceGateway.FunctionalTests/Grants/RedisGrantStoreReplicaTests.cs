@@ -132,6 +132,33 @@ public sealed class RedisGrantStoreReplicaTests
         Assert.Equal("0", await primary.ExecuteAsync("HGET", key, "uses"));
     }
 
+    // After a failover that lost the grant (asynchronous replication), the demoted server has no such key: a consume
+    // that only read would answer grant_not_found, a 403 that blames the caller's grant id, while the truth is that
+    // this server cannot decide anything. It must be refused as a store failure, like any write would be.
+    [Fact]
+    public async Task ConsumeAsync_GrantMissingOnAServerThatIsNowAReplica_StoreUnavailableNotGrantNotFound()
+    {
+        await using var primary = await StartPrimaryAsync();
+        await using var other = await RedisServer.StartAsync();
+        var settings = RedisStores.Settings(primary, timeout: TimeSpan.FromMilliseconds(500));
+        using var store = await RedisStores.StartAsync(settings);
+        var grant = Grant();
+        await store.CreateAsync(grant, Created(), 10, default);
+
+        // Ours follows a server that never had the grant: the full sync empties ours.
+        await primary.ExecuteAsync("REPLICAOF", "127.0.0.1", other.Port.ToString(CultureInfo.InvariantCulture));
+        var key = (string)new GrantKeys(settings.KeyPrefix).Grant(grant.Id)!;
+        await RedisStores.WaitUntilAsync(
+            async () => await primary.ExecuteAsync("EXISTS", key) is 0L, TimeSpan.FromSeconds(10), "the sync to empty the old primary");
+
+        var refused = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+        Assert.False(refused.OutcomeUnknown, refused.Message);
+
+        // And the same for an id nobody ever issued: this server cannot say it does not exist.
+        var unknown = Matching(grant) with { GrantId = Guid.NewGuid().ToString("N") };
+        await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(unknown, default));
+    }
+
     private static Task<RedisServer> StartPrimaryAsync() => RedisServer.StartAsync("--repl-diskless-sync-delay", "0");
 
     private static async Task<RedisServer> StartReplicaAsync(RedisServer primary)
