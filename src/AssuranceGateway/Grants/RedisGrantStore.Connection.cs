@@ -227,7 +227,8 @@ internal sealed partial class RedisGrantStore
                 return;
             }
 
-            Interlocked.Exchange(ref _pipe, fresh)?.Dispose();
+            // The old one finishes what it has in flight (those are known outcomes), then closes.
+            Interlocked.Exchange(ref _pipe, fresh)?.Retire("replaced");
             _pipeFailureReported = false;
             Log.PipeConnected(_logger, Description, FormatEndPoint(primaries[0].EndPoint));
         }

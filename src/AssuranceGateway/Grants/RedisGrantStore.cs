@@ -223,9 +223,10 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                 ForgetLoadedScripts();
                 return null;
             case RespError { IsNotPrimary: true } error:
-                // Nothing ran. The primary moved (or is loading): drop this connection, the watchdog opens one to
-                // wherever the multiplexer finds the primary, and the multiplexer takes this consume.
-                pipe.Dispose();
+                // Nothing ran. The primary moved (or is loading): retire this connection (the commands behind this one
+                // get their own answers, no new ones go out), the watchdog opens one to wherever the multiplexer finds
+                // the primary, and the multiplexer takes this consume.
+                pipe.Retire(error.Message);
                 Log.PipeUnavailable(_logger, Description, error.Message);
                 return null;
             case RespError error:

@@ -59,6 +59,7 @@ internal sealed class RespPipe : IDisposable
     private readonly ITimer _deadline;
     private int _writing;
     private string? _broken;
+    private string? _retired;
 
     private RespPipe(Socket socket, EndPoint endPoint, TimeProvider time, TimeSpan timeout, string description)
     {
@@ -74,8 +75,8 @@ internal sealed class RespPipe : IDisposable
     /// <summary>The server this pipe talks to.</summary>
     public EndPoint EndPoint { get; }
 
-    /// <summary>Why the pipe is no longer usable, or null while it is.</summary>
-    public string? Broken => Volatile.Read(ref _broken);
+    /// <summary>Why the pipe is no longer usable (broken or retired), or null while it is.</summary>
+    public string? Broken => Volatile.Read(ref _broken) ?? Volatile.Read(ref _retired);
 
     /// <summary>Connects, authenticates and names the connection; throws when any of it fails within the timeout.</summary>
     public static async Task<RespPipe> ConnectAsync(
@@ -171,6 +172,26 @@ internal sealed class RespPipe : IDisposable
 
     public void Dispose() => Break("closed");
 
+    /// <summary>
+    /// Takes no more commands (they fail as never sent) but lets those in flight get their replies, then closes. For a
+    /// server that answered "not the primary": the commands behind that one get the same answer, a known outcome,
+    /// where closing at once would leave each of them unknown. The deadline still bounds the wait.
+    /// </summary>
+    public void Retire(string why)
+    {
+        Interlocked.CompareExchange(ref _retired, why, null);
+        FailUnsent(why);
+        CloseIfRetiredAndIdle();
+    }
+
+    private void CloseIfRetiredAndIdle()
+    {
+        if (Volatile.Read(ref _retired) is { } why && _inflight.IsEmpty)
+        {
+            Break(why);
+        }
+    }
+
     /// <summary>RESP2 encoding of one command (an array of bulk strings).</summary>
     public static byte[] Encode(params string[] parts)
     {
@@ -250,9 +271,15 @@ internal sealed class RespPipe : IDisposable
     /// <summary>True when a send is still under way asynchronously (it releases the writer flag when done).</summary>
     private bool WriteQueued()
     {
-        if (Broken is { } why)
+        if (Volatile.Read(ref _broken) is { } why)
         {
             FailAll(why);
+            return false;
+        }
+
+        if (Volatile.Read(ref _retired) is { } retired)
+        {
+            FailUnsent(retired);
             return false;
         }
 
@@ -330,7 +357,7 @@ internal sealed class RespPipe : IDisposable
         PendingReply? last = null;
         try
         {
-            while (Broken is null)
+            while (Volatile.Read(ref _broken) is null)
             {
                 if (end == buffer.Length)
                 {
@@ -377,7 +404,7 @@ internal sealed class RespPipe : IDisposable
                     {
                         // Broken: what is still in flight is failed (or about to be, under this lock), so this reply
                         // no longer has its command in the queue. Nothing more is matched.
-                        if (Broken is not null)
+                        if (Volatile.Read(ref _broken) is not null)
                         {
                             break;
                         }
@@ -408,6 +435,7 @@ internal sealed class RespPipe : IDisposable
                 var completing = last;
                 last = null;
                 completing?.Complete();
+                CloseIfRetiredAndIdle();
             }
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or FormatException)
@@ -444,7 +472,7 @@ internal sealed class RespPipe : IDisposable
         Interlocked.CompareExchange(ref _broken, why, null);
         _deadline.Dispose();
         _socket.Dispose();
-        FailAll(Broken!);
+        FailAll(Volatile.Read(ref _broken)!);
     }
 
     private void FailAll(string why)
@@ -465,6 +493,11 @@ internal sealed class RespPipe : IDisposable
             reply.Fail(new StoreUnavailableException($"Grant store {_description}: {why}.", outcomeUnknown: true));
         }
 
+        FailUnsent(why);
+    }
+
+    private void FailUnsent(string why)
+    {
         while (_outbox.TryDequeue(out var reply))
         {
             reply.Fail(new StoreUnavailableException($"Grant store {_description}: {why}.", outcomeUnknown: false));

@@ -159,6 +159,42 @@ public sealed class RedisGrantStoreReplicaTests
         await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(unknown, default));
     }
 
+    // Concurrent consumes in flight on the consume connection when the server turns out to be a replica: each of them
+    // gets its own READONLY (nothing ran), so none may be recorded as an unknown outcome. Dropping the connection at
+    // the first READONLY would fail the others as "sent, not answered".
+    [Fact]
+    public async Task ConsumeAsync_ManyInFlightWhenThePrimaryBecameAReplica_AllKnownFailuresNoneUnknown()
+    {
+        await using var primary = await StartPrimaryAsync();
+        await using var other = await RedisServer.StartAsync();
+        var settings = RedisStores.Settings(primary, timeout: TimeSpan.FromSeconds(2));
+        using var store = await RedisStores.StartAsync(settings);
+        var grants = Enumerable.Range(0, 200).Select(_ => Grant() with { MaxUses = 5, UsesRemaining = 5 }).ToArray();
+        foreach (var grant in grants)
+        {
+            await store.CreateAsync(grant, Created(), 10, default);
+        }
+
+        Assert.True(store.ConsumesOnDedicatedConnection);
+        await primary.ExecuteAsync("REPLICAOF", "127.0.0.1", other.Port.ToString(CultureInfo.InvariantCulture));
+        await RedisStores.WaitUntilAsync(
+            async () => ((string?)await primary.ExecuteAsync("INFO", "replication"))?.Contains("master_link_status:up", StringComparison.Ordinal) == true,
+            TimeSpan.FromSeconds(10),
+            "the old primary to follow the other server");
+
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var consumes = grants.Select(async grant =>
+        {
+            await gate.Task;
+            return await Record.ExceptionAsync(() => store.ConsumeAsync(Matching(grant), default));
+        }).ToArray();
+        gate.SetResult();
+        var failures = await Task.WhenAll(consumes);
+
+        Assert.All(failures, f => Assert.False(Assert.IsType<StoreUnavailableException>(f).OutcomeUnknown, f!.Message));
+        Assert.Equal(0, store.UnknownOutcomesPending);
+    }
+
     private static Task<RedisServer> StartPrimaryAsync() => RedisServer.StartAsync("--repl-diskless-sync-delay", "0");
 
     private static async Task<RedisServer> StartReplicaAsync(RedisServer primary)

@@ -83,6 +83,55 @@ public sealed class RespPipeTests(RedisServer redis) : IClassFixture<RedisServer
     }
 
     [Fact]
+    public async Task Retire_WhileRepliesStreamIn_InFlightCommandsGetTheirRepliesNewOnesFailUnsentThenClosed()
+    {
+        var pipe = await ConnectAsync(name: "retired-pipe");
+
+        // Redis stopped, so that the commands are written but not answered when the pipe is retired.
+        await redis.PauseAsync();
+        (string payload, Task<object?> reply)[] calls;
+        try
+        {
+            calls = Enumerable.Range(0, 1500).Select(i =>
+            {
+                var payload = "c" + i.ToString(CultureInfo.InvariantCulture);
+                return (payload, reply: pipe.SendAsync(RespPipe.Encode("ECHO", payload)));
+            }).ToArray();
+            await Task.Delay(300);
+
+            pipe.Retire("not the primary");
+            var late = await Assert.ThrowsAsync<StoreUnavailableException>(() => pipe.SendAsync(RespPipe.Encode("PING")).WaitAsync(Timeout));
+            Assert.False(late.OutcomeUnknown);
+        }
+        finally
+        {
+            await redis.ResumeAsync();
+        }
+
+        // Every command either got its own reply, or provably never left: none is "sent, not answered".
+        var delivered = 0;
+        foreach (var (payload, reply) in calls)
+        {
+            var failure = await Record.ExceptionAsync(async () => Assert.Equal(payload, await reply.WaitAsync(Timeout)));
+            if (failure is null)
+            {
+                delivered++;
+            }
+            else
+            {
+                Assert.False(Assert.IsType<StoreUnavailableException>(failure).OutcomeUnknown, failure.Message);
+            }
+        }
+
+        Assert.True(delivered > 1, $"only {delivered} delivered");
+        Assert.Equal("not the primary", pipe.Broken);
+        await RedisStores.WaitUntilAsync(
+            async () => !((string?)await redis.ExecuteAsync("CLIENT", "LIST"))!.Contains("name=retired-pipe", StringComparison.Ordinal),
+            Timeout,
+            "the retired connection to close");
+    }
+
+    [Fact]
     public async Task SendAsync_ErrorReply_ReturnedToThatCallerOnly()
     {
         using var pipe = await ConnectAsync();
@@ -188,7 +237,7 @@ public sealed class RespPipeTests(RedisServer redis) : IClassFixture<RedisServer
         return count;
     }
 
-    private Task<RespPipe> ConnectAsync(TimeSpan? timeout = null) =>
+    private Task<RespPipe> ConnectAsync(TimeSpan? timeout = null, string name = "resp-pipe-test") =>
         RespPipe.ConnectAsync(
-            new IPEndPoint(IPAddress.Loopback, redis.Port), null, 0, "resp-pipe-test", timeout ?? Timeout, TimeProvider.System, CancellationToken.None);
+            new IPEndPoint(IPAddress.Loopback, redis.Port), null, 0, name, timeout ?? Timeout, TimeProvider.System, CancellationToken.None);
 }
