@@ -1,3 +1,4 @@
+using System.Globalization;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Primitives;
@@ -15,8 +16,16 @@ public sealed class GatewayConfigurationException(IReadOnlyList<string> problems
 /// <summary>
 /// The configuration in force. A changed file is compiled and validated as a whole (our policies and YARP's routes
 /// and clusters); it replaces the current settings only when valid, otherwise it is refused and logged and the last
-/// good configuration stays. Policies and routes are swapped together so they never disagree.
+/// good configuration stays.
 /// </summary>
+/// <remarks>
+/// Policies and routes can never be swapped at the same instant: YARP takes new routes when it gets to them, and a
+/// request it matched with an old route may reach the middleware after the policies changed. Looked up by route id in
+/// the newest policies, such a request could get another route's policy (a reload that swaps two routes' paths, or
+/// inserts one into a route array whose ids are indexes, would send requests for a protected path through a
+/// passthrough policy). So every route handed to YARP carries the generation it belongs to in its metadata, and the
+/// middleware takes the policies of that generation (<see cref="RuntimeFor"/>); the last few generations are kept.
+/// </remarks>
 public sealed partial class GatewayConfigState : IDisposable
 {
     private readonly IConfiguration _configuration;
@@ -29,6 +38,13 @@ public sealed partial class GatewayConfigState : IDisposable
     private readonly SemaphoreSlim _reloadLock = new(1, 1);
     private readonly TimeProvider _time;
     private volatile GatewayRuntime _current;
+
+    // Newest first: the generations that requests already routed by YARP may still belong to.
+    private volatile GatewayRuntime[] _recent = [];
+    private const int RecentGenerations = 4;
+
+    /// <summary>The route metadata key that names the generation a route belongs to (set here, never by config).</summary>
+    public const string GenerationMetadataKey = "AssuranceGateway.Generation";
 
     public GatewayConfigState(
         IConfiguration configuration,
@@ -61,8 +77,8 @@ public sealed partial class GatewayConfigState : IDisposable
             }
         }
 
-        _current = new GatewayRuntime(settings, time);
-        _proxyConfig.Update(settings.Routes, settings.Clusters);
+        _current = null!;
+        Apply(settings, 0);
         if (watch)
         {
             _reloadRegistration = ChangeToken.OnChange(configuration.GetReloadToken, () => _ = ReloadAsync());
@@ -74,6 +90,28 @@ public sealed partial class GatewayConfigState : IDisposable
 
     /// <summary>Counts applied reloads; lets tests and operators see that a change took effect.</summary>
     public int Generation { get; private set; }
+
+    /// <summary>
+    /// The configuration that the route YARP matched belongs to; null when that generation is no longer kept (the
+    /// request must then be refused, not decided by another generation's policies).
+    /// </summary>
+    public GatewayRuntime? RuntimeFor(RouteConfig route)
+    {
+        if (route.Metadata is null || !route.Metadata.TryGetValue(GenerationMetadataKey, out var stamp))
+        {
+            return null;
+        }
+
+        foreach (var runtime in _recent)
+        {
+            if (string.Equals(runtime.Stamp, stamp, StringComparison.Ordinal))
+            {
+                return runtime;
+            }
+        }
+
+        return null;
+    }
 
     public async Task<IReadOnlyList<string>> ReloadAsync()
     {
@@ -88,9 +126,7 @@ public sealed partial class GatewayConfigState : IDisposable
             }
 
             WarnAboutRestartOnlyChanges(_current.Settings, settings);
-            _current = new GatewayRuntime(settings, _time);
-            _proxyConfig.Update(settings.Routes, settings.Clusters);
-            Generation++;
+            Apply(settings, Generation + 1);
             Log.ReloadApplied(_logger, settings.Routes.Count, settings.Policies.Count);
             return [];
         }
@@ -98,6 +134,28 @@ public sealed partial class GatewayConfigState : IDisposable
         {
             _reloadLock.Release();
         }
+    }
+
+    private void Apply(GatewaySettings settings, int generation)
+    {
+        var stamp = generation.ToString(CultureInfo.InvariantCulture);
+        var runtime = new GatewayRuntime(settings, _time) { Stamp = stamp };
+
+        // Known before YARP can route by the new routes; the older ones stay for requests already routed.
+        _recent = [runtime, .. _recent.Take(RecentGenerations - 1)];
+        _current = runtime;
+        var routes = new List<RouteConfig>(settings.Routes.Count);
+        foreach (var route in settings.Routes)
+        {
+            var metadata = new Dictionary<string, string>(route.Metadata ?? new Dictionary<string, string>(), StringComparer.OrdinalIgnoreCase)
+            {
+                [GenerationMetadataKey] = stamp,
+            };
+            routes.Add(route with { Metadata = metadata });
+        }
+
+        _proxyConfig.Update(routes, settings.Clusters);
+        Generation = generation;
     }
 
     private async ValueTask<(GatewaySettings? Settings, IReadOnlyList<string> Problems)> CompileAsync()

@@ -20,6 +20,9 @@ public sealed class GatewayRuntime
 
     public GatewaySettings Settings { get; }
 
+    /// <summary>The generation this configuration is, as stamped on its routes (<see cref="GatewayConfigState.RuntimeFor"/>).</summary>
+    public string Stamp { get; init; } = "0";
+
     /// <summary>Tokens presented on the proxy listener: each issuer's own audiences.</summary>
     public TokenValidator AccessTokens { get; }
 

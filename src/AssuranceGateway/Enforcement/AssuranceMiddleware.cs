@@ -49,9 +49,11 @@ public sealed partial class AssuranceMiddleware
 
     public async Task InvokeAsync(HttpContext context)
     {
-        var runtime = _config.Current;
+        // The configuration generation of the route YARP matched: its routes and its policies belong together.
         var route = context.GetReverseProxyFeature().Route.Config;
-        var policy = runtime.Settings.PolicyForRoute(route.RouteId);
+        var runtime = _config.RuntimeFor(route);
+        var policy = runtime?.Settings.PolicyForRoute(route.RouteId);
+        runtime ??= _config.Current;
         var start = Stopwatch.GetTimestamp();
         using var activity = EvidenceRecorder.Start();
         var decision = new AssuranceDecision
@@ -64,9 +66,10 @@ public sealed partial class AssuranceMiddleware
 
         if (policy is null)
         {
-            // Only possible while a reload swaps routes: fail closed rather than guess.
+            // Routed by a configuration generation that is no longer kept (several reloads while this request waited):
+            // fail closed rather than guess.
             decision.Reason = ReasonCodes.AssuranceRequired;
-            decision.Detail = "route has no assurance policy in the configuration in force";
+            decision.Detail = "the configuration this request was routed by is no longer in force; retry";
         }
         else if (policy.RequiresToken)
         {

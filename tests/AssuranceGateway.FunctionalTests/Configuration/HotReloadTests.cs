@@ -45,6 +45,47 @@ public sealed class HotReloadTests : IAsyncLifetime
         Assert.Equal("/reports/daily", Assert.Single(_gateway.Upstream.Received).Path);
     }
 
+    // YARP takes new routes a moment after the policies change. Two routes that trade paths on every reload: a request
+    // that YARP matched with the old route must be decided by the old route's policy, never by the policy that the
+    // same route id has now (here: passthrough for the protected path).
+    [Fact]
+    public async Task Reload_RoutesTradePathsUnderLoad_ProtectedPathNeverDecidedByTheOtherRoutesPolicy()
+    {
+        static JsonObject Layout(JsonObject config, bool traded)
+        {
+            var routes = config["ReverseProxy"]!["Routes"]!.AsObject();
+            routes["a"] = traded ? TestConfig.Route("/open/{**rest}", "passthrough") : TestConfig.Route("/admin/{**rest}", "token-only");
+            routes["b"] = traded ? TestConfig.Route("/admin/{**rest}", "token-only") : TestConfig.Route("/open/{**rest}", "passthrough");
+            return config;
+        }
+
+        Assert.True(await _gateway.ReloadAsync(Layout(_gateway.DefaultConfig(), traded: false)), Refusals());
+        using var stop = new CancellationTokenSource();
+        var sent = 0;
+        var attackers = Enumerable.Range(0, 4).Select(_ => Task.Run(async () =>
+        {
+            using var client = new HttpClient { BaseAddress = new Uri(_gateway.ProxyAddress) };
+            while (!stop.IsCancellationRequested)
+            {
+                using var response = await client.GetAsync("/admin/drop-tables");
+                Interlocked.Increment(ref sent);
+            }
+        })).ToArray();
+
+        for (var i = 0; i < 12; i++)
+        {
+            Assert.True(await _gateway.ReloadAsync(Layout(_gateway.DefaultConfig(), traded: i % 2 == 0)), Refusals());
+            await Task.Delay(100);
+        }
+
+        await stop.CancelAsync();
+        await Task.WhenAll(attackers);
+
+        Assert.True(sent > 1000, $"only {sent} requests: the reloads were not under load");
+        var leaked = _gateway.Upstream.Received.Count(r => r.Path.StartsWith("/admin", StringComparison.Ordinal));
+        Assert.True(leaked == 0, $"{leaked} of {sent} token-less requests for /admin reached the upstream");
+    }
+
     [Fact]
     public async Task Reload_UnknownPolicy_RefusedLoggedLastGoodStays()
     {
