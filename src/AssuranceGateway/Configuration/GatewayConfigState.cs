@@ -1,5 +1,7 @@
 using System.Globalization;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.FileProviders;
+using Microsoft.Extensions.FileProviders.Physical;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Primitives;
 using Yarp.ReverseProxy.Configuration;
@@ -37,7 +39,9 @@ public sealed partial class GatewayConfigState : IDisposable
     private readonly IDisposable? _reloadRegistration;
     private readonly SemaphoreSlim _reloadLock = new(1, 1);
     private readonly TimeProvider _time;
+    private readonly bool _watch;
     private volatile GatewayRuntime _current;
+    private KeyFileWatch? _keyFiles;
 
     // Newest first: the generations that requests already routed by YARP may still belong to.
     private volatile GatewayRuntime[] _recent = [];
@@ -77,6 +81,7 @@ public sealed partial class GatewayConfigState : IDisposable
             }
         }
 
+        _watch = watch;
         _current = null!;
         Apply(settings, 0);
         if (watch)
@@ -118,7 +123,19 @@ public sealed partial class GatewayConfigState : IDisposable
         await _reloadLock.WaitAsync().ConfigureAwait(false);
         try
         {
-            var (settings, problems) = await CompileAsync().ConfigureAwait(false);
+            GatewaySettings? settings;
+            IReadOnlyList<string> problems;
+            try
+            {
+                (settings, problems) = await CompileAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // Reloads run unobserved (fire and forget from the change token): a failure nobody logs would leave
+                // an operator believing the change is in force.
+                (settings, problems) = (null, [$"the configuration could not be compiled: {e.GetType().Name}: {e.Message}"]);
+            }
+
             if (settings is null)
             {
                 Log.ReloadRefused(_logger, problems.Count, string.Join("; ", problems));
@@ -156,6 +173,45 @@ public sealed partial class GatewayConfigState : IDisposable
 
         _proxyConfig.Update(routes, settings.Clusters);
         Generation = generation;
+        if (_watch)
+        {
+            WatchKeyFiles(settings);
+        }
+    }
+
+    /// <summary>
+    /// Key files (issuers' JWKS, the client CA bundle, the evidence key) are configuration too: an operator who removes
+    /// a compromised key from a JWKS file expects it to stop being trusted, as an edit of the config file would. A
+    /// change to any of them reloads the whole configuration (validated as usual; refused, the last good one stays).
+    /// </summary>
+    private void WatchKeyFiles(GatewaySettings settings)
+    {
+        var files = new SortedSet<string>(StringComparer.Ordinal);
+        foreach (var issuer in settings.Tokens.Issuers.Concat(settings.Workload.Issuers))
+        {
+            if (Path.IsPathFullyQualified(issuer.KeyLocation))
+            {
+                files.Add(issuer.KeyLocation);
+            }
+        }
+
+        if (settings.Workload.ClientCaFile is { } ca)
+        {
+            files.Add(Path.GetFullPath(ca, _baseDirectory));
+        }
+
+        if (settings.Evidence.SigningKeyFile is { } evidence)
+        {
+            files.Add(Path.GetFullPath(evidence, _baseDirectory));
+        }
+
+        if (_keyFiles is { } watching && watching.Files.SetEquals(files))
+        {
+            return;
+        }
+
+        _keyFiles?.Dispose();
+        _keyFiles = new KeyFileWatch(files, () => _ = ReloadAsync());
     }
 
     private async ValueTask<(GatewaySettings? Settings, IReadOnlyList<string> Problems)> CompileAsync()
@@ -198,7 +254,48 @@ public sealed partial class GatewayConfigState : IDisposable
     public void Dispose()
     {
         _reloadRegistration?.Dispose();
+        _keyFiles?.Dispose();
         _reloadLock.Dispose();
+    }
+
+    /// <summary>Watches a set of files (one provider per directory) and calls back on any change, re-arming itself.</summary>
+    private sealed class KeyFileWatch : IDisposable
+    {
+        private readonly List<PhysicalFileProvider> _providers = [];
+        private readonly IDisposable _registration;
+
+        public KeyFileWatch(SortedSet<string> files, Action changed)
+        {
+            Files = files;
+            var watched = new List<(PhysicalFileProvider Provider, string Name)>();
+            foreach (var directory in files.GroupBy(Path.GetDirectoryName))
+            {
+                if (directory.Key is null || !Directory.Exists(directory.Key))
+                {
+                    continue;
+                }
+
+                // No exclusion filter: a key file may well be a dot file (Kubernetes mounts go through "..data").
+                var provider = new PhysicalFileProvider(directory.Key, ExclusionFilters.None);
+                _providers.Add(provider);
+                watched.AddRange(directory.Select(file => (provider, Path.GetFileName(file))));
+            }
+
+            _registration = ChangeToken.OnChange(
+                () => new CompositeChangeToken([.. watched.Select(w => w.Provider.Watch(w.Name))]),
+                changed);
+        }
+
+        public SortedSet<string> Files { get; }
+
+        public void Dispose()
+        {
+            _registration.Dispose();
+            foreach (var provider in _providers)
+            {
+                provider.Dispose();
+            }
+        }
     }
 
     private static partial class Log

@@ -187,6 +187,56 @@ public sealed class HotReloadTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.Unauthorized, await SendAsync("/status", _gateway.Idp.Token()));
     }
 
+    [Fact]
+    public async Task Reload_KeyRemovedFromTheJwksFile_ItsTokensNoLongerTrusted()
+    {
+        // The config file is untouched: the operator revokes a key by rewriting the JWKS file it names.
+        using var rotated = new TestIssuer(_gateway.Idp.Issuer, _gateway.Directory, "k2");
+        var before = _gateway.Config.Generation;
+        Assert.Equal(HttpStatusCode.OK, await SendAsync("/status", _gateway.Idp.Token()));
+
+        var temporary = _gateway.Idp.JwksPath + ".tmp";
+        File.Copy(rotated.JwksPath, temporary);
+        File.Move(temporary, _gateway.Idp.JwksPath, overwrite: true);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (_gateway.Config.Generation == before && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+
+        Assert.True(_gateway.Config.Generation > before, "the key file change was not applied; " + Refusals());
+        Assert.Equal(HttpStatusCode.Unauthorized, await SendAsync("/status", _gateway.Idp.Token()));
+        Assert.Equal(HttpStatusCode.OK, await SendAsync("/status", rotated.Token()));
+        Assert.Equal(2, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Reload_JwksFileBrokenThenFixed_RefusedLoggedThenApplied()
+    {
+        File.WriteAllText(_gateway.Idp.JwksPath, "{ not a jwks");
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (_gateway.RefusedReloads().Count == 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+
+        // An editor's write may come as more than one change: each is refused the same way.
+        Assert.All(_gateway.RefusedReloads(), line => Assert.Contains("JwksFile", line, StringComparison.Ordinal));
+        await AssertOriginalConfigurationInForceAsync();
+
+        // Still watched after the refusal: the fix is picked up.
+        using var rotated = new TestIssuer(_gateway.Idp.Issuer, _gateway.Directory, "k2");
+        var before = _gateway.Config.Generation;
+        File.Copy(rotated.JwksPath, _gateway.Idp.JwksPath, overwrite: true);
+        deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (_gateway.Config.Generation == before && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+
+        Assert.Equal(HttpStatusCode.OK, await SendAsync("/status", rotated.Token()));
+    }
+
     /// <summary>The start-up configuration: /status needs a token, which passes; nothing else got through.</summary>
     private async Task AssertOriginalConfigurationInForceAsync()
     {
