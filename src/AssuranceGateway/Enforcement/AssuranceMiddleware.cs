@@ -87,6 +87,21 @@ public sealed partial class AssuranceMiddleware
                 decision.Reason = ReasonCodes.BodyTooLarge;
                 decision.Detail = "request body exceeds the server limit";
             }
+            catch (BadHttpRequestException e)
+            {
+                // Kestrel could not read the body (framing it cannot parse, data too slow): there is no exact request
+                // to judge. Kestrel's own message is not echoed: it may quote what the client sent.
+                decision.Reason = ReasonCodes.RequestAmbiguous;
+                decision.Detail = e.StatusCode == StatusCodes.Status408RequestTimeout
+                    ? "the request body arrived too slowly to be read"
+                    : "the request body could not be read (malformed framing)";
+            }
+            catch (Exception e) when (e is IOException or OperationCanceledException && context.RequestAborted.IsCancellationRequested)
+            {
+                // The client went away mid-request: nobody to answer, but the denial is still evidence.
+                decision.Reason = ReasonCodes.RequestAmbiguous;
+                decision.Detail = "the client went away before the request was complete";
+            }
         }
         else
         {
@@ -110,7 +125,10 @@ public sealed partial class AssuranceMiddleware
             return;
         }
 
-        await ProblemResponses.WriteDenialAsync(context, decision).ConfigureAwait(false);
+        if (!context.RequestAborted.IsCancellationRequested)
+        {
+            await ProblemResponses.WriteDenialAsync(context, decision).ConfigureAwait(false);
+        }
     }
 
     private async Task DecideAsync(HttpContext context, GatewayRuntime runtime, AssuranceDecision decision, Activity? activity)

@@ -72,7 +72,7 @@ public static class ReasonCodes
         WorkloadInvalid => "Workload identity invalid",
         ClaimsMismatch => "Claims do not satisfy the policy",
         BodyTooLarge => "Request body too large",
-        RequestAmbiguous => "Request target ambiguous",
+        RequestAmbiguous => "Request ambiguous",
         AssuranceRequired => "Assurance required",
         AssuranceMalformed => "Assurance-Id malformed",
         GrantNotFound => "Assurance not found",

@@ -321,9 +321,30 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         Assert.Equal(1, (await _gateway.GetGrantAsync(id)).GetProperty("usesRemaining").GetInt32());
     }
 
+    [Theory]
+    [InlineData("zz\r\nnot-a-chunk\r\n0\r\n\r\n")]                          // a chunk size that is not hex
+    [InlineData("5\r\n{\"a\":1}\r\n0\r\n\r\n")]                              // a chunk longer than it says
+    public async Task Use_BodyFramingKestrelCannotRead_400RequestAmbiguousWithEvidenceNothingForwarded(string framing)
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        var (status, problem) = await SendRawDeployAsync("/deploy/v1/releases", token, id, chunked: framing);
+
+        Assert.Equal(400, status);
+        Assert.Equal("request_ambiguous", problem.GetProperty("reason").GetString());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        Assert.Equal(1, (await _gateway.GetGrantAsync(id)).GetProperty("usesRemaining").GetInt32());
+
+        // The evidence span carries the decision like any other denial.
+        var span = Assert.Single(_gateway.Spans.Enforce(problem.GetProperty("traceId").GetString()!));
+        Assert.Equal("deny", span.GetTagItem("assurance.decision"));
+        Assert.Equal("request_ambiguous", span.GetTagItem("assurance.reason"));
+    }
+
     /// <summary>HttpClient would normalise the target (dot segments, escapes): this request is written by hand.</summary>
     private async Task<(int Status, System.Text.Json.JsonElement Problem)> SendRawDeployAsync(
-        string target, string token, string grantId, string method = "POST", string body = ReleaseBody, string extraHeaders = "")
+        string target, string token, string grantId, string method = "POST", string body = ReleaseBody, string extraHeaders = "", string? chunked = null)
     {
         var uri = new Uri(_gateway.ProxyAddress);
         using var tcp = new System.Net.Sockets.TcpClient();
@@ -333,10 +354,10 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         var request = $"{method} {target} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
             + $"Workload-Identity: {_gateway.WorkloadIssuer.Svid()}\r\nAssurance-Id: {grantId}\r\n"
             + $"Content-Type: application/json\r\n"
-            + (bytes.Length > 0 ? $"Content-Length: {bytes.Length}\r\n" : string.Empty)
+            + (chunked is not null ? "Transfer-Encoding: chunked\r\n" : bytes.Length > 0 ? $"Content-Length: {bytes.Length}\r\n" : string.Empty)
             + (extraHeaders.Length > 0 ? extraHeaders : "Connection: close\r\n") + "\r\n";
         await stream.WriteAsync(Encoding.ASCII.GetBytes(request));
-        await stream.WriteAsync(bytes);
+        await stream.WriteAsync(chunked is not null ? Encoding.ASCII.GetBytes(chunked) : bytes);
         // One response, read by its Content-Length (an upgrade request keeps the connection open).
         var received = new List<byte>();
         var buffer = new byte[4096];
