@@ -67,6 +67,8 @@ public static class CanonicalRequest
         return string.Join('&', pairs);
     }
 
+    private static readonly char[] OptionalWhiteSpace = [' ', '\t'];
+
     public static string CanonicalHeaders(IReadOnlyList<string> boundHeaders, Func<string, StringValues> headerValues)
     {
         if (boundHeaders.Count == 0)
@@ -86,7 +88,9 @@ public static class CanonicalRequest
                     builder.Append(',');
                 }
 
-                builder.Append(values[i]?.Trim());
+                // Only optional white space (RFC 9110: spaces and tabs) is insignificant; anything else the upstream
+                // receives as sent, so it is hashed as sent. String.Trim() would also drop \v, \f, U+001C-U+001F, NBSP.
+                builder.Append(values[i]?.Trim(OptionalWhiteSpace));
             }
 
             builder.Append('\n');

@@ -342,9 +342,28 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         Assert.Equal("request_ambiguous", span.GetTagItem("assurance.reason"));
     }
 
+    [Theory]
+    [InlineData("application/json\v")]
+    [InlineData("\fapplication/json")]
+    public async Task Use_BoundHeaderWithWhitespaceBeyondSpaceAndTab_403RequestMismatchNothingForwarded(string sent)
+    {
+        // Only spaces and tabs around a value are insignificant (RFC 9110 OWS). Anything else the upstream receives as
+        // sent, so it cannot hash like the approved value.
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        var (status, problem) = await SendRawDeployAsync("/deploy/v1/releases", token, id, contentType: sent);
+
+        Assert.Equal(403, status);
+        Assert.Equal("request_mismatch", problem.GetProperty("reason").GetString());
+        Assert.Equal("headers", Assert.Single(problem.GetProperty("mismatch").EnumerateArray()).GetString());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
     /// <summary>HttpClient would normalise the target (dot segments, escapes): this request is written by hand.</summary>
     private async Task<(int Status, System.Text.Json.JsonElement Problem)> SendRawDeployAsync(
-        string target, string token, string grantId, string method = "POST", string body = ReleaseBody, string extraHeaders = "", string? chunked = null)
+        string target, string token, string grantId, string method = "POST", string body = ReleaseBody, string extraHeaders = "", string? chunked = null,
+        string contentType = "application/json")
     {
         var uri = new Uri(_gateway.ProxyAddress);
         using var tcp = new System.Net.Sockets.TcpClient();
@@ -353,7 +372,7 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         var bytes = Encoding.UTF8.GetBytes(body);
         var request = $"{method} {target} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
             + $"Workload-Identity: {_gateway.WorkloadIssuer.Svid()}\r\nAssurance-Id: {grantId}\r\n"
-            + $"Content-Type: application/json\r\n"
+            + $"Content-Type: {contentType}\r\n"
             + (chunked is not null ? "Transfer-Encoding: chunked\r\n" : bytes.Length > 0 ? $"Content-Length: {bytes.Length}\r\n" : string.Empty)
             + (extraHeaders.Length > 0 ? extraHeaders : "Connection: close\r\n") + "\r\n";
         await stream.WriteAsync(Encoding.ASCII.GetBytes(request));

@@ -54,6 +54,17 @@ public sealed class CanonicalRequestTests
         Assert.Equal("sha256:HXoIGdIV-rMKemCbkrXjSdrSyiHDKObkZ2mGSB3422c", Hash("POST", "/x", "", [("x-tag", [" a ", "b  "])], []));
 
     [Fact]
+    public void Compute_HeaderValueWithOtherWhitespaceThanSpaceOrTab_KeptNotTrimmed()
+    {
+        var approved = Hash("POST", "/x", "", [("x-dry-run", ["true"])], []);
+
+        Assert.Equal(approved, Hash("POST", "/x", "", [("x-dry-run", [" \ttrue\t "])], []));
+        Assert.NotEqual(approved, Hash("POST", "/x", "", [("x-dry-run", ["true\v"])], []));
+        Assert.NotEqual(approved, Hash("POST", "/x", "", [("x-dry-run", ["\ftrue"])], []));
+        Assert.NotEqual(approved, Hash("POST", "/x", "", [("x-dry-run", ["true\u00a0"])], []));
+    }
+
+    [Fact]
     public void Compute_BinaryBody_MatchesVector() =>
         Assert.Equal("sha256:DT9cZX6vJRd5eDzPKpMlcjNWLcTH7L_vw1WKISUClHg", Hash("POST", "/bin", "", [], Enumerable.Range(0, 256).Select(i => (byte)i).ToArray()));
 
