@@ -572,7 +572,10 @@ public sealed partial class AssuranceMiddleware
             headers.Remove(WorkloadResolver.ClientCertHeader);
         }
 
-        if (_signer is not null && settings.Evidence.SigningKey is not null && decision.Allowed && decision.Policy.RequiresToken)
+        // Evidence says an approval protected this very request. A shadow decision consumed nothing (a dry run), so
+        // evidence for it would let one single-use grant vouch for any number of requests, indistinguishable from
+        // enforced evidence: shadow mode forwards without any (the client's was removed above).
+        if (_signer is not null && settings.Evidence.SigningKey is not null && decision.Allowed && !decision.Shadow && decision.Policy.RequiresToken)
         {
             headers[EvidenceHeader] = _signer.Sign(decision, settings);
         }

@@ -18,21 +18,58 @@ public sealed class SignedEvidenceTests : IAsyncLifetime
     public async Task InitializeAsync()
     {
         var harness = await GatewayHarness.CreateAsync();
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var p = key.ExportParameters(true);
-        var keyFile = Path.Combine(harness.Directory, "evidence.jwk.json");
-        await File.WriteAllTextAsync(keyFile, new JsonObject
-        {
-            ["kty"] = "EC", ["crv"] = "P-256", ["kid"] = "ev-1",
-            ["x"] = Base64UrlEncoder.Encode(p.Q.X), ["y"] = Base64UrlEncoder.Encode(p.Q.Y), ["d"] = Base64UrlEncoder.Encode(p.D),
-        }.ToJsonString());
         var config = harness.DefaultConfig();
-        config["Assurance"]!["Evidence"] = new JsonObject { ["SigningKeyFile"] = keyFile };
+        config["Assurance"]!["Evidence"] = new JsonObject { ["SigningKeyFile"] = await WriteKeyAsync(harness, "evidence.jwk.json", "ev-1") };
+        config["ReverseProxy"]!["Routes"]!["shadowed"] = TestConfig.Route("/shadowed/{**rest}", "shadow-approval");
+        config["Assurance"]!["Policies"]!["shadow-approval"] = new JsonObject
+        {
+            ["Bind"] = new JsonArray("token", "workload", "request"),
+            ["Mode"] = "shadow",
+            ["BoundHeaders"] = new JsonArray("content-type"),
+        };
         await harness.StartWithAsync(config);
         _gateway = harness;
     }
 
     public async Task DisposeAsync() => await _gateway.DisposeAsync();
+
+    /// <summary>A new private P-256 JWK in the harness directory; returns its path.</summary>
+    private static async Task<string> WriteKeyAsync(GatewayHarness harness, string name, string kid)
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var p = key.ExportParameters(true);
+        var keyFile = Path.Combine(harness.Directory, name);
+        await File.WriteAllTextAsync(keyFile, new JsonObject
+        {
+            ["kty"] = "EC", ["crv"] = "P-256", ["kid"] = kid,
+            ["x"] = Base64UrlEncoder.Encode(p.Q.X), ["y"] = Base64UrlEncoder.Encode(p.Q.Y), ["d"] = Base64UrlEncoder.Encode(p.D),
+        }.ToJsonString());
+        return keyFile;
+    }
+
+    /// <summary>What an upstream does: fetch the published JWKS and validate the evidence with it.</summary>
+    private async Task<TokenValidationResult> VerifyAsync(string evidence)
+    {
+        var jwks = new JsonWebKeySet(await _gateway.Api.GetStringAsync("/.well-known/jwks.json"));
+        return await new JsonWebTokenHandler().ValidateTokenAsync(evidence, new TokenValidationParameters
+        {
+            ValidIssuer = "urn:assurance-gateway",
+            ValidateAudience = false,
+            IssuerSigningKeys = jwks.Keys,
+            ValidTypes = ["assurance-evidence+jwt"],
+            ValidAlgorithms = ["ES256"],
+        });
+    }
+
+    /// <summary>One allowed deploy request with a fresh grant; returns the evidence the upstream received.</summary>
+    private async Task<string> AllowedEvidenceAsync()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _));
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        return _gateway.Upstream.Received[^1].Headers["Assurance-Evidence"];
+    }
 
     [Fact]
     public async Task AllowedRequest_CarriesEvidenceThatVerifiesWithPublishedKey()
@@ -102,5 +139,31 @@ public sealed class SignedEvidenceTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.NotFound, onProxy.StatusCode);
         Assert.Equal("ev-1", onApi.GetProperty("keys")[0].GetProperty("kid").GetString());
         Assert.False(onApi.GetProperty("keys")[0].TryGetProperty("d", out _));
+    }
+
+    [Fact]
+    public async Task ShadowPolicy_SingleUseGrantUsedTwice_UpstreamReceivesNoEvidence()
+    {
+        // Shadow mode consumes nothing: evidence signed for it would say a single-use approval protected two requests,
+        // indistinguishable by the upstream from enforced evidence.
+        var token = _gateway.Idp.Token();
+        var grant = DeployGrant(token, path: "/shadowed/v1/releases", maxUses: 1);
+        grant["route"] = "shadowed";
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        for (var i = 0; i < 2; i++)
+        {
+            using var request = DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _, path: "/shadowed/v1/releases");
+            request.Headers.TryAddWithoutValidation("Assurance-Evidence", "forged-by-client");
+            using var response = await _gateway.Proxy.SendAsync(request);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        }
+
+        Assert.Equal(2, _gateway.Upstream.Count);
+        Assert.All(_gateway.Upstream.Received, r => Assert.False(r.Headers.ContainsKey("Assurance-Evidence")));
+        Assert.Equal(1, (await _gateway.GetGrantAsync(id)).GetProperty("usesRemaining").GetInt32());
+
+        // The same gateway still signs what it enforced.
+        Assert.True((await VerifyAsync(await AllowedEvidenceAsync())).IsValid);
     }
 }
