@@ -4,8 +4,9 @@ namespace AssuranceGateway.Grants;
 
 internal sealed partial class RedisGrantStore
 {
-    // Event ids 3100-3199: the Redis grant store. Only store names, grant ids and operation names are logged: the
-    // store never sees a raw token or body, and the connection string may hold a password.
+    // Event ids 3100-3199: the Redis grant store, each used once (operators alert on them; LoggerMessageTests checks
+    // the whole assembly). Next free: 3118. Only store names, grant ids and operation names are logged: the store
+    // never sees a raw token or body, and the connection string may hold a password.
     private static partial class Log
     {
         [LoggerMessage(3100, LogLevel.Debug, "Grant store {Store}: connecting ({Link})")]
@@ -56,10 +57,10 @@ internal sealed partial class RedisGrantStore
         [LoggerMessage(3111, LogLevel.Debug, "Grant store {Store}: loading scripts failed; they will be sent in full on first use")]
         public static partial void ScriptLoadFailed(ILogger logger, string store, Exception exception);
 
-        [LoggerMessage(3114, LogLevel.Information, "Grant store {Store}: consumes go over a dedicated connection to {EndPoint}")]
+        [LoggerMessage(3116, LogLevel.Information, "Grant store {Store}: consumes go over a dedicated connection to {EndPoint}")]
         public static partial void PipeConnected(ILogger logger, string store, string endPoint);
 
-        [LoggerMessage(3115, LogLevel.Warning, "Grant store {Store}: the dedicated consume connection is unavailable ({Why}); consumes use the shared connection meanwhile")]
+        [LoggerMessage(3117, LogLevel.Warning, "Grant store {Store}: the dedicated consume connection is unavailable ({Why}); consumes use the shared connection meanwhile")]
         public static partial void PipeUnavailable(ILogger logger, string store, string why);
     }
 }
