@@ -1,3 +1,5 @@
+using System.Globalization;
+using AssuranceGateway.Diagnostics;
 using Microsoft.Extensions.Logging;
 
 namespace AssuranceGateway.Enforcement;
@@ -6,11 +8,38 @@ public sealed partial class AssuranceMiddleware
 {
     private static partial class Log
     {
-        // One structured line per denial, with the fields of the evidence span (SPEC §6). Hashes and ids only.
+        /// <summary>
+        /// One structured line per denial with the fields of the evidence span (SPEC §6), read from the decision the
+        /// same way <see cref="EvidenceRecorder.Complete"/> reads it, so an SRE without the trace backend sees what
+        /// the span says. Identifiers and hashes only: the decision holds no raw token, workload JWT or body.
+        /// </summary>
+        public static void Denied(ILogger logger, AssuranceDecision decision)
+        {
+            if (!logger.IsEnabled(LogLevel.Warning))
+            {
+                return;
+            }
+
+            var first = decision.Reason == ReasonCodes.Replayed ? decision.FirstUse : null;
+            Denied(logger, decision.Reason, decision.Route, decision.Policy.Name, EvidenceRecorder.ModeName(decision.Policy.Mode),
+                decision.GrantId ?? decision.ChallengeGrantId, decision.GrantStatus?.ToString().ToLowerInvariant(), decision.UsesRemaining,
+                decision.Approvers.Count > 0 ? string.Join(',', decision.Approvers) : null, decision.ApprovalAal,
+                decision.Subject, decision.Session, decision.Aal, decision.WorkloadId, decision.WorkloadSource, decision.Origin,
+                decision.RequestHash, decision.TokenHash, decision.Mismatch.Count > 0 ? string.Join(',', decision.Mismatch) : null,
+                decision.Revoked, first?.TraceId, first?.At.ToString("O", CultureInfo.InvariantCulture), first?.Workload,
+                decision.TraceId, decision.Detail);
+        }
+
         [LoggerMessage(EventId = 200, EventName = "AssuranceDenied", Level = LogLevel.Warning,
-            Message = "Denied {Reason} route={Route} policy={Policy} mode={Mode} grant={GrantId} subject={Subject} workload={Workload} origin={Origin} request={RequestHash} token={TokenHash} mismatch={Mismatch} traceId={TraceId}: {Detail}")]
-        public static partial void Denied(
-            ILogger logger, string reason, string route, string policy, string mode, string? grantId, string? subject, string? workload,
-            string? origin, string? requestHash, string? tokenHash, string? mismatch, string? traceId, string? detail);
+            Message = "Denied {Reason} route={Route} policy={Policy} mode={Mode} grant={GrantId} grantStatus={GrantStatus} "
+                + "usesRemaining={UsesRemaining} approver={Approver} approvalAal={ApprovalAal} subject={Subject} session={Session} "
+                + "aal={Aal} workload={Workload} workloadSource={WorkloadSource} origin={Origin} request={RequestHash} "
+                + "token={TokenHash} mismatch={Mismatch} revoked={Revoked} firstUse={FirstUseTraceId} firstUseAt={FirstUseAt} "
+                + "firstUseWorkload={FirstUseWorkload} traceId={TraceId}: {Detail}")]
+        private static partial void Denied(
+            ILogger logger, string reason, string route, string policy, string mode, string? grantId, string? grantStatus,
+            int? usesRemaining, string? approver, int? approvalAal, string? subject, string? session, int? aal, string? workload,
+            string? workloadSource, string? origin, string? requestHash, string? tokenHash, string? mismatch, bool revoked,
+            string? firstUseTraceId, string? firstUseAt, string? firstUseWorkload, string? traceId, string? detail);
     }
 }

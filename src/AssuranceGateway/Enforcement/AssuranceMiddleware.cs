@@ -112,9 +112,7 @@ public sealed partial class AssuranceMiddleware
         EvidenceRecorder.Complete(activity, decision, start);
         if (!decision.Allowed)
         {
-            Log.Denied(_logger, decision.Reason, decision.Route, decision.Policy.Name, EvidenceRecorder.ModeName(decision.Policy.Mode),
-                decision.GrantId, decision.Subject, decision.WorkloadId, decision.Origin, decision.RequestHash, decision.TokenHash,
-                decision.Mismatch.Count > 0 ? string.Join(',', decision.Mismatch) : null, decision.TraceId, decision.Detail);
+            Log.Denied(_logger, decision);
         }
 
         activity?.Stop();

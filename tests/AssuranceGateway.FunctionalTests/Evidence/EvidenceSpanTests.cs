@@ -141,4 +141,59 @@ public sealed class EvidenceSpanTests : IAsyncLifetime
         Assert.Contains("Workload=" + Deployer, line, StringComparison.Ordinal);
         Assert.Contains("TokenHash=sha256:", line, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task ReplayedDeny_LogLineCarriesFirstUseAndSessionLikeTheSpan()
+    {
+        var token = _gateway.Idp.Token(sid: "s-replay");
+        var svid = _gateway.WorkloadIssuer.Svid();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        using var first = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out var firstTrace));
+        using var replay = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out var replayTrace));
+
+        Assert.Equal(HttpStatusCode.Forbidden, replay.StatusCode);
+        var span = Assert.Single(_gateway.Spans.Enforce(replayTrace));
+        Assert.Equal(firstTrace, span.GetTagItem("assurance.first_use.trace_id"));
+        var line = Assert.Single(_gateway.Logs.Lines, l => l.Contains("[200]", StringComparison.Ordinal) && l.Contains(replayTrace, StringComparison.Ordinal));
+        Assert.Contains("Reason=replayed", line, StringComparison.Ordinal);
+        Assert.Contains("FirstUseTraceId=" + firstTrace, line, StringComparison.Ordinal);
+        Assert.Contains("FirstUseAt=" + span.GetTagItem("assurance.first_use.at"), line, StringComparison.Ordinal);
+        Assert.Contains("FirstUseWorkload=" + Deployer, line, StringComparison.Ordinal);
+        Assert.Contains("Session=s-replay", line, StringComparison.Ordinal);
+        Assert.Contains("Aal=2", line, StringComparison.Ordinal);
+        Assert.Contains("WorkloadSource=" + span.GetTagItem("assurance.workload.source"), line, StringComparison.Ordinal);
+        Assert.Contains("GrantStatus=" + span.GetTagItem("assurance.grant.status"), line, StringComparison.Ordinal);
+        Assert.Contains("UsesRemaining=0", line, StringComparison.Ordinal);
+        Assert.Contains("Approver=approver", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ChallengeDeny_LogLineCarriesTheChallengeGrantId()
+    {
+        using var request = GatewayHarness.Request(HttpMethod.Post, "/agent/tools/exec", _gateway.Idp.Token(acr: "urn:aal1"), out var trace);
+        request.Content = new StringContent("""{"tool":"kubectl"}""", Encoding.UTF8, "application/json");
+        request.Headers.TryAddWithoutValidation("Workload-Identity", _gateway.WorkloadIssuer.Svid());
+        using var response = await _gateway.Proxy.SendAsync(request);
+
+        var grantId = (await response.ProblemAsync()).GetProperty("grantId").GetString()!;
+        Assert.Equal(grantId, Assert.Single(_gateway.Spans.Enforce(trace)).GetTagItem("assurance.grant.id"));
+        var line = Assert.Single(_gateway.Logs.Lines, l => l.Contains("[200]", StringComparison.Ordinal) && l.Contains(trace, StringComparison.Ordinal));
+        Assert.Contains("GrantId=" + grantId + " ", line, StringComparison.Ordinal);
+        Assert.Contains("GrantStatus=pending", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task RequestMismatchDeny_LogLineNamesTheDifferingComponents()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, maxUses: 2));
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out var trace, body: """{"release":"6.0"}"""));
+
+        Assert.Equal("request_mismatch", await response.ReasonAsync());
+        var line = Assert.Single(_gateway.Logs.Lines, l => l.Contains("[200]", StringComparison.Ordinal) && l.Contains(trace, StringComparison.Ordinal));
+        Assert.Contains("Mismatch=body", line, StringComparison.Ordinal);
+        Assert.DoesNotContain("6.0", line, StringComparison.Ordinal);
+    }
 }
