@@ -83,8 +83,11 @@ internal static class HealthEndpoints
     public static void Map(WebApplication app)
     {
         app.MapGet("/healthz", () => Results.Text("ok"));
-        app.MapGet("/.well-known/jwks.json", (GatewayConfigState config) =>
-            Results.Json(Evidence.EvidenceSigner.PublicJwks(config.Current.Settings.Evidence.SigningKey)));
+        // The signer publishes, as it alone knows which keys signed evidence that has not expired yet (a key rotated
+        // out by a reload stays until then). Without a signer nothing is signed: an empty set.
+        app.MapGet("/.well-known/jwks.json", (GatewayConfigState config, HttpContext context) =>
+            Results.Json(context.RequestServices.GetService<IEvidenceSigner>()?.PublicJwks(config.Current.Settings)
+                ?? new Dictionary<string, object> { ["keys"] = Array.Empty<object>() }));
         app.MapGet("/readyz", async (IGrantStore store, GatewayConfigState config, HttpContext context) =>
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted);

@@ -6,4 +6,10 @@ namespace AssuranceGateway.Enforcement;
 public interface IEvidenceSigner
 {
     string Sign(AssuranceDecision decision, GatewaySettings settings);
+
+    /// <summary>
+    /// The public JWK Set upstreams verify evidence with: the signing key of <paramref name="settings"/> and every
+    /// earlier key whose evidence may not have expired yet. Never a private member.
+    /// </summary>
+    Dictionary<string, object> PublicJwks(GatewaySettings settings);
 }

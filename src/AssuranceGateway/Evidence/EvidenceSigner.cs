@@ -12,7 +12,8 @@ namespace AssuranceGateway.Evidence;
 /// <summary>
 /// SPEC §5.6: the upstream receives <c>Assurance-Evidence</c>, a short-lived ES256 JWS saying which approval let this
 /// very request through, so it can verify that for itself with the key published at /.well-known/jwks.json.
-/// The key is read from the configuration in force, so a rotated key file takes effect on reload.
+/// The key is read from the configuration in force, so a rotated key file takes effect on reload; the key it replaced
+/// stays published until the evidence it signed has expired (<see cref="EvidenceKeyHistory"/>).
 /// </summary>
 /// <remarks>
 /// The JWS is written here (RFC 7515 compact form, RFC 7518 §3.4 signature) rather than by
@@ -25,6 +26,8 @@ public sealed class EvidenceSigner(TimeProvider time) : IEvidenceSigner
     public const string Type = "assurance-evidence+jwt";
     public const string Issuer = "urn:assurance-gateway";
 
+    private readonly EvidenceKeyHistory _history = new();
+
     [ThreadStatic]
     private static KeyValuePair<JsonWebKey, ECDsa>? t_key;
 
@@ -34,6 +37,8 @@ public sealed class EvidenceSigner(TimeProvider time) : IEvidenceSigner
         ArgumentNullException.ThrowIfNull(settings);
         var key = settings.Evidence.SigningKey ?? throw new InvalidOperationException("no evidence signing key configured");
         var now = time.GetUtcNow().ToUnixTimeSeconds();
+        var expiresAt = now + (long)settings.Evidence.Lifetime.TotalSeconds;
+        _history.Signed(key, expiresAt);
 
         var buffer = new ArrayBufferWriter<byte>(1024);
         using (var header = new Utf8JsonWriter(buffer))
@@ -60,7 +65,7 @@ public sealed class EvidenceSigner(TimeProvider time) : IEvidenceSigner
             }
 
             payload.WriteNumber("iat", now);
-            payload.WriteNumber("exp", now + (long)settings.Evidence.Lifetime.TotalSeconds);
+            payload.WriteNumber("exp", expiresAt);
             payload.WriteString("route", decision.Route);
             payload.WriteString("policy", decision.Policy.Name);
             payload.WriteString("traceId", decision.TraceId ?? string.Empty);
@@ -97,24 +102,15 @@ public sealed class EvidenceSigner(TimeProvider time) : IEvidenceSigner
         return signingInput + "." + Base64Url.EncodeToString(signature);
     }
 
-    /// <summary>The public half of the evidence key as a JWK Set (what /.well-known/jwks.json serves).</summary>
-    public static Dictionary<string, object> PublicJwks(JsonWebKey? key)
+    /// <summary>
+    /// The JWK Set served at /.well-known/jwks.json: the key in force and any key it replaced whose evidence an upstream
+    /// may still accept, i.e. until its latest <c>exp</c> plus <c>Tokens:ClockSkew</c> (the skew this deployment allows
+    /// between clocks). Public parts only.
+    /// </summary>
+    public Dictionary<string, object> PublicJwks(GatewaySettings settings)
     {
-        var keys = new List<Dictionary<string, string>>();
-        if (key is not null)
-        {
-            var jwk = new Dictionary<string, string>(StringComparer.Ordinal)
-            {
-                ["kty"] = key.Kty, ["crv"] = key.Crv, ["x"] = key.X, ["y"] = key.Y, ["use"] = "sig", ["alg"] = "ES256",
-            };
-            if (!string.IsNullOrEmpty(key.Kid))
-            {
-                jwk["kid"] = key.Kid;
-            }
-
-            keys.Add(jwk);
-        }
-
+        ArgumentNullException.ThrowIfNull(settings);
+        var keys = _history.Published(settings.Evidence.SigningKey, time.GetUtcNow(), settings.Tokens.ClockSkew);
         return new Dictionary<string, object> { ["keys"] = keys };
     }
 

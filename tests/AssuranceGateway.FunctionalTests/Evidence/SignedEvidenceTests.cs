@@ -3,7 +3,9 @@ using System.Net.Http.Json;
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using AssuranceGateway.FunctionalTests.Grants;
 using AssuranceGateway.Testing;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.IdentityModel.JsonWebTokens;
 using Microsoft.IdentityModel.Tokens;
 using static AssuranceGateway.Testing.GrantHelpers;
@@ -13,7 +15,11 @@ namespace AssuranceGateway.FunctionalTests.Evidence;
 /// <summary>SPEC §5.6 from the upstream's side: it verifies, with the published key, which approval let a request in.</summary>
 public sealed class SignedEvidenceTests : IAsyncLifetime
 {
+    // The gateway's clock, set by hand: evidence expiry (and with it how long a retired key stays published) is
+    // judged by it, so the test moves past it without waiting.
+    private readonly ManualTimeProvider _clock = new(DateTimeOffset.UtcNow);
     private GatewayHarness _gateway = null!;
+    private JsonObject _config = null!;
 
     public async Task InitializeAsync()
     {
@@ -27,8 +33,9 @@ public sealed class SignedEvidenceTests : IAsyncLifetime
             ["Mode"] = "shadow",
             ["BoundHeaders"] = new JsonArray("content-type"),
         };
-        await harness.StartWithAsync(config);
+        await harness.StartWithAsync(config, services => services.AddSingleton<TimeProvider>(_clock));
         _gateway = harness;
+        _config = config;
     }
 
     public async Task DisposeAsync() => await _gateway.DisposeAsync();
@@ -69,6 +76,14 @@ public sealed class SignedEvidenceTests : IAsyncLifetime
         using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _));
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         return _gateway.Upstream.Received[^1].Headers["Assurance-Evidence"];
+    }
+
+    private async Task<List<string>> PublishedKidsAsync()
+    {
+        var jwks = await _gateway.Api.GetFromJsonAsync<JsonElement>("/.well-known/jwks.json");
+        var keys = jwks.GetProperty("keys").EnumerateArray().ToList();
+        Assert.All(keys, k => Assert.False(k.TryGetProperty("d", out _)));
+        return keys.ConvertAll(k => k.GetProperty("kid").GetString()!);
     }
 
     [Fact]
@@ -165,5 +180,31 @@ public sealed class SignedEvidenceTests : IAsyncLifetime
 
         // The same gateway still signs what it enforced.
         Assert.True((await VerifyAsync(await AllowedEvidenceAsync())).IsValid);
+    }
+
+    [Fact]
+    public async Task SigningKeyRotatedByReload_OldEvidenceVerifiesUntilItExpiresThenOldKeyIsDropped()
+    {
+        var before = await AllowedEvidenceAsync();
+        Assert.True((await VerifyAsync(before)).IsValid);
+
+        _config["Assurance"]!["Evidence"]!["SigningKeyFile"] = await WriteKeyAsync(_gateway, "evidence-2.jwk.json", "ev-2");
+        Assert.True(await _gateway.ReloadAsync(_config));
+        var after = await AllowedEvidenceAsync();
+
+        Assert.Equal("ev-2", new JsonWebToken(after).Kid);
+        Assert.Equal(["ev-2", "ev-1"], await PublishedKidsAsync());
+        var old = await VerifyAsync(before);
+        Assert.True(old.IsValid, old.Exception?.Message);
+        var current = await VerifyAsync(after);
+        Assert.True(current.IsValid, current.Exception?.Message);
+
+        // Evidence lifetime (60 s by default) plus the clock skew allowed for it (Tokens:ClockSkew, 30 s here): until
+        // then an upstream may still accept evidence signed with ev-1; one second later none is left.
+        _clock.Advance(TimeSpan.FromSeconds(60 + 30));
+        Assert.Equal(["ev-2", "ev-1"], await PublishedKidsAsync());
+        _clock.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(["ev-2"], await PublishedKidsAsync());
+        Assert.False((await VerifyAsync(before)).IsValid);
     }
 }
