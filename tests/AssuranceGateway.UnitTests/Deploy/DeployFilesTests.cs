@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using System.Net;
+using System.Text.Json;
 using System.Text.RegularExpressions;
 using AssuranceGateway.UnitTests.Configuration;
 
@@ -111,6 +113,114 @@ public sealed partial class DeployFilesTests
         Assert.Contains("kind: PodDisruptionBudget", Read("k8s/policy.yaml"), StringComparison.Ordinal);
         Assert.Contains("kind: HorizontalPodAutoscaler", Read("k8s/policy.yaml"), StringComparison.Ordinal);
         Assert.DoesNotContain("LoadBalancer", services, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void K8sGatewayConfig_NoProxyInFront_TrustsNoForwardedHeaders()
+    {
+        using var config = JsonDocument.Parse(Read("k8s/gateway.json"));
+
+        var problems = ForwardedHeaderProblems(config.RootElement, Read("k8s/deployment.yaml"));
+
+        Assert.True(problems.Count == 0, string.Join("\n", problems));
+    }
+
+    // The rule above must be able to fail: the shapes that let any pod of the namespace pass as another workload or origin.
+    [Theory]
+    [InlineData("""["xfcc","header"]""", """["10.0.0.0/8"]""", false, "wider than one address")] // the shipped mistake
+    [InlineData("""["header"]""", """["10.0.0.0/8"]""", false, "wider than one address")] // X-Forwarded-For from any pod
+    [InlineData("""["header"]""", """["fd00::/8"]""", true, "wider than one address")]
+    [InlineData("""["xfcc","header"]""", "[]", false, "no sidecar")]
+    [InlineData("""["xfcc","header"]""", """["127.0.0.1/32"]""", false, "no sidecar")]
+    [InlineData("""["xfcc","header"]""", """["10.1.2.3/32"]""", true, "not the sidecar on loopback")]
+    [InlineData("""["xfcc","header"]""", "[]", true, "names no proxy")]
+    public void ForwardedHeaderProblems_UnsafeWorkloadSettings_AreReported(string sources, string proxies, bool sidecar, string expected)
+    {
+        using var config = WorkloadConfig(sources, proxies);
+
+        var problems = ForwardedHeaderProblems(config.RootElement, sidecar ? DeploymentWithSidecar : DeploymentAlone);
+
+        Assert.Contains(problems, p => p.Contains(expected, StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("""["header"]""", "[]", false)]
+    [InlineData("""["mtls","header"]""", "[]", false)]
+    [InlineData("""["xfcc","header"]""", """["127.0.0.1/32"]""", true)] // the documented Envoy sidecar variant
+    [InlineData("""["xfcc"]""", """["::1"]""", true)]
+    public void ForwardedHeaderProblems_SafeWorkloadSettings_AreNotReported(string sources, string proxies, bool sidecar)
+    {
+        using var config = WorkloadConfig(sources, proxies);
+
+        Assert.Empty(ForwardedHeaderProblems(config.RootElement, sidecar ? DeploymentWithSidecar : DeploymentAlone));
+    }
+
+    private static JsonDocument WorkloadConfig(string sources, string proxies) =>
+        JsonDocument.Parse("""{"Assurance":{"Workload":{"Sources":""" + sources + ""","TrustedProxies":""" + proxies + "}}}");
+
+    private const string DeploymentAlone = """
+              containers:
+                - name: gateway
+                  image: registry.example/assurance-gateway:1.0.0
+        """;
+
+    private const string DeploymentWithSidecar = DeploymentAlone + """
+
+                - name: envoy
+                  image: envoyproxy/envoy:v1.31.0
+        """;
+
+    /// <summary>
+    /// A trusted proxy may set X-Forwarded-For (the origin) and X-Forwarded-Client-Cert (the workload, with the xfcc
+    /// source). In a pod network the only proxy whose address nobody else can have is a sidecar on loopback: a range
+    /// of pod addresses trusts every pod in it, and xfcc with nothing in front trusts whoever claims a certificate.
+    /// </summary>
+    private static List<string> ForwardedHeaderProblems(JsonElement config, string deployment)
+    {
+        var problems = new List<string>();
+        var workload = config.GetProperty("Assurance").GetProperty("Workload");
+        var sources = workload.TryGetProperty("Sources", out var s) ? s.EnumerateArray().Select(v => v.GetString()).ToList() : [];
+        var proxies = workload.TryGetProperty("TrustedProxies", out var t) ? t.EnumerateArray().Select(v => v.GetString()!).ToList() : [];
+        // Every container of the pod has an image: more than one means a sidecar sits beside the gateway.
+        var sidecar = Regex.Count(deployment, @"(?m)^\s+(?:- )?image: \S") > 1;
+
+        foreach (var proxy in proxies)
+        {
+            var network = proxy.Contains('/', StringComparison.Ordinal) ? IPNetwork.Parse(proxy) : new IPNetwork(IPAddress.Parse(proxy), proxy.Contains(':', StringComparison.Ordinal) ? 128 : 32);
+            var host = network.BaseAddress.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128;
+            if (network.PrefixLength < host)
+            {
+                problems.Add($"TrustedProxies '{proxy}' is wider than one address: every pod in it may forge X-Forwarded-For and X-Forwarded-Client-Cert");
+            }
+            else if (!IPAddress.IsLoopback(network.BaseAddress))
+            {
+                problems.Add($"TrustedProxies '{proxy}' is not the sidecar on loopback: a pod address is not a stable identity");
+            }
+            else if (!sidecar)
+            {
+                problems.Add($"TrustedProxies '{proxy}' but no sidecar in the pod: nothing in front of the gateway to trust");
+            }
+        }
+
+        if (sources.Contains("xfcc"))
+        {
+            if (!sidecar)
+            {
+                problems.Add("Sources has 'xfcc' but the pod has no sidecar proxy: no proxy in front vouches for the client certificate");
+            }
+            else if (proxies.Count == 0)
+            {
+                problems.Add("Sources has 'xfcc' but TrustedProxies names no proxy: the sidecar's address must be listed");
+            }
+        }
+
+        // An environment override would bypass the file checked here.
+        if (deployment.Contains("Assurance__Workload__", StringComparison.Ordinal))
+        {
+            problems.Add("the Deployment overrides Assurance:Workload through the environment: keep it in gateway.json");
+        }
+
+        return problems;
     }
 
     [Fact]
