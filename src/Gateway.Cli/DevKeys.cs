@@ -89,7 +89,7 @@ internal static class DevKeys
     {
         if (!File.Exists(path))
         {
-            throw new InvalidOperationException($"'{path}' does not exist: run 'agw keys init' first, or pass --key");
+            throw new UsageException($"'{path}' does not exist: run 'agw keys init' first, or pass --key");
         }
 
         return new JsonWebKey(File.ReadAllText(path));

@@ -77,7 +77,7 @@ internal static class GrantCommands
                     ["path"] = r.GetValue(path) ?? "/",
                     ["query"] = r.GetValue(query) ?? string.Empty,
                     ["headers"] = headers,
-                    ["body"] = r.GetValue(body) is { } file ? Convert.ToBase64String(await File.ReadAllBytesAsync(file.FullName, ct)) : string.Empty,
+                    ["body"] = Convert.ToBase64String(CommandInput.ReadBody(r.GetValue(body))),
                 };
             }
 
@@ -108,7 +108,7 @@ internal static class GrantCommands
         JsonObject? body, string? onlyField, CancellationToken ct)
     {
         var token = r.GetValue(bearer) ?? Environment.GetEnvironmentVariable("AGW_TOKEN");
-        using var client = new HttpClient { BaseAddress = new Uri(r.GetValue(api)!) };
+        using var client = new HttpClient { BaseAddress = CommandInput.ApiAddress(r.GetValue(api)!) };
         using var request = new HttpRequestMessage(method, path);
         if (token is not null)
         {

@@ -36,7 +36,7 @@ hash.SetAction(result =>
 
     var names = (result.GetValue(bound) is { Length: > 0 } b ? b.Select(n => n.ToLowerInvariant()) : headers.Keys)
         .Distinct().OrderBy(n => n, StringComparer.Ordinal).ToList();
-    var body = result.GetValue(bodyFile) is { } file ? File.ReadAllBytes(file.FullName) : [];
+    var body = CommandInput.ReadBody(result.GetValue(bodyFile));
     var computed = CanonicalRequest.Compute(result.GetValue(method)!, result.GetValue(path)!, result.GetValue(query) ?? string.Empty, names,
         n => headers.TryGetValue(n, out var v) ? new StringValues([.. v]) : StringValues.Empty, body);
     Console.WriteLine(computed.Hash);
@@ -120,12 +120,21 @@ upstream.SetAction((result, ct) => SampleUpstream.RunAsync(result.GetValue(urls)
 root.Subcommands.Add(upstream);
 
 GrantCommands.Add(root);
+
+// System.CommandLine's default handler would catch every exception first and print "Unhandled exception:" with a stack
+// trace (exit 1), even for a usage mistake such as a missing key file: it is off, and the two kinds are told apart here.
 try
 {
-    return await root.Parse(args).InvokeAsync();
+    return await root.Parse(args).InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
 }
-catch (InvalidOperationException e)
+catch (UsageException e)
 {
     Console.Error.WriteLine(e.Message);
     return 2;
+}
+catch (Exception e) when (e is not OperationCanceledException)
+{
+    // A defect, not a usage error: keep the stack trace for the bug report, and the exit code the default handler used.
+    Console.Error.WriteLine($"agw: unexpected error: {e}");
+    return 1;
 }

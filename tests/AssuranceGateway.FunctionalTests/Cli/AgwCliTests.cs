@@ -92,6 +92,43 @@ public sealed class AgwCliTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Token_KeyFileMissing_ExitsTwoWithOneLineNotAStackTrace()
+    {
+        var missing = Path.Combine(_gateway.Directory, "absent.jwk.json");
+
+        var result = await AgwAsync("token", "--sub", "alice", "--key", missing);
+
+        AssertUsageError(result, $"'{missing}' does not exist: run 'agw keys init' first");
+    }
+
+    [Fact]
+    public async Task Hash_BodyFileMissing_ExitsTwoWithOneLineNotAStackTrace()
+    {
+        var missing = Path.Combine(_gateway.Directory, "absent.json");
+
+        var result = await AgwAsync("hash", "--method", "POST", "--path", "/deploy/v1/releases", "--body", missing);
+
+        AssertUsageError(result, $"--body '{missing}': no such file");
+    }
+
+    [Fact]
+    public async Task GrantShow_ApiNotAnHttpUrl_ExitsTwoWithOneLineNotAStackTrace()
+    {
+        var result = await AgwAsync("grant", "show", "--api", "gateway:8081", "--as", _gateway.Idp.ApiToken(scope: "assurance:read"), "some-grant");
+
+        AssertUsageError(result, "--api 'gateway:8081': expected an absolute http:// or https:// URL");
+    }
+
+    private static void AssertUsageError((int Code, string Out, string Err) result, string expectedStart)
+    {
+        Assert.Equal(2, result.Code);
+        Assert.Empty(result.Out);
+        Assert.StartsWith(expectedStart, result.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain('\n', result.Err);
+        Assert.DoesNotContain("   at ", result.Err, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task GrantCreate_Refused_ExitsNonZeroWithTheProblem()
     {
         var (code, _, error) = await AgwAsync("grant", "create", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(scope: "assurance:read"),
