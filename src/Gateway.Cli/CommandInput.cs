@@ -3,6 +3,34 @@ namespace AssuranceGateway.Cli;
 /// <summary>Option values that System.CommandLine cannot check by itself, read the same way by every command.</summary>
 internal static class CommandInput
 {
+    /// <summary>
+    /// Repeated <c>--header 'name: value'</c> options, by lower-case name, each name's values in the order given: a header
+    /// given twice has two values, which the request hash joins with "," (SPEC §4.2) as the gateway does for a header
+    /// sent twice.
+    /// </summary>
+    public static Dictionary<string, List<string>> Headers(string[]? options)
+    {
+        var headers = new Dictionary<string, List<string>>(StringComparer.Ordinal);
+        foreach (var option in options ?? [])
+        {
+            var colon = option.IndexOf(':', StringComparison.Ordinal);
+            if (colon <= 0)
+            {
+                throw new UsageException($"--header '{option}': expected 'name: value'");
+            }
+
+            var name = option[..colon].Trim().ToLowerInvariant();
+            if (!headers.TryGetValue(name, out var values))
+            {
+                headers[name] = values = [];
+            }
+
+            values.Add(option[(colon + 1)..].Trim());
+        }
+
+        return headers;
+    }
+
     /// <summary>The exact body bytes of <c>--body</c> (empty when not given).</summary>
     public static byte[] ReadBody(FileInfo? file)
     {

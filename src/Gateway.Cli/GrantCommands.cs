@@ -62,13 +62,17 @@ internal static class GrantCommands
                 json["origin"] = new JsonArray([.. origins.Select(o => JsonValue.Create(o))]);
             }
 
+            // Parsed even without --method, so that a malformed --header is refused rather than silently dropped.
+            var given = CommandInput.Headers(r.GetValue(header));
             if (r.GetValue(method) is { } m)
             {
+                // Every value of a repeated header, as an array: the API hashes them joined with "," (SPEC §4.2), as the
+                // gateway hashes a header sent twice and as `agw hash` does; keeping only the last bound a hash that the
+                // real request never has.
                 var headers = new JsonObject();
-                foreach (var h in r.GetValue(header) ?? [])
+                foreach (var (name, values) in given)
                 {
-                    var colon = h.IndexOf(':', StringComparison.Ordinal);
-                    headers[h[..Math.Max(colon, 0)].Trim().ToLowerInvariant()] = colon > 0 ? h[(colon + 1)..].Trim() : string.Empty;
+                    headers[name] = new JsonArray([.. values.Select(v => JsonValue.Create(v))]);
                 }
 
                 json["request"] = new JsonObject

@@ -15,25 +15,7 @@ var bodyFile = new Option<FileInfo?>("--body") { Description = "File holding the
 var hash = new Command("hash", "Print the request hash (SPEC: AGW-REQUEST-V1) of a request") { method, path, query, header, bound, bodyFile };
 hash.SetAction(result =>
 {
-    var headers = new Dictionary<string, List<string>>(StringComparer.OrdinalIgnoreCase);
-    foreach (var h in result.GetValue(header) ?? [])
-    {
-        var colon = h.IndexOf(':', StringComparison.Ordinal);
-        if (colon <= 0)
-        {
-            Console.Error.WriteLine($"--header '{h}': expected 'name: value'");
-            return 2;
-        }
-
-        var name = h[..colon].Trim().ToLowerInvariant();
-        if (!headers.TryGetValue(name, out var values))
-        {
-            headers[name] = values = [];
-        }
-
-        values.Add(h[(colon + 1)..]);
-    }
-
+    var headers = CommandInput.Headers(result.GetValue(header));
     var names = (result.GetValue(bound) is { Length: > 0 } b ? b.Select(n => n.ToLowerInvariant()) : headers.Keys)
         .Distinct().OrderBy(n => n, StringComparer.Ordinal).ToList();
     var body = CommandInput.ReadBody(result.GetValue(bodyFile));

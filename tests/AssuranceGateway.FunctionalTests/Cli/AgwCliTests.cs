@@ -76,6 +76,60 @@ public sealed class AgwCliTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task GrantCreate_RepeatedHeader_BindsTheHashOfAgwHashAndTheRealRequestIsAllowed()
+    {
+        var token = _gateway.Idp.Token();
+        var bodyFile = Path.Combine(_gateway.Directory, "release.json");
+        await File.WriteAllTextAsync(bodyFile, ReleaseBody);
+        string[] request = ["--method", "POST", "--path", "/deploy/v1/releases",
+            "--header", "content-type: application/json", "--header", "Content-Type: charset=utf-8", "--body", bodyFile];
+
+        var hashed = await AgwAsync(["hash", .. request]);
+        var created = await AgwAsync(["grant", "create", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(), "-q", "--route", "deploy",
+            "--subject", "alice", "--token", token, "--workload", Deployer, .. request]);
+        Assert.Equal(0, hashed.Code);
+        Assert.Equal(0, created.Code);
+        var bound = (await _gateway.GetGrantAsync(created.Out)).GetProperty("requestHash").GetString();
+        // Two Content-Type lines on the wire (HttpClient would fold them into one): the gateway joins them with ",".
+        var status = await SendDeployWithHeaderLinesAsync(token, created.Out, "Content-Type: application/json", "Content-Type: charset=utf-8");
+
+        Assert.Equal(hashed.Out, bound);
+        Assert.Equal(200, status);
+    }
+
+    [Fact]
+    public async Task GrantCreate_HeaderWithoutColon_ExitsTwoAndCreatesNothing()
+    {
+        var (code, output, error) = await AgwAsync("grant", "create", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(), "-q",
+            "--route", "deploy", "--subject", "alice", "--token", _gateway.Idp.Token(), "--workload", Deployer,
+            "--method", "POST", "--path", "/deploy/v1/releases", "--header", "content-type");
+
+        Assert.Equal(2, code);
+        Assert.Empty(output);
+        Assert.Equal("--header 'content-type': expected 'name: value'", error);
+    }
+
+    /// <summary>The deploy request written by hand, so that each header line is sent as given; returns the status code.</summary>
+    private async Task<int> SendDeployWithHeaderLinesAsync(string token, string grantId, params string[] headerLines)
+    {
+        var uri = new Uri(_gateway.ProxyAddress);
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(uri.Host, uri.Port);
+        await using var stream = tcp.GetStream();
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+        var head = $"POST /deploy/v1/releases HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
+            + $"Workload-Identity: {_gateway.WorkloadIssuer.Svid()}\r\nAssurance-Id: {grantId}\r\n"
+            + string.Concat(headerLines.Select(h => h + "\r\n"))
+            + $"Content-Length: {body.Length}\r\nConnection: close\r\n\r\n";
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(head));
+        await stream.WriteAsync(body);
+        using var reader = new StreamReader(stream, Encoding.ASCII);
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        var response = await reader.ReadToEndAsync(deadline.Token);
+        return int.Parse(response.AsSpan(9, 3), System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    [Fact]
     public async Task GrantShow_ApiUnreachable_ExitsWithTheAddressNotAStackTrace()
     {
         using var closed = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
