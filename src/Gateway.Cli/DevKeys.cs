@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using Microsoft.IdentityModel.Tokens;
 
 namespace AssuranceGateway.Cli;
@@ -21,14 +22,15 @@ internal static class DevKeys
 
     public static int Init(string directory, bool force, TextWriter output)
     {
-        Directory.CreateDirectory(directory);
+        CreateOwnerOnlyDirectory(directory);
         var created = 0;
         created += Pair(directory, IdpPrivate, IdpPublic, "idp-1", force, output);
         created += Pair(directory, WorkloadPrivate, WorkloadPublic, "workload-1", force, output);
         var evidence = Path.Combine(directory, Evidence);
         if (force || !File.Exists(evidence))
         {
-            Write(evidence, PrivateJwk(ECDsa.Create(ECCurve.NamedCurves.nistP256), "evidence-1"));
+            using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+            Write(evidence, PrivateJwk(key, "evidence-1"));
             output.WriteLine($"wrote {evidence}");
             created++;
         }
@@ -45,9 +47,18 @@ internal static class DevKeys
     {
         var privatePath = Path.Combine(directory, privateName);
         var publicPath = Path.Combine(directory, publicName);
-        if (!force && File.Exists(privatePath) && File.Exists(publicPath))
+        if (!force && File.Exists(privatePath))
         {
-            return 0;
+            if (File.Exists(publicPath))
+            {
+                return 0;
+            }
+
+            // Only --force replaces a private key: tokens it signed and anything configured to trust it would stop
+            // working. A missing public JWK Set is derived from the private key instead.
+            Write(publicPath, JwkSet(PublicJwk(privatePath)));
+            output.WriteLine($"wrote {publicPath} from {privatePath}");
+            return 1;
         }
 
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
@@ -55,9 +66,37 @@ internal static class DevKeys
         Write(privatePath, jwk);
         var publicJwk = new Dictionary<string, string>(jwk);
         publicJwk.Remove("d");
-        Write(publicPath, new Dictionary<string, object> { ["keys"] = new[] { publicJwk } });
+        Write(publicPath, JwkSet(publicJwk));
         output.WriteLine($"wrote {privatePath} and {publicPath}");
         return 1;
+    }
+
+    private static Dictionary<string, object> JwkSet(object publicJwk) => new() { ["keys"] = new[] { publicJwk } };
+
+    /// <summary>The public members of a private JWK file (RFC 7518 §6: EC keeps x and y, RSA n and e).</summary>
+    private static JsonObject PublicJwk(string privatePath)
+    {
+        JsonObject? jwk;
+        try
+        {
+            jwk = JsonNode.Parse(File.ReadAllText(privatePath)) as JsonObject;
+        }
+        catch (JsonException e)
+        {
+            throw new UsageException($"'{privatePath}' is not a JWK ({e.Message}): fix or remove it, or use --force to replace the keys");
+        }
+
+        if (jwk?["kty"]?.GetValueKind() != JsonValueKind.String || jwk["kty"]!.GetValue<string>() is not ("EC" or "RSA"))
+        {
+            throw new UsageException($"'{privatePath}' is not an EC or RSA JWK: its public JWK Set cannot be derived (use --force to replace the keys)");
+        }
+
+        foreach (var member in new[] { "d", "p", "q", "dp", "dq", "qi", "oth" })
+        {
+            jwk.Remove(member);
+        }
+
+        return jwk;
     }
 
     private static Dictionary<string, string> PrivateJwk(ECDsa key, string kid)
@@ -76,12 +115,52 @@ internal static class DevKeys
         };
     }
 
+    /// <summary>
+    /// Writes an owner-only (0600) file. The file is created with that mode: writing it with the default mode and
+    /// restricting it afterwards left the private key readable by everyone (umask 022) in between. Written beside the
+    /// target and renamed over it, so that --force also gives a replaced file the new mode, and a reader never sees half
+    /// a key.
+    /// </summary>
     private static void Write(string path, object value)
     {
-        File.WriteAllText(path, JsonSerializer.Serialize(value, Indented));
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, Share = FileShare.None };
         if (!OperatingSystem.IsWindows())
         {
-            File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        }
+
+        var temporary = $"{path}.{Guid.NewGuid():N}.tmp";
+        try
+        {
+            using (var stream = new FileStream(temporary, options))
+            {
+                JsonSerializer.Serialize(stream, value, Indented);
+            }
+
+            File.Move(temporary, path, overwrite: true);
+        }
+        catch
+        {
+            File.Delete(temporary);
+            throw;
+        }
+    }
+
+    /// <summary>The keys directory is created owner-only (0700); an existing directory is left as its owner set it.</summary>
+    private static void CreateOwnerOnlyDirectory(string directory)
+    {
+        if (Directory.Exists(directory))
+        {
+            return;
+        }
+
+        if (OperatingSystem.IsWindows())
+        {
+            Directory.CreateDirectory(directory);
+        }
+        else
+        {
+            Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         }
     }
 

@@ -173,6 +173,47 @@ public sealed class AgwCliTests : IAsyncLifetime
         AssertUsageError(result, "--api 'gateway:8081': expected an absolute http:// or https:// URL");
     }
 
+    [Fact]
+    public async Task KeysInit_PublicJwksDeleted_KeepsThePrivateKeyAndDerivesThePublicSetFromIt()
+    {
+        var dir = Path.Combine(_gateway.Directory, "keys");
+        var privatePath = Path.Combine(dir, "idp.private.jwk.json");
+        var publicPath = Path.Combine(dir, "idp.jwks.json");
+        Assert.Equal(0, (await AgwAsync("keys", "init", "--dir", dir)).Code);
+        var before = await File.ReadAllTextAsync(privatePath);
+        File.Delete(publicPath);
+
+        var (code, output, _) = await AgwAsync("keys", "init", "--dir", dir); // no --force
+
+        Assert.Equal(0, code);
+        Assert.Equal($"wrote {publicPath} from {privatePath}", output);
+        Assert.Equal(before, await File.ReadAllTextAsync(privatePath));
+        using var privateJwk = JsonDocument.Parse(before);
+        using var publicSet = JsonDocument.Parse(await File.ReadAllTextAsync(publicPath));
+        var publicJwk = Assert.Single(publicSet.RootElement.GetProperty("keys").EnumerateArray());
+        foreach (var member in new[] { "kty", "crv", "kid", "x", "y" })
+        {
+            Assert.Equal(privateJwk.RootElement.GetProperty(member).GetString(), publicJwk.GetProperty(member).GetString());
+        }
+
+        Assert.False(publicJwk.TryGetProperty("d", out _));
+    }
+
+    [Fact]
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+    public async Task KeysInit_NewDirectory_DirectoryOwnerOnlyAndKeyFilesOwnerReadWrite()
+    {
+        var dir = Path.Combine(_gateway.Directory, "fresh", "keys");
+
+        Assert.Equal(0, (await AgwAsync("keys", "init", "--dir", dir)).Code);
+        Assert.Equal(0, (await AgwAsync("keys", "init", "--dir", dir, "--force")).Code); // replaced files too
+
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(dir));
+        var files = Directory.GetFiles(dir);
+        Assert.Equal(5, files.Length); // and no temporary file left behind
+        Assert.All(files, file => Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(file)));
+    }
+
     private static void AssertUsageError((int Code, string Out, string Err) result, string expectedStart)
     {
         Assert.Equal(2, result.Code);
