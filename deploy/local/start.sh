@@ -9,14 +9,30 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 dotnet build Gateway.sln -c Release -nologo -v quiet
 agw() { dotnet src/Gateway.Cli/bin/Release/net10.0/agw.dll "$@"; }
 agw keys init --dir config/keys
-# Started directly (not through the agw function) so that $! is the dotnet process the trap must stop.
+# Both children run in the background and the script waits on them: bash runs a trap only once the foreground command
+# has finished, so with the gateway in the foreground a `kill -TERM` of this script left the gateway and the upstream
+# running (and the next start failed to bind). `wait` returns as soon as a signal arrives, the trap runs, and both stop.
+# Ctrl+C reaches only this script (bash starts background children with SIGINT ignored): its trap stops both too.
+# Started directly (not through the agw function) so that each $! is the dotnet process to stop.
+children=()
+stop() {
+  if ((${#children[@]} > 0)); then
+    kill -TERM "${children[@]}" 2>/dev/null || true
+    wait "${children[@]}" 2>/dev/null || true # the ports are free once this script has exited
+  fi
+}
+trap stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 dotnet src/Gateway.Cli/bin/Release/net10.0/agw.dll upstream --urls http://127.0.0.1:5001 &
-upstream=$!
-trap 'kill $upstream 2>/dev/null || true' EXIT INT TERM
+children+=($!)
 cat <<'TXT'
 
   Assurance Gateway: proxy http://127.0.0.1:8080, assurance API http://127.0.0.1:8081, sample upstream :5001.
   In another shell:  alias agw='dotnet src/Gateway.Cli/bin/Release/net10.0/agw.dll'  and follow the README quickstart.
 
 TXT
-dotnet src/Gateway/bin/Release/net10.0/Gateway.dll "$@"
+dotnet src/Gateway/bin/Release/net10.0/Gateway.dll "$@" &
+children+=($!)
+# The gateway's own exit (an invalid configuration, say) ends the script with its status, and the trap stops the upstream.
+wait "${children[1]}"
