@@ -16,7 +16,9 @@ internal static class SampleUpstream
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseUrls(urls);
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
-        var app = builder.Build();
+        // A failed start is reported below in one line; the host would log it again with the whole stack trace.
+        builder.Logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", LogLevel.Critical);
+        await using var app = builder.Build();
         app.Run(async context =>
         {
             using var body = new MemoryStream();
@@ -37,8 +39,20 @@ internal static class SampleUpstream
             context.Response.ContentType = "application/json";
             await context.Response.WriteAsync(JsonSerializer.Serialize(echo, Indented) + "\n", Encoding.UTF8);
         });
+        try
+        {
+            await app.StartAsync(cancellationToken);
+        }
+        catch (IOException e)
+        {
+            // Kestrel's bind failure (the port is taken): said once, and never preceded by a claim to listen.
+            await Console.Error.WriteLineAsync($"sample upstream cannot listen on {urls}: {e.Message}");
+            return 1;
+        }
+
+        // Only now, once Kestrel has bound the address.
         Console.WriteLine($"sample upstream listening on {urls}");
-        await app.RunAsync(cancellationToken);
+        await app.WaitForShutdownAsync(cancellationToken);
         return 0;
     }
 }
