@@ -30,6 +30,9 @@ public sealed class RecordingUpstream : IAsyncDisposable
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseUrls("http://127.0.0.1:0");
+
+        // Records whatever the gateway forwards: no server-side body limit of its own in the way.
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.Limits.MaxRequestBodySize = null);
         builder.Logging.ClearProviders();
         var app = builder.Build();
         var upstream = new RecordingUpstream(app);

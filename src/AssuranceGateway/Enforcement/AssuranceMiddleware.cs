@@ -197,6 +197,14 @@ public sealed partial class AssuranceMiddleware
                 return;
             }
 
+            // The policy's limit rules, not Kestrel's server-wide one (30 MB by default), which would otherwise refuse a
+            // body the policy allows. One byte more, so that RequestBody still sees a body over the policy's limit.
+            if (context.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false, MaxRequestBodySize: { } server } limit
+                && server <= policy.MaxBodyBytes)
+            {
+                limit.MaxRequestBodySize = policy.MaxBodyBytes + 1;
+            }
+
             var body = await RequestBody.ReadAsync(context.Request, policy.MaxBodyBytes, aborted).ConfigureAwait(false);
             if (body is null)
             {

@@ -21,6 +21,7 @@ public sealed class ApprovalWorkflowTests : IAsyncLifetime
         routes["breakglass"] = TestConfig.Route("/breakglass/{**rest}", "two-person");
         routes["prod"] = TestConfig.Route("/prod/{**rest}", "prod-workload");
         routes["shadowed"] = TestConfig.Route("/shadowed/{**rest}", "shadow-approval");
+        routes["uploads"] = TestConfig.Route("/uploads/{**rest}", "large-upload");
         var policies = c["Assurance"]!["Policies"]!.AsObject();
         policies["agent-approval"]!["MaxPendingPerSubject"] = 3;
         policies["two-person"] = new JsonObject
@@ -34,6 +35,11 @@ public sealed class ApprovalWorkflowTests : IAsyncLifetime
             ["Bind"] = new JsonArray("workload"),
             ["RequiresGrant"] = false,
             ["RequireClaims"] = new JsonObject { ["environment"] = new JsonArray("prod"), ["repository"] = "org/app" },
+        };
+        policies["large-upload"] = new JsonObject
+        {
+            ["Bind"] = new JsonArray("token", "request"),
+            ["MaxBodyBytes"] = 64 * 1024 * 1024,
         };
         policies["shadow-approval"] = new JsonObject
         {
@@ -269,5 +275,32 @@ public sealed class ApprovalWorkflowTests : IAsyncLifetime
         Assert.Equal("active", record.GetProperty("status").GetString());
         Assert.Equal(1, record.GetProperty("usesRemaining").GetInt32());
         Assert.DoesNotContain(record.GetProperty("events").EnumerateArray(), e => e.GetProperty("type").GetString() is "used" or "denied" or "revoked");
+    }
+
+    [Fact]
+    public async Task Use_BodyAboveKestrelsDefaultLimitButWithinMaxBodyBytes_ForwardedWhole()
+    {
+        // Kestrel stops bodies at 30,000,000 bytes by default; the policy allows 64 MiB and must be what rules.
+        var body = new byte[31_000_000];
+        Random.Shared.NextBytes(body);
+        var token = _gateway.Idp.Token();
+        var hash = Requests.CanonicalRequest.Compute("POST", "/uploads/image", string.Empty, [], _ => default, body).Hash;
+        var id = await _gateway.CreateGrantAsync(new JsonObject
+        {
+            ["route"] = "uploads",
+            ["tokenHash"] = TokenHash(token),
+            ["requestHash"] = hash,
+            ["maxUses"] = 1,
+            ["ttlSeconds"] = 300,
+            ["reason"] = "a large upload",
+        });
+
+        using var request = GatewayHarness.Request(HttpMethod.Post, "/uploads/image", token, out _);
+        request.Headers.TryAddWithoutValidation("Assurance-Id", id);
+        request.Content = new ByteArrayContent(body);
+        using var response = await _gateway.Proxy.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.True(body.AsSpan().SequenceEqual(Assert.Single(_gateway.Upstream.Received).Body));
     }
 }
