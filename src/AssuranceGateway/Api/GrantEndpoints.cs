@@ -157,11 +157,28 @@ internal static class GrantEndpoints
             return;
         }
 
-        if (await StrongEnoughAsync(context, runtime, caller, grant).ConfigureAwait(false)
-            && await RevokeAsActorAsync(context, store, id, caller, "denied_by_approver").ConfigureAwait(false))
+        if (!await StrongEnoughAsync(context, runtime, caller, grant).ConfigureAwait(false))
         {
-            await WriteJsonAsync(context, new ApproveResponse(id, GrantStatus.Revoked, 0)).ConfigureAwait(false);
+            return;
         }
+
+        // Pending when read above, but another approver may have completed the quorum since: the store decides again,
+        // in the same operation as the revocation.
+        var denied = new GrantEvent { Type = GrantEvent.Revoked, TraceId = TraceId(), Actor = caller.Subject, Reason = "denied_by_approver" };
+        var (ok, outcome) = await StoreCallAsync(context, "deny", ct => store.DenyPendingAsync(id, denied, ct), found: o => o != GrantChange.NotFound)
+            .ConfigureAwait(false);
+        if (!ok)
+        {
+            return;
+        }
+
+        if (outcome == GrantChange.Conflict)
+        {
+            await ApiProblems.WriteAsync(context, ReasonCodes.Conflict, "the grant stopped being pending before it could be denied").ConfigureAwait(false);
+            return;
+        }
+
+        await WriteJsonAsync(context, new ApproveResponse(id, GrantStatus.Revoked, 0)).ConfigureAwait(false);
     }
 
     private static async Task ApproveAsync(HttpContext context, string id)

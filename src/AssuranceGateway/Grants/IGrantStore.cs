@@ -20,6 +20,12 @@ public interface IGrantStore
 
     Task<GrantChange> RevokeAsync(string id, GrantEvent revoked, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Revokes the grant only while it is pending (an approver's "no"); <see cref="GrantChange.Conflict"/> once it is
+    /// anything else, decided in the same operation, so an approval racing the denial is never revoked by it.
+    /// </summary>
+    Task<GrantChange> DenyPendingAsync(string id, GrantEvent revoked, CancellationToken cancellationToken);
+
     /// <summary>Adds one distinct approver; activates the grant once enough have approved.</summary>
     Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, CancellationToken cancellationToken);
 

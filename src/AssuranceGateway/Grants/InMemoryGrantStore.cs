@@ -140,13 +140,24 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
         }
     }
 
-    public Task<GrantChange> RevokeAsync(string id, GrantEvent revoked, CancellationToken cancellationToken)
+    public Task<GrantChange> RevokeAsync(string id, GrantEvent revoked, CancellationToken cancellationToken) =>
+        Task.FromResult(Revoke(id, revoked, onlyPending: false));
+
+    public Task<GrantChange> DenyPendingAsync(string id, GrantEvent revoked, CancellationToken cancellationToken) =>
+        Task.FromResult(Revoke(id, revoked, onlyPending: true));
+
+    private GrantChange Revoke(string id, GrantEvent revoked, bool onlyPending)
     {
         lock (_lock)
         {
             if (!_grants.TryGetValue(id, out var grant))
             {
-                return Task.FromResult(GrantChange.NotFound);
+                return GrantChange.NotFound;
+            }
+
+            if (onlyPending && grant.Status != GrantStatus.Pending)
+            {
+                return GrantChange.Conflict;
             }
 
             if (grant.Status != GrantStatus.Revoked)
@@ -154,7 +165,7 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
                 _grants[id] = Append(grant, revoked with { At = time.GetUtcNow() }) with { Status = GrantStatus.Revoked };
             }
 
-            return Task.FromResult(GrantChange.Done);
+            return GrantChange.Done;
         }
     }
 

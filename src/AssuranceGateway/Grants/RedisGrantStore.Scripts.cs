@@ -283,13 +283,17 @@ internal sealed partial class RedisGrantStore
 
         /// <summary>
         /// Revokes a grant (idempotent: a revoked grant keeps its first revocation).
-        /// KEYS[1] grant hash, KEYS[2] event list. ARGV[1] revoked event JSON (no "at"), ARGV[2] maximum events.
-        /// Returns {"not_found"} or {"done", status before, subject|nil}.
+        /// KEYS[1] grant hash, KEYS[2] event list. ARGV[1] revoked event JSON (no "at"), ARGV[2] maximum events,
+        /// ARGV[3] "1" to revoke only a pending grant (a denial).
+        /// Returns {"not_found"}, {"conflict", status} or {"done", status before, subject|nil}.
         /// </summary>
         private const string RevokeText = Common + $$"""
             local found = redis.call('HMGET', KEYS[1], 'status', 'subject')
             if not found[1] then
               return not_found('not_found')
+            end
+            if ARGV[3] == '1' and found[1] ~= '{{StatusPending}}' then
+              return {'conflict', found[1]}
             end
             if found[1] ~= '{{StatusRevoked}}' then
               append(KEYS[1], KEYS[2], stamp(ARGV[1], now_us()), tonumber(ARGV[2]))

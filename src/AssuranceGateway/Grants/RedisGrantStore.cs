@@ -285,16 +285,26 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         return ReadGrant(result);
     }
 
-    public async Task<GrantChange> RevokeAsync(string id, GrantEvent revoked, CancellationToken cancellationToken)
+    public Task<GrantChange> RevokeAsync(string id, GrantEvent revoked, CancellationToken cancellationToken) =>
+        RevokeAsync(id, revoked, onlyPending: false, cancellationToken);
+
+    public Task<GrantChange> DenyPendingAsync(string id, GrantEvent revoked, CancellationToken cancellationToken) =>
+        RevokeAsync(id, revoked, onlyPending: true, cancellationToken);
+
+    private async Task<GrantChange> RevokeAsync(string id, GrantEvent revoked, bool onlyPending, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(id);
         ArgumentNullException.ThrowIfNull(revoked);
         var result = (RedisResult[])await EvaluateAsync(
-            Scripts.Revoke, _keys.GrantAndEvents(id), [EventJson(revoked, includeAt: false), GrantRules.MaxEvents], "revoke", id, cancellationToken)
+            Scripts.Revoke, _keys.GrantAndEvents(id), [EventJson(revoked, includeAt: false), GrantRules.MaxEvents, onlyPending ? 1 : 0],
+            onlyPending ? "deny" : "revoke", id, cancellationToken)
             .ConfigureAwait(false);
-        if ((string)result[0] == "not_found")
+        switch ((string)result[0])
         {
-            return GrantChange.NotFound;
+            case "not_found":
+                return GrantChange.NotFound;
+            case "conflict":
+                return GrantChange.Conflict;
         }
 
         if ((string)result[1] == StatusPending)

@@ -731,6 +731,41 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         Assert.Equal(GrantChange.NotFound, await Store.RevokeAsync(NewId(), Revoked(), default));
     }
 
+    [Fact]
+    public async Task DenyPendingAsync_PendingGrant_RevokedWithTheApproverAsActor()
+    {
+        var grant = NewGrant() with { Status = GrantStatus.Pending };
+        await CreateAsync(grant);
+
+        Assert.Equal(GrantChange.Done, await Store.DenyPendingAsync(grant.Id, Revoked(), default));
+
+        var stored = await Store.GetAsync(grant.Id, default);
+        Assert.Equal(GrantStatus.Revoked, stored!.Status);
+        Assert.Equal("carol", Assert.Single(stored.Events, e => e.Type == GrantEvent.Revoked).Actor);
+        Assert.DoesNotContain(await Store.ListPendingAsync(100, default), g => g.Id == grant.Id);
+    }
+
+    [Fact]
+    public async Task DenyPendingAsync_GrantNoLongerPending_ConflictAndLeftAsItIs()
+    {
+        // Approved to active between the approver's read and the denial: the denial must not revoke a live grant.
+        var grant = NewGrant();
+        await CreateAsync(grant);
+
+        Assert.Equal(GrantChange.Conflict, await Store.DenyPendingAsync(grant.Id, Revoked(), default));
+
+        var stored = await Store.GetAsync(grant.Id, default);
+        Assert.Equal(GrantStatus.Active, stored!.Status);
+        Assert.DoesNotContain(stored.Events, e => e.Type == GrantEvent.Revoked);
+        Assert.Equal(ReasonCodes.Ok, (await Store.ConsumeAsync(Matching(grant), default)).Reason);
+    }
+
+    [Fact]
+    public async Task DenyPendingAsync_UnknownGrant_NotFound()
+    {
+        Assert.Equal(GrantChange.NotFound, await Store.DenyPendingAsync(NewId(), Revoked(), default));
+    }
+
     // ---------------------------------------------------------------- approve
 
     [Fact]
