@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Text.Json;
 using AssuranceGateway.Configuration;
 using AssuranceGateway.Diagnostics;
@@ -17,6 +18,7 @@ internal static class GrantEndpoints
 {
     public const string Base = "/assurance/v1/grants";
     private const int MaxBodyBytes = 2 * 1024 * 1024;
+    private const int MaxListed = 500;
 
     public static void Map(WebApplication app)
     {
@@ -112,15 +114,24 @@ internal static class GrantEndpoints
             return;
         }
 
-        var (ok, pending) = await StoreCallAsync(context, "list", ct => store.ListPendingAsync(500, ct)).ConfigureAwait(false);
+        var limit = MaxListed;
+        if (context.Request.Query.TryGetValue("limit", out var given)
+            && (!int.TryParse(given.ToString(), NumberStyles.None, CultureInfo.InvariantCulture, out limit) || limit is < 1 or > MaxListed))
+        {
+            await ApiProblems.WriteAsync(context, ReasonCodes.InvalidRequest, $"limit: a whole number from 1 to {MaxListed}").ConfigureAwait(false);
+            return;
+        }
+
+        // One more than shown: an approver must know when the list is not all there is (oldest first).
+        var (ok, pending) = await StoreCallAsync(context, "list", ct => store.ListPendingAsync(limit + 1, ct)).ConfigureAwait(false);
         if (!ok)
         {
             return;
         }
 
-        var views = pending.Select(g => new PendingGrantView(g.Id, g.Route, g.Method, g.Path, g.Subject, g.Workload, g.Reason, g.RequestHash,
+        var views = pending.Take(limit).Select(g => new PendingGrantView(g.Id, g.Route, g.Method, g.Path, g.Subject, g.Workload, g.Reason, g.RequestHash,
             Math.Max(0, g.ApprovalsRequired - g.Approvers.Count), g.Approvers, g.CreatedAt, g.ExpiresAt)).ToList();
-        await WriteJsonAsync(context, new Dictionary<string, object> { ["grants"] = views }).ConfigureAwait(false);
+        await WriteJsonAsync(context, new Dictionary<string, object> { ["grants"] = views, ["truncated"] = pending.Count > limit }).ConfigureAwait(false);
     }
 
     private static async Task RevokeAsync(HttpContext context, string id)

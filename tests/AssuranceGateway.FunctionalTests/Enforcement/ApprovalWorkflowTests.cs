@@ -75,6 +75,35 @@ public sealed class ApprovalWorkflowTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ListPending_MoreThanTheLimit_ShowsTheOldestAndSaysTruncated()
+    {
+        var agentToken = _gateway.Idp.Token("alice", acr: "urn:aal1", sid: "agent-session-7");
+        var ids = new List<string>();
+        for (var i = 0; i < 3; i++)
+        {
+            using var challenged = await _gateway.Proxy.SendAsync(AgentCall(agentToken, null, out _));
+            ids.Add((await challenged.ProblemAsync()).GetProperty("grantId").GetString()!);
+        }
+
+        var bob = _gateway.Idp.ApiToken("bob");
+        using var two = await ApiAsync(HttpMethod.Get, "/assurance/v1/grants?status=pending&limit=2", bob);
+        var page = await two.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(ids.Take(2), page.GetProperty("grants").EnumerateArray().Select(g => g.GetProperty("id").GetString()));
+        Assert.True(page.GetProperty("truncated").GetBoolean());
+
+        using var all = await ApiAsync(HttpMethod.Get, "/assurance/v1/grants?status=pending", bob);
+        var whole = await all.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(3, whole.GetProperty("grants").GetArrayLength());
+        Assert.False(whole.GetProperty("truncated").GetBoolean());
+
+        foreach (var bad in new[] { "0", "501", "ten", "-1" })
+        {
+            using var refused = await ApiAsync(HttpMethod.Get, "/assurance/v1/grants?status=pending&limit=" + bad, bob);
+            Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+        }
+    }
+
+    [Fact]
     public async Task AgentToolCall_ChallengedApprovedByHumanThenUsedOnceWithRefreshedToken()
     {
         var agentToken = _gateway.Idp.Token("alice", acr: "urn:aal1", sid: "agent-session-7");
