@@ -22,6 +22,31 @@ public static class GatewayConfigCompiler
     private static readonly string[] SupportedAlgorithms =
         ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"];
 
+    // YARP's transforms (https://microsoft.github.io/reverse-proxy/articles/transforms.html), by what they do to the
+    // request the upstream receives. Keys compared in any case: refusing "pathset" costs nothing.
+    private static readonly FrozenSet<string> TargetTransforms = new[]
+    {
+        "PathSet", "PathPrefix", "PathRemovePrefix", "PathPattern", "QueryValueParameter", "QueryRouteParameter", "QueryRemoveParameter",
+        "HttpMethodChange",
+    }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
+
+    // The value names the one request header they set, append to or remove (ClientCert: the header it writes the
+    // client certificate into).
+    private static readonly FrozenSet<string> RequestHeaderTransforms =
+        new[] { "RequestHeader", "RequestHeaderRouteValue", "RequestHeaderRemove", "ClientCert" }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
+
+    private static readonly FrozenSet<string> UnchangingTransforms = new[]
+    {
+        "X-Forwarded", "Forwarded", "RequestHeaderOriginalHost", "ResponseHeadersCopy", "ResponseHeader", "ResponseHeaderRemove",
+        "ResponseHeadersAllowed", "ResponseTrailersCopy", "ResponseTrailer", "ResponseTrailerRemove", "ResponseTrailersAllowed",
+    }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
+
+    // Keys that qualify a transform ("Set", "When", X-Forwarded's "For"...) rather than name one.
+    private static readonly FrozenSet<string> TransformModifiers = new[]
+    {
+        "Set", "Append", "When", "For", "Proto", "Host", "Prefix", "HeaderPrefix", "ByFormat", "ForFormat", "Action",
+    }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
+
     /// <param name="configuration">The whole configuration (both the Assurance and the ReverseProxy sections).</param>
     /// <param name="baseDirectory">Relative key file paths are resolved against this directory.</param>
     /// <param name="errors">Every problem found; empty when settings are returned.</param>
@@ -694,6 +719,11 @@ public static class GatewayConfigCompiler
 
         foreach (var route in routes)
         {
+            if (routePolicies.TryGetValue(route.RouteId, out var policy) && (policy.Bind & Bindings.Request) != 0)
+            {
+                CheckTransforms(reader, route, policy);
+            }
+
             if (route.ClusterId is not null && !clusters.Any(c => string.Equals(c.ClusterId, route.ClusterId, StringComparison.OrdinalIgnoreCase)))
             {
                 reader.Error($"{ReverseProxySection}:Routes:{route.RouteId}:ClusterId", $"unknown cluster '{route.ClusterId}'");
@@ -701,6 +731,74 @@ public static class GatewayConfigCompiler
         }
 
         return (routes, clusters, routePolicies);
+    }
+
+    /// <summary>
+    /// The request hash (SPEC §4.2) is checked before YARP applies a route's transforms, so on a route whose policy
+    /// binds request a transform that rewrites the method, path, query or a bound header would forward another request
+    /// than the one approved (SPEC §7.4). Only transforms known to leave all of these alone are accepted there; an
+    /// unknown key (a custom transform, a typo) may do anything and is refused too.
+    /// </summary>
+    private static void CheckTransforms(ConfigReader reader, RouteConfig route, AssurancePolicy policy)
+    {
+        for (var i = 0; i < (route.Transforms?.Count ?? 0); i++)
+        {
+            if (JudgeTransform(route.Transforms![i], policy.BoundHeaders) is { } problem)
+            {
+                reader.Error($"{ReverseProxySection}:Routes:{route.RouteId}:Transforms[{i}]", $"{problem}, but policy '{policy.Name}' binds request: the upstream must receive the request that was approved");
+            }
+        }
+    }
+
+    /// <summary>Why <paramref name="transform"/> changes the approved request, or null when it leaves it alone.</summary>
+    private static string? JudgeTransform(IReadOnlyDictionary<string, string> transform, IReadOnlyList<string> boundHeaders)
+    {
+        string? Bound(string? header) =>
+            boundHeaders.FirstOrDefault(b => string.Equals(b, header?.Trim(), StringComparison.OrdinalIgnoreCase));
+
+        var named = false;
+        foreach (var (key, value) in transform)
+        {
+            if (TransformModifiers.Contains(key))
+            {
+                continue;
+            }
+
+            named = true;
+            if (TargetTransforms.Contains(key))
+            {
+                return $"'{key}' changes the method, path or query";
+            }
+
+            if (RequestHeaderTransforms.Contains(key))
+            {
+                if (Bound(value) is { } header)
+                {
+                    return $"'{key}' {(string.Equals(key, "RequestHeaderRemove", StringComparison.OrdinalIgnoreCase) ? "drops" : "changes")} the bound header '{header}'";
+                }
+            }
+            else if (string.Equals(key, "RequestHeadersAllowed", StringComparison.OrdinalIgnoreCase))
+            {
+                var allowed = value.Split(';', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+                if (boundHeaders.FirstOrDefault(b => !allowed.Contains(b, StringComparer.OrdinalIgnoreCase)) is { } header)
+                {
+                    return $"'{key}' drops the bound header '{header}'";
+                }
+            }
+            else if (string.Equals(key, "RequestHeadersCopy", StringComparison.OrdinalIgnoreCase))
+            {
+                if ((!bool.TryParse(value, out var copy) || !copy) && boundHeaders.Count > 0)
+                {
+                    return $"'{key}' drops the bound header '{boundHeaders[0]}'";
+                }
+            }
+            else if (!UnchangingTransforms.Contains(key))
+            {
+                return $"'{key}' is not a transform the gateway knows to leave the request unchanged";
+            }
+        }
+
+        return named ? null : $"'{string.Join(", ", transform.Keys)}' names no transform the gateway knows to leave the request unchanged";
     }
 
     private static void CrossCheck(

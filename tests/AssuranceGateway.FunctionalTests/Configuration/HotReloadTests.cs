@@ -237,6 +237,34 @@ public sealed class HotReloadTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.OK, await SendAsync("/status", rotated.Token()));
     }
 
+    [Fact]
+    public async Task Reload_TransformsRewritingRequestBoundRoute_RefusedUpstreamGetsApprovedRequest()
+    {
+        // SPEC §7.4: the upstream receives exactly the request that was hashed and approved. These transforms would
+        // have sent it another path, query, method and content type.
+        var config = _gateway.DefaultConfig();
+        config["ReverseProxy"]!["Routes"]!["deploy"]!["Transforms"] = new JsonArray(
+            new JsonObject { ["PathSet"] = "/admin/wipe-everything" },
+            new JsonObject { ["QueryValueParameter"] = "force", ["Append"] = "true" },
+            new JsonObject { ["HttpMethodChange"] = "POST", ["Set"] = "DELETE" },
+            new JsonObject { ["RequestHeader"] = "content-type", ["Set"] = "text/plain" });
+
+        Assert.False(await _gateway.ReloadAsync(config));
+
+        var refusal = Assert.Single(_gateway.RefusedReloads());
+        for (var i = 0; i < 4; i++)
+        {
+            Assert.Contains($"ReverseProxy:Routes:deploy:Transforms[{i}]: ", refusal, StringComparison.Ordinal);
+        }
+
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(GrantHelpers.DeployGrant(token));
+        using var response = await _gateway.Proxy.SendAsync(GrantHelpers.DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _));
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var received = Assert.Single(_gateway.Upstream.Received);
+        Assert.Equal(("POST", "/deploy/v1/releases", "", "application/json"), (received.Method, received.Path, received.Query, received.Headers["Content-Type"]));
+    }
+
     /// <summary>The start-up configuration: /status needs a token, which passes; nothing else got through.</summary>
     private async Task AssertOriginalConfigurationInForceAsync()
     {

@@ -626,6 +626,103 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         Assert.Equal(["Assurance:Store:Timeout: 'bad' is not a duration (expected [d.]hh:mm:ss[.fff], e.g. 00:05:00)"], errors);
     }
 
+    [Theory]
+    [InlineData("""{"PathSet":"/admin/wipe-everything"}""", "PathSet")]
+    [InlineData("""{"PathPrefix":"/v2"}""", "PathPrefix")]
+    [InlineData("""{"PathRemovePrefix":"/deploy"}""", "PathRemovePrefix")]
+    [InlineData("""{"PathPattern":"/admin/{**rest}"}""", "PathPattern")]
+    [InlineData("""{"QueryValueParameter":"force","Append":"true"}""", "QueryValueParameter")]
+    [InlineData("""{"QueryRouteParameter":"force","Set":"rest"}""", "QueryRouteParameter")]
+    [InlineData("""{"QueryRemoveParameter":"dry-run"}""", "QueryRemoveParameter")]
+    [InlineData("""{"HttpMethodChange":"POST","Set":"DELETE"}""", "HttpMethodChange")]
+    [InlineData("""{"pathset":"/admin"}""", "pathset")]
+    public void Compile_TransformRewritesTargetOnRequestBoundRoute_Refused(string transform, string key)
+    {
+        // SPEC §7.4: the upstream receives exactly what was hashed and approved; a rewrite after the hash breaks that.
+        AssertProblems(
+            c => Route(c, "deploy")["Transforms"] = new JsonArray(JsonNode.Parse("""{"RequestHeadersCopy":"true"}"""), JsonNode.Parse(transform)),
+            $"ReverseProxy:Routes:deploy:Transforms[1]: '{key}' changes the method, path or query, but policy '{Deploy}' binds request: the upstream must receive the request that was approved");
+    }
+
+    [Theory]
+    [InlineData("""{"RequestHeader":"content-type","Set":"text/plain"}""", "RequestHeader", "changes")]
+    [InlineData("""{"RequestHeader":"Content-Type","Append":"charset=latin1"}""", "RequestHeader", "changes")]
+    [InlineData("""{"RequestHeaderRouteValue":"CONTENT-TYPE","Set":"rest"}""", "RequestHeaderRouteValue", "changes")]
+    [InlineData("""{"RequestHeaderRemove":"Content-Type"}""", "RequestHeaderRemove", "drops")]
+    [InlineData("""{"RequestHeadersAllowed":"accept;x-tenant"}""", "RequestHeadersAllowed", "drops")]
+    [InlineData("""{"RequestHeadersCopy":"false"}""", "RequestHeadersCopy", "drops")]
+    [InlineData("""{"ClientCert":"content-type"}""", "ClientCert", "changes")]
+    public void Compile_TransformChangesBoundHeaderOnRequestBoundRoute_Refused(string transform, string key, string effect)
+    {
+        AssertProblems(
+            c => Route(c, "deploy")["Transforms"] = new JsonArray(JsonNode.Parse(transform)),
+            $"ReverseProxy:Routes:deploy:Transforms[0]: '{key}' {effect} the bound header 'content-type', but policy '{Deploy}' binds request: the upstream must receive the request that was approved");
+    }
+
+    [Fact]
+    public void Compile_UnknownTransformOnRequestBoundRoute_Refused()
+    {
+        // A transform the gateway cannot judge (a custom one, or a misspelt key) may rewrite anything: refused.
+        AssertProblems(
+            c => Route(c, "deploy")["Transforms"] = new JsonArray(new JsonObject { ["RewriteEverything"] = "yes" }),
+            $"ReverseProxy:Routes:deploy:Transforms[0]: 'RewriteEverything' is not a transform the gateway knows to leave the request unchanged, but policy '{Deploy}' binds request: the upstream must receive the request that was approved");
+    }
+
+    [Fact]
+    public void Compile_TransformOnRouteGettingRequestBoundDefaultPolicy_Refused()
+    {
+        AssertProblems(
+            c =>
+            {
+                Assurance(c)["DefaultPolicy"] = Deploy;
+                Route(c, "status").Remove("Metadata");
+                Route(c, "status")["Transforms"] = new JsonArray(new JsonObject { ["PathSet"] = "/admin" });
+            },
+            $"ReverseProxy:Routes:status:Transforms[0]: 'PathSet' changes the method, path or query, but policy '{Deploy}' binds request: the upstream must receive the request that was approved");
+    }
+
+    [Fact]
+    public void Compile_TransformsKeepingApprovedRequestOnRequestBoundRoute_Accepted()
+    {
+        string[] transforms =
+        [
+            """{"X-Forwarded":"Set","For":"Append","Prefix":"Off"}""",
+            """{"Forwarded":"by,for,host,proto","ByFormat":"Random","Action":"Append"}""",
+            """{"ClientCert":"X-Client-Cert"}""",
+            """{"RequestHeaderOriginalHost":"true"}""",
+            """{"RequestHeadersCopy":"true"}""",
+            """{"RequestHeader":"X-Tenant","Set":"blue"}""",
+            """{"RequestHeaderRemove":"x-debug"}""",
+            """{"RequestHeadersAllowed":"Content-Type;accept;authorization"}""",
+            """{"ResponseHeadersCopy":"false"}""",
+            """{"ResponseHeader":"Cache-Control","Set":"no-store","When":"Always"}""",
+            """{"ResponseHeaderRemove":"Server"}""",
+            """{"ResponseHeadersAllowed":"content-type"}""",
+            """{"ResponseTrailersCopy":"true"}""",
+            """{"ResponseTrailer":"grpc-status","Append":"0"}""",
+            """{"ResponseTrailerRemove":"x-trace"}""",
+            """{"ResponseTrailersAllowed":"grpc-status"}""",
+        ];
+
+        var (settings, errors) = Compile(c => Route(c, "deploy")["Transforms"] = new JsonArray([.. transforms.Select(t => JsonNode.Parse(t))]));
+
+        Assert.Empty(errors);
+        Assert.Equal(transforms.Length, settings!.Routes.Single(r => r.RouteId == "deploy").Transforms!.Count);
+    }
+
+    [Fact]
+    public void Compile_RewritingTransformsOnRouteNotBindingRequest_Accepted()
+    {
+        // token-only binds nothing: no hash, nothing approved per request, so a rewrite cannot betray an approval.
+        var (settings, errors) = Compile(c => Route(c, "status")["Transforms"] = new JsonArray(
+            new JsonObject { ["PathSet"] = "/healthz" },
+            new JsonObject { ["HttpMethodChange"] = "GET", ["Set"] = "HEAD" },
+            new JsonObject { ["RequestHeadersCopy"] = "false" }));
+
+        Assert.Empty(errors);
+        Assert.Equal(3, settings!.Routes.Single(r => r.RouteId == "status").Transforms!.Count);
+    }
+
     private void AssertProblems(Action<JsonObject> edit, params string[] expected)
     {
         var (settings, errors) = Compile(edit);
