@@ -591,13 +591,21 @@ public static class GatewayConfigCompiler
             reader.Error(s.GetSection("KeyPrefix"), "must not contain '{' or '}': the gateway hash-tags keys itself");
         }
 
+        // SPEC §7.6: a use counts only once N replicas acknowledged it. The embedded store has no replica: accepting the
+        // setting there would promise a durability that nothing provides.
+        var acks = reader.Int(s, "RequireReplicaAcks", 0, 0, 16);
+        if (acks > 0 && redis is null)
+        {
+            reader.Error(s.GetSection("RequireReplicaAcks"), $"needs Redis replicas, but {s.GetSection("Redis").Path} is empty (the embedded store has none)");
+        }
+
         return new StoreSettings
         {
             Redis = redis,
             KeyPrefix = prefix,
             Timeout = reader.Duration(s, "Timeout", TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(1), TimeSpan.FromSeconds(30)),
             EvidenceRetention = reader.Duration(s, "EvidenceRetention", TimeSpan.FromDays(7), TimeSpan.Zero, TimeSpan.FromDays(3660)),
-            RequireReplicaAcks = reader.Int(s, "RequireReplicaAcks", 0, 0, 16),
+            RequireReplicaAcks = acks,
         };
     }
 

@@ -279,12 +279,25 @@ public sealed partial class ConfigSchemaTests
         ["Assurance:Workload:Audience"] = "gateway",
     };
 
+    /// <summary>
+    /// Settings the compiler refuses where they could never apply (SPEC §7.6: replica acknowledgements without Redis):
+    /// their bounds are checked with the setting they need present.
+    /// </summary>
+    private static readonly Dictionary<string, KeyValuePair<string, string>> Prerequisites = new(StringComparer.Ordinal)
+    {
+        ["Assurance:Store:RequireReplicaAcks"] = new("Assurance:Store:Redis", "127.0.0.1:6379"),
+    };
+
     private static (GatewaySettings? Settings, IReadOnlyList<string> Errors) Compile(string? key, string? value)
     {
         var settings = new Dictionary<string, string?>(Baseline, StringComparer.Ordinal);
         if (key is not null)
         {
             settings[key] = value;
+            if (Prerequisites.TryGetValue(key, out var prerequisite))
+            {
+                settings[prerequisite.Key] = prerequisite.Value;
+            }
         }
 
         var configuration = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();

@@ -723,6 +723,28 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         Assert.Equal(3, settings!.Routes.Single(r => r.RouteId == "status").Transforms!.Count);
     }
 
+    [Fact]
+    public void Compile_RequireReplicaAcksWithEmbeddedStore_Refused()
+    {
+        // SPEC §7.6: the embedded store has no replica, so the acknowledgement it asks for could never be given.
+        AssertProblems(
+            c => Assurance(c)["Store"]!["RequireReplicaAcks"] = 1,
+            "Assurance:Store:RequireReplicaAcks: needs Redis replicas, but Assurance:Store:Redis is empty (the embedded store has none)");
+    }
+
+    [Fact]
+    public void Compile_RequireReplicaAcksWithRedis_Accepted()
+    {
+        var (settings, errors) = Compile(c =>
+        {
+            Assurance(c)["Store"]!["Redis"] = "127.0.0.1:6379";
+            Assurance(c)["Store"]!["RequireReplicaAcks"] = 1;
+        });
+
+        Assert.Empty(errors);
+        Assert.Equal(1, settings!.Store.RequireReplicaAcks);
+    }
+
     private void AssertProblems(Action<JsonObject> edit, params string[] expected)
     {
         var (settings, errors) = Compile(edit);
