@@ -6,6 +6,7 @@ using AssuranceGateway.Tokens;
 using Microsoft.Extensions.Configuration;
 using Microsoft.IdentityModel.Tokens;
 using Yarp.ReverseProxy.Configuration;
+using BindingAddress = Microsoft.AspNetCore.Http.BindingAddress;
 
 namespace AssuranceGateway.Configuration;
 
@@ -76,6 +77,7 @@ public static class GatewayConfigCompiler
         var (routes, clusters, routePolicies) = ReadProxy(reader, configuration, assurance, policies);
 
         CrossCheck(reader, assurance, routePolicies, tokens, workload, api);
+        CheckListeners(reader, configuration, api);
 
         errors = list;
         routesRead = routes;
@@ -838,6 +840,70 @@ public static class GatewayConfigCompiler
                 reader.Error($"Assurance:Policies:{policy.Name}", "needs a workload identity, but Assurance:Workload:Sources is empty");
             }
         }
+    }
+
+    /// <summary>
+    /// The proxy (<c>Urls</c>, ';'-separated) and the assurance API listen on their own sockets (SPEC §5: the API is never
+    /// served on the proxy listener). An API address that takes a proxy address makes Kestrel fail at start; both are
+    /// read with Kestrel's own parser, and a host that is neither an IP address nor "localhost" binds every address.
+    /// </summary>
+    private static void CheckListeners(ConfigReader reader, IConfiguration configuration, ApiSettings api)
+    {
+        var urls = configuration["Urls"];
+        if (string.IsNullOrWhiteSpace(urls))
+        {
+            return;
+        }
+
+        var apiAddress = IsHttpUrl(api.Url) ? ParseListener(api.Url) : null;
+        foreach (var url in urls.Split(';', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (ParseListener(url) is not { } proxy)
+            {
+                reader.Error("Urls", $"'{url}' is not a listener URL (scheme://host:port)");
+            }
+            else if (apiAddress is not null && Overlap(proxy, apiAddress))
+            {
+                reader.Error($"{AssuranceSection}:Api:Url", $"'{api.Url}' takes the host and port of the proxy listener '{url}' in Urls: the assurance API needs its own listener");
+            }
+        }
+    }
+
+    private static BindingAddress? ParseListener(string url)
+    {
+        try
+        {
+            return BindingAddress.Parse(url);
+        }
+        catch (Exception e) when (e is FormatException or InvalidOperationException or ArgumentException)
+        {
+            return null;
+        }
+    }
+
+    private static bool Overlap(BindingAddress a, BindingAddress b)
+    {
+        if (a.IsUnixPipe || b.IsUnixPipe || a.IsNamedPipe || b.IsNamedPipe || a.Port != b.Port || a.Port == 0)
+        {
+            return false; // pipes are not ports, and port 0 is a fresh port for each listener
+        }
+
+        var (x, y) = (ListenAddresses(a), ListenAddresses(b));
+        return x is null || y is null || x.Any(p => y.Any(q => p.Equals(q) || IsAnyV4(p, q) || IsAnyV4(q, p)));
+
+        static bool IsAnyV4(IPAddress any, IPAddress other) =>
+            any.Equals(IPAddress.Any) && other.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork;
+    }
+
+    /// <summary>What Kestrel binds for this host (its AddressBinder): null for every address.</summary>
+    private static IPAddress[]? ListenAddresses(BindingAddress address)
+    {
+        if (string.Equals(address.Host, "localhost", StringComparison.OrdinalIgnoreCase))
+        {
+            return [IPAddress.Loopback, IPAddress.IPv6Loopback];
+        }
+
+        return IPAddress.TryParse(address.Host, out var ip) && !ip.Equals(IPAddress.IPv6Any) ? [ip] : null;
     }
 
     private static bool IsHttpUrl(string value) =>

@@ -157,6 +157,23 @@ public sealed class HostStartupTests : IDisposable
         }
     }
 
+    [Fact]
+    public async Task Host_ProxyUrlsEqualApiUrl_Exit2NamingBothKeys()
+    {
+        var address = $"http://127.0.0.1:{GatewayProcess.FreePort()}";
+        var config = ValidConfig();
+        config["Urls"] = address;
+        config["Assurance"]!["Api"]!["Url"] = address;
+
+        var run = await RunHostAsync(["--config", WriteConfig(config)]);
+
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal(
+            [Header, $"Assurance:Api:Url: '{address}' takes the host and port of the proxy listener '{address}' in Urls: the assurance API needs its own listener"],
+            run.StderrLines);
+        Assert.DoesNotContain("   at ", run.Stdout + run.Stderr, StringComparison.Ordinal);
+    }
+
     private JsonObject ValidConfig() => TestConfig.Create("http://127.0.0.1:5001", _idp, _workload);
 
     private string WriteConfig(JsonObject config)

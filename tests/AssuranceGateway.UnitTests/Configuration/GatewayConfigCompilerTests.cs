@@ -745,6 +745,49 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         Assert.Equal(1, settings!.Store.RequireReplicaAcks);
     }
 
+    [Theory]
+    [InlineData("http://127.0.0.1:9100", "http://127.0.0.1:9100", "http://127.0.0.1:9100")]
+    [InlineData("http://127.0.0.1:9101;http://127.0.0.1:9100", "http://127.0.0.1:9100/", "http://127.0.0.1:9100")]
+    [InlineData("http://127.0.0.1:9101 ; https://localhost:9100", "http://127.0.0.1:9100", "https://localhost:9100")]
+    [InlineData("http://*:9100", "http://127.0.0.1:9100", "http://*:9100")]
+    [InlineData("http://0.0.0.0:9100", "http://10.1.2.3:9100", "http://0.0.0.0:9100")]
+    [InlineData("http://[::1]:9100", "http://LOCALHOST:9100", "http://[::1]:9100")]
+    [InlineData("http://127.0.0.1:80", "http://127.0.0.1", "http://127.0.0.1:80")]
+    public void Compile_ProxyUrlsOverlapApiUrl_Refused(string urls, string api, string proxy)
+    {
+        // Both listeners cannot bind the same host and port; Kestrel would fail at start with a stack trace.
+        AssertProblems(
+            c =>
+            {
+                c["Urls"] = urls;
+                Assurance(c)["Api"]!["Url"] = api;
+            },
+            $"Assurance:Api:Url: '{api}' takes the host and port of the proxy listener '{proxy}' in Urls: the assurance API needs its own listener");
+    }
+
+    [Theory]
+    [InlineData("http://127.0.0.1:9100", "http://127.0.0.1:9101")]
+    [InlineData("http://10.0.0.1:9100", "http://127.0.0.1:9100")]
+    [InlineData("http://127.0.0.1:0", "http://127.0.0.1:0")]
+    public void Compile_ProxyUrlsApartFromApiUrl_Accepted(string urls, string api)
+    {
+        var (_, errors) = Compile(c =>
+        {
+            c["Urls"] = urls;
+            Assurance(c)["Api"]!["Url"] = api;
+        });
+
+        Assert.Empty(errors);
+    }
+
+    [Fact]
+    public void Compile_ProxyUrlsNotAUrl_Refused()
+    {
+        AssertProblems(
+            c => c["Urls"] = "http://127.0.0.1:9100;127.0.0.1:9101",
+            "Urls: '127.0.0.1:9101' is not a listener URL (scheme://host:port)");
+    }
+
     private void AssertProblems(Action<JsonObject> edit, params string[] expected)
     {
         var (settings, errors) = Compile(edit);
