@@ -1,5 +1,6 @@
 using AssuranceGateway.Configuration;
 using AssuranceGateway.Hosting;
+using Microsoft.AspNetCore.Connections;
 
 var builder = WebApplication.CreateBuilder(args);
 try
@@ -13,7 +14,36 @@ catch (GatewayConfigurationException e)
     return 2;
 }
 
-var app = builder.Build();
+// A listener that cannot bind is reported below in one line. The host would also log it as "Hosting failed to start"
+// with Kestrel's stack trace; any other start-up failure still ends the process as an unhandled exception.
+builder.Logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", LogLevel.Critical);
+
+await using var app = builder.Build();
 app.MapGateway();
-await app.RunAsync();
+try
+{
+    await app.StartAsync();
+}
+catch (IOException e) when (AddressInUse(e))
+{
+    // Kestrel's message names the address ("Failed to bind to address http://127.0.0.1:8080: address already in use.").
+    // Not a configuration problem (exit 1, not 2): the same file works once the port is free.
+    Console.Error.WriteLine($"{e.Message} Stop what holds it, or change Urls or Assurance:Api:Url.");
+    return 1;
+}
+
+await app.WaitForShutdownAsync();
 return 0;
+
+static bool AddressInUse(Exception e)
+{
+    for (var inner = e.InnerException; inner is not null; inner = inner.InnerException)
+    {
+        if (inner is AddressInUseException)
+        {
+            return true;
+        }
+    }
+
+    return false;
+}

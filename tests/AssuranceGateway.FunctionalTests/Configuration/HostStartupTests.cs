@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using AssuranceGateway.Testing;
 
@@ -171,6 +173,34 @@ public sealed class HostStartupTests : IDisposable
         Assert.Equal(
             [Header, $"Assurance:Api:Url: '{address}' takes the host and port of the proxy listener '{address}' in Urls: the assurance API needs its own listener"],
             run.StderrLines);
+        Assert.DoesNotContain("   at ", run.Stdout + run.Stderr, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("Urls")]
+    [InlineData("Assurance:Api:Url")]
+    public async Task Host_ListenerAddressInUse_ExitNonZeroWithOneLineNamingIt(string key)
+    {
+        // Another process holds the port: the operator needs the address, not a Kestrel stack trace (exit 134).
+        using var taken = new TcpListener(IPAddress.Loopback, 0);
+        taken.Start();
+        var address = $"http://127.0.0.1:{((IPEndPoint)taken.LocalEndpoint).Port}";
+        var config = ValidConfig();
+        if (key == "Urls")
+        {
+            config["Urls"] = address;
+        }
+        else
+        {
+            config["Assurance"]!["Api"]!["Url"] = address;
+        }
+
+        var run = await RunHostAsync(["--config", WriteConfig(config)]);
+
+        Assert.NotEqual(0, run.ExitCode);
+        Assert.NotEqual(2, run.ExitCode); // not a configuration problem: the same file works once the port is free
+        var line = Assert.Single(run.StderrLines);
+        Assert.Contains(address, line, StringComparison.Ordinal);
         Assert.DoesNotContain("   at ", run.Stdout + run.Stderr, StringComparison.Ordinal);
     }
 
