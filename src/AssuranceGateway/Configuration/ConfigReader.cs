@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text;
 using Microsoft.Extensions.Configuration;
 
 namespace AssuranceGateway.Configuration;
@@ -11,9 +12,35 @@ internal sealed class ConfigReader(List<string> errors)
 {
     public List<string> Errors { get; } = errors;
 
-    public void Error(IConfigurationSection section, string message) => Errors.Add($"{section.Path}: {message}");
+    public void Error(IConfigurationSection section, string message) => Error(section.Path, message);
 
-    public void Error(string path, string message) => Errors.Add($"{path}: {message}");
+    /// <summary>
+    /// Control characters (a NUL or a line break in a value or in an exception's message) are written as \uXXXX: each
+    /// problem stays one line, and the terminal shows what the file holds.
+    /// </summary>
+    public void Error(string path, string message)
+    {
+        var line = $"{path}: {message}";
+        if (line.Any(char.IsControl))
+        {
+            var escaped = new StringBuilder(line.Length + 16);
+            foreach (var c in line)
+            {
+                if (char.IsControl(c))
+                {
+                    escaped.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:x4}");
+                }
+                else
+                {
+                    escaped.Append(c);
+                }
+            }
+
+            line = escaped.ToString();
+        }
+
+        Errors.Add(line);
+    }
 
     /// <summary>A mistyped key ("Binds", "MaxTTL ") would otherwise be silently ignored and its default used.</summary>
     public void RejectUnknownKeys(IConfigurationSection section, params string[] known)

@@ -340,8 +340,9 @@ public static class GatewayConfigCompiler
         string location;
         if (file is not null)
         {
-            location = Path.GetFullPath(file, baseDirectory);
-            var set = LoadJwks(reader, s.GetSection("JwksFile"), location);
+            var full = ResolvePath(reader, s.GetSection("JwksFile"), file, baseDirectory);
+            location = full ?? file;
+            var set = full is null ? null : LoadJwks(reader, s.GetSection("JwksFile"), full);
             if (set is not null)
             {
                 var issuerKeys = IssuerKeys.From(set);
@@ -395,6 +396,23 @@ public static class GatewayConfigCompiler
             Keys = keys,
             KeyLocation = location,
         };
+    }
+
+    /// <summary>
+    /// The full path of the file named at <paramref name="key"/>, or null after a problem naming the key. Path.GetFullPath
+    /// throws on a NUL character: escaping the compiler, that would crash the start (or the reload) instead.
+    /// </summary>
+    private static string? ResolvePath(ConfigReader reader, IConfigurationSection key, string file, string baseDirectory)
+    {
+        try
+        {
+            return Path.GetFullPath(file, baseDirectory);
+        }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException)
+        {
+            reader.Error(key, $"'{file}' is not a valid file path: {e.Message}");
+            return null;
+        }
     }
 
     private static JsonWebKeySet? LoadJwks(ConfigReader reader, IConfigurationSection key, string path)
@@ -480,7 +498,8 @@ public static class GatewayConfigCompiler
         var audience = reader.String(s, "Audience");
         if (sources.Contains(WorkloadSource.Header))
         {
-            if (issuers.Count == 0)
+            // An issuer refused above is already named: it is not also "missing".
+            if (issuers.Count == 0 && !reader.Errors.Any(e => e.StartsWith(s.GetSection("Issuers").Path + ":", StringComparison.Ordinal)))
             {
                 reader.Error(s.GetSection("Issuers"), "the 'header' source needs at least one workload issuer");
             }
@@ -493,9 +512,9 @@ public static class GatewayConfigCompiler
 
         var ca = reader.String(s, "ClientCaFile");
         string? caPath = null;
-        if (ca is not null)
+        if (ca is not null && ResolvePath(reader, s.GetSection("ClientCaFile"), ca, baseDirectory) is { } resolved)
         {
-            caPath = Path.GetFullPath(ca, baseDirectory);
+            caPath = resolved;
             try
             {
                 var bundle = new System.Security.Cryptography.X509Certificates.X509Certificate2Collection();
@@ -628,9 +647,8 @@ public static class GatewayConfigCompiler
         reader.RejectUnknownKeys(s, "SigningKeyFile", "Lifetime");
         var file = reader.String(s, "SigningKeyFile");
         JsonWebKey? key = null;
-        if (file is not null)
+        if (file is not null && ResolvePath(reader, s.GetSection("SigningKeyFile"), file, baseDirectory) is { } path)
         {
-            var path = Path.GetFullPath(file, baseDirectory);
             try
             {
                 key = new JsonWebKey(File.ReadAllText(path));

@@ -204,6 +204,20 @@ public sealed class HostStartupTests : IDisposable
         Assert.DoesNotContain("   at ", run.Stdout + run.Stderr, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Host_KeyFilePathWithNulCharacter_Exit2NamingTheKey()
+    {
+        var config = ValidConfig();
+        config["Assurance"]!["Tokens"]!["Issuers"]![0]!["JwksFile"] = "keys/idp\u0000.jwks.json";
+
+        var run = await RunHostAsync(["--config", WriteConfig(config)]);
+
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal(Header, run.StderrLines[0]);
+        Assert.StartsWith(
+            "Assurance:Tokens:Issuers:0:JwksFile: 'keys/idp\\u0000.jwks.json' is not a valid file path", Assert.Single(run.StderrLines.Skip(1)), StringComparison.Ordinal);
+    }
+
     private JsonObject ValidConfig() => TestConfig.Create("http://127.0.0.1:5001", _idp, _workload);
 
     private string WriteConfig(JsonObject config)

@@ -265,6 +265,18 @@ public sealed class HotReloadTests : IAsyncLifetime
         Assert.Equal(("POST", "/deploy/v1/releases", "", "application/json"), (received.Method, received.Path, received.Query, received.Headers["Content-Type"]));
     }
 
+    [Fact]
+    public async Task Reload_KeyFilePathWithNulCharacter_RefusedLoggedLastGoodStays()
+    {
+        var config = _gateway.DefaultConfig();
+        config["Assurance"]!["Tokens"]!["Issuers"]![0]!["JwksFile"] = "keys/idp\u0000.jwks.json";
+
+        Assert.False(await _gateway.ReloadAsync(config));
+
+        Assert.Contains("Assurance:Tokens:Issuers:0:JwksFile: ", Assert.Single(_gateway.RefusedReloads()), StringComparison.Ordinal);
+        await AssertOriginalConfigurationInForceAsync();
+    }
+
     /// <summary>The start-up configuration: /status needs a token, which passes; nothing else got through.</summary>
     private async Task AssertOriginalConfigurationInForceAsync()
     {

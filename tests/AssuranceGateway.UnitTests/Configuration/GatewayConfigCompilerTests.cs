@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json.Nodes;
@@ -786,6 +787,31 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         AssertProblems(
             c => c["Urls"] = "http://127.0.0.1:9100;127.0.0.1:9101",
             "Urls: '127.0.0.1:9101' is not a listener URL (scheme://host:port)");
+    }
+
+    [Theory]
+    [InlineData("Assurance:Tokens:Issuers:0:JwksFile")]
+    [InlineData("Assurance:Workload:Issuers:0:JwksFile")]
+    [InlineData("Assurance:Workload:ClientCaFile")]
+    [InlineData("Assurance:Evidence:SigningKeyFile")]
+    public void Compile_KeyFilePathWithNulCharacter_ProblemNamingTheKey(string key)
+    {
+        // Path.GetFullPath throws on a NUL: that must be one problem line, not an exception that escapes the compiler.
+        var (settings, errors) = Compile(c =>
+        {
+            var parts = key.Split(':');
+            JsonNode node = c;
+            foreach (var part in parts[..^1])
+            {
+                node = int.TryParse(part, NumberStyles.None, CultureInfo.InvariantCulture, out var index) ? node[index]! : (node[part] ??= new JsonObject());
+            }
+
+            node[parts[^1]] = "keys/idp\u0000.json";
+        });
+
+        Assert.Null(settings);
+        var line = Assert.Single(errors);
+        Assert.StartsWith($"{key}: 'keys/idp\\u0000.json' is not a valid file path", line, StringComparison.Ordinal);
     }
 
     private void AssertProblems(Action<JsonObject> edit, params string[] expected)
