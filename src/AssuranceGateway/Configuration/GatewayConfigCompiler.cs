@@ -365,6 +365,10 @@ public static class GatewayConfigCompiler
             {
                 reader.Error(s.GetSection("JwksUri"), $"'{uri}' is not an absolute http(s) URL");
             }
+            else if (!IsHttpsOrLoopback(uri))
+            {
+                reader.Error(s.GetSection("JwksUri"), PlainHttpKeySource(uri));
+            }
             else
             {
                 keys = RemoteKeySource.ForJwksUri(uri);
@@ -376,6 +380,10 @@ public static class GatewayConfigCompiler
             if (!IsHttpUrl(authority!))
             {
                 reader.Error(s.GetSection("Authority"), $"'{authority}' is not an absolute http(s) URL");
+            }
+            else if (!IsHttpsOrLoopback(authority!))
+            {
+                reader.Error(s.GetSection("Authority"), PlainHttpKeySource(authority!));
             }
             else
             {
@@ -923,6 +931,16 @@ public static class GatewayConfigCompiler
 
         return IPAddress.TryParse(address.Host, out var ip) && !ip.Equals(IPAddress.IPv6Any) ? [ip] : null;
     }
+
+    /// <summary>
+    /// RemoteKeySource requires https for key material except on loopback (IdentityModel's RequireHttps): anything else
+    /// would start and then fail every token of the issuer, so it is refused here with the reason.
+    /// </summary>
+    private static bool IsHttpsOrLoopback(string value) =>
+        Uri.TryCreate(value, UriKind.Absolute, out var uri) && (uri.Scheme == Uri.UriSchemeHttps || uri.IsLoopback);
+
+    private static string PlainHttpKeySource(string value) =>
+        $"'{value}' uses plain http: keys are fetched only over https (http only for a loopback address)";
 
     private static bool IsHttpUrl(string value) =>
         Uri.TryCreate(value, UriKind.Absolute, out var uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps);

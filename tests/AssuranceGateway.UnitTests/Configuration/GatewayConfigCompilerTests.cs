@@ -814,6 +814,41 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         Assert.StartsWith($"{key}: 'keys/idp\\u0000.json' is not a valid file path", line, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("Tokens", "JwksUri", "http://idp.example/jwks.json")]
+    [InlineData("Tokens", "Authority", "http://idp.example")]
+    [InlineData("Tokens", "JwksUri", "http://10.0.0.7:8080/jwks.json")]
+    [InlineData("Workload", "JwksUri", "http://spire.example/jwks.json")]
+    public void Compile_PlainHttpKeySourceNotLoopback_Refused(string section, string key, string value)
+    {
+        // IssuerKeySource refuses to fetch key material over plain http except on loopback: such an issuer could never
+        // verify a token, so it is a configuration problem, not a 401 for every caller.
+        AssertProblems(
+            c =>
+            {
+                var issuer = (JsonObject)Assurance(c)[section]!["Issuers"]![0]!;
+                issuer.Remove("JwksFile");
+                issuer[key] = value;
+            },
+            $"Assurance:{section}:Issuers:0:{key}: '{value}' uses plain http: keys are fetched only over https (http only for a loopback address)");
+    }
+
+    [Theory]
+    [InlineData("JwksUri", "http://127.0.0.1:8443/jwks.json")]
+    [InlineData("JwksUri", "http://localhost:8443/jwks.json")]
+    [InlineData("Authority", "http://[::1]:8443")]
+    [InlineData("Authority", "https://idp.example")]
+    public void Compile_KeySourceHttpsOrLoopback_Accepted(string key, string value)
+    {
+        var (_, errors) = Compile(c =>
+        {
+            Issuer(c).Remove("JwksFile");
+            Issuer(c)[key] = value;
+        });
+
+        Assert.Empty(errors);
+    }
+
     private void AssertProblems(Action<JsonObject> edit, params string[] expected)
     {
         var (settings, errors) = Compile(edit);
