@@ -48,6 +48,13 @@ public static class GatewayConfigCompiler
         "Set", "Append", "When", "For", "Proto", "Host", "Prefix", "HeaderPrefix", "ByFormat", "ForFormat", "Action",
     }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
 
+    // What only a grant carries or only the grant path reads (MaxBodyBytes: the body is read for the request hash only).
+    private static readonly string[] GrantOnlySettings =
+    [
+        "MinimumApprovalAal", "MaxUses", "MaxTtl", "OnMissing", "Approvals", "PendingTtl", "MaxPendingPerSubject", "RevokeOn", "BoundHeaders",
+        "MaxBodyBytes",
+    ];
+
     /// <param name="configuration">The whole configuration (both the Assurance and the ReverseProxy sections).</param>
     /// <param name="baseDirectory">Relative key file paths are resolved against this directory.</param>
     /// <param name="errors">Every problem found; empty when settings are returned.</param>
@@ -128,6 +135,7 @@ public static class GatewayConfigCompiler
             "Approvals", "RequireClaims", "PendingTtl", "MaxPendingPerSubject", "RevokeOn", "BoundHeaders", "MaxBodyBytes", "RequiresGrant");
 
         var bind = Bindings.None;
+        var problemsBefore = reader.Errors.Count;
         foreach (var name in reader.List(s, "Bind"))
         {
             if (!BindingNames.TryParse(name.ToLowerInvariant(), out var flag))
@@ -141,6 +149,8 @@ public static class GatewayConfigCompiler
 
             bind |= flag;
         }
+
+        var bindRead = reader.Errors.Count == problemsBefore;
 
         var requiresGrant = reader.Bool(s, "RequiresGrant", true);
         if (!requiresGrant && (bind & ~Bindings.Workload) != 0)
@@ -231,7 +241,31 @@ public static class GatewayConfigCompiler
             reader.Error(s.GetSection("OnMissing"), "'challenge' needs a grant, but RequiresGrant is false");
         }
 
+        // A setting that can never apply is refused, not ignored: whoever wrote MaxUses on a policy without grants
+        // believes something counts the uses. Keys already refused for their value are not reported twice, nor the
+        // request settings when Bind itself is broken (a misspelt "request" is the likelier mistake).
+        if (!requiresGrant)
+        {
+            foreach (var key in GrantOnlySettings)
+            {
+                NeverApplies(reader, s.GetSection(key), "RequiresGrant is false, so no grant is ever checked");
+            }
+        }
+        else if ((bind & Bindings.Request) == 0 && bindRead)
+        {
+            NeverApplies(reader, s.GetSection("BoundHeaders"), "only the 'request' binding hashes headers, and this policy does not bind request");
+            NeverApplies(reader, s.GetSection("MaxBodyBytes"), "only the 'request' binding reads the body, and this policy does not bind request");
+        }
+
         return policy;
+    }
+
+    private static void NeverApplies(ConfigReader reader, IConfigurationSection setting, string why)
+    {
+        if (setting.Exists() && !reader.Errors.Any(e => e.StartsWith(setting.Path + ":", StringComparison.Ordinal)))
+        {
+            reader.Error(setting, $"never applies: {why}");
+        }
     }
 
     private static TokenSettings ReadTokens(ConfigReader reader, IConfigurationSection s, string baseDirectory)

@@ -849,6 +849,61 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         Assert.Empty(errors);
     }
 
+    [Theory]
+    [InlineData("MaxUses", "1")]
+    [InlineData("MaxTtl", "00:01:00")]
+    [InlineData("Approvals", "2")]
+    [InlineData("MinimumApprovalAal", "2")]
+    [InlineData("RevokeOn", "token_mismatch")]
+    [InlineData("BoundHeaders", "content-type")]
+    [InlineData("MaxBodyBytes", "10")]
+    [InlineData("PendingTtl", "00:10:00")]
+    [InlineData("MaxPendingPerSubject", "3")]
+    [InlineData("OnMissing", "deny")]
+    public void Compile_NoGrantPolicyWithGrantSetting_Refused(string key, string value)
+    {
+        AssertProblems(
+            c => Policy(c, "token-only")[key] = value,
+            $"Assurance:Policies:token-only:{key}: never applies: RequiresGrant is false, so no grant is ever checked");
+    }
+
+    [Fact]
+    public void Compile_NoGrantPolicyWithChallenge_Refused()
+    {
+        AssertProblems(
+            c => Policy(c, "token-only")["OnMissing"] = "challenge",
+            "Assurance:Policies:token-only:OnMissing: 'challenge' needs a grant, but RequiresGrant is false");
+    }
+
+    [Fact]
+    public void Compile_NoGrantPolicyWithEveryGrantSetting_OneLineEach()
+    {
+        var errors = CompileErrors(c =>
+        {
+            var p = Policy(c, "token-only");
+            p["MaxUses"] = 1;
+            p["MaxTtl"] = "00:01:00";
+            p["Approvals"] = 3;
+            p["MinimumApprovalAal"] = 3;
+            p["RevokeOn"] = new JsonArray("token_mismatch");
+            p["BoundHeaders"] = new JsonArray("content-type");
+            p["MaxBodyBytes"] = 10;
+        });
+
+        Assert.Equal(7, errors.Count);
+        Assert.All(errors, e => Assert.StartsWith("Assurance:Policies:token-only:", e, StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Compile_RequestSettingsOnPolicyNotBindingRequest_Refused()
+    {
+        // The body is read and limited, and headers hashed, only for the 'request' binding: here both would be ignored.
+        AssertProblems(
+            c => Policy(c, Deploy)["Bind"] = new JsonArray("token", "workload"),
+            $"{DeployPath}:BoundHeaders: never applies: only the 'request' binding hashes headers, and this policy does not bind request",
+            $"{DeployPath}:MaxBodyBytes: never applies: only the 'request' binding reads the body, and this policy does not bind request");
+    }
+
     private void AssertProblems(Action<JsonObject> edit, params string[] expected)
     {
         var (settings, errors) = Compile(edit);
