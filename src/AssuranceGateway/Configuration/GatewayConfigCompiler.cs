@@ -1,6 +1,7 @@
 using System.Collections.Frozen;
 using System.Globalization;
 using System.Net;
+using System.Security.Cryptography;
 using AssuranceGateway.Enforcement;
 using AssuranceGateway.Tokens;
 using Microsoft.Extensions.Configuration;
@@ -699,6 +700,11 @@ public static class GatewayConfigCompiler
                     reader.Error(s.GetSection("SigningKeyFile"), $"'{path}' must hold a private EC P-256 JWK (ES256)");
                     key = null;
                 }
+                else if (ProveKeyPair(key) is { } problem)
+                {
+                    reader.Error(s.GetSection("SigningKeyFile"), $"'{path}' does not hold a usable EC P-256 key pair: {problem}");
+                    key = null;
+                }
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or System.Text.Json.JsonException)
             {
@@ -712,6 +718,28 @@ public static class GatewayConfigCompiler
             SigningKey = key,
             Lifetime = reader.Duration(s, "Lifetime", TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(1), TimeSpan.FromHours(1)),
         };
+    }
+
+    /// <summary>
+    /// Imports the evidence key as the signer does, signs a test payload with it and verifies the signature with the
+    /// public point alone; null when that works, else why not. The signer first uses the key after a grant use was
+    /// consumed, so a private part that does not belong to x and y would spend every allowed request's grant on a 500.
+    /// </summary>
+    private static string? ProveKeyPair(JsonWebKey key)
+    {
+        try
+        {
+            var point = new ECPoint { X = Base64UrlEncoder.DecodeBytes(key.X), Y = Base64UrlEncoder.DecodeBytes(key.Y) };
+            using var signer = ECDsa.Create(new ECParameters { Curve = ECCurve.NamedCurves.nistP256, D = Base64UrlEncoder.DecodeBytes(key.D), Q = point });
+            using var verifier = ECDsa.Create(new ECParameters { Curve = ECCurve.NamedCurves.nistP256, Q = point });
+            var payload = "AGW evidence key check"u8;
+            var signature = signer.SignData(payload, HashAlgorithmName.SHA256);
+            return verifier.VerifyData(payload, signature, HashAlgorithmName.SHA256) ? null : "its private part d does not belong to its public point x, y";
+        }
+        catch (Exception e) when (e is CryptographicException or FormatException or ArgumentException)
+        {
+            return e.Message;
+        }
     }
 
     private static (List<RouteConfig>, List<ClusterConfig>, Dictionary<string, AssurancePolicy>) ReadProxy(

@@ -3,6 +3,7 @@ using System.Net.Http.Json;
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using AssuranceGateway.Configuration;
 using AssuranceGateway.FunctionalTests.Grants;
 using AssuranceGateway.Testing;
 using Microsoft.Extensions.DependencyInjection;
@@ -206,5 +207,59 @@ public sealed class SignedEvidenceTests : IAsyncLifetime
         _clock.Advance(TimeSpan.FromSeconds(1));
         Assert.Equal(["ev-2"], await PublishedKidsAsync());
         Assert.False((await VerifyAsync(before)).IsValid);
+    }
+
+    [Fact]
+    public async Task Reload_EvidenceKeyHalvesDisagree_RefusedEvidenceStillSigned()
+    {
+        // The broken key would only fail when signing, after the grant use was consumed: refused at reload instead.
+        using var a = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var b = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var config = _gateway.DefaultConfig();
+        config["Assurance"]!["Evidence"] = new JsonObject
+        {
+            ["SigningKeyFile"] = await WriteKeyAsync(_gateway.Directory, a.ExportParameters(false), b.ExportParameters(true)),
+        };
+
+        Assert.False(await _gateway.ReloadAsync(config));
+
+        Assert.Contains("Assurance:Evidence:SigningKeyFile: ", Assert.Single(_gateway.RefusedReloads()), StringComparison.Ordinal);
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _));
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.True(Assert.Single(_gateway.Upstream.Received).Headers.ContainsKey("Assurance-Evidence"));
+    }
+
+    /// <summary>A private EC P-256 JWK whose public point is <paramref name="publicHalf"/>'s and private scalar <paramref name="privateHalf"/>'s.</summary>
+    internal static async Task<string> WriteKeyAsync(string directory, ECParameters publicHalf, ECParameters privateHalf)
+    {
+        var path = Path.Combine(directory, $"evidence-{Guid.NewGuid():N}.jwk.json");
+        await File.WriteAllTextAsync(path, new JsonObject
+        {
+            ["kty"] = "EC", ["crv"] = "P-256", ["kid"] = "ev-2",
+            ["x"] = Base64UrlEncoder.Encode(publicHalf.Q.X), ["y"] = Base64UrlEncoder.Encode(publicHalf.Q.Y), ["d"] = Base64UrlEncoder.Encode(privateHalf.D),
+        }.ToJsonString());
+        return path;
+    }
+}
+
+/// <summary>SPEC §3 and §5.6: an evidence key that cannot sign stops the start, before any grant use can be consumed.</summary>
+public sealed class SignedEvidenceKeyTests
+{
+    [Fact]
+    public async Task Start_EvidenceKeyHalvesDisagree_RefusedNamingTheKey()
+    {
+        await using var harness = await GatewayHarness.CreateAsync();
+        using var a = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var b = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var keyFile = await SignedEvidenceTests.WriteKeyAsync(harness.Directory, a.ExportParameters(false), b.ExportParameters(true));
+        var config = harness.DefaultConfig();
+        config["Assurance"]!["Evidence"] = new JsonObject { ["SigningKeyFile"] = keyFile };
+
+        var refused = await Assert.ThrowsAsync<GatewayConfigurationException>(() => harness.StartWithAsync(config));
+
+        var problem = Assert.Single(refused.Problems);
+        Assert.StartsWith($"Assurance:Evidence:SigningKeyFile: '{keyFile}' does not hold a usable EC P-256 key pair", problem, StringComparison.Ordinal);
     }
 }

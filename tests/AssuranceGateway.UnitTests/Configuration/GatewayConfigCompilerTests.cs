@@ -904,6 +904,57 @@ public sealed class GatewayConfigCompilerTests : IDisposable
             $"{DeployPath}:MaxBodyBytes: never applies: only the 'request' binding reads the body, and this policy does not bind request");
     }
 
+    [Fact]
+    public void Compile_EvidenceKeyHalvesDisagree_Refused()
+    {
+        // The evidence key is first used after a grant use was consumed: a key that cannot sign must stop the start.
+        using var a = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var b = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var path = WriteEvidenceKey(a.ExportParameters(false), b.ExportParameters(true));
+
+        var line = Assert.Single(CompileErrors(c => Assurance(c)["Evidence"] = new JsonObject { ["SigningKeyFile"] = path }));
+
+        Assert.StartsWith($"Assurance:Evidence:SigningKeyFile: '{path}' does not hold a usable EC P-256 key pair", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Compile_EvidenceKeyPublicPointNotOnCurve_Refused()
+    {
+        using var a = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var p = a.ExportParameters(true);
+        p.Q.Y![^1] ^= 1;
+        var path = WriteEvidenceKey(p, p);
+
+        var line = Assert.Single(CompileErrors(c => Assurance(c)["Evidence"] = new JsonObject { ["SigningKeyFile"] = path }));
+
+        Assert.StartsWith($"Assurance:Evidence:SigningKeyFile: '{path}' does not hold a usable EC P-256 key pair", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Compile_EvidenceKeyPair_Accepted()
+    {
+        using var a = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var path = WriteEvidenceKey(a.ExportParameters(true), a.ExportParameters(true));
+
+        var (settings, errors) = Compile(c => Assurance(c)["Evidence"] = new JsonObject { ["SigningKeyFile"] = path });
+
+        Assert.Empty(errors);
+        Assert.True(settings!.Evidence.SigningKey!.HasPrivateKey);
+    }
+
+    private string WriteEvidenceKey(ECParameters publicHalf, ECParameters privateHalf)
+    {
+        var path = Path.Combine(_directory, $"evidence-{Guid.NewGuid():N}.jwk.json");
+        File.WriteAllText(path, new JsonObject
+        {
+            ["kty"] = "EC", ["crv"] = "P-256", ["kid"] = "ev-1",
+            ["x"] = Microsoft.IdentityModel.Tokens.Base64UrlEncoder.Encode(publicHalf.Q.X),
+            ["y"] = Microsoft.IdentityModel.Tokens.Base64UrlEncoder.Encode(publicHalf.Q.Y),
+            ["d"] = Microsoft.IdentityModel.Tokens.Base64UrlEncoder.Encode(privateHalf.D),
+        }.ToJsonString());
+        return path;
+    }
+
     private void AssertProblems(Action<JsonObject> edit, params string[] expected)
     {
         var (settings, errors) = Compile(edit);
