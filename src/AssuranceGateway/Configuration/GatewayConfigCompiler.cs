@@ -181,6 +181,10 @@ public static class GatewayConfigCompiler
             {
                 reader.Error(s.GetSection("BoundHeaders"), $"'{header}' is not a valid header name");
             }
+            else if (UnbindableHeaders.TryGetValue(name, out var why))
+            {
+                reader.Error(s.GetSection("BoundHeaders"), $"'{header}' cannot be bound: {why}, so the upstream would not receive the value that was hashed");
+            }
             else if (!headers.Contains(name))
             {
                 headers.Add(name);
@@ -1006,6 +1010,33 @@ public static class GatewayConfigCompiler
 
     private static bool IsHttpUrl(string value) =>
         Uri.TryCreate(value, UriKind.Absolute, out var uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps);
+
+    /// <summary>
+    /// Headers whose hashed value would not be what the upstream receives (SPEC §7.4): the proxy drops hop-by-hop headers
+    /// (RFC 9110 §7.6.1), does not forward Host as sent, writes the X-Forwarded-* set itself, and the gateway removes its
+    /// own protocol headers.
+    /// </summary>
+    private static readonly Dictionary<string, string> UnbindableHeaders = new(StringComparer.Ordinal)
+    {
+        ["host"] = "the proxy sends the destination's host",
+        ["connection"] = "a hop-by-hop header the proxy drops",
+        ["keep-alive"] = "a hop-by-hop header the proxy drops",
+        ["proxy-connection"] = "a hop-by-hop header the proxy drops",
+        ["proxy-authorization"] = "a hop-by-hop header the proxy drops",
+        ["te"] = "a hop-by-hop header the proxy drops",
+        ["trailer"] = "a hop-by-hop header the proxy drops",
+        ["transfer-encoding"] = "a hop-by-hop header the proxy drops",
+        ["upgrade"] = "a hop-by-hop header the proxy drops",
+        ["http2-settings"] = "a hop-by-hop header the proxy drops",
+        ["x-forwarded-for"] = "the proxy writes it",
+        ["x-forwarded-host"] = "the proxy writes it",
+        ["x-forwarded-proto"] = "the proxy writes it",
+        ["x-forwarded-prefix"] = "the proxy writes it",
+        ["forwarded"] = "the proxy may write it",
+        ["assurance-id"] = "the gateway removes it before forwarding",
+        ["workload-identity"] = "the gateway removes it before forwarding",
+        ["assurance-evidence"] = "the gateway removes it before forwarding",
+    };
 
     private static bool IsHeaderToken(string name)
     {

@@ -216,6 +216,19 @@ public sealed class GatewayConfigCompilerTests : IDisposable
             $"{DeployPath}:BoundHeaders: '{header}' is not a valid header name");
     }
 
+    [Theory]
+    [InlineData("Host", "the proxy sends the destination's host")]
+    [InlineData("keep-alive", "a hop-by-hop header the proxy drops")]
+    [InlineData("TE", "a hop-by-hop header the proxy drops")]
+    [InlineData("x-forwarded-host", "the proxy writes it")]
+    [InlineData("Assurance-Id", "the gateway removes it before forwarding")]
+    public void Compile_BoundHeaderTheUpstreamNeverReceivesAsSent_Refused(string header, string why)
+    {
+        AssertProblems(
+            c => Policy(c, Deploy)["BoundHeaders"] = new JsonArray("content-type", header),
+            $"{DeployPath}:BoundHeaders: '{header}' cannot be bound: {why}, so the upstream would not receive the value that was hashed");
+    }
+
     [Fact]
     public void Compile_BoundHeaders_LowerCasedDeduplicatedSorted()
     {
