@@ -112,21 +112,12 @@ public sealed class AgwCliTests : IAsyncLifetime
     /// <summary>The deploy request written by hand, so that each header line is sent as given; returns the status code.</summary>
     private async Task<int> SendDeployWithHeaderLinesAsync(string token, string grantId, params string[] headerLines)
     {
-        var uri = new Uri(_gateway.ProxyAddress);
-        using var tcp = new System.Net.Sockets.TcpClient();
-        await tcp.ConnectAsync(uri.Host, uri.Port);
-        await using var stream = tcp.GetStream();
         var body = Encoding.UTF8.GetBytes(ReleaseBody);
         var head = $"POST /deploy/v1/releases HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
             + $"Workload-Identity: {_gateway.WorkloadIssuer.Svid()}\r\nAssurance-Id: {grantId}\r\n"
             + string.Concat(headerLines.Select(h => h + "\r\n"))
-            + $"Content-Length: {body.Length}\r\nConnection: close\r\n\r\n";
-        await stream.WriteAsync(Encoding.ASCII.GetBytes(head));
-        await stream.WriteAsync(body);
-        using var reader = new StreamReader(stream, Encoding.ASCII);
-        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-        var response = await reader.ReadToEndAsync(deadline.Token);
-        return int.Parse(response.AsSpan(9, 3), System.Globalization.CultureInfo.InvariantCulture);
+            + $"Content-Length: {body.Length}\r\nConnection: close\r\n";
+        return (await RawHttp.SendAsync(_gateway.ProxyAddress, head, body)).Status;
     }
 
     [Fact]

@@ -365,43 +365,13 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         string target, string token, string grantId, string method = "POST", string body = ReleaseBody, string extraHeaders = "", string? chunked = null,
         string contentType = "application/json")
     {
-        var uri = new Uri(_gateway.ProxyAddress);
-        using var tcp = new System.Net.Sockets.TcpClient();
-        await tcp.ConnectAsync(uri.Host, uri.Port);
-        await using var stream = tcp.GetStream();
         var bytes = Encoding.UTF8.GetBytes(body);
-        var request = $"{method} {target} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
+        var head = $"{method} {target} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
             + $"Workload-Identity: {_gateway.WorkloadIssuer.Svid()}\r\nAssurance-Id: {grantId}\r\n"
             + $"Content-Type: {contentType}\r\n"
             + (chunked is not null ? "Transfer-Encoding: chunked\r\n" : bytes.Length > 0 ? $"Content-Length: {bytes.Length}\r\n" : string.Empty)
-            + (extraHeaders.Length > 0 ? extraHeaders : "Connection: close\r\n") + "\r\n";
-        await stream.WriteAsync(Encoding.ASCII.GetBytes(request));
-        await stream.WriteAsync(chunked is not null ? Encoding.ASCII.GetBytes(chunked) : bytes);
-        // One response, read by its Content-Length (an upgrade request keeps the connection open).
-        var received = new List<byte>();
-        var buffer = new byte[4096];
-        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(10));
-        int headerEnd;
-        while ((headerEnd = Encoding.ASCII.GetString([.. received]).IndexOf("\r\n\r\n", StringComparison.Ordinal)) < 0)
-        {
-            var n = await stream.ReadAsync(buffer, deadline.Token);
-            Assert.True(n > 0, "the connection closed before a response");
-            received.AddRange(buffer.AsSpan(0, n));
-        }
-
-        var head = Encoding.ASCII.GetString([.. received])[..headerEnd];
-        var length = System.Text.RegularExpressions.Regex.Match(head, @"(?im)^content-length:\s*(\d+)") is { Success: true } m
-            ? int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)
-            : 0;
-        while (received.Count < headerEnd + 4 + length)
-        {
-            var n = await stream.ReadAsync(buffer, deadline.Token);
-            Assert.True(n > 0, "the connection closed before the whole response");
-            received.AddRange(buffer.AsSpan(0, n));
-        }
-
-        var status = int.Parse(head.AsSpan(9, 3), System.Globalization.CultureInfo.InvariantCulture);
-        var content = Encoding.UTF8.GetString([.. received], headerEnd + 4, length);
+            + (extraHeaders.Length > 0 ? extraHeaders : "Connection: close\r\n");
+        var (status, content) = await RawHttp.SendAsync(_gateway.ProxyAddress, head, chunked is not null ? Encoding.ASCII.GetBytes(chunked) : bytes);
         using var json = System.Text.Json.JsonDocument.Parse(content.StartsWith('{') ? content : "{}");
         return (status, json.RootElement.Clone());
     }
