@@ -43,6 +43,8 @@ public static class GatewayConfigCompiler
         "ResponseHeadersAllowed", "ResponseTrailersCopy", "ResponseTrailer", "ResponseTrailerRemove", "ResponseTrailersAllowed",
     }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
 
+    private static readonly string[] XForwardedSuffixes = ["For", "Proto", "Host", "Prefix"];
+
     // Keys that qualify a transform ("Set", "When", X-Forwarded's "For"...) rather than name one.
     private static readonly FrozenSet<string> TransformModifiers = new[]
     {
@@ -887,6 +889,15 @@ public static class GatewayConfigCompiler
                     return $"'{key}' drops the bound header '{header}'";
                 }
             }
+            else if (string.Equals(key, "X-Forwarded", StringComparison.OrdinalIgnoreCase))
+            {
+                // It writes <prefix>For, Proto, Host and Prefix itself (the default prefix is never bindable).
+                var prefix = transform.FirstOrDefault(t => string.Equals(t.Key, "HeaderPrefix", StringComparison.OrdinalIgnoreCase)).Value ?? "X-Forwarded-";
+                if (XForwardedSuffixes.Select(suffix => Bound(prefix + suffix)).FirstOrDefault(h => h is not null) is { } header)
+                {
+                    return $"'{key}' writes the bound header '{header}'";
+                }
+            }
             else if (string.Equals(key, "RequestHeadersCopy", StringComparison.OrdinalIgnoreCase))
             {
                 if ((!bool.TryParse(value, out var copy) || !copy) && boundHeaders.Count > 0)
@@ -1033,6 +1044,11 @@ public static class GatewayConfigCompiler
         ["x-forwarded-proto"] = "the proxy writes it",
         ["x-forwarded-prefix"] = "the proxy writes it",
         ["forwarded"] = "the proxy may write it",
+        ["traceparent"] = "the proxy's trace propagation rewrites it",
+        ["tracestate"] = "the proxy's trace propagation rewrites it",
+        ["baggage"] = "the proxy's trace propagation rewrites it",
+        ["request-id"] = "the proxy's trace propagation rewrites it",
+        ["correlation-context"] = "the proxy's trace propagation rewrites it",
         ["assurance-id"] = "the gateway removes it before forwarding",
         ["workload-identity"] = "the gateway removes it before forwarding",
         ["assurance-evidence"] = "the gateway removes it before forwarding",

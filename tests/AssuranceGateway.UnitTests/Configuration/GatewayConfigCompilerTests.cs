@@ -221,6 +221,7 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     [InlineData("keep-alive", "a hop-by-hop header the proxy drops")]
     [InlineData("TE", "a hop-by-hop header the proxy drops")]
     [InlineData("x-forwarded-host", "the proxy writes it")]
+    [InlineData("traceparent", "the proxy's trace propagation rewrites it")]
     [InlineData("Assurance-Id", "the gateway removes it before forwarding")]
     public void Compile_BoundHeaderTheUpstreamNeverReceivesAsSent_Refused(string header, string why)
     {
@@ -671,6 +672,19 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         AssertProblems(
             c => Route(c, "deploy")["Transforms"] = new JsonArray(JsonNode.Parse(transform)),
             $"ReverseProxy:Routes:deploy:Transforms[0]: '{key}' {effect} the bound header 'content-type', but policy '{Deploy}' binds request: the upstream must receive the request that was approved");
+    }
+
+    [Fact]
+    public void Compile_XForwardedWithAPrefixThatNamesABoundHeader_Refused()
+    {
+        // With HeaderPrefix "X-Release-" the proxy writes X-Release-For itself, over the value the grant approved.
+        AssertProblems(
+            c =>
+            {
+                Policy(c, Deploy)["BoundHeaders"] = new JsonArray("content-type", "x-release-for");
+                Route(c, "deploy")["Transforms"] = new JsonArray(JsonNode.Parse("""{"X-Forwarded":"Set","HeaderPrefix":"X-Release-"}"""));
+            },
+            $"ReverseProxy:Routes:deploy:Transforms[0]: 'X-Forwarded' writes the bound header 'x-release-for', but policy '{Deploy}' binds request: the upstream must receive the request that was approved");
     }
 
     [Fact]
