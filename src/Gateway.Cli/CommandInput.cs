@@ -3,6 +3,8 @@ namespace AssuranceGateway.Cli;
 /// <summary>Option values that System.CommandLine cannot check by itself, read the same way by every command.</summary>
 internal static class CommandInput
 {
+    private static readonly char[] OptionalWhiteSpace = [' ', '\t'];
+
     /// <summary>
     /// Repeated <c>--header 'name: value'</c> options, by lower-case name, each name's values in the order given: a header
     /// given twice has two values, which the request hash joins with "," (SPEC §4.2) as the gateway does for a header
@@ -14,18 +16,19 @@ internal static class CommandInput
         foreach (var option in options ?? [])
         {
             var colon = option.IndexOf(':', StringComparison.Ordinal);
-            if (colon <= 0)
+            var name = colon < 0 ? string.Empty : option[..colon].Trim(OptionalWhiteSpace).ToLowerInvariant();
+            if (name.Length == 0)
             {
                 throw new UsageException($"--header '{option}': expected 'name: value'");
             }
 
-            var name = option[..colon].Trim().ToLowerInvariant();
             if (!headers.TryGetValue(name, out var values))
             {
                 headers[name] = values = [];
             }
 
-            values.Add(option[(colon + 1)..].Trim());
+            // Only spaces and tabs, as the gateway's hash trims: \v, \f or NBSP around a value are part of it.
+            values.Add(option[(colon + 1)..].Trim(OptionalWhiteSpace));
         }
 
         return headers;
@@ -45,6 +48,20 @@ internal static class CommandInput
         }
 
         return File.ReadAllBytes(file.FullName);
+    }
+
+    /// <summary>How long to wait for the assurance API: <c>AGW_HTTP_TIMEOUT</c> seconds, 100 by default (HttpClient's).</summary>
+    public static TimeSpan HttpTimeout()
+    {
+        var text = Environment.GetEnvironmentVariable("AGW_HTTP_TIMEOUT");
+        if (string.IsNullOrEmpty(text))
+        {
+            return TimeSpan.FromSeconds(100);
+        }
+
+        return int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var seconds) && seconds is > 0 and <= 3600
+            ? TimeSpan.FromSeconds(seconds)
+            : throw new UsageException($"AGW_HTTP_TIMEOUT '{text}': expected whole seconds from 1 to 3600");
     }
 
     /// <summary>The assurance API base address of <c>--api</c> / AGW_API.</summary>

@@ -112,7 +112,7 @@ internal static class GrantCommands
         JsonObject? body, string? onlyField, CancellationToken ct)
     {
         var token = r.GetValue(bearer) ?? Environment.GetEnvironmentVariable("AGW_TOKEN");
-        using var client = new HttpClient { BaseAddress = CommandInput.ApiAddress(r.GetValue(api)!) };
+        using var client = new HttpClient { BaseAddress = CommandInput.ApiAddress(r.GetValue(api)!), Timeout = CommandInput.HttpTimeout() };
         using var request = new HttpRequestMessage(method, path);
         if (token is not null)
         {
@@ -133,6 +133,12 @@ internal static class GrantCommands
         {
             // Unreachable (wrong --api / AGW_API, gateway down): say which address, not a stack trace.
             await Console.Error.WriteLineAsync($"cannot reach the assurance API at {client.BaseAddress}: {e.Message}");
+            return 2;
+        }
+        catch (TaskCanceledException e) when (!ct.IsCancellationRequested)
+        {
+            // HttpClient's own timeout (something listens there but never answers), not the user's Ctrl+C.
+            await Console.Error.WriteLineAsync($"the assurance API at {client.BaseAddress} did not answer: {e.Message}");
             return 2;
         }
 

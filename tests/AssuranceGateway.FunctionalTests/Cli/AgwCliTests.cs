@@ -16,7 +16,9 @@ public sealed class AgwCliTests : IAsyncLifetime
 
     public async Task DisposeAsync() => await _gateway.DisposeAsync();
 
-    private static async Task<(int Code, string Out, string Err)> AgwAsync(params string[] args)
+    private static Task<(int Code, string Out, string Err)> AgwAsync(params string[] args) => AgwAsync(new Dictionary<string, string>(), args);
+
+    private static async Task<(int Code, string Out, string Err)> AgwAsync(Dictionary<string, string> environment, params string[] args)
     {
         var start = new ProcessStartInfo(GatewayProcess.DotnetHost()) { RedirectStandardOutput = true, RedirectStandardError = true };
         start.ArgumentList.Add(GatewayProcess.CliDll());
@@ -27,6 +29,10 @@ public sealed class AgwCliTests : IAsyncLifetime
 
         start.Environment.Remove("AGW_TOKEN");
         start.Environment.Remove("AGW_API");
+        foreach (var (name, value) in environment)
+        {
+            start.Environment[name] = value;
+        }
         using var process = Process.Start(start)!;
         var output = process.StandardOutput.ReadToEndAsync();
         var error = process.StandardError.ReadToEndAsync();
@@ -48,6 +54,49 @@ public sealed class AgwCliTests : IAsyncLifetime
 
         Assert.Equal(0, code);
         Assert.Equal(expected, output);
+    }
+
+    [Theory]
+    [InlineData("application/json\v")]
+    [InlineData("\fapplication/json")]
+    public async Task Hash_HeaderValueWithWhitespaceBeyondSpaceAndTab_KeptLikeTheGatewayKeepsIt(string value)
+    {
+        // The gateway hashes \v or \f around a value as sent (the upstream receives them): so must agw.
+        var expected = Requests.CanonicalRequest.Compute(
+            "POST", "/deploy/v1/releases", string.Empty, ["content-type"], _ => new Microsoft.Extensions.Primitives.StringValues(value), []).Hash;
+
+        var (code, output, _) = await AgwAsync("hash", "--method", "POST", "--path", "/deploy/v1/releases", "--header", "Content-Type: " + value);
+
+        Assert.Equal(0, code);
+        Assert.Equal(expected, output);
+    }
+
+    [Theory]
+    [InlineData(" : value")]
+    [InlineData(":value")]
+    public async Task Hash_HeaderWithoutAName_ExitsTwo(string header)
+    {
+        var (code, _, error) = await AgwAsync("hash", "--method", "GET", "--path", "/", "--header", header);
+
+        Assert.Equal(2, code);
+        Assert.Contains("expected 'name: value'", error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task GrantShow_ApiNeverAnswers_ExitsTwoWithOneLine()
+    {
+        // Something accepts the connection and never answers: HttpClient's timeout, cut short here by AGW_HTTP_TIMEOUT.
+        using var silent = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        silent.Start();
+        var address = $"http://127.0.0.1:{((IPEndPoint)silent.LocalEndpoint).Port}/";
+
+        var (code, _, error) = await AgwAsync(
+            new Dictionary<string, string> { ["AGW_HTTP_TIMEOUT"] = "1" },
+            "grant", "show", "--api", address, "--as", _gateway.Idp.ApiToken(scope: "assurance:read"), "some-grant");
+
+        Assert.Equal(2, code);
+        Assert.Contains(address, error, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", error, StringComparison.Ordinal);
     }
 
     [Fact]
