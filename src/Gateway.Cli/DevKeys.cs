@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Microsoft.IdentityModel.Tokens;
@@ -24,13 +25,13 @@ internal static class DevKeys
     {
         CreateOwnerOnlyDirectory(directory);
         var created = 0;
-        created += Pair(directory, IdpPrivate, IdpPublic, "idp-1", force, output);
-        created += Pair(directory, WorkloadPrivate, WorkloadPublic, "workload-1", force, output);
+        created += Pair(directory, IdpPrivate, IdpPublic, "idp", force, output);
+        created += Pair(directory, WorkloadPrivate, WorkloadPublic, "workload", force, output);
         var evidence = Path.Combine(directory, Evidence);
         if (force || !File.Exists(evidence))
         {
             using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-            Write(evidence, PrivateJwk(key, "evidence-1"));
+            Write(evidence, PrivateJwk(key, "evidence"));
             output.WriteLine($"wrote {evidence}");
             created++;
         }
@@ -43,7 +44,7 @@ internal static class DevKeys
         return 0;
     }
 
-    private static int Pair(string directory, string privateName, string publicName, string kid, bool force, TextWriter output)
+    private static int Pair(string directory, string privateName, string publicName, string purpose, bool force, TextWriter output)
     {
         var privatePath = Path.Combine(directory, privateName);
         var publicPath = Path.Combine(directory, publicName);
@@ -62,7 +63,7 @@ internal static class DevKeys
         }
 
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var jwk = PrivateJwk(key, kid);
+        var jwk = PrivateJwk(key, purpose);
         Write(privatePath, jwk);
         var publicJwk = new Dictionary<string, string>(jwk);
         publicJwk.Remove("d");
@@ -99,18 +100,25 @@ internal static class DevKeys
         return jwk;
     }
 
-    private static Dictionary<string, string> PrivateJwk(ECDsa key, string kid)
+    /// <summary>
+    /// A private JWK whose kid is the purpose and the start of the key's RFC 7638 thumbprint: a replaced key (--force)
+    /// gets a new kid, so a verifier that caches keys by kid and refetches on an unknown one sees the rotation.
+    /// </summary>
+    private static Dictionary<string, string> PrivateJwk(ECDsa key, string purpose)
     {
         var p = key.ExportParameters(includePrivateParameters: true);
+        var x = Base64UrlEncoder.Encode(p.Q.X);
+        var y = Base64UrlEncoder.Encode(p.Q.Y);
+        var thumbprint = Base64UrlEncoder.Encode(SHA256.HashData(Encoding.UTF8.GetBytes($$"""{"crv":"P-256","kty":"EC","x":"{{x}}","y":"{{y}}"}""")));
         return new Dictionary<string, string>
         {
             ["kty"] = "EC",
             ["crv"] = "P-256",
-            ["kid"] = kid,
+            ["kid"] = $"{purpose}-{thumbprint[..12]}",
             ["use"] = "sig",
             ["alg"] = "ES256",
-            ["x"] = Base64UrlEncoder.Encode(p.Q.X),
-            ["y"] = Base64UrlEncoder.Encode(p.Q.Y),
+            ["x"] = x,
+            ["y"] = y,
             ["d"] = Base64UrlEncoder.Encode(p.D),
         };
     }

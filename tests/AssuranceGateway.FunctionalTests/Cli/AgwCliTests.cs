@@ -214,6 +214,22 @@ public sealed class AgwCliTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task KeysInit_Forced_ReplacedKeysGetNewKids()
+    {
+        // A verifier caches keys by kid and refetches the JWKS on an unknown one: a replaced key must not reuse its kid.
+        var dir = Path.Combine(_gateway.Directory, "rotated");
+        string Kid(string file) => JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, file))).RootElement.GetProperty("kid").GetString()!;
+        Assert.Equal(0, (await AgwAsync("keys", "init", "--dir", dir)).Code);
+        var before = (Kid("evidence.jwk.json"), Kid("idp.private.jwk.json"));
+
+        Assert.Equal(0, (await AgwAsync("keys", "init", "--dir", dir, "--force")).Code);
+
+        Assert.NotEqual(before.Item1, Kid("evidence.jwk.json"));
+        Assert.NotEqual(before.Item2, Kid("idp.private.jwk.json"));
+        Assert.StartsWith("evidence-", Kid("evidence.jwk.json"), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task KeysInit_PublicJwksDeleted_KeepsThePrivateKeyAndDerivesThePublicSetFromIt()
     {
         var dir = Path.Combine(_gateway.Directory, "keys");
