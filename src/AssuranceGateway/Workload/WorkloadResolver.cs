@@ -27,10 +27,12 @@ public sealed class WorkloadResolver
     private readonly WorkloadSettings _settings;
     private readonly TokenValidator? _jwtSvid;
     private readonly X509Certificate2Collection? _clientCas;
+    private readonly TimeProvider _time;
 
     public WorkloadResolver(WorkloadSettings settings, TokenSettings tokens, TimeProvider time)
     {
         _settings = settings;
+        _time = time;
         if (settings.ClientCaFile is { } caFile && File.Exists(caFile))
         {
             _clientCas = [];
@@ -51,7 +53,7 @@ public sealed class WorkloadResolver
         {
             WorkloadCheck check = source switch
             {
-                WorkloadSource.Mtls => FromCertificate(context.Connection.ClientCertificate, _clientCas),
+                WorkloadSource.Mtls => FromCertificate(context.Connection.ClientCertificate, _clientCas, _time.GetUtcNow()),
                 WorkloadSource.Xfcc => FromXfcc(context),
                 WorkloadSource.Header => await FromHeaderAsync(context, cancellationToken).ConfigureAwait(false),
                 WorkloadSource.Claim => FromClaim(accessToken),
@@ -77,6 +79,12 @@ public sealed class WorkloadResolver
                 return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid,
                     $"sources disagree: {Name(found.Source)} and {Name(identity.Source)} name different workloads");
             }
+            else if (found.Token is null && identity.Token is not null)
+            {
+                // The same workload, and this source brought its token: RequireClaims are matched on the workload's own
+                // token when there is one (SPEC §2 step 3), not on the access token because an earlier source came first.
+                found = found with { Token = identity.Token };
+            }
         }
 
         return found is null
@@ -98,11 +106,18 @@ public sealed class WorkloadResolver
     /// identity claims), so a SPIFFE ID is believed only when the chain builds to <c>Workload:ClientCaFile</c>:
     /// anyone can put a SPIFFE URI into a self-signed certificate.
     /// </summary>
-    public static WorkloadCheck FromCertificate(X509Certificate2? certificate, X509Certificate2Collection? trustedCas)
+    public static WorkloadCheck FromCertificate(X509Certificate2? certificate, X509Certificate2Collection? trustedCas, DateTimeOffset now)
     {
         if (certificate is null)
         {
             return default;
+        }
+
+        // Kestrel accepts any certificate, so its dates are judged here: a key retired by letting its certificate
+        // expire must stop being an identity, thumbprint or not.
+        if (now < certificate.NotBefore.ToUniversalTime() || now > certificate.NotAfter.ToUniversalTime())
+        {
+            return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, "client certificate is outside its validity period");
         }
 
         string? spiffe = null;
@@ -222,9 +237,35 @@ public sealed class WorkloadResolver
         }
 
         var check = await _jwtSvid.ValidateAsync(values[0]!.Trim(), cancellationToken).ConfigureAwait(false);
-        return check.Token is { } token
-            ? new WorkloadCheck(new WorkloadIdentity(token.Subject, WorkloadSource.Header, token), null, null)
-            : WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, "Workload-Identity: " + check.Failure);
+        if (check.Token is not { } token)
+        {
+            return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, "Workload-Identity: " + check.Failure);
+        }
+
+        return SubjectProblem(token.Subject, token.Issuer) is { } problem
+            ? WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, "Workload-Identity: " + problem)
+            : new WorkloadCheck(new WorkloadIdentity(token.Subject, WorkloadSource.Header, token), null, null);
+    }
+
+    /// <summary>
+    /// A JWT-SVID speaks for its own trust domain only (SPIFFE JWT-SVID §3): an issuer named <c>spiffe://td</c> may
+    /// assert <c>spiffe://td/…</c> and nothing else, so one trusted domain cannot name another's workloads. An issuer
+    /// that is not a trust domain may not assert SPIFFE IDs or certificate thumbprints (the mtls source's identities).
+    /// </summary>
+    internal static string? SubjectProblem(string subject, string issuer)
+    {
+        const string Scheme = "spiffe://";
+        if (issuer.StartsWith(Scheme, StringComparison.Ordinal))
+        {
+            var prefix = issuer.TrimEnd('/') + "/";
+            return subject.StartsWith(prefix, StringComparison.Ordinal) && subject.Length > prefix.Length
+                ? null
+                : $"sub must be a SPIFFE ID of the trust domain {issuer}";
+        }
+
+        return subject.StartsWith("spiffe:", StringComparison.OrdinalIgnoreCase) || subject.StartsWith("x509:", StringComparison.OrdinalIgnoreCase)
+            ? $"issuer {issuer} is not a SPIFFE trust domain: its sub cannot be a SPIFFE ID or a certificate identity"
+            : null;
     }
 
     private WorkloadCheck FromClaim(ValidatedToken? accessToken)

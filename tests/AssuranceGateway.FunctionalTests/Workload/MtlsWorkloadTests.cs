@@ -40,7 +40,7 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
         _ca.Dispose();
     }
 
-    private HttpClient ClientWith(X509Certificate2? certificate)
+    private HttpClient ClientWith(X509Certificate2? certificate, bool evenIfNotValidNow = false)
     {
         var handler = new SocketsHttpHandler();
         // The test's own self-signed server certificate, pinned by thumbprint.
@@ -49,6 +49,12 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
         if (certificate is not null)
         {
             handler.SslOptions.ClientCertificates = [certificate];
+        }
+
+        if (evenIfNotValidNow)
+        {
+            // The client stack would not offer a certificate outside its validity on its own: an attacker's would.
+            handler.SslOptions.LocalCertificateSelectionCallback = (_, _, _, _, _) => certificate!;
         }
 
         return new HttpClient(handler) { BaseAddress = new Uri(_gateway.ProxyAddress) };
@@ -104,6 +110,27 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
         // workload_mismatch is in RevokeOn: the holder of the right key now finds the grant burned.
         using var owner = await pinnedClient.SendAsync(DeployRequest(token, svid: null, id, out _));
         Assert.Equal("grant_revoked", await owner.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Theory]
+    [InlineData(-10, -5)] // expired five days ago (a key retired by rotation)
+    [InlineData(5, 10)]   // not valid for five more days
+    public async Task CertificateOutsideItsValidity_NoThumbprintIdentity_WorkloadInvalid(int notBeforeDays, int notAfterDays)
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=workload", key, HashAlgorithmName.SHA256);
+        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.2")], false));
+        using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(notBeforeDays), DateTimeOffset.UtcNow.AddDays(notAfterDays));
+        var thumbprint = "x509:sha256:" + Convert.ToHexStringLower(certificate.GetCertHash(HashAlgorithmName.SHA256));
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: thumbprint));
+        using var http = ClientWith(certificate, evenIfNotValidNow: true);
+
+        using var response = await http.SendAsync(DeployRequest(token, svid: null, id, out _));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal("workload_invalid", await response.ReasonAsync());
         Assert.Equal(0, _gateway.Upstream.Count);
     }
 
