@@ -1049,6 +1049,7 @@ public static class GatewayConfigCompiler
         ["baggage"] = "the proxy's trace propagation rewrites it",
         ["request-id"] = "the proxy's trace propagation rewrites it",
         ["correlation-context"] = "the proxy's trace propagation rewrites it",
+        ["x-forwarded-client-cert"] = "the gateway removes it when an untrusted peer sends it",
         ["assurance-id"] = "the gateway removes it before forwarding",
         ["workload-identity"] = "the gateway removes it before forwarding",
         ["assurance-evidence"] = "the gateway removes it before forwarding",

@@ -221,6 +221,7 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     [InlineData("keep-alive", "a hop-by-hop header the proxy drops")]
     [InlineData("TE", "a hop-by-hop header the proxy drops")]
     [InlineData("x-forwarded-host", "the proxy writes it")]
+    [InlineData("X-Forwarded-Client-Cert", "the gateway removes it when an untrusted peer sends it")]
     [InlineData("traceparent", "the proxy's trace propagation rewrites it")]
     [InlineData("Assurance-Id", "the gateway removes it before forwarding")]
     public void Compile_BoundHeaderTheUpstreamNeverReceivesAsSent_Refused(string header, string why)
