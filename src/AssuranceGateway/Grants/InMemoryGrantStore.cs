@@ -129,7 +129,14 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
             return grant with { DroppedEvents = grant.DroppedEvents + 1 };
         }
 
-        return grant with { Events = [.. grant.Events, grantEvent] };
+        // Oldest first (SPEC §5.2), like the Redis store: an event recorded late goes before the later ones.
+        var index = grant.Events.Count;
+        while (index > 0 && grant.Events[index - 1].At > grantEvent.At)
+        {
+            index--;
+        }
+
+        return grant with { Events = [.. grant.Events.Take(index), grantEvent, .. grant.Events.Skip(index)] };
     }
 
     public Task<GrantRecord?> GetAsync(string id, CancellationToken cancellationToken)

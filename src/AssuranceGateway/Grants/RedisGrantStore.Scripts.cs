@@ -351,12 +351,33 @@ internal sealed partial class RedisGrantStore
             if redis.call('EXISTS', KEYS[1]) == 0 then
               return 0
             end
+            local events = redis.call('LRANGE', KEYS[2], 0, -1)
             if ARGV[3] == '1' then
-              for _, e in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+              for _, e in ipairs(events) do
                 if e == ARGV[1] then return 0 end
               end
             end
-            append(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]))
+            if #events >= tonumber(ARGV[2]) then
+              redis.call('HINCRBY', KEYS[1], 'dropped', 1)
+              return 1
+            end
+            -- Events stay oldest first (SPEC §5.2): one recorded late (an unknown outcome, written once Redis answers
+            -- again, after the use that the timed-out consume made when Redis woke up) goes before the events that are
+            -- later than it, not at the end.
+            local at = tonumber(cjson.decode(ARGV[1]).at or '')
+            local later = nil
+            if at then
+              for i = #events, 1, -1 do
+                local other = tonumber(cjson.decode(events[i]).at or '')
+                if other == nil or other <= at then break end
+                later = events[i]
+              end
+            end
+            if later then
+              redis.call('LINSERT', KEYS[2], 'BEFORE', later, ARGV[1])
+            else
+              redis.call('RPUSH', KEYS[2], ARGV[1])
+            end
             return 1
             """;
 

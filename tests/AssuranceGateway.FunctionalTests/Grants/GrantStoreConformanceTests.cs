@@ -940,8 +940,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         await Store.AppendEventAsync(NewId(), unknown, default);
 
         var stored = await Store.GetAsync(grant.Id, default);
-        var last = stored!.Events[^1];
-        Assert.Equal(unknown.Type, last.Type);
+        var last = Assert.Single(stored!.Events, e => e.Type == GrantEvent.UnknownOutcome);
         Assert.Equal(at, last.At);
         Assert.Equal(unknown.TraceId, last.TraceId);
         Assert.Equal(unknown.SpanId, last.SpanId);
@@ -950,6 +949,30 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         Assert.Equal(unknown.Origin, last.Origin);
         Assert.Equal(["body"], last.Mismatch);
         Assert.Equal(GrantStatus.Active, stored.Status);
+    }
+
+    [Fact]
+    public async Task AppendEventAsync_EventOlderThanTheLatest_PlacedOldestFirst()
+    {
+        // An unknown outcome is recorded once the store answers again, after the use that the timed-out consume made
+        // when the store woke up: it must still be listed before that use (SPEC §5.2: oldest first).
+        var grant = NewGrant() with { MaxUses = 2, UsesRemaining = 2 };
+        await CreateAsync(grant);
+        await Task.Delay(20);
+        await AdvanceAsync();
+        var before = (await Store.GetAsync(grant.Id, default))!.Events[^1].At;
+        await Task.Delay(20);
+        await AdvanceAsync();
+        Assert.Equal(ReasonCodes.Ok, (await Store.ConsumeAsync(Matching(grant), default)).Reason);
+        var used = (await Store.GetAsync(grant.Id, default))!.Events[^1];
+        Assert.Equal(GrantEvent.Used, used.Type);
+        var timedOut = before + (used.At - before) / 2;
+
+        await Store.AppendEventAsync(grant.Id, new GrantEvent { Type = GrantEvent.UnknownOutcome, At = timedOut, TraceId = "late" }, default);
+
+        var events = (await Store.GetAsync(grant.Id, default))!.Events;
+        Assert.Equal([GrantEvent.UnknownOutcome, GrantEvent.Used], events.TakeLast(2).Select(e => e.Type));
+        Assert.Equal(events.OrderBy(e => e.At).Select(e => e.Type), events.Select(e => e.Type));
     }
 
     [Fact]
