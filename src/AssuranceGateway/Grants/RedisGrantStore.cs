@@ -229,8 +229,10 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                 pipe.Retire(error.Message);
                 Log.PipeUnavailable(_logger, Description, error.Message);
                 return null;
+            case RespError { IsOutOfMemory: true } error:
+                throw Unavailable("consume", grantId, error.Message, outcomeUnknown: false, null);
             case RespError error:
-                // A script error (OOM under noeviction, say): it ran up to the failure, and nothing says how far.
+                // Another script error: it ran up to the failure, and nothing says how far.
                 throw Unavailable("consume", grantId, error.Message, outcomeUnknown: true, null);
             case object?[] items:
                 var text = new string?[items.Length];
@@ -747,10 +749,15 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             // the consume connection gets the same reply. Not an unknown outcome.
             throw Unavailable(operation, grantId, "not the primary", outcomeUnknown: false, e);
         }
+        catch (RedisServerException e) when (RespError.IsOutOfMemoryMessage(e.Message))
+        {
+            // Out of memory under noeviction: the script's first write was refused, so nothing was written (see RespError).
+            throw Unavailable(operation, grantId, "out of memory", outcomeUnknown: false, e);
+        }
         catch (Exception e) when (e is RedisException or ObjectDisposedException)
         {
-            // A timeout reported by the client, a script error (OOM under noeviction), a connection disposed by the
-            // watchdog: the command was sent and nothing says what became of it.
+            // A timeout reported by the client, another script error, a connection disposed by the watchdog: the command
+            // was sent and nothing says what became of it.
             throw Unavailable(operation, grantId, e.GetType().Name, outcomeUnknown: true, e);
         }
     }

@@ -23,6 +23,14 @@ internal sealed record RespError(string Message)
     public static bool IsNotPrimaryMessage(string message) =>
         message.StartsWith("READONLY", StringComparison.Ordinal) || message.StartsWith("LOADING", StringComparison.Ordinal)
         || message.StartsWith("MASTERDOWN", StringComparison.Ordinal);
+
+    /// <summary>
+    /// Out of memory under noeviction. Redis refuses a script's first write then (a script that has written may go on
+    /// writing), and every script of the store reads first and writes last: nothing was written.
+    /// </summary>
+    public bool IsOutOfMemory => IsOutOfMemoryMessage(Message);
+
+    public static bool IsOutOfMemoryMessage(string message) => message.StartsWith("OOM", StringComparison.Ordinal);
 }
 
 /// <summary>

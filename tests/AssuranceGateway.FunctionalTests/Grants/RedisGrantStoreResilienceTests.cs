@@ -85,6 +85,41 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task ConsumeAsync_RedisOutOfMemory_KnownFailureNothingWrittenNoUnknownOutcome()
+    {
+        // Under noeviction Redis refuses a script's first write when memory is full, and every script writes last: the
+        // consume did not happen, so the grant must not be told that its outcome is unknown.
+        await using var redis = await RedisServer.StartAsync("--maxmemory-policy", "noeviction");
+        var settings = RedisStores.Settings(redis, timeout: Timeout);
+        using var store = await RedisStores.StartAsync(settings, _log);
+        var grant = Grant();
+        await store.CreateAsync(grant, Created(), 10, default);
+        var keys = new GrantKeys(settings.KeyPrefix);
+        var key = (string)keys.Grant(grant.Id)!;
+        var eventsKey = (string)keys.Events(grant.Id)!;
+        var events = await redis.ExecuteAsync("LLEN", eventsKey);
+        await redis.ExecuteAsync("CONFIG", "SET", "maxmemory", "1");
+        try
+        {
+            // Twice: on the consume connection, and on the shared one should the first fall back.
+            for (var i = 0; i < 2; i++)
+            {
+                var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+                Assert.False(failure.OutcomeUnknown, failure.Message);
+            }
+
+            Assert.Equal(0, store.UnknownOutcomesPending);
+        }
+        finally
+        {
+            await redis.ExecuteAsync("CONFIG", "SET", "maxmemory", "0");
+        }
+
+        Assert.Equal("1", await redis.ExecuteAsync("HGET", key, "uses"));
+        Assert.Equal(events, await redis.ExecuteAsync("LLEN", eventsKey));
+    }
+
+    [Fact]
     public async Task ConsumeAsync_DryRunWhileRedisPaused_FailsButRecordsNothing()
     {
         await using var redis = await RedisServer.StartAsync();
