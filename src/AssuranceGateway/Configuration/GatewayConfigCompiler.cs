@@ -428,7 +428,7 @@ public static class GatewayConfigCompiler
             }
             else
             {
-                keys = RemoteKeySource.ForAuthority(authority!);
+                keys = RemoteKeySource.ForAuthority(authority!, name ?? authority!);
             }
         }
 

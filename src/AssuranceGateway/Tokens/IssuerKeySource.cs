@@ -29,8 +29,7 @@ public sealed class IssuerKeys
         var all = new List<SecurityKey>();
         foreach (var jwk in set.Keys)
         {
-            // Encryption keys and symmetric keys are never accepted for access-token signatures.
-            if (string.Equals(jwk.Use, "enc", StringComparison.Ordinal) || jwk.Kty == JsonWebAlgorithmsKeyTypes.Octet)
+            if (!Acceptable(jwk))
             {
                 continue;
             }
@@ -43,6 +42,57 @@ public sealed class IssuerKeys
         }
 
         return new IssuerKeys(byKid.ToFrozenDictionary(StringComparer.Ordinal), all.Count == 1 ? all[0] : null);
+    }
+
+    /// <summary>
+    /// A signing key as its members describe it. Not: a key for another use (encryption, a SPIFFE bundle's X.509
+    /// authority), a symmetric key, an RSA key under 2048 bits. A key that also carries a certificate (x5c) is used by its
+    /// own members (n/e, x/y), which the library would otherwise ignore for the certificate's key (RFC 7517 §4.7 says
+    /// they must match; nothing checks that they do).
+    /// </summary>
+    private static bool Acceptable(JsonWebKey jwk)
+    {
+        if (jwk.Use is { Length: > 0 } use && use is not ("sig" or "jwt-svid"))
+        {
+            return false;
+        }
+
+        switch (jwk.Kty)
+        {
+            case JsonWebAlgorithmsKeyTypes.RSA:
+                if (string.IsNullOrEmpty(jwk.N) || string.IsNullOrEmpty(jwk.E) || ModulusBits(jwk.N) < 2048)
+                {
+                    return false;
+                }
+
+                break;
+            case JsonWebAlgorithmsKeyTypes.EllipticCurve:
+                if (string.IsNullOrEmpty(jwk.X) || string.IsNullOrEmpty(jwk.Y))
+                {
+                    return false;
+                }
+
+                break;
+            default:
+                return false;
+        }
+
+        jwk.X5c.Clear();
+        jwk.X5t = null;
+        jwk.X5tS256 = null;
+        return true;
+    }
+
+    private static int ModulusBits(string n)
+    {
+        try
+        {
+            return Base64UrlEncoder.DecodeBytes(n).AsSpan().TrimStart((byte)0).Length * 8;
+        }
+        catch (FormatException)
+        {
+            return 0;
+        }
     }
 
     public SecurityKey? Find(string? kid)
@@ -82,9 +132,30 @@ public sealed class IssuerKeysUnavailableException(string message, Exception? in
 /// <summary>JWKS fetched from a URI (directly, or found by OIDC discovery), cached and refreshed by IdentityModel.</summary>
 internal sealed class RemoteKeySource : IIssuerKeySource
 {
+    // Before the first good fetch a request waits this long for keys at most, and a failed fetch is not retried sooner
+    // than this: a hanging or failing IdP must neither hold requests (IdentityModel fetches without a deadline, one
+    // caller after another) nor be hit once per request.
+    private static readonly TimeSpan ColdWait = TimeSpan.FromSeconds(2);
+    private static readonly TimeSpan ColdRetry = TimeSpan.FromSeconds(5);
+
+    // Key material is small and comes from where it was configured: bounded size and time, no redirects (RequireHttps
+    // only checks the first address).
+    private static readonly HttpClient KeyClient = new(new SocketsHttpHandler { AllowAutoRedirect = false, PooledConnectionLifetime = TimeSpan.FromMinutes(10) })
+    {
+        Timeout = TimeSpan.FromSeconds(10),
+        MaxResponseContentBufferSize = 1024 * 1024,
+    };
+
+    // One source per address for the life of the process: a configuration reload (any edit) reuses it, so keys known
+    // before the reload stay known while the IdP is down, and the cold-start windows do not open again.
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, RemoteKeySource> Shared = new(StringComparer.Ordinal);
+
     private readonly Func<CancellationToken, Task<JsonWebKeySet>> _fetch;
     private readonly Action _refresh;
     private readonly string _address;
+    private readonly Lock _cold = new();
+    private Task<JsonWebKeySet>? _coldFetch;
+    private long _coldFailedAt;
 
     // One reference, swapped whole: the set and the keys built from it can never be seen half-updated by
     // concurrent requests (two separate fields could pair a new set with the old keys).
@@ -105,7 +176,14 @@ internal sealed class RemoteKeySource : IIssuerKeySource
     /// </summary>
     internal static TimeSpan RefreshInterval { get; set; } = BaseConfigurationManager.DefaultRefreshInterval;
 
-    public static RemoteKeySource ForJwksUri(string uri, HttpClient? client = null)
+    public static RemoteKeySource ForJwksUri(string uri) => Shared.GetOrAdd("jwks " + uri, static (_, uri) => CreateForJwksUri(uri, null), uri);
+
+    /// <param name="issuer">The issuer the discovery document must name (OIDC Discovery §4.3: identical), or its keys are
+    /// not used: a multi-tenant authority would otherwise lend another tenant's keys to this issuer.</param>
+    public static RemoteKeySource ForAuthority(string authority, string issuer) =>
+        Shared.GetOrAdd($"oidc {authority} {issuer}", static (_, a) => CreateForAuthority(a.authority, a.issuer, null), (authority, issuer));
+
+    internal static RemoteKeySource CreateForJwksUri(string uri, HttpClient? client)
     {
         var manager = new ConfigurationManager<JsonWebKeySet>(uri, new JwksRetriever(), Retriever(uri, client))
         {
@@ -114,7 +192,7 @@ internal sealed class RemoteKeySource : IIssuerKeySource
         return new RemoteKeySource(uri, ct => manager.GetConfigurationAsync(ct), manager.RequestRefresh);
     }
 
-    public static RemoteKeySource ForAuthority(string authority, HttpClient? client = null)
+    internal static RemoteKeySource CreateForAuthority(string authority, string issuer, HttpClient? client)
     {
         var metadata = authority.TrimEnd('/') + "/.well-known/openid-configuration";
         var manager = new ConfigurationManager<OpenIdConnectConfiguration>(
@@ -127,6 +205,11 @@ internal sealed class RemoteKeySource : IIssuerKeySource
             async ct =>
             {
                 var config = await manager.GetConfigurationAsync(ct).ConfigureAwait(false);
+                if (!string.Equals(config.Issuer, issuer, StringComparison.Ordinal))
+                {
+                    throw new InvalidOperationException($"the discovery document names issuer '{config.Issuer}', not '{issuer}'");
+                }
+
                 return config.JsonWebKeySet ?? new JsonWebKeySet();
             },
             manager.RequestRefresh);
@@ -139,7 +222,9 @@ internal sealed class RemoteKeySource : IIssuerKeySource
         JsonWebKeySet set;
         try
         {
-            set = await _fetch(cancellationToken).ConfigureAwait(false);
+            set = _cached is null
+                ? await ColdFetchAsync(cancellationToken).ConfigureAwait(false)
+                : await _fetch(cancellationToken).ConfigureAwait(false);
         }
         catch (InvalidOperationException e)
         {
@@ -159,13 +244,56 @@ internal sealed class RemoteKeySource : IIssuerKeySource
 
     public void RequestRefresh() => _refresh();
 
+    /// <summary>No keys yet: one fetch at a time for all callers, waited for briefly, not repeated soon after a failure.</summary>
+    private async Task<JsonWebKeySet> ColdFetchAsync(CancellationToken cancellationToken)
+    {
+        Task<JsonWebKeySet> fetch;
+        lock (_cold)
+        {
+            var failed = _coldFetch is { IsCompleted: true, IsCompletedSuccessfully: false };
+            if (_coldFetch is null || (failed && System.Diagnostics.Stopwatch.GetElapsedTime(Volatile.Read(ref _coldFailedAt)) >= ColdRetry))
+            {
+                _coldFetch = FetchOnceAsync();
+            }
+
+            fetch = _coldFetch;
+        }
+
+        if (fetch is { IsCompleted: true, IsCompletedSuccessfully: false })
+        {
+            throw new IssuerKeysUnavailableException($"signing keys could not be fetched from '{_address}' (retried within {ColdRetry.TotalSeconds} s)", fetch.Exception?.InnerException);
+        }
+
+        try
+        {
+            return await fetch.WaitAsync(ColdWait, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            throw new IssuerKeysUnavailableException($"signing keys from '{_address}' did not arrive within {ColdWait.TotalSeconds} s", null);
+        }
+    }
+
+    private async Task<JsonWebKeySet> FetchOnceAsync()
+    {
+        try
+        {
+            return await _fetch(CancellationToken.None).ConfigureAwait(false);
+        }
+        catch
+        {
+            Volatile.Write(ref _coldFailedAt, System.Diagnostics.Stopwatch.GetTimestamp());
+            throw;
+        }
+    }
+
     private sealed record Cached(JsonWebKeySet Set, IssuerKeys Keys);
 
     private static HttpDocumentRetriever Retriever(string address, HttpClient? client)
     {
         // HTTPS is required for key material, except on loopback (local IdPs and tests).
         var loopback = Uri.TryCreate(address, UriKind.Absolute, out var uri) && uri.IsLoopback;
-        var retriever = client is null ? new HttpDocumentRetriever() : new HttpDocumentRetriever(client);
+        var retriever = new HttpDocumentRetriever(client ?? KeyClient);
         retriever.RequireHttps = !loopback;
         return retriever;
     }

@@ -152,8 +152,8 @@ public sealed class TokenValidator
         }
         catch (IssuerKeysUnavailableException)
         {
-            // Fail closed: a token that cannot be verified is not accepted. Retried on the next request (the source
-            // backs off by itself).
+            // Fail closed: a token that cannot be verified is not accepted. The source bounds the wait and backs off
+            // after a failure, so a failing IdP is neither waited for nor hit once per request.
             return TokenCheck.Fail("signing keys of this issuer are unavailable");
         }
 
@@ -163,6 +163,12 @@ public sealed class TokenValidator
             // The issuer may have rotated: ask for a refresh (rate-limited), but do not hold this request for it.
             entry.Issuer.Keys.RequestRefresh();
             return TokenCheck.Fail(shape.KeyId is null ? "kid missing" : "unknown kid");
+        }
+
+        // A key published for one algorithm verifies tokens of that algorithm only (RFC 7517 §4.4).
+        if (key is JsonWebKey { Alg.Length: > 0 } published && !string.Equals(published.Alg, shape.Algorithm, StringComparison.Ordinal))
+        {
+            return TokenCheck.Fail("the signing key is published for another algorithm");
         }
 
         // The library is stricter about some claim types than the inspector (an "aud" or "sub" that is a number or an
