@@ -980,6 +980,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
     {
         var grant = NewGrant() with { MaxUses = 2, UsesRemaining = 2 };
         await CreateAsync(grant); // created + approved: 2 events
+        await Task.Delay(2); // Now has millisecond precision, the store's clock microseconds: events appended "now" come after
         for (var i = 0; i < GrantRules.MaxEvents - 3; i++)
         {
             await Store.AppendEventAsync(grant.Id, new GrantEvent { Type = GrantEvent.UnknownOutcome, At = Now, TraceId = "t" + i }, default);
@@ -1003,6 +1004,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
     {
         var grant = NewGrant() with { MaxUses = 3, UsesRemaining = 3 };
         await CreateAsync(grant);
+        await Task.Delay(2); // as above: appended events must not predate the creation
         for (var i = 0; i < GrantRules.MaxEvents - 3; i++)
         {
             await Store.AppendEventAsync(grant.Id, new GrantEvent { Type = GrantEvent.UnknownOutcome, At = Now, TraceId = "t" + i }, default);
