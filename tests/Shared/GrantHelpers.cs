@@ -103,6 +103,28 @@ public static class GrantHelpers
         return request;
     }
 
+    /// <summary>GET <paramref name="path"/> with <paramref name="token"/>: the status and, on a denial, the problem's detail.</summary>
+    public static async Task<(HttpStatusCode Status, string? Detail)> StatusAndDetailAsync(this GatewayHarness gateway, string token, string path = "/status")
+    {
+        using var request = GatewayHarness.Request(HttpMethod.Get, path, token, out _);
+        using var response = await gateway.Proxy.SendAsync(request);
+        if (response.IsSuccessStatusCode)
+        {
+            return (response.StatusCode, null);
+        }
+
+        var text = await response.Content.ReadAsStringAsync();
+        try
+        {
+            using var problem = JsonDocument.Parse(text);
+            return (response.StatusCode, problem.RootElement.TryGetProperty("detail", out var d) ? d.GetString() : null);
+        }
+        catch (JsonException)
+        {
+            return (response.StatusCode, text);
+        }
+    }
+
     public static async Task<JsonElement> ProblemAsync(this HttpResponseMessage response)
     {
         Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);

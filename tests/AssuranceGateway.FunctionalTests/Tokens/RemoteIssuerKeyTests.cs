@@ -187,18 +187,7 @@ public sealed class RemoteIssuerKeyTests : IAsyncLifetime
 
     private async Task<HttpStatusCode> SendAsync(string token) => (await SendForDetailAsync(token)).Status;
 
-    private async Task<(HttpStatusCode Status, string? Detail)> SendForDetailAsync(string token)
-    {
-        using var request = GatewayHarness.Request(HttpMethod.Get, "/status", token, out _);
-        using var response = await _gateway.Proxy.SendAsync(request);
-        if (response.IsSuccessStatusCode)
-        {
-            return (response.StatusCode, null);
-        }
-
-        using var problem = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
-        return (response.StatusCode, problem.RootElement.TryGetProperty("detail", out var d) ? d.GetString() : null);
-    }
+    private Task<(HttpStatusCode Status, string? Detail)> SendForDetailAsync(string token) => _gateway.StatusAndDetailAsync(token);
 
     /// <summary>The key refresh runs in the background: poll until the token passes, and never forward a refused one.</summary>
     private async Task AssertEventuallyAcceptedAsync(string token)

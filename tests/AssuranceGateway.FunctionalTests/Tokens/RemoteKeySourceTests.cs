@@ -210,16 +210,7 @@ public sealed class RemoteKeySourceTests : IAsyncLifetime
     public async Task RefreshFailsAfterKeysKnown_LastGoodKeysKept()
     {
         var down = false;
-        _idp.Handler = c =>
-        {
-            if (down)
-            {
-                c.Response.StatusCode = 500;
-                return Task.CompletedTask;
-            }
-
-            return c.Response.WriteAsync(Jwks(EcJwk(_gateway.Idp.Key, _gateway.Idp.Kid)));
-        };
+        _idp.Handler = ServesTheIdpKeyUnless(() => down);
         await StartAsync("JwksUri", _idp.Address + "/jwks.json");
         Assert.Equal(HttpStatusCode.OK, await SendAsync(_gateway.Idp.Token()));
 
@@ -357,16 +348,7 @@ public sealed class RemoteKeySourceTests : IAsyncLifetime
     public async Task Reload_WhileIdpDown_LastGoodKeysKept()
     {
         var down = false;
-        _idp.Handler = c =>
-        {
-            if (down)
-            {
-                c.Response.StatusCode = 500;
-                return Task.CompletedTask;
-            }
-
-            return c.Response.WriteAsync(Jwks(EcJwk(_gateway.Idp.Key, _gateway.Idp.Kid)));
-        };
+        _idp.Handler = ServesTheIdpKeyUnless(() => down);
         var config = _gateway.DefaultConfig();
         var issuer = (JsonObject)config["Assurance"]!["Tokens"]!["Issuers"]![0]!;
         issuer.Remove("JwksFile");
@@ -400,6 +382,18 @@ public sealed class RemoteKeySourceTests : IAsyncLifetime
         await _gateway.StartWithAsync(config);
     }
 
+    /// <summary>The IdP's JWKS, or 500 while <paramref name="down"/> says so.</summary>
+    private Func<HttpContext, Task> ServesTheIdpKeyUnless(Func<bool> down) => c =>
+    {
+        if (down())
+        {
+            c.Response.StatusCode = 500;
+            return Task.CompletedTask;
+        }
+
+        return c.Response.WriteAsync(Jwks(EcJwk(_gateway.Idp.Key, _gateway.Idp.Kid)));
+    };
+
     private static string Jwks(params JsonObject[] keys) => new JsonObject { ["keys"] = new JsonArray(keys) }.ToJsonString();
 
     private static JsonObject EcJwk(ECDsa key, string kid)
@@ -432,24 +426,5 @@ public sealed class RemoteKeySourceTests : IAsyncLifetime
 
     private async Task<HttpStatusCode> SendAsync(string token) => (await SendForDetailAsync(token)).Status;
 
-    private async Task<(HttpStatusCode Status, string? Detail)> SendForDetailAsync(string token)
-    {
-        using var request = GatewayHarness.Request(HttpMethod.Get, "/status", token, out _);
-        using var response = await _gateway.Proxy.SendAsync(request);
-        if (response.IsSuccessStatusCode)
-        {
-            return (response.StatusCode, null);
-        }
-
-        var text = await response.Content.ReadAsStringAsync();
-        try
-        {
-            using var problem = JsonDocument.Parse(text);
-            return (response.StatusCode, problem.RootElement.TryGetProperty("detail", out var d) ? d.GetString() : null);
-        }
-        catch (JsonException)
-        {
-            return (response.StatusCode, text);
-        }
-    }
+    private Task<(HttpStatusCode Status, string? Detail)> SendForDetailAsync(string token) => _gateway.StatusAndDetailAsync(token);
 }
