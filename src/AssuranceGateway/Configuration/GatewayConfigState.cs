@@ -46,6 +46,7 @@ public sealed partial class GatewayConfigState : IDisposable
     // Newest first: the generations that requests already routed by YARP may still belong to.
     private volatile GatewayRuntime[] _recent = [];
     private const int RecentGenerations = 4;
+    private static readonly TimeSpan KeyFileReloadDelay = TimeSpan.FromMilliseconds(200);
 
     /// <summary>The route metadata key that names the generation a route belongs to (set here, never by config).</summary>
     public const string GenerationMetadataKey = "AssuranceGateway.Generation";
@@ -211,7 +212,17 @@ public sealed partial class GatewayConfigState : IDisposable
         }
 
         _keyFiles?.Dispose();
-        _keyFiles = new KeyFileWatch(files, () => _ = ReloadAsync());
+        _keyFiles = new KeyFileWatch(files, () => _ = ReloadAfterKeyFileChangeAsync());
+    }
+
+    /// <summary>
+    /// A moment after the first change event, as the config file's own source does (its ReloadDelay): a file is often
+    /// written in more than one step (truncate, then write), and reading it at the first event would compile half a key.
+    /// </summary>
+    private async Task ReloadAfterKeyFileChangeAsync()
+    {
+        await Task.Delay(KeyFileReloadDelay).ConfigureAwait(false); // wall time: a file write, not the gateway's clock
+        await ReloadAsync().ConfigureAwait(false);
     }
 
     private async ValueTask<(GatewaySettings? Settings, IReadOnlyList<string> Problems)> CompileAsync()
