@@ -1,9 +1,10 @@
+using AssuranceGateway.Requests;
+
 namespace AssuranceGateway.Cli;
 
 /// <summary>Option values that System.CommandLine cannot check by itself, read the same way by every command.</summary>
 internal static class CommandInput
 {
-    private static readonly char[] OptionalWhiteSpace = [' ', '\t'];
 
     /// <summary>
     /// Repeated <c>--header 'name: value'</c> options, by lower-case name, each name's values in the order given: a header
@@ -16,7 +17,7 @@ internal static class CommandInput
         foreach (var option in options ?? [])
         {
             var colon = option.IndexOf(':', StringComparison.Ordinal);
-            var name = colon < 0 ? string.Empty : option[..colon].Trim(OptionalWhiteSpace).ToLowerInvariant();
+            var name = colon < 0 ? string.Empty : CanonicalRequest.TrimOptionalWhiteSpace(option[..colon]).ToLowerInvariant();
             if (name.Length == 0)
             {
                 throw new UsageException($"--header '{option}': expected 'name: value'");
@@ -27,8 +28,8 @@ internal static class CommandInput
                 headers[name] = values = [];
             }
 
-            // Only spaces and tabs, as the gateway's hash trims: \v, \f or NBSP around a value are part of it.
-            values.Add(option[(colon + 1)..].Trim(OptionalWhiteSpace));
+            // As the gateway's hash trims: \v, \f or NBSP around a value are part of it.
+            values.Add(CanonicalRequest.TrimOptionalWhiteSpace(option[(colon + 1)..]));
         }
 
         return headers;

@@ -69,6 +69,13 @@ public static class CanonicalRequest
 
     private static readonly char[] OptionalWhiteSpace = [' ', '\t'];
 
+    /// <summary>
+    /// A header value as the hash sees it: only optional white space (RFC 9110: spaces and tabs) around it is
+    /// insignificant; anything else the upstream receives as sent, so it is hashed as sent. String.Trim() would also drop
+    /// \v, \f, U+001C-U+001F and NBSP.
+    /// </summary>
+    public static string TrimOptionalWhiteSpace(string value) => value.Trim(OptionalWhiteSpace);
+
     public static string CanonicalHeaders(IReadOnlyList<string> boundHeaders, Func<string, StringValues> headerValues)
     {
         if (boundHeaders.Count == 0)
@@ -88,9 +95,7 @@ public static class CanonicalRequest
                     builder.Append(',');
                 }
 
-                // Only optional white space (RFC 9110: spaces and tabs) is insignificant; anything else the upstream
-                // receives as sent, so it is hashed as sent. String.Trim() would also drop \v, \f, U+001C-U+001F, NBSP.
-                builder.Append(values[i]?.Trim(OptionalWhiteSpace));
+                builder.Append(values[i] is { } value ? TrimOptionalWhiteSpace(value) : null);
             }
 
             builder.Append('\n');
