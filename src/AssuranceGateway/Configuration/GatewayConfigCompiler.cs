@@ -4,6 +4,7 @@ using System.Net;
 using System.Security.Cryptography;
 using AssuranceGateway.Enforcement;
 using AssuranceGateway.Tokens;
+using AssuranceGateway.Workload;
 using Microsoft.Extensions.Configuration;
 using Microsoft.IdentityModel.Tokens;
 using Yarp.ReverseProxy.Configuration;
@@ -1049,10 +1050,10 @@ public static class GatewayConfigCompiler
         ["baggage"] = "the proxy's trace propagation rewrites it",
         ["request-id"] = "the proxy's trace propagation rewrites it",
         ["correlation-context"] = "the proxy's trace propagation rewrites it",
-        ["x-forwarded-client-cert"] = "the gateway removes it when an untrusted peer sends it",
-        ["assurance-id"] = "the gateway removes it before forwarding",
-        ["workload-identity"] = "the gateway removes it before forwarding",
-        ["assurance-evidence"] = "the gateway removes it before forwarding",
+        [WorkloadResolver.ClientCertHeader.ToLowerInvariant()] = "the gateway removes it when an untrusted peer sends it",
+        [AssuranceMiddleware.AssuranceIdHeader.ToLowerInvariant()] = "the gateway removes it before forwarding",
+        [WorkloadResolver.WorkloadIdentityHeader.ToLowerInvariant()] = "the gateway removes it before forwarding",
+        [AssuranceMiddleware.EvidenceHeader.ToLowerInvariant()] = "the gateway removes it before forwarding",
     };
 
     private static bool IsHeaderToken(string name)

@@ -24,7 +24,7 @@ internal static class EvidenceRecorder
             activity.SetTag(Conventions.Route, decision.Route);
             activity.SetTag(Conventions.Policy, decision.Policy.Name);
             activity.SetTag(Conventions.Mode, decision.Shadow ? "shadow" : "enforce");
-            SetIfPresent(activity, Conventions.GrantId, decision.GrantId ?? decision.ChallengeGrantId);
+            SetIfPresent(activity, Conventions.GrantId, decision.EvidenceGrantId);
             SetIfPresent(activity, Conventions.GrantStatus, decision.GrantStatus?.ToString().ToLowerInvariant());
             if (decision.Approvers.Count > 0)
             {
@@ -58,7 +58,7 @@ internal static class EvidenceRecorder
                 activity.SetTag(Conventions.Mismatch, string.Join(',', decision.Mismatch));
             }
 
-            if (decision.Reason == ReasonCodes.Replayed && decision.FirstUse is { } first)
+            if (decision.ReplayedFirstUse is { } first)
             {
                 SetIfPresent(activity, Conventions.FirstUseTraceId, first.TraceId);
                 activity.SetTag(Conventions.FirstUseAt, first.At.ToString("O", System.Globalization.CultureInfo.InvariantCulture));

@@ -43,6 +43,12 @@ public sealed class AssuranceDecision
     /// <summary>Challenge mode: the pending grant created for this very request.</summary>
     public string? ChallengeGrantId { get; set; }
 
+    /// <summary>The grant the evidence names: the one presented, else the pending one a challenge created.</summary>
+    public string? EvidenceGrantId => GrantId ?? ChallengeGrantId;
+
+    /// <summary>The first use the evidence shows: only on a <c>replayed</c> denial.</summary>
+    public FirstUse? ReplayedFirstUse => Reason == ReasonCodes.Replayed ? FirstUse : null;
+
     /// <summary>For <c>insufficient_aal</c>: the <c>acr</c> values that would satisfy the policy.</summary>
     public IReadOnlyList<string> AcceptableAcr { get; set; } = [];
 

@@ -20,9 +20,9 @@ public sealed partial class AssuranceMiddleware
                 return;
             }
 
-            var first = decision.Reason == ReasonCodes.Replayed ? decision.FirstUse : null;
+            var first = decision.ReplayedFirstUse;
             Denied(logger, decision.Reason, decision.Route, decision.Policy.Name, EvidenceRecorder.ModeName(decision.Policy.Mode),
-                decision.GrantId ?? decision.ChallengeGrantId, decision.GrantStatus?.ToString().ToLowerInvariant(), decision.UsesRemaining,
+                decision.EvidenceGrantId, decision.GrantStatus?.ToString().ToLowerInvariant(), decision.UsesRemaining,
                 decision.Approvers.Count > 0 ? string.Join(',', decision.Approvers) : null, decision.ApprovalAal,
                 decision.Subject, decision.Session, decision.Aal, decision.WorkloadId, decision.WorkloadSource, decision.Origin,
                 decision.RequestHash, decision.TokenHash, decision.Mismatch.Count > 0 ? string.Join(',', decision.Mismatch) : null,

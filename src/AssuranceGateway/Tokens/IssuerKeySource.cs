@@ -176,27 +176,27 @@ internal sealed class RemoteKeySource : IIssuerKeySource
     /// </summary>
     internal static TimeSpan RefreshInterval { get; set; } = BaseConfigurationManager.DefaultRefreshInterval;
 
-    public static RemoteKeySource ForJwksUri(string uri) => Shared.GetOrAdd("jwks " + uri, static (_, uri) => CreateForJwksUri(uri, null), uri);
+    public static RemoteKeySource ForJwksUri(string uri) => Shared.GetOrAdd("jwks " + uri, static (_, uri) => CreateForJwksUri(uri), uri);
 
     /// <param name="issuer">The issuer the discovery document must name (OIDC Discovery §4.3: identical), or its keys are
     /// not used: a multi-tenant authority would otherwise lend another tenant's keys to this issuer.</param>
     public static RemoteKeySource ForAuthority(string authority, string issuer) =>
-        Shared.GetOrAdd($"oidc {authority} {issuer}", static (_, a) => CreateForAuthority(a.authority, a.issuer, null), (authority, issuer));
+        Shared.GetOrAdd($"oidc {authority} {issuer}", static (_, a) => CreateForAuthority(a.authority, a.issuer), (authority, issuer));
 
-    internal static RemoteKeySource CreateForJwksUri(string uri, HttpClient? client)
+    private static RemoteKeySource CreateForJwksUri(string uri)
     {
-        var manager = new ConfigurationManager<JsonWebKeySet>(uri, new JwksRetriever(), Retriever(uri, client))
+        var manager = new ConfigurationManager<JsonWebKeySet>(uri, new JwksRetriever(), Retriever(uri))
         {
             RefreshInterval = RefreshInterval,
         };
         return new RemoteKeySource(uri, ct => manager.GetConfigurationAsync(ct), manager.RequestRefresh);
     }
 
-    internal static RemoteKeySource CreateForAuthority(string authority, string issuer, HttpClient? client)
+    private static RemoteKeySource CreateForAuthority(string authority, string issuer)
     {
         var metadata = authority.TrimEnd('/') + "/.well-known/openid-configuration";
         var manager = new ConfigurationManager<OpenIdConnectConfiguration>(
-            metadata, new OpenIdConnectConfigurationRetriever(), Retriever(metadata, client))
+            metadata, new OpenIdConnectConfigurationRetriever(), Retriever(metadata))
         {
             RefreshInterval = RefreshInterval,
         };
@@ -289,11 +289,11 @@ internal sealed class RemoteKeySource : IIssuerKeySource
 
     private sealed record Cached(JsonWebKeySet Set, IssuerKeys Keys);
 
-    private static HttpDocumentRetriever Retriever(string address, HttpClient? client)
+    private static HttpDocumentRetriever Retriever(string address)
     {
         // HTTPS is required for key material, except on loopback (local IdPs and tests).
         var loopback = Uri.TryCreate(address, UriKind.Absolute, out var uri) && uri.IsLoopback;
-        var retriever = new HttpDocumentRetriever(client ?? KeyClient);
+        var retriever = new HttpDocumentRetriever(KeyClient);
         retriever.RequireHttps = !loopback;
         return retriever;
     }
