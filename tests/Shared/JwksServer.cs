@@ -1,12 +1,7 @@
 using System.Security.Cryptography;
 using System.Text.Json.Nodes;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 
 namespace AssuranceGateway.Testing;
 
@@ -16,16 +11,12 @@ namespace AssuranceGateway.Testing;
 /// </summary>
 public sealed class JwksServer : IAsyncDisposable
 {
-    private readonly WebApplication _app;
     private volatile string _jwks = """{"keys":[]}""";
+    private WebApplication _app = null!;
     private int _jwksFetches;
     private int _discoveryFetches;
 
-    private JwksServer(WebApplication app, string issuer)
-    {
-        _app = app;
-        Issuer = issuer;
-    }
+    private JwksServer(string issuer) => Issuer = issuer;
 
     public string Issuer { get; }
 
@@ -43,43 +34,39 @@ public sealed class JwksServer : IAsyncDisposable
 
     public static async Task<JwksServer> StartAsync(string issuer)
     {
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
-        builder.Logging.ClearProviders();
-        var app = builder.Build();
-        var server = new JwksServer(app, issuer);
-        app.Run(async context =>
-        {
-            if (server.Down)
-            {
-                context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
-                return;
-            }
-
-            context.Response.ContentType = "application/json";
-            switch (context.Request.Path.Value)
-            {
-                case "/jwks.json":
-                    Interlocked.Increment(ref server._jwksFetches);
-                    await context.Response.WriteAsync(server._jwks);
-                    break;
-                case "/.well-known/openid-configuration":
-                    Interlocked.Increment(ref server._discoveryFetches);
-                    await context.Response.WriteAsync(new JsonObject
-                    {
-                        ["issuer"] = server.Issuer,
-                        ["jwks_uri"] = server.JwksUri,
-                        ["id_token_signing_alg_values_supported"] = new JsonArray("ES256"),
-                    }.ToJsonString());
-                    break;
-                default:
-                    context.Response.StatusCode = StatusCodes.Status404NotFound;
-                    break;
-            }
-        });
-        await app.StartAsync();
-        server.Address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First().TrimEnd('/');
+        var server = new JwksServer(issuer);
+        (server._app, server.Address) = await LoopbackServer.StartAsync(server.ServeAsync);
         return server;
+    }
+
+    private async Task ServeAsync(HttpContext context)
+    {
+        if (Down)
+        {
+            context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+            return;
+        }
+
+        context.Response.ContentType = "application/json";
+        switch (context.Request.Path.Value)
+        {
+            case "/jwks.json":
+                Interlocked.Increment(ref _jwksFetches);
+                await context.Response.WriteAsync(_jwks);
+                break;
+            case "/.well-known/openid-configuration":
+                Interlocked.Increment(ref _discoveryFetches);
+                await context.Response.WriteAsync(new JsonObject
+                {
+                    ["issuer"] = Issuer,
+                    ["jwks_uri"] = JwksUri,
+                    ["id_token_signing_alg_values_supported"] = new JsonArray("ES256"),
+                }.ToJsonString());
+                break;
+            default:
+                context.Response.StatusCode = StatusCodes.Status404NotFound;
+                break;
+        }
     }
 
     /// <summary>Publishes exactly these public keys from now on.</summary>

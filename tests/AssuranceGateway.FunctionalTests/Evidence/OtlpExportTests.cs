@@ -3,12 +3,7 @@ using System.Net;
 using System.Text;
 using AssuranceGateway.Testing;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 using static AssuranceGateway.Testing.GrantHelpers;
 
 namespace AssuranceGateway.FunctionalTests.Evidence;
@@ -125,10 +120,8 @@ public sealed class OtlpExportTests
     /// <summary>A loopback OTLP/HTTP receiver that keeps every request body.</summary>
     private sealed class OtlpReceiver : IAsyncDisposable
     {
-        private readonly WebApplication _app;
         private readonly ConcurrentQueue<(string Path, byte[] Body)> _bodies = new();
-
-        private OtlpReceiver(WebApplication app) => _app = app;
+        private WebApplication _app = null!;
 
         public string Address { get; private set; } = string.Empty;
 
@@ -136,22 +129,18 @@ public sealed class OtlpExportTests
 
         public static async Task<OtlpReceiver> StartAsync()
         {
-            var builder = WebApplication.CreateSlimBuilder();
-            builder.WebHost.UseUrls("http://127.0.0.1:0");
-            builder.Logging.ClearProviders();
-            var app = builder.Build();
-            var receiver = new OtlpReceiver(app);
-            app.Run(async context =>
-            {
-                using var body = new MemoryStream();
-                await context.Request.Body.CopyToAsync(body);
-                receiver._bodies.Enqueue((context.Request.Path.Value ?? string.Empty, body.ToArray()));
-                context.Response.ContentType = "application/x-protobuf";
-                context.Response.StatusCode = StatusCodes.Status200OK;
-            });
-            await app.StartAsync();
-            receiver.Address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            var receiver = new OtlpReceiver();
+            (receiver._app, receiver.Address) = await LoopbackServer.StartAsync(receiver.ReceiveAsync);
             return receiver;
+        }
+
+        private async Task ReceiveAsync(HttpContext context)
+        {
+            using var body = new MemoryStream();
+            await context.Request.Body.CopyToAsync(body);
+            _bodies.Enqueue((context.Request.Path.Value ?? string.Empty, body.ToArray()));
+            context.Response.ContentType = "application/x-protobuf";
+            context.Response.StatusCode = StatusCodes.Status200OK;
         }
 
         public async ValueTask DisposeAsync() => await _app.DisposeAsync();

@@ -7,12 +7,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using AssuranceGateway.Testing;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 using Microsoft.IdentityModel.Tokens;
 
 namespace AssuranceGateway.FunctionalTests.Tokens;
@@ -20,10 +15,8 @@ namespace AssuranceGateway.FunctionalTests.Tokens;
 /// <summary>A loopback IdP whose every answer the test scripts, counting requests by path.</summary>
 public sealed class ScriptedIdp : IAsyncDisposable
 {
-    private readonly WebApplication _app;
     private readonly Dictionary<string, int> _hits = new();
-
-    private ScriptedIdp(WebApplication app) => _app = app;
+    private WebApplication _app = null!;
 
     public string Address { get; private set; } = string.Empty;
 
@@ -39,23 +32,19 @@ public sealed class ScriptedIdp : IAsyncDisposable
 
     public static async Task<ScriptedIdp> StartAsync()
     {
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
-        builder.Logging.ClearProviders();
-        var app = builder.Build();
-        var idp = new ScriptedIdp(app);
-        app.Run(async context =>
-        {
-            lock (idp._hits)
-            {
-                idp._hits[context.Request.Path.Value!] = idp._hits.GetValueOrDefault(context.Request.Path.Value!) + 1;
-            }
-
-            await idp.Handler(context);
-        });
-        await app.StartAsync();
-        idp.Address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First().TrimEnd('/');
+        var idp = new ScriptedIdp();
+        (idp._app, idp.Address) = await LoopbackServer.StartAsync(idp.AnswerAsync);
         return idp;
+    }
+
+    private Task AnswerAsync(HttpContext context)
+    {
+        lock (_hits)
+        {
+            _hits[context.Request.Path.Value!] = _hits.GetValueOrDefault(context.Request.Path.Value!) + 1;
+        }
+
+        return Handler(context);
     }
 
     public async ValueTask DisposeAsync() => await _app.DisposeAsync();
