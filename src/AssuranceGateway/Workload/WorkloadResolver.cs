@@ -150,20 +150,28 @@ public sealed class WorkloadResolver
             }
         }
 
-        if (spiffe is not null && !ChainsTo(certificate, trustedCas))
+        if (spiffe is not null && ChainProblem(certificate, trustedCas, spiffe) is { } problem)
         {
-            return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, "client certificate names a SPIFFE ID but does not chain to Workload:ClientCaFile");
+            return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, problem);
         }
 
         var id = spiffe ?? "x509:sha256:" + Convert.ToHexStringLower(certificate.GetCertHash(System.Security.Cryptography.HashAlgorithmName.SHA256));
         return new WorkloadCheck(new WorkloadIdentity(id, WorkloadSource.Mtls, null), null, null);
     }
 
-    private static bool ChainsTo(X509Certificate2 certificate, X509Certificate2Collection? trustedCas)
+    /// <summary>
+    /// Why the certificate's SPIFFE ID is not believed, or null. The chain must build to <c>Workload:ClientCaFile</c>,
+    /// and a CA on it that names its own trust domain (a <c>spiffe://td</c> URI SAN, as SPIRE's CAs carry) vouches for
+    /// that trust domain only (SPIFFE X509-SVID §5: an SVID is judged by the bundle of the trust domain it names), so
+    /// a federated partner's CA in the same file cannot name this domain's workloads. A CA that names no trust domain
+    /// vouches for every SPIFFE ID it signs: such a file should hold one trust domain (README, workload identity).
+    /// </summary>
+    private static string? ChainProblem(X509Certificate2 certificate, X509Certificate2Collection? trustedCas, string spiffe)
     {
+        const string NoChain = "client certificate names a SPIFFE ID but does not chain to Workload:ClientCaFile";
         if (trustedCas is null || trustedCas.Count == 0)
         {
-            return false;
+            return NoChain;
         }
 
         using var chain = new X509Chain();
@@ -171,7 +179,39 @@ public sealed class WorkloadResolver
         chain.ChainPolicy.CustomTrustStore.AddRange(trustedCas);
         chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
         chain.ChainPolicy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid("1.3.6.1.5.5.7.3.2")); // clientAuth
-        return chain.Build(certificate);
+        if (!chain.Build(certificate))
+        {
+            return NoChain;
+        }
+
+        var trustDomain = TrustDomainOf(spiffe);
+        for (var i = 1; i < chain.ChainElements.Count; i++)
+        {
+            var ca = chain.ChainElements[i].Certificate;
+            var named = new List<string>();
+            foreach (var extension in ca.Extensions)
+            {
+                if (extension is X509SubjectAlternativeNameExtension san)
+                {
+                    named.AddRange((SanUris(san) ?? []).Where(u => u.StartsWith("spiffe://", StringComparison.OrdinalIgnoreCase)).Select(TrustDomainOf));
+                }
+            }
+
+            if (named.Count > 0 && !named.Contains(trustDomain, StringComparer.Ordinal))
+            {
+                return $"client certificate names a SPIFFE ID of trust domain '{trustDomain}', but its CA '{ca.Subject}' vouches for {string.Join(", ", named.Select(n => $"'{n}'"))} only";
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>The trust domain of a SPIFFE ID: "prod.example" for "spiffe://prod.example/ns/ci".</summary>
+    private static string TrustDomainOf(string spiffeId)
+    {
+        var rest = spiffeId["spiffe://".Length..];
+        var slash = rest.IndexOf('/', StringComparison.Ordinal);
+        return slash < 0 ? rest : rest[..slash];
     }
 
     /// <summary>The uniformResourceIdentifier ([6] IA5String) entries of a SAN extension (RFC 5280 §4.2.1.6).</summary>
