@@ -45,6 +45,14 @@ internal static class GrantRequestValidator
                 Bindings.Origin => body.Origin is { Count: > 0 },
                 _ => body.Request is not null || body.RequestHash is not null,
             };
+            if (given && (policy.Bind & flag) == 0 && flag is Bindings.Workload or Bindings.Request)
+            {
+                // The gateway resolves the workload and hashes the request only on routes whose policy binds them
+                // (step 3 comes before the grant is read): such a grant could never be used, and with RevokeOn its
+                // rightful caller's first attempt would burn it.
+                return Invalid($"{FieldOf(name)}: policy '{policy.Name}' of route '{body.Route}' does not bind {name}, so the gateway never checks it on this route");
+            }
+
             if (given)
             {
                 bound |= flag;
@@ -97,12 +105,12 @@ internal static class GrantRequestValidator
         var origins = new List<string>();
         for (var i = 0; i < (body.Origin?.Count ?? 0); i++)
         {
-            if (GrantRules.CanonicalCidr(body.Origin![i]) is not { } cidr)
+            if (!GrantRules.TryParseNetwork(body.Origin![i], out var network, out var problem))
             {
-                return Invalid($"origin[{i}]: '{body.Origin[i]}' is not an IP address or CIDR range");
+                return Invalid($"origin[{i}]: {problem}");
             }
 
-            origins.Add(cidr);
+            origins.Add(network.ToString());
         }
 
         RequestHash? requestHash = null;

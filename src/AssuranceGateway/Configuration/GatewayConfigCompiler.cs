@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Net;
 using System.Security.Cryptography;
 using AssuranceGateway.Enforcement;
+using AssuranceGateway.Grants;
 using AssuranceGateway.Tokens;
 using AssuranceGateway.Workload;
 using Microsoft.Extensions.Configuration;
@@ -526,7 +527,7 @@ public static class GatewayConfigCompiler
         var proxies = new List<IPNetwork>();
         foreach (var cidr in reader.List(s, "TrustedProxies"))
         {
-            if (TryParseProxy(cidr, out var network, out var problem))
+            if (GrantRules.TryParseNetwork(cidr, out var network, out var problem))
             {
                 proxies.Add(network);
             }
@@ -597,49 +598,6 @@ public static class GatewayConfigCompiler
     /// 8.0.0.1) and IPNetwork.TryParse silently drops host bits ("10.0.0.1/8" becomes all of 10.0.0.0/8): only plain
     /// dotted-quad IPv4, IPv6, and ranges written as their network address are accepted.
     /// </summary>
-    private static bool TryParseProxy(string text, out IPNetwork network, out string problem)
-    {
-        network = default;
-        problem = $"'{text}' is not an IP address or CIDR range";
-        var slash = text.IndexOf('/', StringComparison.Ordinal);
-        var addressText = slash < 0 ? text : text[..slash];
-        if (!IsPlainAddress(addressText) || !IPAddress.TryParse(addressText, out var address))
-        {
-            return false;
-        }
-
-        if (slash < 0)
-        {
-            network = new IPNetwork(address, address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128);
-            return true;
-        }
-
-        var prefixText = text[(slash + 1)..];
-        if (prefixText.Length == 0 || !prefixText.All(char.IsAsciiDigit) || !IPNetwork.TryParse(text, out network))
-        {
-            return false;
-        }
-
-        if (!network.BaseAddress.Equals(address))
-        {
-            problem = $"'{text}' has address bits set beyond the /{network.PrefixLength} prefix (write {network}, or {address}/{(address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128)} for one address)";
-            return false;
-        }
-
-        return true;
-    }
-
-    private static bool IsPlainAddress(string text)
-    {
-        if (text.Contains(':', StringComparison.Ordinal))
-        {
-            return true; // IPv6: its parser has no legacy short forms.
-        }
-
-        var parts = text.Split('.');
-        return parts.Length == 4 && parts.All(p => p.Length is > 0 and <= 3 && p.All(char.IsAsciiDigit) && (p.Length == 1 || p[0] != '0'));
-    }
-
     private static StoreSettings ReadStore(ConfigReader reader, IConfigurationSection s)
     {
         reader.RejectUnknownKeys(s, "Redis", "KeyPrefix", "Timeout", "EvidenceRetention", "RequireReplicaAcks");

@@ -374,7 +374,7 @@ public sealed partial class AssuranceMiddleware
             Session = (policy.Bind & Bindings.Session) != 0 ? token.Session : null,
             TokenHash = (policy.Bind & Bindings.Token) != 0 ? token.TokenHash : null,
             Workload = workload?.Id,
-            Origins = (policy.Bind & Bindings.Origin) != 0 && origin is not null ? [GrantRules.CanonicalCidr(origin.ToString())!] : [],
+            Origins = (policy.Bind & Bindings.Origin) != 0 && origin is not null ? [GrantRules.CidrOf(origin)] : [],
             RequestHash = requestHash?.Hash,
             Digests = requestHash?.Digests,
             Method = context.Request.Method,

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using AssuranceGateway.Enforcement;
@@ -110,20 +111,93 @@ internal static class GrantRules
     public static IPAddress Normalize(IPAddress address) =>
         address.AddressFamily == AddressFamily.InterNetworkV6 && address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
 
-    /// <summary>Canonical CIDR spelling ("10.1.0.0/16"; a bare address becomes /32 or /128), or null when invalid.</summary>
-    public static string? CanonicalCidr(string value)
+    /// <summary>The one-address network of a client address ("10.1.2.3/32"), IPv4-mapped made IPv4, zone dropped.</summary>
+    public static string CidrOf(IPAddress address)
     {
-        if (IPNetwork.TryParse(value, out var network))
+        var plain = new IPAddress(Normalize(address).GetAddressBytes());
+        return new IPNetwork(plain, plain.AddressFamily == AddressFamily.InterNetwork ? 32 : 128).ToString();
+    }
+
+    /// <summary>
+    /// An address or CIDR range written by a person (a grant's <c>origin</c>, <c>Workload:TrustedProxies</c>), read
+    /// strictly. IPAddress.TryParse reads IPv4 as inet_aton does ("010.1.0.0" is octal 8.1.0.0, "10.1" is 10.0.0.1,
+    /// "0x0a.1.2.3" and "167838211" are 10.1.2.3) and IPNetwork drops host bits ("10.1.2.3/16" is 65,536 hosts): a
+    /// typo here trusts or binds the wrong machines, so only dotted quads without leading zeros and ranges without
+    /// host bits are taken. An IPv4-mapped IPv6 range becomes the IPv4 range it means, because client addresses are
+    /// compared as IPv4 (<see cref="Normalize"/>); a zone id names no network.
+    /// </summary>
+    public static bool TryParseNetwork(string text, out IPNetwork network, out string problem)
+    {
+        network = default;
+        problem = $"'{text}' is not an IP address or CIDR range (dotted-quad IPv4 without leading zeros, or IPv6)";
+        var slash = text.IndexOf('/', StringComparison.Ordinal);
+        var addressText = slash < 0 ? text : text[..slash];
+        if (!IsPlainAddress(addressText) || !IPAddress.TryParse(addressText, out var address))
         {
-            return network.ToString();
+            return false;
         }
 
-        if (IPAddress.TryParse(value, out var address))
+        var bits = address.AddressFamily == AddressFamily.InterNetwork ? 32 : 128;
+        var prefix = bits;
+        if (slash >= 0)
         {
-            address = Normalize(address);
-            return new IPNetwork(address, address.AddressFamily == AddressFamily.InterNetwork ? 32 : 128).ToString();
+            var prefixText = text[(slash + 1)..];
+            if (prefixText.Length is 0 or > 3 || !prefixText.All(char.IsAsciiDigit) || (prefix = int.Parse(prefixText, CultureInfo.InvariantCulture)) > bits)
+            {
+                return false;
+            }
         }
 
-        return null;
+        if (address.IsIPv4MappedToIPv6)
+        {
+            if (prefix < 96)
+            {
+                problem = $"'{text}' is an IPv4-mapped range wider than the IPv4 space (/96 or longer, or write the IPv4 range)";
+                return false;
+            }
+
+            (address, prefix, bits) = (address.MapToIPv4(), prefix - 96, 32);
+        }
+
+        var bytes = address.GetAddressBytes();
+        var masked = (byte[])bytes.Clone();
+        for (var i = 0; i < masked.Length; i++)
+        {
+            var keep = Math.Clamp(prefix - (i * 8), 0, 8);
+            masked[i] &= (byte)(0xFF << (8 - keep));
+        }
+
+        if (!masked.AsSpan().SequenceEqual(bytes))
+        {
+            var baseAddress = new IPAddress(masked);
+            problem = $"'{text}' has address bits set beyond the /{prefix} prefix (write {baseAddress}/{prefix}, or {address}/{bits} for one address)";
+            return false;
+        }
+
+        network = new IPNetwork(address, prefix);
+        return true;
+    }
+
+    private static bool IsPlainAddress(string text)
+    {
+        if (text.Contains('%', StringComparison.Ordinal))
+        {
+            return false; // a zone id is an interface of this machine, not a network
+        }
+
+        if (text.Contains(':', StringComparison.Ordinal))
+        {
+            // IPv6 has no legacy short forms, except in an embedded dotted quad ("::ffff:010.1.2.3").
+            var lastColon = text.LastIndexOf(':');
+            return !text.Contains('.', StringComparison.Ordinal) || IsDottedQuad(text[(lastColon + 1)..]);
+        }
+
+        return IsDottedQuad(text);
+    }
+
+    private static bool IsDottedQuad(string text)
+    {
+        var parts = text.Split('.');
+        return parts.Length == 4 && parts.All(p => p.Length is > 0 and <= 3 && p.All(char.IsAsciiDigit) && (p.Length == 1 || p[0] != '0'));
     }
 }

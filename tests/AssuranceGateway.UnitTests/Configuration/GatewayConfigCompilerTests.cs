@@ -433,7 +433,7 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     {
         AssertProblems(
             c => Workload(c)["TrustedProxies"] = new JsonArray("127.0.0.1/32", cidr),
-            $"Assurance:Workload:TrustedProxies: '{cidr}' is not an IP address or CIDR range");
+            $"Assurance:Workload:TrustedProxies: '{cidr}' is not an IP address or CIDR range (dotted-quad IPv4 without leading zeros, or IPv6)");
     }
 
     [Fact]
@@ -557,7 +557,7 @@ public sealed class GatewayConfigCompilerTests : IDisposable
             $"{DeployPath}:MaxTtl: 'soon' is not a duration (expected [d.]hh:mm:ss[.fff], e.g. 00:05:00)",
             $"{DeployPath}:Mode: 'audit' is not one of enforce | shadow",
             $"{IssuerPath}:Algorithms: 'none' is not allowed (allowed: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512; 'none' and HMAC are never accepted)",
-            "Assurance:Workload:TrustedProxies: '10.0.0.0/33' is not an IP address or CIDR range",
+            "Assurance:Workload:TrustedProxies: '10.0.0.0/33' is not an IP address or CIDR range (dotted-quad IPv4 without leading zeros, or IPv6)",
             "ReverseProxy:Routes:status:Metadata:AssurancePolicy: unknown policy 'tokn-only'");
     }
 
