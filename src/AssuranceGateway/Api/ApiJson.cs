@@ -15,6 +15,7 @@ internal static class ApiJson
         options.Converters.Add(new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower));
         // Unknown members are refused: a misspelt binding must not silently produce an unbound grant.
         options.UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow;
+        options.AllowDuplicateProperties = false;
     }
 
     private static JsonSerializerOptions Create()

@@ -213,7 +213,10 @@ internal static class GrantEndpoints
         }
 
         var approved = new GrantEvent { Type = GrantEvent.Approved, TraceId = TraceId(), Actor = caller.Subject };
-        var (ok, result) = await StoreCallAsync(context, "approve", ct => store.ApproveAsync(id, caller.Subject, caller.Aal, approved, ct),
+        // Once active, a grant is usable for at most the policy's MaxTtl from approval (or from its notBefore), like one
+        // the API issues active: a challenge grant waits PendingTtl for approvers, not MaxTtl.
+        var activeFor = PolicyOf(runtime, grant)?.MaxTtl;
+        var (ok, result) = await StoreCallAsync(context, "approve", ct => store.ApproveAsync(id, caller.Subject, caller.Aal, approved, activeFor, ct),
             found: r => r.Outcome != GrantChange.NotFound).ConfigureAwait(false);
         if (!ok)
         {
@@ -250,9 +253,7 @@ internal static class GrantEndpoints
     /// </summary>
     private static async Task<bool> StrongEnoughAsync(HttpContext context, GatewayRuntime runtime, ApiCaller caller, GrantRecord grant)
     {
-        var policy = runtime.Settings.PolicyForRoute(grant.Route)
-            ?? (grant.Policy is not null && runtime.Settings.Policies.TryGetValue(grant.Policy, out var named) ? named : null);
-        var required = policy?.MinimumApprovalAal ?? 3;
+        var required = PolicyOf(runtime, grant)?.MinimumApprovalAal ?? 3;
         if (caller.Aal >= required)
         {
             return true;
@@ -261,6 +262,10 @@ internal static class GrantEndpoints
         await ApiProblems.InsufficientAalAsync(context, runtime.Settings, required, caller.Aal).ConfigureAwait(false);
         return false;
     }
+
+    private static AssurancePolicy? PolicyOf(GatewayRuntime runtime, GrantRecord grant) =>
+        runtime.Settings.PolicyForRoute(grant.Route)
+            ?? (grant.Policy is not null && runtime.Settings.Policies.TryGetValue(grant.Policy, out var named) ? named : null);
 
     /// <summary>Revokes the grant with the caller as actor; false once a problem has been written (not found, store down).</summary>
     private static async Task<bool> RevokeAsActorAsync(HttpContext context, IGrantStore store, string id, ApiCaller caller, string reason)
@@ -354,11 +359,19 @@ internal static class GrantEndpoints
             await BodyTooLargeAsync(context).ConfigureAwait(false);
             return null;
         }
+        catch (BadHttpRequestException e)
+        {
+            context.Response.StatusCode = e.StatusCode;
+            await ProblemResponses.WriteAsync(context, ReasonCodes.InvalidRequest, "body: unreadable (" + e.Message + ")", TraceId()).ConfigureAwait(false);
+            return null;
+        }
         catch (JsonException e)
         {
             // Name the field: "$.maxUses" becomes "maxUses".
             var field = string.IsNullOrEmpty(e.Path) || e.Path == "$" ? "body" : e.Path.TrimStart('$', '.');
-            var what = e.Message.Contains("could not be mapped", StringComparison.Ordinal) ? "unknown member" : "malformed JSON or wrong type";
+            var what = e.Message.Contains("could not be mapped", StringComparison.Ordinal) ? "unknown member"
+                : e.Message.Contains("Duplicate", StringComparison.Ordinal) ? "member given twice (ambiguous: which one did the caller mean?)"
+                : "malformed JSON or wrong type";
             await ApiProblems.WriteAsync(context, ReasonCodes.InvalidRequest, $"{field}: {what}").ConfigureAwait(false);
             return null;
         }

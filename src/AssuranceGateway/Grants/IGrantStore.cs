@@ -26,8 +26,11 @@ public interface IGrantStore
     /// </summary>
     Task<GrantChange> DenyPendingAsync(string id, GrantEvent revoked, CancellationToken cancellationToken);
 
-    /// <summary>Adds one distinct approver; activates the grant once enough have approved.</summary>
-    Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, CancellationToken cancellationToken);
+    /// <summary>
+    /// Adds one distinct approver; activates the grant once enough have approved. An activated grant expires no later
+    /// than <paramref name="activeFor"/> after the later of now and its notBefore (null: its expiry stays).
+    /// </summary>
+    Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, TimeSpan? activeFor, CancellationToken cancellationToken);
 
     Task<IReadOnlyList<GrantRecord>> ListPendingAsync(int limit, CancellationToken cancellationToken);
 

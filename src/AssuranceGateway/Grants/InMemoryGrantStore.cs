@@ -176,7 +176,7 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
         }
     }
 
-    public Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, CancellationToken cancellationToken)
+    public Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, TimeSpan? activeFor, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
@@ -198,7 +198,12 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
                 grant = Append(grant, approved with { At = now, Actor = approver }) with { Approvers = approvers, ApprovalAal = aal };
                 if (approvers.Length >= grant.ApprovalsRequired)
                 {
-                    grant = grant with { Status = GrantStatus.Active };
+                    var opens = grant.NotBefore is { } notBefore && notBefore > now ? notBefore : now;
+                    grant = grant with
+                    {
+                        Status = GrantStatus.Active,
+                        ExpiresAt = activeFor is { } window && opens + window < grant.ExpiresAt ? opens + window : grant.ExpiresAt,
+                    };
                 }
 
                 _grants[id] = grant;

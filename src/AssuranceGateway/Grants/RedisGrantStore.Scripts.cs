@@ -306,11 +306,12 @@ internal sealed partial class RedisGrantStore
         /// Adds one distinct approver to a pending grant; activates it at quorum. The grant's approval AAL is the lowest
         /// AAL among its approvers.
         /// KEYS[1] grant hash, KEYS[2] event list. ARGV[1] approver, ARGV[2] approver AAL, ARGV[3] approved event JSON
-        /// (no "at", no actor), ARGV[4] maximum events.
+        /// (no "at", no actor), ARGV[4] maximum events, ARGV[5] how long an activated grant stays usable, in microseconds from now or
+        /// its notBefore, whichever is later (-1: its expiry stays).
         /// Returns {"not_found"}, {"conflict", status} or {"done", status, approvals remaining, activated (0|1), subject|nil}.
         /// </summary>
         private const string ApproveText = Common + $$"""
-            local g = redis.call('HMGET', KEYS[1], 'status', 'expiresAt', 'approvers', 'approvalAal', 'approvalsRequired', 'subject')
+            local g = redis.call('HMGET', KEYS[1], 'status', 'expiresAt', 'approvers', 'approvalAal', 'approvalsRequired', 'subject', 'notBefore')
             local status = g[1]
             if not status then
               return not_found('not_found')
@@ -336,6 +337,14 @@ internal sealed partial class RedisGrantStore
                 status = '{{StatusActive}}'
                 activated = 1
                 redis.call('HSET', KEYS[1], 'status', status)
+                local window = tonumber(ARGV[5])
+                if window >= 0 then
+                  local opens = now
+                  if g[7] and tonumber(g[7]) > now then opens = tonumber(g[7]) end
+                  if opens + window < tonumber(g[2]) then
+                    redis.call('HSET', KEYS[1], 'expiresAt', fmt(opens + window))
+                  end
+                end
               end
             end
             return {'done', status, fmt(math.max(0, tonumber(g[5]) - #approvers)), activated, g[6]}

@@ -774,10 +774,10 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         var grant = NewGrant() with { Status = GrantStatus.Pending, ApprovalsRequired = 3, Approvers = ["bob"], ApprovalAal = 3 };
         await CreateAsync(grant);
 
-        var first = await Store.ApproveAsync(grant.Id, "carol", 2, Approved(), default);
-        var again = await Store.ApproveAsync(grant.Id, "carol", 1, Approved(), default);
-        var creatorAgain = await Store.ApproveAsync(grant.Id, "bob", 1, Approved(), default);
-        var last = await Store.ApproveAsync(grant.Id, "dave", 3, Approved(), default);
+        var first = await Store.ApproveAsync(grant.Id, "carol", 2, Approved(), null, default);
+        var again = await Store.ApproveAsync(grant.Id, "carol", 1, Approved(), null, default);
+        var creatorAgain = await Store.ApproveAsync(grant.Id, "bob", 1, Approved(), null, default);
+        var last = await Store.ApproveAsync(grant.Id, "dave", 3, Approved(), null, default);
 
         Assert.Equal(new ApproveResult(GrantChange.Done, GrantStatus.Pending, 1), first);
         Assert.Equal(new ApproveResult(GrantChange.Done, GrantStatus.Pending, 1), again);
@@ -794,12 +794,43 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ApproveAsync_Activated_UsableForAtMostTheWindowFromApprovalOrFromNotBefore()
+    {
+        // A challenge grant waits PendingTtl (15 min) for approvers; once active it is usable for MaxTtl, not the rest.
+        var waiting = NewGrant() with { Status = GrantStatus.Pending, ApprovalsRequired = 1, Approvers = [], ExpiresAt = Now.AddMinutes(15), NotBefore = null };
+        var planned = NewGrant() with { Status = GrantStatus.Pending, ApprovalsRequired = 1, Approvers = [], ExpiresAt = Now.AddHours(3), NotBefore = Now.AddHours(2) };
+        var shortLived = NewGrant() with { Status = GrantStatus.Pending, ApprovalsRequired = 1, Approvers = [], ExpiresAt = Now.AddMinutes(2), NotBefore = null };
+        var unlimited = NewGrant() with { Status = GrantStatus.Pending, ApprovalsRequired = 1, Approvers = [], ExpiresAt = Now.AddMinutes(15), NotBefore = null };
+        foreach (var grant in new[] { waiting, planned, shortLived, unlimited })
+        {
+            await CreateAsync(grant);
+        }
+
+        var approvedAt = Now;
+        foreach (var grant in new[] { waiting, planned, shortLived })
+        {
+            Assert.Equal(GrantStatus.Active, (await Store.ApproveAsync(grant.Id, "carol", 2, Approved(), TimeSpan.FromMinutes(5), default)).Status);
+        }
+
+        await Store.ApproveAsync(unlimited.Id, "carol", 2, Approved(), null, default);
+
+        Assert.InRange((await Store.GetAsync(waiting.Id, default))!.ExpiresAt, approvedAt.AddMinutes(5).AddSeconds(-1), Now.AddMinutes(5).AddSeconds(1));
+        AssertNear(planned.NotBefore!.Value.AddMinutes(5), (await Store.GetAsync(planned.Id, default))!.ExpiresAt);
+        AssertNear(shortLived.ExpiresAt, (await Store.GetAsync(shortLived.Id, default))!.ExpiresAt);
+        AssertNear(unlimited.ExpiresAt, (await Store.GetAsync(unlimited.Id, default))!.ExpiresAt);
+
+        // The Redis store keeps microseconds, DateTimeOffset has 100 ns ticks.
+        static void AssertNear(DateTimeOffset expected, DateTimeOffset actual) =>
+            Assert.InRange(actual, expected.AddMilliseconds(-1), expected.AddMilliseconds(1));
+    }
+
+    [Fact]
     public async Task ApproveAsync_FirstApproverOfGrantWithoutAny_SetsItsAal()
     {
         var grant = NewGrant() with { Status = GrantStatus.Pending, ApprovalsRequired = 1, Approvers = [], ApprovalAal = 0 };
         await CreateAsync(grant);
 
-        var result = await Store.ApproveAsync(grant.Id, "carol", 3, Approved(), default);
+        var result = await Store.ApproveAsync(grant.Id, "carol", 3, Approved(), null, default);
 
         Assert.Equal(new ApproveResult(GrantChange.Done, GrantStatus.Active, 0), result);
         Assert.Equal(3, (await Store.GetAsync(grant.Id, default))!.ApprovalAal);
@@ -814,8 +845,8 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         await CreateAsync(revoked);
         await Store.RevokeAsync(revoked.Id, Revoked(), default);
 
-        Assert.Equal(new ApproveResult(GrantChange.Conflict, GrantStatus.Active, 0), await Store.ApproveAsync(active.Id, "carol", 2, Approved(), default));
-        Assert.Equal(new ApproveResult(GrantChange.Conflict, GrantStatus.Revoked, 0), await Store.ApproveAsync(revoked.Id, "carol", 2, Approved(), default));
+        Assert.Equal(new ApproveResult(GrantChange.Conflict, GrantStatus.Active, 0), await Store.ApproveAsync(active.Id, "carol", 2, Approved(), null, default));
+        Assert.Equal(new ApproveResult(GrantChange.Conflict, GrantStatus.Revoked, 0), await Store.ApproveAsync(revoked.Id, "carol", 2, Approved(), null, default));
         Assert.Equal(["bob"], (await Store.GetAsync(active.Id, default))!.Approvers);
     }
 
@@ -825,13 +856,13 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         var grant = NewGrant() with { Status = GrantStatus.Pending, ExpiresAt = Now.AddSeconds(-3) };
         await CreateAsync(grant);
 
-        Assert.Equal(new ApproveResult(GrantChange.Conflict, GrantStatus.Pending, 0), await Store.ApproveAsync(grant.Id, "carol", 2, Approved(), default));
+        Assert.Equal(new ApproveResult(GrantChange.Conflict, GrantStatus.Pending, 0), await Store.ApproveAsync(grant.Id, "carol", 2, Approved(), null, default));
     }
 
     [Fact]
     public async Task ApproveAsync_UnknownGrant_NotFound()
     {
-        Assert.Equal(new ApproveResult(GrantChange.NotFound, null, 0), await Store.ApproveAsync(NewId(), "carol", 2, Approved(), default));
+        Assert.Equal(new ApproveResult(GrantChange.NotFound, null, 0), await Store.ApproveAsync(NewId(), "carol", 2, Approved(), null, default));
     }
 
     // ---------------------------------------------------------------- pending grants
@@ -852,7 +883,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
             await AdvanceAsync();
         }
 
-        await Store.ApproveAsync(approved.Id, "carol", 2, Approved(), default);
+        await Store.ApproveAsync(approved.Id, "carol", 2, Approved(), null, default);
         await Store.RevokeAsync(revoked.Id, Revoked(), default);
 
         var all = await Store.ListPendingAsync(100, default);
@@ -896,7 +927,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         await CreateAsync(approved, maxPendingPerSubject: 3);
         await CreateAsync(revoked, maxPendingPerSubject: 3);
         await CreateAsync(expired, maxPendingPerSubject: 3);
-        await Store.ApproveAsync(approved.Id, "carol", 2, Approved(), default);
+        await Store.ApproveAsync(approved.Id, "carol", 2, Approved(), null, default);
         await Store.RevokeAsync(revoked.Id, Revoked(), default);
 
         // None of the three counts any more: three new pending grants fit.
