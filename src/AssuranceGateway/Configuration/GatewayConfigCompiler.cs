@@ -610,7 +610,9 @@ public static class GatewayConfigCompiler
             }
             catch (ArgumentException e)
             {
-                reader.Error(s.GetSection("Redis"), $"'{redis}' is not a Redis connection string: {e.Message}");
+                // The value is not echoed: a connection string holds the Redis password, and this line goes to stderr
+                // and to the "change refused" log. The parser's message names the keyword at fault.
+                reader.Error(s.GetSection("Redis"), $"not a Redis connection string: {e.Message}");
             }
         }
 

@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using AssuranceGateway.Configuration;
 using AssuranceGateway.Enforcement;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
 using Conventions = AssuranceGateway.Diagnostics.AssuranceSemanticConventions;
 
 namespace AssuranceGateway.Diagnostics;
@@ -8,10 +10,17 @@ namespace AssuranceGateway.Diagnostics;
 /// <summary>Turns a finished decision into the evidence span's attributes, its status, and the decision metrics.</summary>
 internal static class EvidenceRecorder
 {
-    public static Activity? Start()
+    /// <summary>
+    /// Starts the evidence span as a child of the ASP.NET Core server span (SPEC §6), not of whatever is current: YARP
+    /// starts its own server-kind span before the middleware runs. The caller restores <see cref="Activity.Current"/>
+    /// once the span stops (its parent is a context, so stopping it cannot).
+    /// </summary>
+    public static Activity? Start(HttpContext context)
     {
         // The sampler installed by the host records this span whatever the parent decided (EvidenceSampler).
-        return AssuranceDiagnostics.ActivitySource.StartActivity(Conventions.EnforceSpan, ActivityKind.Internal);
+        return context.Features.Get<IHttpActivityFeature>()?.Activity is { } server
+            ? AssuranceDiagnostics.ActivitySource.StartActivity(Conventions.EnforceSpan, ActivityKind.Internal, server.Context)
+            : AssuranceDiagnostics.ActivitySource.StartActivity(Conventions.EnforceSpan, ActivityKind.Internal);
     }
 
     public static void Complete(Activity? activity, AssuranceDecision decision, long startTimestamp)

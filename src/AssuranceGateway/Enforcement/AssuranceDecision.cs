@@ -55,6 +55,12 @@ public sealed class AssuranceDecision
     /// <summary>Trace id of the span that decided; the client sees it in every denial.</summary>
     public string? TraceId { get; set; }
 
+    /// <summary>
+    /// Span id of the evidence span. The trace id is the caller's when it sends a <c>traceparent</c> (W3C), so two
+    /// decisions can share one; the span id is the gateway's own, and the grant's events carry it too.
+    /// </summary>
+    public string? SpanId { get; set; }
+
     public bool Shadow => Policy.Mode == PolicyMode.Shadow;
 }
 

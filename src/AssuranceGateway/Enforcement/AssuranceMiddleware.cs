@@ -55,12 +55,17 @@ public sealed partial class AssuranceMiddleware
         var policy = runtime?.Settings.PolicyForRoute(route.RouteId);
         runtime ??= _config.Current;
         var start = Stopwatch.GetTimestamp();
-        using var activity = EvidenceRecorder.Start();
+        var outer = Activity.Current;
+        using var activity = EvidenceRecorder.Start(context);
+        var origin = OriginResolver.Resolve(context, runtime.Settings.Workload.TrustedProxies);
         var decision = new AssuranceDecision
         {
             Route = route.RouteId,
             Policy = policy ?? AssurancePolicy.Passthrough,
             TraceId = (activity ?? Activity.Current)?.TraceId.ToHexString(),
+            SpanId = activity?.SpanId.ToHexString(),
+            // Known from the connection before any token is read: a burst of forged tokens says where it came from.
+            Origin = origin?.ToString(),
         };
         context.Features.Set(decision);
 
@@ -75,7 +80,7 @@ public sealed partial class AssuranceMiddleware
         {
             try
             {
-                await DecideAsync(context, runtime, decision, activity).ConfigureAwait(false);
+                await DecideAsync(context, runtime, decision, origin, activity).ConfigureAwait(false);
             }
             catch (StoreUnavailableException e)
             {
@@ -106,7 +111,6 @@ public sealed partial class AssuranceMiddleware
         else
         {
             decision.Reason = ReasonCodes.Ok;
-            decision.Origin = OriginResolver.Resolve(context, runtime.Settings.Workload.TrustedProxies)?.ToString();
         }
 
         EvidenceRecorder.Complete(activity, decision, start);
@@ -116,6 +120,7 @@ public sealed partial class AssuranceMiddleware
         }
 
         activity?.Stop();
+        Activity.Current = outer; // YARP's span: the forwarded request's client span stays its child
         if (decision.Allowed || decision.Shadow)
         {
             PrepareForwarding(context, runtime.Settings, decision);
@@ -129,7 +134,7 @@ public sealed partial class AssuranceMiddleware
         }
     }
 
-    private async Task DecideAsync(HttpContext context, GatewayRuntime runtime, AssuranceDecision decision, Activity? activity)
+    private async Task DecideAsync(HttpContext context, GatewayRuntime runtime, AssuranceDecision decision, IPAddress? origin, Activity? activity)
     {
         var policy = decision.Policy;
         var settings = runtime.Settings;
@@ -150,9 +155,6 @@ public sealed partial class AssuranceMiddleware
             decision.AcceptableAcr = AcceptableAcr(settings.Tokens, policy.MinimumAal);
             return;
         }
-
-        var origin = OriginResolver.Resolve(context, settings.Workload.TrustedProxies);
-        decision.Origin = origin?.ToString();
 
         // Step 3: the workload, and claims the policy demands of it.
         WorkloadIdentity? workload = null;

@@ -19,6 +19,11 @@ public static class ProblemResponses
         SetChallenge(context.Response, decision.Reason, decision.AcceptableAcr);
         return WriteAsync(context, decision.Reason, decision.Detail, decision.TraceId, writer =>
         {
+            if (decision.SpanId is not null)
+            {
+                writer.WriteString("spanId", decision.SpanId);
+            }
+
             if (decision.GrantId is not null)
             {
                 writer.WriteString("assuranceId", decision.GrantId);
