@@ -19,6 +19,17 @@ hash.SetAction(result =>
     var names = (result.GetValue(bound) is { Length: > 0 } b ? b.Select(n => n.ToLowerInvariant()) : headers.Keys)
         .Distinct().OrderBy(n => n, StringComparer.Ordinal).ToList();
     var body = CommandInput.ReadBody(result.GetValue(bodyFile));
+    // A hash the gateway would never accept a request for is a usage error, not a hash.
+    if (CanonicalRequest.RepeatedNameOutOfOrder(result.GetValue(query) ?? string.Empty) is { } repeated)
+    {
+        throw new UsageException($"--query repeats '{repeated}' out of canonical order: the gateway refuses such a request (the hash sorts pairs); give its pairs sorted by byte order");
+    }
+
+    if (headers.FirstOrDefault(h => CanonicalRequest.PresentButEmpty(new StringValues([.. h.Value]))) is { Key: not null } empty)
+    {
+        throw new UsageException($"--header '{empty.Key}' is empty: the gateway refuses a bound header sent empty (it hashes like an absent one); leave it out");
+    }
+
     var computed = CanonicalRequest.Compute(result.GetValue(method)!, result.GetValue(path)!, result.GetValue(query) ?? string.Empty, names,
         n => headers.TryGetValue(n, out var v) ? new StringValues([.. v]) : StringValues.Empty, body);
     Console.WriteLine(computed.Hash);

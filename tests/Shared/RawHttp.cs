@@ -14,15 +14,16 @@ public static partial class RawHttp
     /// <summary>
     /// Sends <paramref name="head"/> (request line and header lines, each ending in CRLF, without the empty line) and
     /// <paramref name="body"/>, and reads one response by its Content-Length (an upgrade request keeps the connection
-    /// open, so the response is not read to the end of the stream).
+    /// open, so the response is not read to the end of the stream). <paramref name="headEncoding"/> (ASCII unless given)
+    /// writes the head: UTF-8 for header values beyond ASCII.
     /// </summary>
-    public static async Task<(int Status, string Content)> SendAsync(string address, string head, ReadOnlyMemory<byte> body)
+    public static async Task<(int Status, string Content)> SendAsync(string address, string head, ReadOnlyMemory<byte> body, Encoding? headEncoding = null)
     {
         var uri = new Uri(address);
         using var tcp = new TcpClient();
         await tcp.ConnectAsync(uri.Host, uri.Port);
         await using var stream = tcp.GetStream();
-        await stream.WriteAsync(Encoding.ASCII.GetBytes(head + "\r\n"));
+        await stream.WriteAsync((headEncoding ?? Encoding.ASCII).GetBytes(head + "\r\n"));
         await stream.WriteAsync(body);
 
         var received = new List<byte>();

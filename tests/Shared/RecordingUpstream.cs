@@ -20,6 +20,11 @@ public sealed class RecordingUpstream : IAsyncDisposable
 
     public int Count => _received.Count;
 
+    /// <summary>Request trailers the upstream received (chunked or HTTP/2), one entry per request that had any.</summary>
+    public IReadOnlyList<IReadOnlyDictionary<string, string>> Trailers => [.. _trailers];
+
+    private readonly ConcurrentQueue<IReadOnlyDictionary<string, string>> _trailers = new();
+
     public static async Task<RecordingUpstream> StartAsync()
     {
         var upstream = new RecordingUpstream();
@@ -33,6 +38,11 @@ public sealed class RecordingUpstream : IAsyncDisposable
     {
         using var body = new MemoryStream();
         await context.Request.Body.CopyToAsync(body);
+        if (context.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpRequestTrailersFeature>() is { Available: true } trailers && trailers.Trailers.Count > 0)
+        {
+            _trailers.Enqueue(trailers.Trailers.ToDictionary(h => h.Key, h => h.Value.ToString(), StringComparer.OrdinalIgnoreCase));
+        }
+
         var raw = context.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpRequestFeature>()!.RawTarget;
         var q = raw.IndexOf('?', StringComparison.Ordinal);
         _received.Enqueue(new ReceivedRequest(

@@ -232,6 +232,17 @@ internal static class GrantRequestValidator
                 default:
                     return (null, $"request.headers.{name}: must be a string or an array of strings");
             }
+
+            if (CanonicalRequest.PresentButEmpty(headers[lower]))
+            {
+                // The gateway refuses a bound header sent empty (it hashes like an absent one): leaving it out is the request.
+                return (null, $"request.headers.{name}: empty; leave it out (an empty bound header hashes like an absent one, and the gateway refuses it)");
+            }
+        }
+
+        if (spec.Query is { } query && CanonicalRequest.RepeatedNameOutOfOrder(query) is { } repeated)
+        {
+            return (null, $"request.query: '{repeated}' is repeated out of canonical order; give its pairs sorted by byte order (the gateway refuses a request that sends them otherwise, because the hash sorts pairs)");
         }
 
         byte[] body;

@@ -216,6 +216,17 @@ public sealed partial class AssuranceMiddleware
             }
 
             var headers = context.Request.Headers;
+            foreach (var name in policy.BoundHeaders)
+            {
+                if (CanonicalRequest.PresentButEmpty(headers[name]))
+                {
+                    // "name:" is how the hash writes an absent header too: the approver saw no such header.
+                    decision.Reason = ReasonCodes.RequestAmbiguous;
+                    decision.Detail = $"bound header '{name}' is present but empty, which the request hash cannot tell from absent: leave it out";
+                    return;
+                }
+            }
+
             requestHash = CanonicalRequest.Compute(context.Request.Method, path, query, policy.BoundHeaders, name => headers[name], body.Span);
             decision.RequestHash = requestHash.Value.Hash;
         }
@@ -245,6 +256,13 @@ public sealed partial class AssuranceMiddleware
         }
 
         decision.GrantId = ids[0];
+        if (UnsendableHeader(context) is { } unsendable)
+        {
+            decision.Reason = ReasonCodes.RequestAmbiguous;
+            decision.Detail = $"header '{JwtInspector.Printable(unsendable)}' has characters beyond ASCII, which the upstream connection cannot send "
+                + "(the cluster's HttpClient.RequestHeaderEncoding would let it): refused before the grant is used";
+            return;
+        }
 
         // Step 6: every binding checked and the use consumed, in one atomic store operation.
         var request = new ConsumeRequest
@@ -476,12 +494,44 @@ public sealed partial class AssuranceMiddleware
     /// as it arrived (SPEC §4.2) and upper-cases the method; YARP forwards the path Kestrel decoded and normalised,
     /// re-encoded, and a method it does not know as sent; what follows a protocol upgrade is covered by no hash.
     /// </summary>
+    /// <summary>
+    /// A request header the forwarder would fail to send, after the grant is used: HttpClient sends header values in
+    /// ASCII only unless the cluster names an encoding, and Kestrel accepts UTF-8. Without this, such a request burned
+    /// its use and got a 502 while the grant recorded "used" for an action that never ran.
+    /// </summary>
+    private static string? UnsendableHeader(HttpContext context)
+    {
+        if (context.GetReverseProxyFeature().Cluster?.Config.HttpClient?.RequestHeaderEncoding is not null)
+        {
+            return null;
+        }
+
+        foreach (var (name, values) in context.Request.Headers)
+        {
+            foreach (var value in values)
+            {
+                if (value is not null && value.AsSpan().ContainsAnyExceptInRange('\0', '\x7F'))
+                {
+                    return name;
+                }
+            }
+        }
+
+        return null;
+    }
+
     private static string? Ambiguity(HttpContext context, string rawPath, string rawQuery)
     {
         if (!ForwardedAsReceived(context, rawPath, rawQuery))
         {
             return "the request target is not in normal form (dot segments, or percent-encoding that the gateway would "
                 + "decode or re-encode before forwarding): send it as the upstream should receive it";
+        }
+
+        if (CanonicalRequest.RepeatedNameOutOfOrder(rawQuery) is { } repeated)
+        {
+            return $"the query repeats '{JwtInspector.Printable(repeated)}' out of canonical order, and the request hash sorts pairs, so it "
+                + "cannot bind which value comes first: send the repeated pairs sorted (by byte order), as the approval has them";
         }
 
         var method = context.Request.Method;

@@ -67,6 +67,60 @@ public static class CanonicalRequest
         return string.Join('&', pairs);
     }
 
+    /// <summary>
+    /// The first query parameter name that repeats out of canonical order, or null. The canonical query sorts whole
+    /// pairs, so "env=staging&amp;env=prod" and "env=prod&amp;env=staging" hash alike, while an upstream that reads one
+    /// value per name takes the first (Go, Flask) or the last (PHP): for a repeated name the order is part of the request
+    /// but not of the hash. A query whose repeated names already come in canonical order is the one request its hash
+    /// stands for, so the gateway and the API accept only that.
+    /// </summary>
+    public static string? RepeatedNameOutOfOrder(string rawQuery)
+    {
+        var query = rawQuery.AsSpan().TrimStart('?');
+        if (query.IndexOf('&') < 0)
+        {
+            return null;
+        }
+
+        var pairs = query.ToString().Split('&', StringSplitOptions.RemoveEmptyEntries);
+        var last = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var pair in pairs)
+        {
+            var equals = pair.IndexOf('=', StringComparison.Ordinal);
+            var name = equals < 0 ? pair : pair[..equals];
+            if (last.TryGetValue(name, out var previous) && string.CompareOrdinal(previous, pair) > 0)
+            {
+                return name;
+            }
+
+            last[name] = pair;
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// A header sent with nothing but optional white space: it hashes as "name:", exactly as an absent one does, so a
+    /// request-bound route refuses it (a flag-like header means something by being there).
+    /// </summary>
+    public static bool PresentButEmpty(StringValues values)
+    {
+        if (values.Count == 0)
+        {
+            return false;
+        }
+
+        foreach (var value in values)
+        {
+            if (!string.IsNullOrEmpty(value) && value.AsSpan().Trim(OptionalWhiteSpace).Length > 0)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
     private static readonly char[] OptionalWhiteSpace = [' ', '\t'];
 
     /// <summary>

@@ -82,6 +82,20 @@ public sealed class AgwCliTests : IAsyncLifetime
         Assert.Contains("expected 'name: value'", error, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("--query", "b=2&b=1", "repeats 'b' out of canonical order")]
+    [InlineData("--header", "x-flag:  ", "'x-flag' is empty")]
+    public async Task Hash_ForARequestTheGatewayRefuses_ExitsTwoSayingWhy(string option, string value, string expected)
+    {
+        // The gateway refuses a repeated query name out of canonical order and a bound header sent empty (the hash
+        // cannot bind either): a hash for such a request could never be used.
+        var (code, output, error) = await AgwAsync("hash", "--method", "GET", "--path", "/", option, value);
+
+        Assert.Equal(2, code);
+        Assert.Empty(output);
+        Assert.Contains(expected, error, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task GrantShow_ApiNeverAnswers_ExitsTwoWithOneLine()
     {

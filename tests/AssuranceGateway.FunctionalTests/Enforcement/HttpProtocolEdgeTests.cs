@@ -1,0 +1,160 @@
+using System.Text;
+using System.Text.Json.Nodes;
+using AssuranceGateway.Testing;
+using static AssuranceGateway.Testing.GrantHelpers;
+
+namespace AssuranceGateway.FunctionalTests.Enforcement;
+
+/// <summary>
+/// HTTP-level edges of a request-bound route: a use is consumed only for a request that is then forwarded, and the
+/// upstream receives only what the approved hash covers.
+/// </summary>
+public sealed class HttpProtocolEdgeTests : IAsyncLifetime
+{
+    private GatewayHarness _gateway = null!;
+
+    public async Task InitializeAsync() => _gateway = await GatewayHarness.StartAsync();
+
+    public async Task DisposeAsync() => await _gateway.DisposeAsync();
+
+    private string Head(string token, string grantId, string headers, int length, string target = "/deploy/v1/releases") =>
+        $"POST {target} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
+        + $"Workload-Identity: {_gateway.WorkloadIssuer.Svid()}\r\nAssurance-Id: {grantId}\r\n"
+        + headers + $"Content-Length: {length}\r\nConnection: close\r\n";
+
+    private async Task AssertUnusedAsync(string id)
+    {
+        var grant = await _gateway.GetGrantAsync(id);
+        Assert.Equal(1, grant.GetProperty("usesRemaining").GetInt32());
+        Assert.DoesNotContain(grant.GetProperty("events").EnumerateArray(), e => e.GetProperty("type").GetString() == "used");
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Theory]
+    [InlineData("X-Change-Note: caf\u00e9 release\r\n")] // a header the policy does not bind
+    [InlineData("User-Agent: d\u00e9ployeur/1.0\r\n")]
+    public async Task Use_HeaderValueBeyondAscii_RefusedBeforeTheGrantIsUsed(string header)
+    {
+        // Kestrel accepts UTF-8 in header values; the forwarder's HttpClient sends ASCII only ("Request headers must
+        // contain only ASCII characters") and YARP answered 502 after the use was consumed: an approved single-use action
+        // burned, and the grant recorded "used" for an action that never ran.
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+
+        var (status, content) = await RawHttp.SendAsync(
+            _gateway.ProxyAddress, Head(token, id, "Content-Type: application/json\r\n" + header, body.Length), body, Encoding.UTF8);
+
+        Assert.Equal(400, status);
+        Assert.Contains("\"reason\":\"request_ambiguous\"", content, StringComparison.Ordinal);
+        Assert.Contains("beyond ASCII", content, StringComparison.Ordinal);
+        await AssertUnusedAsync(id);
+    }
+
+    [Fact]
+    public async Task Use_HeaderValueBeyondAscii_ClusterWithAHeaderEncoding_ForwardedAsReceived()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(configure: c =>
+            c["ReverseProxy"]!["Clusters"]!["upstream"]!["HttpClient"] = new JsonObject { ["RequestHeaderEncoding"] = "utf-8" });
+        var token = gateway.Idp.Token();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token));
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+        var head = $"POST /deploy/v1/releases HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
+            + $"Workload-Identity: {gateway.WorkloadIssuer.Svid()}\r\nAssurance-Id: {id}\r\nContent-Type: application/json\r\n"
+            + $"X-Change-Note: caf\u00e9\r\nContent-Length: {body.Length}\r\nConnection: close\r\n";
+
+        var (status, _) = await RawHttp.SendAsync(gateway.ProxyAddress, head, body, Encoding.UTF8);
+
+        Assert.Equal(200, status);
+        Assert.Equal("caf\u00e9", Assert.Single(gateway.Upstream.Received).Headers["X-Change-Note"]);
+    }
+
+    [Theory]
+    [InlineData("Content-Type: \r\n")]
+    [InlineData("Content-Type: \t \r\n")]
+    public async Task Use_BoundHeaderApprovedAbsent_SentPresentButEmpty_Refused(string header)
+    {
+        // SPEC §4.2 writes an absent bound header as "name:", and an empty one hashes the same: the approver approved a
+        // request without the header, and the upstream would have received it (a flag-like header means something by
+        // being there).
+        var token = _gateway.Idp.Token();
+        var grant = DeployGrant(token);
+        grant["request"]!["headers"] = new JsonObject(); // approved: no Content-Type at all
+        var id = await _gateway.CreateGrantAsync(grant);
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+
+        var (status, content) = await RawHttp.SendAsync(_gateway.ProxyAddress, Head(token, id, header, body.Length), body);
+
+        Assert.Equal(400, status);
+        Assert.Contains("present but empty", content, StringComparison.Ordinal);
+        await AssertUnusedAsync(id);
+    }
+
+    [Fact]
+    public async Task CreateGrant_BoundHeaderGivenEmpty_RefusedWithTheWayOut()
+    {
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant["request"]!["headers"] = new JsonObject { ["content-type"] = " " };
+
+        using var response = await _gateway.PostGrantAsync(grant);
+
+        Assert.Equal(System.Net.HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Contains("leave it out", (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Use_RepeatedQueryParameterInAnotherOrder_RefusedAndTheCanonicalOrderForwarded()
+    {
+        // SPEC §4.2 sorts whole "name=value" pairs, so "env=prod&env=staging" and "env=staging&env=prod" hash alike while
+        // an upstream that reads one value per name (Go's Query().Get, Flask's args.get: the first; PHP: the last) runs
+        // another request. Only the canonical order is accepted, by the API and by the gateway.
+        var token = _gateway.Idp.Token();
+        var refused = DeployGrant(token);
+        refused["request"]!["query"] = "env=staging&env=prod";
+        using (var response = await _gateway.PostGrantAsync(refused))
+        {
+            Assert.Equal(System.Net.HttpStatusCode.BadRequest, response.StatusCode);
+            Assert.Contains("'env' is repeated out of canonical order", (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+        }
+
+        var grant = DeployGrant(token, maxUses: 2);
+        grant["request"]!["query"] = "env=prod&x=1&env=staging";
+        var id = await _gateway.CreateGrantAsync(grant);
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+        var headers = "Content-Type: application/json\r\n";
+
+        var (reordered, content) = await RawHttp.SendAsync(_gateway.ProxyAddress,
+            Head(token, id, headers, body.Length, "/deploy/v1/releases?env=staging&x=1&env=prod"), body);
+
+        Assert.Equal(400, reordered);
+        Assert.Contains("\"reason\":\"request_ambiguous\"", content, StringComparison.Ordinal);
+        Assert.Contains("repeats 'env' out of canonical order", content, StringComparison.Ordinal);
+        Assert.Equal(0, _gateway.Upstream.Count);
+
+        var (canonical, _) = await RawHttp.SendAsync(_gateway.ProxyAddress,
+            Head(token, id, headers, body.Length, "/deploy/v1/releases?x=1&env=prod&env=staging"), body);
+
+        Assert.Equal(200, canonical);
+        Assert.Equal("x=1&env=prod&env=staging", Assert.Single(_gateway.Upstream.Received).Query);
+    }
+
+    [Fact]
+    public async Task Use_ChunkedBodyWithTrailers_TrailersNeverReachTheUpstream()
+    {
+        // A regression guard: trailers are outside the hash, and the forwarder does not send them.
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        var chunked = $"{Encoding.UTF8.GetByteCount(ReleaseBody):x}\r\n{ReleaseBody}\r\n0\r\nContent-Type: text/plain\r\nX-Env: dev\r\n\r\n";
+        var head = Head(token, id, "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n", 0)
+            .Replace("Content-Length: 0\r\n", string.Empty, StringComparison.Ordinal);
+
+        var (status, _) = await RawHttp.SendAsync(_gateway.ProxyAddress, head, Encoding.ASCII.GetBytes(chunked));
+
+        Assert.Equal(200, status);
+        var received = Assert.Single(_gateway.Upstream.Received);
+        Assert.Equal(ReleaseBody, Encoding.UTF8.GetString(received.Body));
+        Assert.Equal("application/json", received.Headers["Content-Type"]);
+        Assert.False(received.Headers.ContainsKey("X-Env"));
+        Assert.Empty(_gateway.Upstream.Trailers);
+    }
+}
