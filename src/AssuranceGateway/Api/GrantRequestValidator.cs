@@ -45,11 +45,11 @@ internal static class GrantRequestValidator
                 Bindings.Origin => body.Origin is { Count: > 0 },
                 _ => body.Request is not null || body.RequestHash is not null,
             };
-            if (given && (policy.Bind & flag) == 0 && flag is Bindings.Workload or Bindings.Request)
+            if (given && ((flag == Bindings.Workload && !policy.NeedsWorkload) || (flag == Bindings.Request && (policy.Bind & flag) == 0)))
             {
-                // The gateway resolves the workload and hashes the request only on routes whose policy binds them
-                // (step 3 comes before the grant is read): such a grant could never be used, and with RevokeOn its
-                // rightful caller's first attempt would burn it.
+                // The gateway resolves the workload only where the policy binds it or demands its claims, and hashes the
+                // request only where the policy binds it (steps 3 and 4 come before the grant is read): such a grant
+                // could never be used, and with RevokeOn its rightful caller's first attempt would burn it.
                 return Invalid($"{FieldOf(name)}: policy '{policy.Name}' of route '{body.Route}' does not bind {name}, so the gateway never checks it on this route");
             }
 
@@ -215,6 +215,11 @@ internal static class GrantRequestValidator
         foreach (var (name, value) in spec.Headers ?? new Dictionary<string, JsonElement>())
         {
             var lower = name.ToLowerInvariant();
+            if (headers.ContainsKey(lower))
+            {
+                // Two JSON members, one header: which value did the issuer mean?
+                return (null, $"request.headers.{name}: given twice (header names ignore case)");
+            }
             if (!policy.BoundHeaders.Contains(lower))
             {
                 // Refused rather than ignored: an issuer who believes a header is protected must learn that it is not.

@@ -527,6 +527,7 @@ public static class GatewayConfigCompiler
         var proxies = new List<IPNetwork>();
         foreach (var cidr in reader.List(s, "TrustedProxies"))
         {
+            // A trusted proxy may set X-Forwarded-For and X-Forwarded-Client-Cert: a typo here trusts the wrong machine.
             if (GrantRules.TryParseNetwork(cidr, out var network, out var problem))
             {
                 proxies.Add(network);
@@ -592,12 +593,6 @@ public static class GatewayConfigCompiler
         };
     }
 
-    /// <summary>
-    /// A trusted proxy may set X-Forwarded-For and X-Forwarded-Client-Cert, so a typo here trusts the wrong machine.
-    /// IPAddress.TryParse is as lenient as inet_aton ("10" is 0.0.0.10, "10.1" is 10.0.0.1, "010.0.0.1" is octal
-    /// 8.0.0.1) and IPNetwork.TryParse silently drops host bits ("10.0.0.1/8" becomes all of 10.0.0.0/8): only plain
-    /// dotted-quad IPv4, IPv6, and ranges written as their network address are accepted.
-    /// </summary>
     private static StoreSettings ReadStore(ConfigReader reader, IConfigurationSection s)
     {
         reader.RejectUnknownKeys(s, "Redis", "KeyPrefix", "Timeout", "EvidenceRetention", "RequireReplicaAcks");

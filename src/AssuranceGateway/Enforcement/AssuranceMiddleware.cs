@@ -278,8 +278,8 @@ public sealed partial class AssuranceMiddleware
             RequestHash = requestHash?.Hash,
             Digests = requestHash?.Digests,
             RevokeOn = policy.Mode == PolicyMode.Shadow ? [] : policy.RevokeOn,
-            TraceId = activity?.TraceId.ToHexString(),
-            SpanId = activity?.SpanId.ToHexString(),
+            TraceId = activity is null ? null : decision.TraceId,
+            SpanId = decision.SpanId,
             DryRun = policy.Mode == PolicyMode.Shadow,
         };
 
@@ -482,7 +482,7 @@ public sealed partial class AssuranceMiddleware
         if (string.IsNullOrEmpty(raw) || raw[0] != '/')
         {
             // Absolute-form or asterisk-form targets: fall back to the decoded-then-escaped view.
-            return (context.Request.PathBase.Add(context.Request.Path).ToUriComponent(), context.Request.QueryString.Value?.TrimStart('?') ?? string.Empty);
+            return (context.Request.PathBase.Add(context.Request.Path).ToUriComponent(), context.Request.QueryString.Value is { Length: > 0 } q0 ? q0[1..] : string.Empty);
         }
 
         var q = raw.IndexOf('?', StringComparison.Ordinal);
@@ -490,14 +490,11 @@ public sealed partial class AssuranceMiddleware
     }
 
     /// <summary>
-    /// Why the request the upstream would receive is not the one hashed, or null when it is. The hash covers the target
-    /// as it arrived (SPEC §4.2) and upper-cases the method; YARP forwards the path Kestrel decoded and normalised,
-    /// re-encoded, and a method it does not know as sent; what follows a protocol upgrade is covered by no hash.
-    /// </summary>
-    /// <summary>
     /// A request header the forwarder would fail to send, after the grant is used: HttpClient sends header values in
     /// ASCII only unless the cluster names an encoding, and Kestrel accepts UTF-8. Without this, such a request burned
-    /// its use and got a 502 while the grant recorded "used" for an action that never ran.
+    /// its use and got a 502 while the grant recorded "used" for an action that never ran. Headers that are never
+    /// forwarded (hop-by-hop ones, and those the gateway removes) do not count; a header a route transform removes does
+    /// (transforms are judged at config time, not per request).
     /// </summary>
     private static string? UnsendableHeader(HttpContext context)
     {
@@ -508,6 +505,11 @@ public sealed partial class AssuranceMiddleware
 
         foreach (var (name, values) in context.Request.Headers)
         {
+            if (NeverForwarded.Contains(name))
+            {
+                continue;
+            }
+
             foreach (var value in values)
             {
                 if (value is not null && value.AsSpan().ContainsAnyExceptInRange('\0', '\x7F'))
@@ -520,8 +522,26 @@ public sealed partial class AssuranceMiddleware
         return null;
     }
 
+    /// <summary>Request headers YARP never forwards (hop-by-hop, RFC 9110 §7.6.1) and those the gateway removes.</summary>
+    private static readonly System.Collections.Frozen.FrozenSet<string> NeverForwarded = System.Collections.Frozen.FrozenSet.ToFrozenSet(
+        ["Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer", "Transfer-Encoding",
+            "Upgrade", AssuranceIdHeader, WorkloadResolver.WorkloadIdentityHeader, EvidenceHeader],
+        StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// Why the request the upstream would receive is not the one hashed, or null when it is. The hash covers the target
+    /// as it arrived (SPEC §4.2) and upper-cases the method; YARP forwards the path Kestrel decoded and normalised,
+    /// re-encoded, and a method it does not know as sent; what follows a protocol upgrade is covered by no hash.
+    /// </summary>
     private static string? Ambiguity(HttpContext context, string rawPath, string rawQuery)
     {
+        if (rawQuery.StartsWith('?'))
+        {
+            // "/x??dry_run=true": the upstream gets a parameter named "?dry_run", the hash (which drops one leading '?'
+            // of an issuer's query) would have read "dry_run".
+            return "the query starts with a second '?': send the target as the upstream should receive it";
+        }
+
         if (!ForwardedAsReceived(context, rawPath, rawQuery))
         {
             return "the request target is not in normal form (dot segments, or percent-encoding that the gateway would "

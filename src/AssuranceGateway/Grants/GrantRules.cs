@@ -142,7 +142,8 @@ internal static class GrantRules
         if (slash >= 0)
         {
             var prefixText = text[(slash + 1)..];
-            if (prefixText.Length is 0 or > 3 || !prefixText.All(char.IsAsciiDigit) || (prefix = int.Parse(prefixText, CultureInfo.InvariantCulture)) > bits)
+            if (prefixText.Length is 0 or > 3 || !prefixText.All(char.IsAsciiDigit) || (prefixText.Length > 1 && prefixText[0] == '0')
+                || (prefix = int.Parse(prefixText, CultureInfo.InvariantCulture)) > bits)
             {
                 return false;
             }
@@ -180,9 +181,9 @@ internal static class GrantRules
 
     private static bool IsPlainAddress(string text)
     {
-        if (text.Contains('%', StringComparison.Ordinal))
+        if (text.AsSpan().IndexOfAny('%', '[', ']') >= 0)
         {
-            return false; // a zone id is an interface of this machine, not a network
+            return false; // a zone id is an interface of this machine, not a network; "[v6]:port" is an endpoint
         }
 
         if (text.Contains(':', StringComparison.Ordinal))

@@ -72,7 +72,9 @@ public static class CanonicalRequest
     /// pairs, so "env=staging&amp;env=prod" and "env=prod&amp;env=staging" hash alike, while an upstream that reads one
     /// value per name takes the first (Go, Flask) or the last (PHP): for a repeated name the order is part of the request
     /// but not of the hash. A query whose repeated names already come in canonical order is the one request its hash
-    /// stands for, so the gateway and the API accept only that.
+    /// stands for, so the gateway and the API accept only that. Names are compared as an upstream reads them: '+' is a
+    /// space, escapes decoded, case ignored (ASP.NET Core's query collection ignores case), so that "Env" or "%65nv"
+    /// cannot repeat "env" unnoticed; the pairs themselves are compared raw, as the hash sorts them.
     /// </summary>
     public static string? RepeatedNameOutOfOrder(string rawQuery)
     {
@@ -83,14 +85,17 @@ public static class CanonicalRequest
         }
 
         var pairs = query.ToString().Split('&', StringSplitOptions.RemoveEmptyEntries);
-        var last = new Dictionary<string, string>(StringComparer.Ordinal);
+        var last = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
         foreach (var pair in pairs)
         {
             var equals = pair.IndexOf('=', StringComparison.Ordinal);
-            var name = equals < 0 ? pair : pair[..equals];
+            var raw = equals < 0 ? pair : pair[..equals];
+            var name = raw.Contains('%', StringComparison.Ordinal) || raw.Contains('+', StringComparison.Ordinal)
+                ? Uri.UnescapeDataString(raw.Replace('+', ' '))
+                : raw;
             if (last.TryGetValue(name, out var previous) && string.CompareOrdinal(previous, pair) > 0)
             {
-                return name;
+                return raw;
             }
 
             last[name] = pair;
