@@ -397,6 +397,16 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             foreach (var link in _links)
             {
                 await RunAsync(link, static db => db.PingAsync(), OperationPing, "*", cancellationToken).ConfigureAwait(false);
+                if (link.IsCluster)
+                {
+                    // Any live master answers PING, also while the cluster refuses every key (CLUSTERDOWN, once a master
+                    // has been down past cluster-node-timeout): then every enforced request gets 503, so not ready.
+                    var info = await RunAsync(link, static db => db.ExecuteAsync("CLUSTER", "INFO"), OperationPing, "*", cancellationToken).ConfigureAwait(false);
+                    if (!((string?)info ?? string.Empty).Contains("cluster_state:ok", StringComparison.Ordinal))
+                    {
+                        return false;
+                    }
+                }
             }
 
             return true;
@@ -540,13 +550,19 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                 while (_unknownOutcomes.Reader.TryRead(out var item))
                 {
                     Volatile.Write(ref _unknownOutcomeInFlight, 1);
-                    var json = EventJson(item.Event, includeAt: true);
-                    while (!await TryRecordAsync(item, json, stopping).ConfigureAwait(false))
+                    var recorded = await TryRecordAsync(item, EventJson(item.Event, includeAt: true), stopping).ConfigureAwait(false);
+                    if (!recorded)
                     {
-                        await Task.Delay(UnknownOutcomeRetry, _time, stopping).ConfigureAwait(false);
+                        // To the back of the queue: on a cluster, its master may stay down while the masters of the
+                        // records behind it answer again, and those must not wait for it.
+                        _unknownOutcomes.Writer.TryWrite(item);
                     }
 
                     Volatile.Write(ref _unknownOutcomeInFlight, 0);
+                    if (!recorded)
+                    {
+                        await Task.Delay(UnknownOutcomeRetry, _time, stopping).ConfigureAwait(false);
+                    }
                 }
             }
         }
@@ -748,6 +764,13 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             // Refused by a server that is not (or not yet) a usable primary: nothing was written (see RespError), as when
             // the consume connection gets the same reply. Not an unknown outcome.
             throw Unavailable(operation, grantId, "not the primary", outcomeUnknown: false, e);
+        }
+        catch (RedisServerException e) when (RespError.IsClusterRefusalMessage(e.Message) || e.Message.Contains(" serving hashslot ", StringComparison.Ordinal))
+        {
+            // The cluster refused the command before running it (CLUSTERDOWN, TRYAGAIN during a slot migration, or a
+            // redirection 1.2.6 did not follow, such as MOVED to a master it cannot reach: "Endpoint … serving hashslot …
+            // is not reachable"): nothing was written, so not an unknown outcome.
+            throw Unavailable(operation, grantId, "refused by the cluster", outcomeUnknown: false, e);
         }
         catch (RedisServerException e) when (RespError.IsOutOfMemoryMessage(e.Message))
         {

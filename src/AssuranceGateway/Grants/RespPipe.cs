@@ -31,6 +31,14 @@ internal sealed record RespError(string Message)
     public bool IsOutOfMemory => IsOutOfMemoryMessage(Message);
 
     public static bool IsOutOfMemoryMessage(string message) => message.StartsWith("OOM", StringComparison.Ordinal);
+
+    /// <summary>
+    /// A Redis Cluster refusal before the command ran: the cluster is down, a multi-key command's keys are split by a
+    /// slot migration in progress (<c>TRYAGAIN</c>), or the slot is served elsewhere (<c>MOVED</c>, <c>ASK</c>).
+    /// </summary>
+    public static bool IsClusterRefusalMessage(string message) =>
+        message.StartsWith("CLUSTERDOWN", StringComparison.Ordinal) || message.StartsWith("TRYAGAIN", StringComparison.Ordinal)
+        || message.StartsWith("MOVED", StringComparison.Ordinal) || message.StartsWith("ASK ", StringComparison.Ordinal);
 }
 
 /// <summary>

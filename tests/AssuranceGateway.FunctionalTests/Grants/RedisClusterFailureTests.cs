@@ -1,0 +1,203 @@
+using System.Globalization;
+using System.Net;
+using AssuranceGateway.Enforcement;
+using AssuranceGateway.Grants;
+using AssuranceGateway.Testing;
+using Xunit.Abstractions;
+
+namespace AssuranceGateway.FunctionalTests.Grants;
+
+/// <summary>
+/// Failures particular to a three-master Redis Cluster: a master down, the whole cluster down, a slot being resharded.
+/// Each test builds its own cluster, since it breaks it.
+/// </summary>
+public sealed class RedisClusterFailureTests(ITestOutputHelper output)
+{
+    // A master is down: 1.2.6 sends the consume to another master, which answers MOVED to the dead one, which the client
+    // turns into "Endpoint … serving hashslot … is not reachable". Nothing ran anywhere: a known failure, and the grant
+    // must not be told that a use may have been taken.
+    [Fact]
+    public async Task ConsumeAsync_SlotOwnerDown_KnownFailureNoUnknownOutcome()
+    {
+        await using var cluster = await StartClusterAsync();
+        var (store, prefix) = await StartStoreAsync(cluster);
+        using var _ = store;
+        var grant = Grant(await IdOnNodeAsync(cluster, prefix, 2));
+        await store.CreateAsync(grant, Created(), 10, default);
+
+        await cluster.Nodes[2].KillAsync();
+        var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+
+        Assert.False(failure.OutcomeUnknown, failure.InnerException?.Message);
+        Assert.Equal(0, store.UnknownOutcomesPending);
+    }
+
+    // Resharding: the grant's hash has moved to the importing node, its event list not yet. Redis refuses the script
+    // (TRYAGAIN) before running it; the consume is refused, but nothing ran.
+    [Fact]
+    public async Task ConsumeAsync_SlotHalfMigrated_TryAgainIsAKnownFailureAndTheGrantGetsNoUnknownOutcome()
+    {
+        await using var cluster = await StartClusterAsync();
+        var (store, prefix) = await StartStoreAsync(cluster);
+        using var _ = store;
+        var keys = new GrantKeys(prefix);
+        var grant = Grant(await IdOnNodeAsync(cluster, prefix, 0)) with { MaxUses = 2, UsesRemaining = 2 };
+        await store.CreateAsync(grant, Created(), 10, default);
+        var slot = ((long)(await cluster.Nodes[0].ExecuteAsync("CLUSTER", "KEYSLOT", keys.Grant(grant.Id)!))!).ToString(CultureInfo.InvariantCulture);
+        var source = (string)(await cluster.Nodes[0].ExecuteAsync("CLUSTER", "MYID"))!;
+        var target = (string)(await cluster.Nodes[1].ExecuteAsync("CLUSTER", "MYID"))!;
+        await cluster.Nodes[1].ExecuteAsync("CLUSTER", "SETSLOT", slot, "IMPORTING", source);
+        await cluster.Nodes[0].ExecuteAsync("CLUSTER", "SETSLOT", slot, "MIGRATING", target);
+        await cluster.Nodes[0].ExecuteAsync("MIGRATE", "127.0.0.1", cluster.Nodes[1].Port.ToString(CultureInfo.InvariantCulture), (string)keys.Grant(grant.Id)!, "0", "5000");
+
+        var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+
+        // The slot finishes moving; the grant's record must show exactly what happened: nothing, then one use.
+        await cluster.Nodes[0].ExecuteAsync("MIGRATE", "127.0.0.1", cluster.Nodes[1].Port.ToString(CultureInfo.InvariantCulture), (string)keys.Events(grant.Id)!, "0", "5000");
+        foreach (var node in cluster.Nodes)
+        {
+            await node.ExecuteAsync("CLUSTER", "SETSLOT", slot, "NODE", target);
+        }
+
+        Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(grant), default)).Reason);
+        await Task.Delay(1000);
+        var stored = await store.GetAsync(grant.Id, default);
+        Assert.Equal(1, stored!.UsesRemaining);
+        Assert.Equal([GrantEvent.Created, GrantEvent.Used], stored.Events.Select(e => e.Type));
+        Assert.False(failure.OutcomeUnknown, failure.InnerException?.Message);
+    }
+
+    // The cluster has failed (a master down past cluster-node-timeout): every keyed command is refused with CLUSTERDOWN,
+    // so every enforced request gets 503. Readiness (SPEC §5.5: store reachable, else 503) must say so; PING, which any
+    // master still answers, does not.
+    [Fact]
+    public async Task PingAsync_ClusterDown_NotReadyAndConsumesAreKnownFailures()
+    {
+        await using var cluster = await StartClusterAsync();
+        foreach (var node in cluster.Nodes)
+        {
+            await node.ExecuteAsync("CONFIG", "SET", "cluster-node-timeout", "500");
+        }
+
+        var (store, prefix) = await StartStoreAsync(cluster);
+        using var _ = store;
+        var grant = Grant(await IdOnNodeAsync(cluster, prefix, 0));
+        await store.CreateAsync(grant, Created(), 10, default);
+        await cluster.Nodes[2].KillAsync();
+        await RedisStores.WaitUntilAsync(
+            async () => ((string?)await cluster.Nodes[0].ExecuteAsync("CLUSTER", "INFO"))!.Contains("cluster_state:fail", StringComparison.Ordinal),
+            TimeSpan.FromSeconds(20),
+            "the cluster to fail");
+
+        var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+        output.WriteLine(failure.InnerException?.Message);
+
+        Assert.False(await store.PingAsync(default), "PingAsync (readiness) says the store is reachable while the cluster refuses every key");
+        Assert.False(failure.OutcomeUnknown, failure.InnerException?.Message);
+    }
+
+    // Unknown outcomes are recorded one at a time, in order. One for a grant whose master stays down holds up the
+    // records of grants on masters that answer again: SPEC §2 "recorded ... when the store is back".
+    [Fact]
+    public async Task UnknownOutcome_OnAMasterThatAnswersAgain_RecordedWhileAnotherMasterIsStillDown()
+    {
+        await using var cluster = await StartClusterAsync();
+        var (store, prefix) = await StartStoreAsync(cluster);
+        using var _ = store;
+        var onDown = Grant(await IdOnNodeAsync(cluster, prefix, 2));
+        var onBack = Grant(await IdOnNodeAsync(cluster, prefix, 0));
+        await store.CreateAsync(onDown, Created(), 10, default);
+        await store.CreateAsync(onBack, Created(), 10, default);
+
+        // A timed-out consume on master 2, which then dies and stays down.
+        await cluster.Nodes[2].PauseAsync();
+        try
+        {
+            Assert.True((await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(onDown), default))).OutcomeUnknown);
+        }
+        finally
+        {
+            // Killed while frozen: it never answers again.
+            await cluster.Nodes[2].KillAsync();
+        }
+
+        // A timed-out consume on master 0, which answers again straight away.
+        var request = Matching(onBack);
+        await cluster.Nodes[0].PauseAsync();
+        try
+        {
+            Assert.True((await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(request, default))).OutcomeUnknown);
+        }
+        finally
+        {
+            await cluster.Nodes[0].ResumeAsync();
+        }
+
+        await RedisStores.WaitUntilAsync(
+            async () => (await store.GetAsync(onBack.Id, default))!.Events.Any(e => e.Type == GrantEvent.UnknownOutcome && e.TraceId == request.TraceId),
+            TimeSpan.FromSeconds(5),
+            "the unknown_outcome on the grant of the master that answers");
+    }
+
+    private async Task<(RedisGrantStore Store, string Prefix)> StartStoreAsync(RedisCluster cluster)
+    {
+        var prefix = RedisStores.NewPrefix();
+        var settings = RedisStores.Settings(cluster.Nodes[0], prefix, timeout: TimeSpan.FromMilliseconds(500)) with { Redis = cluster.ConnectionString };
+        var store = await RedisStores.StartAsync(settings, new TestOutputLogger<RedisGrantStore>(output));
+        Assert.True(store.IsCluster);
+        return (store, prefix);
+    }
+
+    private static async Task<RedisCluster> StartClusterAsync()
+    {
+        var cluster = new RedisCluster();
+        try
+        {
+            await cluster.InitializeAsync();
+            return cluster;
+        }
+        catch
+        {
+            await cluster.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>A fresh grant id whose slot is served by master <paramref name="node"/> (slots split as RedisCluster does).</summary>
+    private static async Task<string> IdOnNodeAsync(RedisCluster cluster, string prefix, int node)
+    {
+        var keys = new GrantKeys(prefix);
+        while (true)
+        {
+            var id = Guid.NewGuid().ToString("N");
+            var slot = (long)(await cluster.Nodes[(node + 1) % 3].ExecuteAsync("CLUSTER", "KEYSLOT", keys.Grant(id)!))!;
+            if ((slot <= 5460 ? 0 : slot <= 10922 ? 1 : 2) == node)
+            {
+                return id;
+            }
+        }
+    }
+
+    private static GrantRecord Grant(string id) => new()
+    {
+        Id = id,
+        Route = "deploy",
+        Status = GrantStatus.Active,
+        TokenHash = "sha256:token",
+        MaxUses = 1,
+        UsesRemaining = 1,
+        ExpiresAt = DateTimeOffset.UtcNow.AddMinutes(5),
+    };
+
+    private static ConsumeRequest Matching(GrantRecord grant) => new()
+    {
+        GrantId = grant.Id,
+        Route = grant.Route,
+        Required = Bindings.Token,
+        TokenHash = grant.TokenHash,
+        Origin = IPAddress.Loopback,
+        TraceId = "trace-" + Guid.NewGuid().ToString("N"),
+    };
+
+    private static GrantEvent Created() => new() { Type = GrantEvent.Created, Actor = "bob" };
+}
