@@ -22,11 +22,11 @@ public sealed class RedisClusterFailureTests(ITestOutputHelper output)
         await using var cluster = await StartClusterAsync();
         var (store, prefix) = await StartStoreAsync(cluster);
         using var _ = store;
-        var grant = Grant(await IdOnNodeAsync(cluster, prefix, 2));
-        await store.CreateAsync(grant, Created(), 10, default);
+        var grant = RedisStores.TokenGrant(await IdOnNodeAsync(cluster, prefix, 2));
+        await store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default);
 
         await cluster.Nodes[2].KillAsync();
-        var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+        var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(RedisStores.MatchingToken(grant), default));
 
         Assert.False(failure.OutcomeUnknown, failure.InnerException?.Message);
         Assert.Equal(0, store.UnknownOutcomesPending);
@@ -41,8 +41,8 @@ public sealed class RedisClusterFailureTests(ITestOutputHelper output)
         var (store, prefix) = await StartStoreAsync(cluster);
         using var _ = store;
         var keys = new GrantKeys(prefix);
-        var grant = Grant(await IdOnNodeAsync(cluster, prefix, 0)) with { MaxUses = 2, UsesRemaining = 2 };
-        await store.CreateAsync(grant, Created(), 10, default);
+        var grant = RedisStores.TokenGrant(await IdOnNodeAsync(cluster, prefix, 0)) with { MaxUses = 2, UsesRemaining = 2 };
+        await store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default);
         var slot = ((long)(await cluster.Nodes[0].ExecuteAsync("CLUSTER", "KEYSLOT", keys.Grant(grant.Id)!))!).ToString(CultureInfo.InvariantCulture);
         var source = (string)(await cluster.Nodes[0].ExecuteAsync("CLUSTER", "MYID"))!;
         var target = (string)(await cluster.Nodes[1].ExecuteAsync("CLUSTER", "MYID"))!;
@@ -50,7 +50,7 @@ public sealed class RedisClusterFailureTests(ITestOutputHelper output)
         await cluster.Nodes[0].ExecuteAsync("CLUSTER", "SETSLOT", slot, "MIGRATING", target);
         await cluster.Nodes[0].ExecuteAsync("MIGRATE", "127.0.0.1", cluster.Nodes[1].Port.ToString(CultureInfo.InvariantCulture), (string)keys.Grant(grant.Id)!, "0", "5000");
 
-        var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+        var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(RedisStores.MatchingToken(grant), default));
 
         // The slot finishes moving; the grant's record must show exactly what happened: nothing, then one use.
         await cluster.Nodes[0].ExecuteAsync("MIGRATE", "127.0.0.1", cluster.Nodes[1].Port.ToString(CultureInfo.InvariantCulture), (string)keys.Events(grant.Id)!, "0", "5000");
@@ -59,7 +59,7 @@ public sealed class RedisClusterFailureTests(ITestOutputHelper output)
             await node.ExecuteAsync("CLUSTER", "SETSLOT", slot, "NODE", target);
         }
 
-        Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(grant), default)).Reason);
+        Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(RedisStores.MatchingToken(grant), default)).Reason);
         await Task.Delay(1000);
         var stored = await store.GetAsync(grant.Id, default);
         Assert.Equal(1, stored!.UsesRemaining);
@@ -81,15 +81,15 @@ public sealed class RedisClusterFailureTests(ITestOutputHelper output)
 
         var (store, prefix) = await StartStoreAsync(cluster);
         using var _ = store;
-        var grant = Grant(await IdOnNodeAsync(cluster, prefix, 0));
-        await store.CreateAsync(grant, Created(), 10, default);
+        var grant = RedisStores.TokenGrant(await IdOnNodeAsync(cluster, prefix, 0));
+        await store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default);
         await cluster.Nodes[2].KillAsync();
         await RedisStores.WaitUntilAsync(
             async () => ((string?)await cluster.Nodes[0].ExecuteAsync("CLUSTER", "INFO"))!.Contains("cluster_state:fail", StringComparison.Ordinal),
             TimeSpan.FromSeconds(20),
             "the cluster to fail");
 
-        var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+        var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(RedisStores.MatchingToken(grant), default));
         output.WriteLine(failure.InnerException?.Message);
 
         Assert.False(await store.PingAsync(default), "PingAsync (readiness) says the store is reachable while the cluster refuses every key");
@@ -104,16 +104,16 @@ public sealed class RedisClusterFailureTests(ITestOutputHelper output)
         await using var cluster = await StartClusterAsync();
         var (store, prefix) = await StartStoreAsync(cluster);
         using var _ = store;
-        var onDown = Grant(await IdOnNodeAsync(cluster, prefix, 2));
-        var onBack = Grant(await IdOnNodeAsync(cluster, prefix, 0));
-        await store.CreateAsync(onDown, Created(), 10, default);
-        await store.CreateAsync(onBack, Created(), 10, default);
+        var onDown = RedisStores.TokenGrant(await IdOnNodeAsync(cluster, prefix, 2));
+        var onBack = RedisStores.TokenGrant(await IdOnNodeAsync(cluster, prefix, 0));
+        await store.CreateAsync(onDown, RedisStores.CreatedBy(), 10, default);
+        await store.CreateAsync(onBack, RedisStores.CreatedBy(), 10, default);
 
         // A timed-out consume on master 2, which then dies and stays down.
         await cluster.Nodes[2].PauseAsync();
         try
         {
-            Assert.True((await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(onDown), default))).OutcomeUnknown);
+            Assert.True((await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(RedisStores.MatchingToken(onDown), default))).OutcomeUnknown);
         }
         finally
         {
@@ -122,7 +122,7 @@ public sealed class RedisClusterFailureTests(ITestOutputHelper output)
         }
 
         // A timed-out consume on master 0, which answers again straight away.
-        var request = Matching(onBack);
+        var request = RedisStores.MatchingToken(onBack);
         await cluster.Nodes[0].PauseAsync();
         try
         {
@@ -177,27 +177,4 @@ public sealed class RedisClusterFailureTests(ITestOutputHelper output)
             }
         }
     }
-
-    private static GrantRecord Grant(string id) => new()
-    {
-        Id = id,
-        Route = "deploy",
-        Status = GrantStatus.Active,
-        TokenHash = "sha256:token",
-        MaxUses = 1,
-        UsesRemaining = 1,
-        ExpiresAt = DateTimeOffset.UtcNow.AddMinutes(5),
-    };
-
-    private static ConsumeRequest Matching(GrantRecord grant) => new()
-    {
-        GrantId = grant.Id,
-        Route = grant.Route,
-        Required = Bindings.Token,
-        TokenHash = grant.TokenHash,
-        Origin = IPAddress.Loopback,
-        TraceId = "trace-" + Guid.NewGuid().ToString("N"),
-    };
-
-    private static GrantEvent Created() => new() { Type = GrantEvent.Created, Actor = "bob" };
 }

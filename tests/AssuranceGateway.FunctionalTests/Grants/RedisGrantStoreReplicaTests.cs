@@ -19,11 +19,11 @@ public sealed class RedisGrantStoreReplicaTests
         await using var replica = await StartReplicaAsync(primary);
         var settings = RedisStores.Settings(primary) with { RequireReplicaAcks = 1 };
         using var store = await RedisStores.StartAsync(settings);
-        var grant = Grant();
-        await store.CreateAsync(grant, Created(), 10, default);
+        var grant = RedisStores.TokenGrant();
+        await store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default);
 
         await using var monitor = await primary.MonitorAsync();
-        var result = await store.ConsumeAsync(Matching(grant), default);
+        var result = await store.ConsumeAsync(RedisStores.MatchingToken(grant), default);
         await monitor.SyncAsync();
 
         Assert.Equal(ReasonCodes.Ok, result.Reason);
@@ -45,9 +45,9 @@ public sealed class RedisGrantStoreReplicaTests
         await using var primary = await StartPrimaryAsync();
         await using var replica = await StartReplicaAsync(primary);
         using var store = await RedisStores.StartAsync(RedisStores.Settings(primary, timeout: TimeSpan.FromMilliseconds(400)) with { RequireReplicaAcks = 1 });
-        var grant = Grant();
-        await store.CreateAsync(grant, Created(), 10, default);
-        var request = Matching(grant);
+        var grant = RedisStores.TokenGrant();
+        await store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default);
+        var request = RedisStores.MatchingToken(grant);
 
         StoreUnavailableException failure;
         await replica.PauseAsync();
@@ -69,7 +69,7 @@ public sealed class RedisGrantStoreReplicaTests
             "the unknown_outcome event");
         var stored = await store.GetAsync(grant.Id, default);
         Assert.Equal(0, stored!.UsesRemaining);
-        Assert.Equal(ReasonCodes.Replayed, (await store.ConsumeAsync(Matching(grant), default)).Reason);
+        Assert.Equal(ReasonCodes.Replayed, (await store.ConsumeAsync(RedisStores.MatchingToken(grant), default)).Reason);
     }
 
     [Fact]
@@ -78,14 +78,14 @@ public sealed class RedisGrantStoreReplicaTests
         await using var primary = await StartPrimaryAsync();
         await using var replica = await StartReplicaAsync(primary);
         using var store = await RedisStores.StartAsync(RedisStores.Settings(primary, timeout: TimeSpan.FromMilliseconds(300)) with { RequireReplicaAcks = 2 });
-        var grant = Grant();
-        await store.CreateAsync(grant, Created(), 10, default);
+        var grant = RedisStores.TokenGrant();
+        await store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default);
 
-        await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+        await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(RedisStores.MatchingToken(grant), default));
 
         // A denial needs no acknowledgement: it lets nothing through.
-        Assert.Equal(ReasonCodes.GrantNotFound, (await store.ConsumeAsync(Matching(Grant()), default)).Reason);
-        Assert.Equal(ReasonCodes.Replayed, (await store.ConsumeAsync(Matching(grant), default)).Reason);
+        Assert.Equal(ReasonCodes.GrantNotFound, (await store.ConsumeAsync(RedisStores.MatchingToken(RedisStores.TokenGrant()), default)).Reason);
+        Assert.Equal(ReasonCodes.Replayed, (await store.ConsumeAsync(RedisStores.MatchingToken(grant), default)).Reason);
     }
 
     // Redis 7 waits 5 s before a diskless full sync, in case more replicas come: none will.
@@ -96,8 +96,8 @@ public sealed class RedisGrantStoreReplicaTests
         await using var other = await StartReplicaAsync(primary);
         var settings = RedisStores.Settings(primary, timeout: TimeSpan.FromMilliseconds(500));
         using var store = await RedisStores.StartAsync(settings);
-        var grant = Grant();
-        await store.CreateAsync(grant, Created(), 10, default);
+        var grant = RedisStores.TokenGrant();
+        await store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default);
         var key = (string)new GrantKeys(settings.KeyPrefix).Grant(grant.Id)!;
         Assert.True(store.ConsumesOnDedicatedConnection);
 
@@ -117,7 +117,7 @@ public sealed class RedisGrantStoreReplicaTests
 
         // Refused before anything was written, on the consume connection and then on the shared one: a known failure,
         // so no unknown_outcome is recorded on the grant.
-        var refused = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+        var refused = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(RedisStores.MatchingToken(grant), default));
         Assert.False(refused.OutcomeUnknown, refused.Message);
         Assert.Equal(0, store.UnknownOutcomesPending);
 
@@ -128,7 +128,7 @@ public sealed class RedisGrantStoreReplicaTests
         await other.ExecuteAsync("REPLICAOF", "127.0.0.1", primary.Port.ToString(CultureInfo.InvariantCulture));
         await primary.ExecuteAsync("REPLICAOF", "NO", "ONE");
         await RedisStores.WaitUntilAsync(() => Task.FromResult(store.ConsumesOnDedicatedConnection), TimeSpan.FromSeconds(10), "the consume connection");
-        Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(grant), default)).Reason);
+        Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(RedisStores.MatchingToken(grant), default)).Reason);
         Assert.Equal("0", await primary.ExecuteAsync("HGET", key, "uses"));
     }
 
@@ -142,8 +142,8 @@ public sealed class RedisGrantStoreReplicaTests
         await using var other = await RedisServer.StartAsync();
         var settings = RedisStores.Settings(primary, timeout: TimeSpan.FromMilliseconds(500));
         using var store = await RedisStores.StartAsync(settings);
-        var grant = Grant();
-        await store.CreateAsync(grant, Created(), 10, default);
+        var grant = RedisStores.TokenGrant();
+        await store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default);
 
         // Ours follows a server that never had the grant: the full sync empties ours.
         await primary.ExecuteAsync("REPLICAOF", "127.0.0.1", other.Port.ToString(CultureInfo.InvariantCulture));
@@ -151,11 +151,11 @@ public sealed class RedisGrantStoreReplicaTests
         await RedisStores.WaitUntilAsync(
             async () => await primary.ExecuteAsync("EXISTS", key) is 0L, TimeSpan.FromSeconds(10), "the sync to empty the old primary");
 
-        var refused = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+        var refused = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(RedisStores.MatchingToken(grant), default));
         Assert.False(refused.OutcomeUnknown, refused.Message);
 
         // And the same for an id nobody ever issued: this server cannot say it does not exist.
-        var unknown = Matching(grant) with { GrantId = Guid.NewGuid().ToString("N") };
+        var unknown = RedisStores.MatchingToken(grant) with { GrantId = Guid.NewGuid().ToString("N") };
         await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(unknown, default));
     }
 
@@ -169,10 +169,10 @@ public sealed class RedisGrantStoreReplicaTests
         await using var other = await RedisServer.StartAsync();
         var settings = RedisStores.Settings(primary, timeout: TimeSpan.FromSeconds(2));
         using var store = await RedisStores.StartAsync(settings);
-        var grants = Enumerable.Range(0, 200).Select(_ => Grant() with { MaxUses = 5, UsesRemaining = 5 }).ToArray();
+        var grants = Enumerable.Range(0, 200).Select(_ => RedisStores.TokenGrant() with { MaxUses = 5, UsesRemaining = 5 }).ToArray();
         foreach (var grant in grants)
         {
-            await store.CreateAsync(grant, Created(), 10, default);
+            await store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default);
         }
 
         Assert.True(store.ConsumesOnDedicatedConnection);
@@ -186,7 +186,7 @@ public sealed class RedisGrantStoreReplicaTests
         var consumes = grants.Select(async grant =>
         {
             await gate.Task;
-            return await Record.ExceptionAsync(() => store.ConsumeAsync(Matching(grant), default));
+            return await Record.ExceptionAsync(() => store.ConsumeAsync(RedisStores.MatchingToken(grant), default));
         }).ToArray();
         gate.SetResult();
         var failures = await Task.WhenAll(consumes);
@@ -214,27 +214,4 @@ public sealed class RedisGrantStoreReplicaTests
             throw;
         }
     }
-
-    private static GrantRecord Grant() => new()
-    {
-        Id = Guid.NewGuid().ToString("N"),
-        Route = "deploy",
-        Status = GrantStatus.Active,
-        TokenHash = "sha256:token",
-        MaxUses = 1,
-        UsesRemaining = 1,
-        ExpiresAt = DateTimeOffset.UtcNow.AddMinutes(5),
-    };
-
-    private static ConsumeRequest Matching(GrantRecord grant) => new()
-    {
-        GrantId = grant.Id,
-        Route = grant.Route,
-        Required = Bindings.Token,
-        TokenHash = grant.TokenHash,
-        Origin = IPAddress.Loopback,
-        TraceId = "trace-" + Guid.NewGuid().ToString("N"),
-    };
-
-    private static GrantEvent Created() => new() { Type = GrantEvent.Created, Actor = "bob" };
 }

@@ -1,5 +1,7 @@
 using System.Diagnostics;
+using System.Net;
 using AssuranceGateway.Configuration;
+using AssuranceGateway.Enforcement;
 using AssuranceGateway.Grants;
 using AssuranceGateway.Testing;
 using Microsoft.Extensions.Logging;
@@ -74,4 +76,29 @@ internal static class RedisStores
 
         return clock.Elapsed;
     }
+
+    /// <summary>An active single-use grant bound to a token hash only (a fresh id unless given).</summary>
+    public static GrantRecord TokenGrant(string? id = null) => new()
+    {
+        Id = id ?? Guid.NewGuid().ToString("N"),
+        Route = "deploy",
+        Status = GrantStatus.Active,
+        TokenHash = "sha256:token",
+        MaxUses = 1,
+        UsesRemaining = 1,
+        ExpiresAt = DateTimeOffset.UtcNow.AddMinutes(5),
+    };
+
+    /// <summary>A consume that matches a <see cref="TokenGrant"/>, with a trace id of its own.</summary>
+    public static ConsumeRequest MatchingToken(GrantRecord grant) => new()
+    {
+        GrantId = grant.Id,
+        Route = grant.Route,
+        Required = Bindings.Token,
+        TokenHash = grant.TokenHash,
+        Origin = IPAddress.Loopback,
+        TraceId = "trace-" + Guid.NewGuid().ToString("N"),
+    };
+
+    public static GrantEvent CreatedBy(string actor = "bob") => new() { Type = GrantEvent.Created, Actor = actor };
 }

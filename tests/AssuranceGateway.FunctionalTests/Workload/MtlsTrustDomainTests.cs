@@ -22,11 +22,11 @@ public sealed class MtlsTrustDomainTests : IAsyncLifetime
     public async Task InitializeAsync()
     {
         var harness = await GatewayHarness.CreateAsync();
-        _prodCa = CreateCa("spiffe://prod.test");
-        _partnerCa = CreateCa("spiffe://partner.test");
+        _prodCa = TestCertificates.Ca("spiffe://prod.test");
+        _partnerCa = TestCertificates.Ca("spiffe://partner.test");
         var caPem = Path.Combine(harness.Directory, "client-ca.pem");
         await File.WriteAllTextAsync(caPem, _prodCa.ExportCertificatePem() + "\n" + _partnerCa.ExportCertificatePem() + "\n");
-        using var server = CreateServerCertificate();
+        using var server = TestCertificates.Server();
         _serverThumbprint = server.Thumbprint;
         var pfx = Path.Combine(harness.Directory, "server.pfx");
         await File.WriteAllBytesAsync(pfx, server.Export(X509ContentType.Pfx, "pw"));
@@ -51,7 +51,7 @@ public sealed class MtlsTrustDomainTests : IAsyncLifetime
     public async Task PartnerCaSignsProdSpiffeId_WorkloadInvalidNothingForwarded()
     {
         // Sanity: the partner CA's own workloads and prod's own workloads are identified as usual.
-        using (var own = CreateClientCertificate(Deployer, _prodCa))
+        using (var own = TestCertificates.Client(Deployer, _prodCa))
         using (var ownHttp = ClientWith(own))
         {
             var t = _gateway.Idp.Token();
@@ -60,7 +60,7 @@ public sealed class MtlsTrustDomainTests : IAsyncLifetime
             Assert.Equal(HttpStatusCode.OK, allowed.StatusCode);
         }
 
-        using var forged = CreateClientCertificate(Deployer, _partnerCa); // partner.test's CA naming a prod.test workload
+        using var forged = TestCertificates.Client(Deployer, _partnerCa); // partner.test's CA naming a prod.test workload
         using var http = ClientWith(forged);
         var token = _gateway.Idp.Token();
         var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
@@ -78,40 +78,5 @@ public sealed class MtlsTrustDomainTests : IAsyncLifetime
             c is not null && string.Equals(c.GetCertHashString(), _serverThumbprint, StringComparison.OrdinalIgnoreCase);
         handler.SslOptions.ClientCertificates = [certificate];
         return new HttpClient(handler) { BaseAddress = new Uri(_gateway.ProxyAddress) };
-    }
-
-    private static X509Certificate2 CreateCa(string trustDomain)
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest($"CN={trustDomain} CA", key, HashAlgorithmName.SHA256);
-        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, false, 0, true));
-        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign, true));
-        var san = new SubjectAlternativeNameBuilder();
-        san.AddUri(new Uri(trustDomain)); // SPIFFE CA certificates name their trust domain
-        request.CertificateExtensions.Add(san.Build());
-        return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
-    }
-
-    private static X509Certificate2 CreateServerCertificate()
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
-        var san = new SubjectAlternativeNameBuilder();
-        san.AddIpAddress(IPAddress.Loopback);
-        request.CertificateExtensions.Add(san.Build());
-        return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
-    }
-
-    private static X509Certificate2 CreateClientCertificate(string spiffeId, X509Certificate2 issuer)
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=workload", key, HashAlgorithmName.SHA256);
-        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, true));
-        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.2")], false));
-        var san = new SubjectAlternativeNameBuilder();
-        san.AddUri(new Uri(spiffeId));
-        request.CertificateExtensions.Add(san.Build());
-        using var signed = request.Create(issuer, DateTimeOffset.UtcNow.AddMinutes(-1), DateTimeOffset.UtcNow.AddMinutes(30), RandomNumberGenerator.GetBytes(8));
-        return signed.CopyWithPrivateKey(key);
     }
 }

@@ -17,10 +17,10 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
     public async Task InitializeAsync()
     {
         var harness = await GatewayHarness.CreateAsync();
-        _ca = CreateCa();
+        _ca = TestCertificates.Ca();
         var caPem = Path.Combine(harness.Directory, "client-ca.pem");
         await File.WriteAllTextAsync(caPem, _ca.ExportCertificatePem());
-        using var server = CreateServerCertificate();
+        using var server = TestCertificates.Server();
         _serverThumbprint = server.Thumbprint;
         var pfx = Path.Combine(harness.Directory, "server.pfx");
         await File.WriteAllBytesAsync(pfx, server.Export(X509ContentType.Pfx, "pw"));
@@ -63,7 +63,7 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
     [Fact]
     public async Task CaSignedSpiffeCertificate_IdentifiesWorkload_GrantBoundToItIsUsed()
     {
-        using var client = CreateClientCertificate(Deployer, _ca);
+        using var client = TestCertificates.Client(Deployer, _ca);
         using var http = ClientWith(client);
         var token = _gateway.Idp.Token();
         var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
@@ -80,7 +80,7 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
     [Fact]
     public async Task SelfSignedCertificateClaimingTheSameSpiffeId_WorkloadInvalid()
     {
-        using var rogue = CreateClientCertificate(Deployer, issuer: null);
+        using var rogue = TestCertificates.Client(Deployer, issuer: null);
         using var http = ClientWith(rogue);
         var token = _gateway.Idp.Token();
         var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
@@ -95,8 +95,8 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
     [Fact]
     public async Task CertificateWithoutSpiffeId_IdentifiedByThumbprint_OtherKeyMismatches()
     {
-        using var pinned = CreateClientCertificate(spiffeId: null, issuer: null);
-        using var other = CreateClientCertificate(spiffeId: null, issuer: null);
+        using var pinned = TestCertificates.Client(spiffeId: null, issuer: null);
+        using var other = TestCertificates.Client(spiffeId: null, issuer: null);
         var thumbprint = "x509:sha256:" + Convert.ToHexStringLower(pinned.GetCertHash(HashAlgorithmName.SHA256));
         var token = _gateway.Idp.Token();
         var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: thumbprint, maxUses: 2));
@@ -145,47 +145,5 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
 
         Assert.Equal("workload_unidentified", await response.ReasonAsync());
         Assert.Equal(0, _gateway.Upstream.Count);
-    }
-
-    private static X509Certificate2 CreateCa()
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=test workload CA", key, HashAlgorithmName.SHA256);
-        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, false, 0, true));
-        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign, true));
-        return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
-    }
-
-    private static X509Certificate2 CreateServerCertificate()
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
-        var san = new SubjectAlternativeNameBuilder();
-        san.AddIpAddress(IPAddress.Loopback);
-        request.CertificateExtensions.Add(san.Build());
-        return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
-    }
-
-    private static X509Certificate2 CreateClientCertificate(string? spiffeId, X509Certificate2? issuer)
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=workload", key, HashAlgorithmName.SHA256);
-        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.2")], false));
-        if (spiffeId is not null)
-        {
-            var san = new SubjectAlternativeNameBuilder();
-            san.AddUri(new Uri(spiffeId));
-            request.CertificateExtensions.Add(san.Build());
-        }
-
-        var notBefore = DateTimeOffset.UtcNow.AddMinutes(-1);
-        var notAfter = DateTimeOffset.UtcNow.AddMinutes(30);
-        if (issuer is null)
-        {
-            return request.CreateSelfSigned(notBefore, notAfter);
-        }
-
-        using var signed = request.Create(issuer, notBefore, notAfter, RandomNumberGenerator.GetBytes(8));
-        return signed.CopyWithPrivateKey(key);
     }
 }

@@ -1,0 +1,62 @@
+using System.Net;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+
+namespace AssuranceGateway.Testing;
+
+/// <summary>Certificates for mTLS tests: a workload CA, the proxy's own server certificate, and client certificates.</summary>
+public static class TestCertificates
+{
+    /// <summary>A CA; with <paramref name="trustDomain"/> ("spiffe://td") it names its trust domain, as SPIRE's CAs do.</summary>
+    public static X509Certificate2 Ca(string? trustDomain = null)
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest($"CN={trustDomain ?? "test workload"} CA", key, HashAlgorithmName.SHA256);
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, false, 0, true));
+        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign, true));
+        if (trustDomain is not null)
+        {
+            var san = new SubjectAlternativeNameBuilder();
+            san.AddUri(new Uri(trustDomain));
+            request.CertificateExtensions.Add(san.Build());
+        }
+
+        return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
+    }
+
+    /// <summary>A self-signed server certificate for 127.0.0.1 (clients pin it by thumbprint).</summary>
+    public static X509Certificate2 Server()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
+        var san = new SubjectAlternativeNameBuilder();
+        san.AddIpAddress(IPAddress.Loopback);
+        request.CertificateExtensions.Add(san.Build());
+        return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
+    }
+
+    /// <summary>A client certificate (clientAuth), with a SPIFFE ID when given, signed by <paramref name="issuer"/> or self-signed.</summary>
+    public static X509Certificate2 Client(string? spiffeId, X509Certificate2? issuer)
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=workload", key, HashAlgorithmName.SHA256);
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, true));
+        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.2")], false));
+        if (spiffeId is not null)
+        {
+            var san = new SubjectAlternativeNameBuilder();
+            san.AddUri(new Uri(spiffeId));
+            request.CertificateExtensions.Add(san.Build());
+        }
+
+        var notBefore = DateTimeOffset.UtcNow.AddMinutes(-1);
+        var notAfter = DateTimeOffset.UtcNow.AddMinutes(30);
+        if (issuer is null)
+        {
+            return request.CreateSelfSigned(notBefore, notAfter);
+        }
+
+        using var signed = request.Create(issuer, notBefore, notAfter, RandomNumberGenerator.GetBytes(8));
+        return signed.CopyWithPrivateKey(key);
+    }
+}
