@@ -20,6 +20,11 @@ hash.SetAction(result =>
         .Distinct().OrderBy(n => n, StringComparer.Ordinal).ToList();
     var body = CommandInput.ReadBody(result.GetValue(bodyFile));
     // A hash the gateway would never accept a request for is a usage error, not a hash.
+    if ((result.GetValue(query) ?? string.Empty).StartsWith("??", StringComparison.Ordinal))
+    {
+        throw new UsageException("--query starts with a second '?': the gateway refuses such a request; give the query without its '?'");
+    }
+
     if (CanonicalRequest.RepeatedNameOutOfOrder(result.GetValue(query) ?? string.Empty) is { } repeated)
     {
         throw new UsageException($"--query repeats '{repeated}' out of canonical order: the gateway refuses such a request (the hash sorts pairs); give its pairs sorted by byte order");

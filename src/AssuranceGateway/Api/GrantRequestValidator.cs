@@ -245,6 +245,11 @@ internal static class GrantRequestValidator
             }
         }
 
+        if (spec.Query is { } doubled && doubled.StartsWith("??", StringComparison.Ordinal))
+        {
+            return (null, "request.query: starts with a second '?', which the gateway refuses on the wire (give the query without its '?', or with one)");
+        }
+
         if (spec.Query is { } query && CanonicalRequest.RepeatedNameOutOfOrder(query) is { } repeated)
         {
             return (null, $"request.query: '{repeated}' is repeated out of canonical order; give its pairs sorted by byte order (the gateway refuses a request that sends them otherwise, because the hash sorts pairs)");

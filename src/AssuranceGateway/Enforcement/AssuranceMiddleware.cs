@@ -522,10 +522,13 @@ public sealed partial class AssuranceMiddleware
         return null;
     }
 
-    /// <summary>Request headers YARP never forwards (hop-by-hop, RFC 9110 §7.6.1) and those the gateway removes.</summary>
+    /// <summary>
+    /// Request headers YARP 2.1 never forwards (hop-by-hop ones it drops) and those the gateway removes. Not Trailer (YARP
+    /// copies it) nor Upgrade (YARP sends it again for a WebSocket or SPDY upgrade).
+    /// </summary>
     private static readonly System.Collections.Frozen.FrozenSet<string> NeverForwarded = System.Collections.Frozen.FrozenSet.ToFrozenSet(
-        ["Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer", "Transfer-Encoding",
-            "Upgrade", AssuranceIdHeader, WorkloadResolver.WorkloadIdentityHeader, EvidenceHeader],
+        ["Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Transfer-Encoding",
+            AssuranceIdHeader, WorkloadResolver.WorkloadIdentityHeader, EvidenceHeader],
         StringComparer.OrdinalIgnoreCase);
 
     /// <summary>

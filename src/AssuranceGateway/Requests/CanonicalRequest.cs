@@ -73,12 +73,13 @@ public static class CanonicalRequest
     /// value per name takes the first (Go, Flask) or the last (PHP): for a repeated name the order is part of the request
     /// but not of the hash. A query whose repeated names already come in canonical order is the one request its hash
     /// stands for, so the gateway and the API accept only that. Names are compared as an upstream reads them: '+' is a
-    /// space, escapes decoded, case ignored (ASP.NET Core's query collection ignores case), so that "Env" or "%65nv"
-    /// cannot repeat "env" unnoticed; the pairs themselves are compared raw, as the hash sorts them.
+    /// space, escapes decoded, case ignored (ASP.NET Core's query collection ignores case), and PHP's folding of ' ', '.'
+    /// and '[' into '_', so that "Env", "%65nv" or "dry.run" cannot repeat "env" or "dry_run" unnoticed; the pairs
+    /// themselves are compared raw, as the hash sorts them.
     /// </summary>
     public static string? RepeatedNameOutOfOrder(string rawQuery)
     {
-        var query = rawQuery.AsSpan().TrimStart('?');
+        var query = rawQuery.StartsWith('?') ? rawQuery.AsSpan(1) : rawQuery.AsSpan();
         if (query.IndexOf('&') < 0)
         {
             return null;
@@ -90,9 +91,7 @@ public static class CanonicalRequest
         {
             var equals = pair.IndexOf('=', StringComparison.Ordinal);
             var raw = equals < 0 ? pair : pair[..equals];
-            var name = raw.Contains('%', StringComparison.Ordinal) || raw.Contains('+', StringComparison.Ordinal)
-                ? Uri.UnescapeDataString(raw.Replace('+', ' '))
-                : raw;
+            var name = ReadAsUpstream(raw);
             if (last.TryGetValue(name, out var previous) && string.CompareOrdinal(previous, pair) > 0)
             {
                 return raw;
@@ -124,6 +123,22 @@ public static class CanonicalRequest
         }
 
         return true;
+    }
+
+    /// <summary>
+    /// A query name as the readers an upstream may use see it, folded together: form decoding ('+' is a space, escapes
+    /// decoded), ASP.NET Core (case ignored: compared with OrdinalIgnoreCase), PHP (leading spaces dropped, then ' ',
+    /// '.' and '[' read as '_'; '[' only when unmatched, so folding every one refuses a little more than needed).
+    /// </summary>
+    private static string ReadAsUpstream(string raw)
+    {
+        if (raw.AsSpan().IndexOfAny("%+.[ ") < 0)
+        {
+            return raw;
+        }
+
+        var decoded = Uri.UnescapeDataString(raw.Replace('+', ' ')).TrimStart(' ');
+        return decoded.Replace(' ', '_').Replace('.', '_').Replace('[', '_');
     }
 
     private static readonly char[] OptionalWhiteSpace = [' ', '\t'];

@@ -85,6 +85,7 @@ public sealed class AgwCliTests : IAsyncLifetime
     [Theory]
     [InlineData("--query", "b=2&b=1", "repeats 'b' out of canonical order")]
     [InlineData("--header", "x-flag:  ", "'x-flag' is empty")]
+    [InlineData("--query", "??dry_run=true", "starts with a second '?'")]
     public async Task Hash_ForARequestTheGatewayRefuses_ExitsTwoSayingWhy(string option, string value, string expected)
     {
         // The gateway refuses a repeated query name out of canonical order and a bound header sent empty (the hash

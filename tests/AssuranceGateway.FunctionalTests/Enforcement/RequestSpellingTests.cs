@@ -126,4 +126,50 @@ public sealed class RequestSpellingTests
         Assert.True(status == 200, $"{status}: {content}");
         Assert.False(Assert.Single(gateway.Upstream.Received).Headers.ContainsKey("Keep-Alive"));
     }
+
+    [Fact]
+    public async Task CreateGrant_QueryStartingWithTwoQuestionMarks_RefusedLikeTheGatewayRefusesIt()
+    {
+        // "??dry_run=true" hashes as the wire query "?dry_run=true", which the gateway always refuses: a grant no request
+        // could ever use.
+        await using var gateway = await GatewayHarness.StartAsync();
+        var grant = DeployGrant(gateway.Idp.Token());
+        grant["request"]!["query"] = "??dry_run=true";
+
+        using var response = await gateway.PostGrantAsync(grant);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Contains("second '?'", (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// Trailer is hop-by-hop in RFC 9110 but YARP 2.1 copies it, and YARP sends Upgrade again for a SPDY or WebSocket
+    /// upgrade (on a grant route that does not bind the request, where upgrades are allowed): a value beyond ASCII in
+    /// either reached HttpClient after the use was consumed, and the client got a 502.
+    /// </summary>
+    [Theory]
+    [InlineData("POST /deploy/v1/releases", "Content-Type: application/json\r\nTrailer: caf\u00e9\r\n", true)]
+    [InlineData("GET /ops/shell", "Connection: Upgrade\r\nUpgrade: SPDY/caf\u00e9\r\n", false)]
+    public async Task Use_ForwardedHopByHopHeaderBeyondAscii_RefusedBeforeTheGrantIsUsed(string requestLine, string headers, bool bound)
+    {
+        await using var gateway = await GatewayHarness.StartAsync(configure: c =>
+        {
+            c["ReverseProxy"]!["Routes"]!.AsObject()["ops"] = TestConfig.Route("/ops/{**rest}", "subject-only");
+            c["Assurance"]!["Policies"]!.AsObject()["subject-only"] = new JsonObject { ["Bind"] = new JsonArray("subject") };
+        });
+        var token = gateway.Idp.Token();
+        var id = bound
+            ? await gateway.CreateGrantAsync(DeployGrant(token))
+            : await gateway.CreateGrantAsync(new JsonObject { ["route"] = "ops", ["subject"] = "alice" });
+        var body = bound ? Encoding.UTF8.GetBytes(ReleaseBody) : [];
+        var head = $"{requestLine} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\nAssurance-Id: {id}\r\n"
+            + (bound ? $"Workload-Identity: {gateway.WorkloadIssuer.Svid()}\r\nContent-Length: {body.Length}\r\n" : string.Empty) + headers;
+
+        var (status, content) = await RawHttp.SendAsync(gateway.ProxyAddress, head, body, Encoding.UTF8);
+
+        Assert.True(status == 400, $"{status}: {content}");
+        Assert.Contains("beyond ASCII", content, StringComparison.Ordinal);
+        Assert.Equal(1, (await gateway.GetGrantAsync(id)).GetProperty("usesRemaining").GetInt32());
+        Assert.Equal(0, gateway.Upstream.Count);
+    }
 }

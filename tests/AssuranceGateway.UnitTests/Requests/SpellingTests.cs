@@ -17,6 +17,11 @@ public sealed class SpellingTests
     [InlineData("x*=2&x%2A=1")]         // canonical: x%2A=1&x*=2
     [InlineData("x%2a=2&x%2A=1")]       // canonical: x%2A=1&x%2a=2
     [InlineData("env=prod&Env=staging")] // canonical: Env=staging&env=prod
+    // PHP reads ' ', '.' and an unmatched '[' in a name as '_' and keeps the last value: all are $_GET['dry_run'].
+    [InlineData("dry_run=true&dry.run=false")]
+    [InlineData("dry_run=true&dry+run=false")]
+    [InlineData("dry_run=true&dry%20run=false")]
+    [InlineData("dry_run=true&dry[run=false")]
     public void RepeatedNameOutOfOrder_NameSpelledTwoWaysTheUpstreamReadsAsOne_Refused(string query) =>
         Assert.NotNull(CanonicalRequest.RepeatedNameOutOfOrder(query));
 
