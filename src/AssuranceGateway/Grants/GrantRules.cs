@@ -11,7 +11,21 @@ namespace AssuranceGateway.Grants;
 /// </summary>
 internal static class GrantRules
 {
+    /// <summary>
+    /// Denied events are kept while the grant's event list holds fewer than this many events; later denials are only
+    /// counted (<c>droppedEvents</c>). Anyone with a valid token can present a grant id it does not own and be denied:
+    /// such denials must not push out the record of the grant's real uses.
+    /// </summary>
     public const int MaxEvents = 256;
+
+    /// <summary>Every other event (created, approved, used, revoked, unknown_outcome) is kept up to this many.</summary>
+    public static readonly int MaxEventsAnyKind = int.Parse(MaxEventsAnyKindText, CultureInfo.InvariantCulture);
+
+    /// <summary>The same, as text for the Lua scripts (const interpolation).</summary>
+    public const string MaxEventsAnyKindText = "1024";
+
+    /// <summary>The list length up to which an event of this type is kept.</summary>
+    public static int CapFor(string eventType) => eventType == GrantEvent.Denied ? MaxEvents : MaxEventsAnyKind;
 
     /// <summary>Returns the first failing reason in contract order, or <see cref="ReasonCodes.Ok"/>.</summary>
     public static string Check(GrantRecord grant, ConsumeRequest request, DateTimeOffset now, out List<string> mismatch)

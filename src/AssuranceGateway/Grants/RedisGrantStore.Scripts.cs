@@ -9,8 +9,9 @@ namespace AssuranceGateway.Grants;
 // - "Now" is always the store's clock (TIME), never the caller's: SPEC §2 step 6 judges expiry by the store.
 // - A hash field that is absent is nil (a null in C#); an empty string is a value. Bindings compare ordinally.
 // - Events are JSON objects (cjson) in the grant's event list, oldest first. Every value is a string, including
-//   "at", so that cjson never rounds a number. Once the list holds MaxEvents entries, further events only count in
-//   the hash field "dropped" (the same cap as the in-memory store).
+//   "at", so that cjson never rounds a number. A denied event is written while the list holds fewer than MaxEvents
+//   entries, any other event while it holds fewer than MaxEventsAnyKind; beyond, it only counts in the hash field
+//   "dropped" (the same caps as the in-memory store, GrantRules.CapFor).
 // - Every script reads and checks first and writes last: a script that fails halfway (OOM under noeviction) has
 //   then written nothing, because Redis does not roll back the writes a failing script already made.
 // Reason codes, statuses and event types come from the C# constants (const interpolation), so the two stores
@@ -113,7 +114,7 @@ internal sealed partial class RedisGrantStore
         /// ARGV[9] origin as text (for the record), ARGV[10] request hash,
         /// ARGV[11..15] request digests: method, path, query, headers, body,
         /// ARGV[16] reasons that revoke, space-separated, ARGV[17] trace id, ARGV[18] span id,
-        /// ARGV[19] "1" for a dry run, ARGV[20] maximum number of events.
+        /// ARGV[19] "1" for a dry run, ARGV[20] the list length up to which a denied event is kept (GrantRules.MaxEvents).
         /// Returns {reason} when the grant does not exist, else {reason, status, usesRemaining, mismatch
         /// (space-separated), revoked (0|1), firstUse JSON|nil, approvers JSON|nil, approvalAal, subject|nil,
         /// workload|nil, requestHash|nil}.
@@ -246,8 +247,8 @@ internal sealed partial class RedisGrantStore
                 end
                 redis.call('HSET', KEYS[1], unpack(changes))
                 e.type = '{{GrantEvent.Used}}'
-                -- A full event list only counts the event: spare the encoding then.
-                if redis.call('LLEN', KEYS[2]) >= max then
+                -- A full event list only counts the event: spare the encoding then. Denials cannot fill it for a use.
+                if redis.call('LLEN', KEYS[2]) >= {{GrantRules.MaxEventsAnyKindText}} then
                   redis.call('HINCRBY', KEYS[1], 'dropped', 1)
                 else
                   redis.call('RPUSH', KEYS[2], cjson.encode(e))
@@ -260,7 +261,7 @@ internal sealed partial class RedisGrantStore
                 if revoke then
                   e.type = '{{GrantEvent.Revoked}}'
                   e.mismatch = nil
-                  append(KEYS[1], KEYS[2], cjson.encode(e), max)
+                  append(KEYS[1], KEYS[2], cjson.encode(e), {{GrantRules.MaxEventsAnyKindText}})
                   status = '{{StatusRevoked}}'
                   redis.call('HSET', KEYS[1], 'status', status)
                 end

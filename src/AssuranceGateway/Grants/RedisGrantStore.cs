@@ -298,7 +298,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         ArgumentNullException.ThrowIfNull(id);
         ArgumentNullException.ThrowIfNull(revoked);
         var result = (RedisResult[])await EvaluateAsync(
-            Scripts.Revoke, _keys.GrantAndEvents(id), [EventJson(revoked, includeAt: false), GrantRules.MaxEvents, onlyPending ? 1 : 0],
+            Scripts.Revoke, _keys.GrantAndEvents(id), [EventJson(revoked, includeAt: false), GrantRules.MaxEventsAnyKind, onlyPending ? 1 : 0],
             onlyPending ? "deny" : "revoke", id, cancellationToken)
             .ConfigureAwait(false);
         switch ((string)result[0])
@@ -323,7 +323,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         ArgumentNullException.ThrowIfNull(approver);
         ArgumentNullException.ThrowIfNull(approved);
         var result = (RedisResult[])await EvaluateAsync(
-            Scripts.Approve, _keys.GrantAndEvents(id), [approver, approverAal, EventJson(approved, includeAt: false), GrantRules.MaxEvents, activeFor is { } window ? (long)(window.Ticks / 10) : -1], "approve", id, cancellationToken)
+            Scripts.Approve, _keys.GrantAndEvents(id), [approver, approverAal, EventJson(approved, includeAt: false), GrantRules.MaxEventsAnyKind, activeFor is { } window ? (long)(window.Ticks / 10) : -1], "approve", id, cancellationToken)
             .ConfigureAwait(false);
         switch ((string)result[0])
         {
@@ -387,7 +387,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         ArgumentNullException.ThrowIfNull(id);
         ArgumentNullException.ThrowIfNull(grantEvent);
         return EvaluateAsync(
-            Scripts.AppendEvent, _keys.GrantAndEvents(id), [EventJson(grantEvent, includeAt: true), GrantRules.MaxEvents, "0"], "append", id, cancellationToken);
+            Scripts.AppendEvent, _keys.GrantAndEvents(id), [EventJson(grantEvent, includeAt: true), GrantRules.CapFor(grantEvent.Type), "0"], "append", id, cancellationToken);
     }
 
     public async Task<bool> PingAsync(CancellationToken cancellationToken)
@@ -581,7 +581,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
         try
         {
-            await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [json, GrantRules.MaxEvents, "1"], "append", item.GrantId, stopping)
+            await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [json, GrantRules.MaxEventsAnyKind, "1"], "append", item.GrantId, stopping)
                 .ConfigureAwait(false);
             Log.UnknownOutcomeRecorded(_logger, Description, item.GrantId, item.Event.TraceId);
             return true;

@@ -1007,25 +1007,31 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task Events_BeyondTheCap_CountedAsDroppedAndTheGrantStillWorks()
+    public async Task Events_DenialsBeyondTheirCap_CountedAsDroppedWhileUsesAndRevocationsAreStillRecorded()
     {
+        // Anyone with a valid token can present a grant id and be denied: 254 such denials filled the list, and the
+        // grant's real uses then left no event behind.
         var grant = NewGrant() with { MaxUses = 2, UsesRemaining = 2 };
         await CreateAsync(grant); // created + approved: 2 events
         await Task.Delay(2); // Now has millisecond precision, the store's clock microseconds: events appended "now" come after
-        for (var i = 0; i < GrantRules.MaxEvents - 3; i++)
+        var outsider = Matching(grant) with { Subject = "mallory" };
+        for (var i = 0; i < GrantRules.MaxEvents - 1; i++) // the last one does not fit
         {
-            await Store.AppendEventAsync(grant.Id, new GrantEvent { Type = GrantEvent.UnknownOutcome, At = Now, TraceId = "t" + i }, default);
+            Assert.Equal(ReasonCodes.SubjectMismatch, (await Store.ConsumeAsync(outsider with { TraceId = "t" + i }, default)).Reason);
         }
 
-        Assert.Equal(ReasonCodes.Ok, (await Store.ConsumeAsync(Matching(grant), default)).Reason); // the 256th event
-        Assert.Equal(ReasonCodes.SubjectMismatch, (await Store.ConsumeAsync(Matching(grant) with { Subject = "x", RevokeOn = [ReasonCodes.SubjectMismatch] }, default)).Reason);
-        await Store.AppendEventAsync(grant.Id, new GrantEvent { Type = GrantEvent.UnknownOutcome, At = Now }, default);
+        Assert.Equal(ReasonCodes.Ok, (await Store.ConsumeAsync(Matching(grant) with { TraceId = "use" }, default)).Reason);
+        await Store.AppendEventAsync(grant.Id, new GrantEvent { Type = GrantEvent.UnknownOutcome, At = Now, TraceId = "unknown" }, default);
+        Assert.Equal(ReasonCodes.SubjectMismatch, (await Store.ConsumeAsync(outsider with { TraceId = "burn", RevokeOn = [ReasonCodes.SubjectMismatch] }, default)).Reason);
 
         var stored = await Store.GetAsync(grant.Id, default);
-        Assert.Equal(GrantRules.MaxEvents, stored!.Events.Count);
-        Assert.Equal(3, stored.DroppedEvents); // denied, revoked, unknown_outcome
+        Assert.Equal(GrantRules.MaxEvents + 3, stored!.Events.Count);
+        Assert.Equal(2, stored.DroppedEvents); // two denials
         Assert.Equal(GrantEvent.Created, stored.Events[0].Type);
-        Assert.Equal(GrantEvent.Used, stored.Events[^1].Type);
+        Assert.Equal(GrantRules.MaxEvents - 2, stored.Events.Count(e => e.Type == GrantEvent.Denied));
+        Assert.Equal("use", Assert.Single(stored.Events, e => e.Type == GrantEvent.Used).TraceId);
+        Assert.Equal("unknown", Assert.Single(stored.Events, e => e.Type == GrantEvent.UnknownOutcome).TraceId);
+        Assert.Equal("burn", Assert.Single(stored.Events, e => e.Type == GrantEvent.Revoked).TraceId);
         Assert.Equal(GrantStatus.Revoked, stored.Status);
         Assert.Equal(1, stored.UsesRemaining);
     }
@@ -1036,21 +1042,22 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         var grant = NewGrant() with { MaxUses = 3, UsesRemaining = 3 };
         await CreateAsync(grant);
         await Task.Delay(2); // as above: appended events must not predate the creation
-        for (var i = 0; i < GrantRules.MaxEvents - 3; i++)
+        for (var i = 0; i < GrantRules.MaxEventsAnyKind - 3; i++)
         {
             await Store.AppendEventAsync(grant.Id, new GrantEvent { Type = GrantEvent.UnknownOutcome, At = Now, TraceId = "t" + i }, default);
         }
 
         var first = await Store.ConsumeAsync(Matching(grant) with { TraceId = "first" }, default); // the last event that fits
         var second = await Store.ConsumeAsync(Matching(grant) with { TraceId = "second" }, default);
+        await Store.AppendEventAsync(grant.Id, new GrantEvent { Type = GrantEvent.UnknownOutcome, At = Now }, default);
 
         Assert.True(second.Allowed);
         Assert.Equal(1, second.UsesRemaining);
         Assert.Equal(first.FirstUse, second.FirstUse);
         Assert.Equal("first", second.FirstUse!.TraceId);
         var stored = await Store.GetAsync(grant.Id, default);
-        Assert.Equal(GrantRules.MaxEvents, stored!.Events.Count);
-        Assert.Equal(1, stored.DroppedEvents);
+        Assert.Equal(GrantRules.MaxEventsAnyKind, stored!.Events.Count);
+        Assert.Equal(2, stored.DroppedEvents);
         Assert.Equal("first", stored.Events[^1].TraceId);
         Assert.Equal(GrantStatus.Active, stored.Status);
     }
