@@ -30,6 +30,10 @@ public sealed partial class AssuranceMiddleware
                 decision.TraceId, decision.Detail);
         }
 
+        [LoggerMessage(EventId = 201, EventName = "ForwardFailed", Level = LogLevel.Warning,
+            Message = "Forward failed after the use of grant {GrantId} was consumed: route={Route} error={Error} traceId={TraceId}")]
+        public static partial void ForwardFailed(ILogger logger, string? grantId, string route, string error, string? traceId);
+
         [LoggerMessage(EventId = 200, EventName = "AssuranceDenied", Level = LogLevel.Warning,
             Message = "Denied {Reason} route={Route} policy={Policy} mode={Mode} grant={GrantId} grantStatus={GrantStatus} "
                 + "usesRemaining={UsesRemaining} approver={Approver} approvalAal={ApprovalAal} subject={Subject} session={Session} "

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Diagnostics;
 using System.Net;
+using System.Text.Json;
 using AssuranceGateway.Configuration;
 using AssuranceGateway.Diagnostics;
 using AssuranceGateway.Grants;
@@ -10,6 +11,7 @@ using AssuranceGateway.Workload;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.Logging;
+using Yarp.ReverseProxy.Forwarder;
 using Yarp.ReverseProxy.Model;
 
 namespace AssuranceGateway.Enforcement;
@@ -125,6 +127,12 @@ public sealed partial class AssuranceMiddleware
         {
             PrepareForwarding(context, runtime.Settings, decision);
             await _next(context).ConfigureAwait(false);
+            if (decision.Allowed && !decision.Shadow && decision.GrantId is not null
+                && context.Features.Get<IForwarderErrorFeature>() is { Error: not ForwarderError.None } failure)
+            {
+                await ForwardFailedAsync(context, decision, failure.Error).ConfigureAwait(false);
+            }
+
             return;
         }
 
@@ -487,6 +495,34 @@ public sealed partial class AssuranceMiddleware
 
         var q = raw.IndexOf('?', StringComparison.Ordinal);
         return q < 0 ? (raw, string.Empty) : (raw[..q], raw[(q + 1)..]);
+    }
+
+    /// <summary>
+    /// The use was consumed and the forwarder failed (upstream unreachable or timed out, the client gone before the
+    /// request was sent): without this, the grant's record said "used" for an action that may never have run, and the
+    /// client got an empty 502. Recorded on the grant (one store call, on this path only) and in the log; the use is not
+    /// given back, which would allow a replay of a request the upstream may have received.
+    /// </summary>
+    private async Task ForwardFailedAsync(HttpContext context, AssuranceDecision decision, ForwarderError error)
+    {
+        var what = JsonNamingPolicy.SnakeCaseLower.ConvertName(error.ToString());
+        Log.ForwardFailed(_logger, decision.GrantId, decision.Route, what, decision.TraceId);
+        var failed = new GrantEvent { Type = GrantEvent.ForwardFailed, At = _time.GetUtcNow(), TraceId = decision.TraceId, SpanId = decision.SpanId, Reason = what };
+        try
+        {
+            await _store.AppendEventAsync(decision.GrantId!, failed, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (StoreUnavailableException)
+        {
+            // Logged by the store; the log line above stands for it.
+        }
+
+        if (!context.Response.HasStarted && !context.RequestAborted.IsCancellationRequested)
+        {
+            await ProblemResponses.WriteAsync(context, ReasonCodes.UpstreamFailed,
+                $"the approval's use was spent, but the request could not be forwarded ({what}); the grant records it as forward_failed",
+                decision.TraceId).ConfigureAwait(false);
+        }
     }
 
     /// <summary>

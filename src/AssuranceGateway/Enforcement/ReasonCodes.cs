@@ -37,6 +37,12 @@ public static class ReasonCodes
     public const string TooManyPending = "too_many_pending";
     public const string StoreUnavailable = "store_unavailable";
 
+    /// <summary>
+    /// Not in SPEC §4.3 (an addition): allowed and the use consumed, but the forwarder could not deliver the request or
+    /// its response. YARP's status (502, 504) is kept; the body says so instead of being empty.
+    /// </summary>
+    public const string UpstreamFailed = "upstream_failed";
+
     // Assurance API only.
     public const string InvalidRequest = "invalid_request";
     public const string InsufficientScope = "insufficient_scope";
@@ -57,6 +63,7 @@ public static class ReasonCodes
         BodyTooLarge => StatusCodes.Status413PayloadTooLarge,
         TooManyPending => StatusCodes.Status429TooManyRequests,
         StoreUnavailable => StatusCodes.Status503ServiceUnavailable,
+        UpstreamFailed => StatusCodes.Status502BadGateway,
         UnknownRoute => StatusCodes.Status404NotFound,
         GrantNotFound => StatusCodes.Status403Forbidden,
         Conflict => StatusCodes.Status409Conflict,
@@ -90,6 +97,7 @@ public static class ReasonCodes
         Replayed => "Assurance already used",
         TooManyPending => "Too many pending assurances",
         StoreUnavailable => "Assurance store unavailable",
+        UpstreamFailed => "Upstream request failed",
         InvalidRequest => "Invalid request",
         InsufficientScope => "Insufficient scope",
         SelfApproval => "Self-approval is not allowed",

@@ -36,6 +36,13 @@ public sealed record GrantEvent
     public const string Revoked = "revoked";
     public const string UnknownOutcome = "unknown_outcome";
 
+    /// <summary>
+    /// The use was consumed, then the forwarder failed (its reason: the YARP error, e.g. <c>request</c> for an upstream
+    /// it could not reach, <c>request_canceled</c> for a client that went away). Whether the upstream acted on the
+    /// request depends on that reason; the use is not given back, which would allow a replay.
+    /// </summary>
+    public const string ForwardFailed = "forward_failed";
+
     public required string Type { get; init; }
     public DateTimeOffset At { get; init; }
     public string? TraceId { get; init; }
