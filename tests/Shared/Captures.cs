@@ -28,6 +28,8 @@ public sealed class LogCollector : ILoggerProvider
 
     public IReadOnlyList<string> Lines => [.. _lines];
 
+    public void Clear() => _lines.Clear();
+
     public ILogger CreateLogger(string categoryName) => new Logger(this, categoryName);
 
     public void Dispose()
