@@ -499,15 +499,16 @@ public sealed partial class AssuranceMiddleware
 
     /// <summary>
     /// The use was consumed and the forwarder failed (upstream unreachable or timed out, the client gone before the
-    /// request was sent): without this, the grant's record said "used" for an action that may never have run, and the
-    /// client got an empty 502. Recorded on the grant (one store call, on this path only) and in the log; the use is not
+    /// request was sent, the response broken off): without this, the grant's record said "used" for an action that may
+    /// never have run, and the client got an empty 502. Recorded on the grant (one store call, on this path only) and in the log; the use is not
     /// given back, which would allow a replay of a request the upstream may have received.
     /// </summary>
     private async Task ForwardFailedAsync(HttpContext context, AssuranceDecision decision, ForwarderError error)
     {
         var what = JsonNamingPolicy.SnakeCaseLower.ConvertName(error.ToString());
         Log.ForwardFailed(_logger, decision.GrantId, decision.Route, what, decision.TraceId);
-        var failed = new GrantEvent { Type = GrantEvent.ForwardFailed, At = _time.GetUtcNow(), TraceId = decision.TraceId, SpanId = decision.SpanId, Reason = what };
+        // No time of ours: the store stamps it, so it follows the used event the store stamped (clocks differ by ms).
+        var failed = new GrantEvent { Type = GrantEvent.ForwardFailed, TraceId = decision.TraceId, SpanId = decision.SpanId, Reason = what };
         try
         {
             await _store.AppendEventAsync(decision.GrantId!, failed, CancellationToken.None).ConfigureAwait(false);
@@ -519,9 +520,19 @@ public sealed partial class AssuranceMiddleware
 
         if (!context.Response.HasStarted && !context.RequestAborted.IsCancellationRequested)
         {
-            await ProblemResponses.WriteAsync(context, ReasonCodes.UpstreamFailed,
-                $"the approval's use was spent, but the request could not be forwarded ({what}); the grant records it as forward_failed",
-                decision.TraceId).ConfigureAwait(false);
+            // A 4xx from the forwarder is the client's body failing on a route that streams it; otherwise the upstream
+            // side failed, and how far the request got decides what the client may assume.
+            var (reason, reached) = context.Response.StatusCode < 500
+                ? (ReasonCodes.RequestAmbiguous, "the request body could not be read while it was forwarded")
+                : (ReasonCodes.UpstreamFailed, error switch
+                {
+                    ForwarderError.NoAvailableDestinations or ForwarderError.RequestCreation => "the request was not sent to the upstream",
+                    ForwarderError.ResponseHeaders or ForwarderError.ResponseBodyDestination or ForwarderError.ResponseBodyClient
+                        or ForwarderError.ResponseBodyCanceled => "the upstream received the request and answered, but its response could not be relayed",
+                    _ => "the upstream may or may not have received the request",
+                });
+            await ProblemResponses.WriteAsync(context, reason,
+                $"the approval's use was spent: {reached} ({what}); the grant records it as forward_failed", decision.TraceId).ConfigureAwait(false);
         }
     }
 

@@ -18,14 +18,18 @@ internal static class GrantRules
     /// </summary>
     public const int MaxEvents = 256;
 
-    /// <summary>Every other event (created, approved, used, revoked, unknown_outcome) is kept up to this many.</summary>
+    /// <summary>
+    /// Every other event (created, approved, used, revoked, forward_failed) is kept up to this many. Unknown outcomes
+    /// share the denials' cap: anyone can cause one by presenting the grant id while the store is slow, and a use that
+    /// did happen writes its own used event.
+    /// </summary>
     public static readonly int MaxEventsAnyKind = int.Parse(MaxEventsAnyKindText, CultureInfo.InvariantCulture);
 
     /// <summary>The same, as text for the Lua scripts (const interpolation).</summary>
     public const string MaxEventsAnyKindText = "1024";
 
     /// <summary>The list length up to which an event of this type is kept.</summary>
-    public static int CapFor(string eventType) => eventType == GrantEvent.Denied ? MaxEvents : MaxEventsAnyKind;
+    public static int CapFor(string eventType) => eventType is GrantEvent.Denied or GrantEvent.UnknownOutcome ? MaxEvents : MaxEventsAnyKind;
 
     /// <summary>Returns the first failing reason in contract order, or <see cref="ReasonCodes.Ok"/>.</summary>
     public static string Check(GrantRecord grant, ConsumeRequest request, DateTimeOffset now, out List<string> mismatch)

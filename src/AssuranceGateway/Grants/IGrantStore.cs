@@ -34,7 +34,11 @@ public interface IGrantStore
 
     Task<IReadOnlyList<GrantRecord>> ListPendingAsync(int limit, CancellationToken cancellationToken);
 
-    /// <summary>Appends an event without changing state (used for unknown outcomes once the store is back).</summary>
+    /// <summary>
+    /// Appends an event without changing state (unknown outcomes once the store is back, a forward that failed). An event
+    /// whose <see cref="GrantEvent.At"/> is default is stamped with the store's clock, so that it comes after the events
+    /// the store stamped before it (the gateway's clock and Redis's may differ by milliseconds).
+    /// </summary>
     Task AppendEventAsync(string id, GrantEvent grantEvent, CancellationToken cancellationToken);
 
     Task<bool> PingAsync(CancellationToken cancellationToken);

@@ -233,7 +233,7 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
         {
             if (_grants.TryGetValue(id, out var grant))
             {
-                _grants[id] = Append(grant, grantEvent);
+                _grants[id] = Append(grant, grantEvent.At == default ? grantEvent with { At = time.GetUtcNow() } : grantEvent);
             }
         }
 

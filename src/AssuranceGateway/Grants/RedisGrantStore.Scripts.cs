@@ -352,7 +352,7 @@ internal sealed partial class RedisGrantStore
             """;
 
         /// <summary>
-        /// Appends an event as given (its "at" included), without changing state.
+        /// Appends an event as given (stamped with the store's clock when it has no "at"), without changing state.
         /// KEYS[1] grant hash, KEYS[2] event list. ARGV[1] event JSON, ARGV[2] maximum events, ARGV[3] "1" = only when
         /// the very same event is not there yet (a retried unknown-outcome record must not appear twice).
         /// Returns 1 when appended (or counted as dropped), 0 otherwise.
@@ -375,6 +375,11 @@ internal sealed partial class RedisGrantStore
             -- again, after the use that the timed-out consume made when Redis woke up) goes before the events that are
             -- later than it, not at the end.
             local at = tonumber(cjson.decode(ARGV[1]).at or '')
+            if not at then
+              -- No time given: the store's, so it follows every event the store stamped before.
+              redis.call('RPUSH', KEYS[2], stamp(ARGV[1], now_us()))
+              return 1
+            end
             local later = nil
             if at then
               for i = #events, 1, -1 do

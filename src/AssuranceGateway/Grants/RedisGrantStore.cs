@@ -387,7 +387,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         ArgumentNullException.ThrowIfNull(id);
         ArgumentNullException.ThrowIfNull(grantEvent);
         return EvaluateAsync(
-            Scripts.AppendEvent, _keys.GrantAndEvents(id), [EventJson(grantEvent, includeAt: true), GrantRules.CapFor(grantEvent.Type), "0"], "append", id, cancellationToken);
+            Scripts.AppendEvent, _keys.GrantAndEvents(id), [EventJson(grantEvent, includeAt: grantEvent.At != default), GrantRules.CapFor(grantEvent.Type), "0"], "append", id, cancellationToken);
     }
 
     public async Task<bool> PingAsync(CancellationToken cancellationToken)
@@ -581,7 +581,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
         try
         {
-            await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [json, GrantRules.MaxEventsAnyKind, "1"], "append", item.GrantId, stopping)
+            await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [json, GrantRules.CapFor(GrantEvent.UnknownOutcome), "1"], "append", item.GrantId, stopping)
                 .ConfigureAwait(false);
             Log.UnknownOutcomeRecorded(_logger, Description, item.GrantId, item.Event.TraceId);
             return true;

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Text.Json.Nodes;
 using AssuranceGateway.Testing;
+using Microsoft.Extensions.DependencyInjection;
 using Xunit.Abstractions;
 using static AssuranceGateway.Testing.GrantHelpers;
 
@@ -132,5 +133,87 @@ public sealed class ForwardFailureTests(ITestOutputHelper output) : IAsyncLifeti
         output.WriteLine($"upstream received {gateway.Upstream.Count}; grant {grant["status"]} usesRemaining {grant["usesRemaining"]}; events of this trace: {string.Join(",", events)}");
         Assert.Equal(0, gateway.Upstream.Count);
         Assert.Equal(["used", "forward_failed"], events);
+    }
+
+    /// <summary>
+    /// 'used' is stamped with Redis TIME, and the append script puts an event before every event whose "at" is later:
+    /// forward_failed stamped with a gateway clock a little behind Redis (another host) went before the use it reports
+    /// on. The store stamps it now.
+    /// </summary>
+    [Fact]
+    public async Task Use_UpstreamUnreachable_GatewayClockBehindRedis_ForwardFailedStillComesAfterTheUse()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(
+            redis: _redis.ConnectionString,
+            services: s => s.AddSingleton<TimeProvider>(new SkewedTime(TimeSpan.FromMilliseconds(-100))));
+        var token = gateway.Idp.Token();
+        var svid = gateway.WorkloadIssuer.Svid();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token));
+        await gateway.Upstream.DisposeAsync();
+
+        using var response = await gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out var trace));
+        var grant = JsonNode.Parse((await gateway.GetGrantAsync(id)).GetRawText())!;
+        var events = grant["events"]!.AsArray().Where(e => (string?)e!["traceId"] == trace).Select(e => (string?)e!["type"]).ToList();
+        output.WriteLine($"{(int)response.StatusCode}; events of this trace: {string.Join(",", events)}");
+        Assert.Equal(["used", "forward_failed"], events);
+        Assert.Contains("may or may not have received the request", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// The upstream received the whole request and answered 200 (headers), then its body broke off before a byte
+    /// reached the client: YARP reports response_body_destination with the response not started. The client was told
+    /// the request "could not be forwarded" although the upstream acted on it, and might have repeated the action.
+    /// </summary>
+    [Fact]
+    public async Task Use_UpstreamAnsweredThenItsBodyBrokeOff_ClientIsNotToldTheRequestWasNotForwarded()
+    {
+        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        var served = Task.Run(async () =>
+        {
+            using var client = await listener.AcceptTcpClientAsync();
+            var stream = client.GetStream();
+            var received = new List<byte>();
+            var buffer = new byte[8192];
+            while (!System.Text.Encoding.ASCII.GetString([.. received]).Contains(ReleaseBody, StringComparison.Ordinal))
+            {
+                var n = await stream.ReadAsync(buffer);
+                if (n == 0)
+                {
+                    return;
+                }
+
+                received.AddRange(buffer.AsSpan(0, n));
+            }
+
+            await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"));
+            await stream.FlushAsync();
+            client.Client.Shutdown(System.Net.Sockets.SocketShutdown.Both);
+        });
+
+        await using var gateway = await GatewayHarness.StartAsync(
+            configure: c => c["ReverseProxy"]!["Clusters"]!["upstream"]!["Destinations"]!["d1"]!["Address"] = $"http://127.0.0.1:{port}",
+            redis: _redis.ConnectionString);
+        var token = gateway.Idp.Token();
+        var svid = gateway.WorkloadIssuer.Svid();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token));
+
+        using var response = await gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out var trace));
+        var body = await response.Content.ReadAsStringAsync();
+        await served;
+        listener.Stop();
+        var grant = JsonNode.Parse((await gateway.GetGrantAsync(id)).GetRawText())!;
+        var failed = grant["events"]!.AsArray().Where(e => (string?)e!["type"] == "forward_failed").Select(e => (string?)e!["reason"]).ToList();
+        output.WriteLine($"{(int)response.StatusCode} body '{body}'; forward_failed reasons: {string.Join(",", failed)}");
+        Assert.Equal(HttpStatusCode.BadGateway, response.StatusCode);
+        Assert.Contains("\"reason\":\"upstream_failed\"", body, StringComparison.Ordinal);
+        Assert.Contains("the upstream received the request and answered", body, StringComparison.Ordinal);
+        Assert.Equal(["response_body_destination"], failed);
+    }
+
+    private sealed class SkewedTime(TimeSpan offset) : TimeProvider
+    {
+        public override DateTimeOffset GetUtcNow() => System.GetUtcNow() + offset;
     }
 }

@@ -1025,15 +1025,29 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         Assert.Equal(ReasonCodes.SubjectMismatch, (await Store.ConsumeAsync(outsider with { TraceId = "burn", RevokeOn = [ReasonCodes.SubjectMismatch] }, default)).Reason);
 
         var stored = await Store.GetAsync(grant.Id, default);
-        Assert.Equal(GrantRules.MaxEvents + 3, stored!.Events.Count);
-        Assert.Equal(2, stored.DroppedEvents); // two denials
+        Assert.Equal(GrantRules.MaxEvents + 2, stored!.Events.Count);
+        Assert.Equal(3, stored.DroppedEvents); // two denials and the unknown outcome (anyone can cause one: same cap)
         Assert.Equal(GrantEvent.Created, stored.Events[0].Type);
         Assert.Equal(GrantRules.MaxEvents - 2, stored.Events.Count(e => e.Type == GrantEvent.Denied));
         Assert.Equal("use", Assert.Single(stored.Events, e => e.Type == GrantEvent.Used).TraceId);
-        Assert.Equal("unknown", Assert.Single(stored.Events, e => e.Type == GrantEvent.UnknownOutcome).TraceId);
+        Assert.DoesNotContain(stored.Events, e => e.Type == GrantEvent.UnknownOutcome);
         Assert.Equal("burn", Assert.Single(stored.Events, e => e.Type == GrantEvent.Revoked).TraceId);
         Assert.Equal(GrantStatus.Revoked, stored.Status);
         Assert.Equal(1, stored.UsesRemaining);
+    }
+
+    [Fact]
+    public async Task AppendEventAsync_WithoutATime_StampedByTheStoreAfterTheUseItFollows()
+    {
+        var grant = NewGrant();
+        await CreateAsync(grant);
+        Assert.Equal(ReasonCodes.Ok, (await Store.ConsumeAsync(Matching(grant) with { TraceId = "use" }, default)).Reason);
+
+        await Store.AppendEventAsync(grant.Id, new GrantEvent { Type = GrantEvent.ForwardFailed, TraceId = "use", Reason = "request" }, default);
+
+        var events = (await Store.GetAsync(grant.Id, default))!.Events;
+        Assert.Equal([GrantEvent.Used, GrantEvent.ForwardFailed], events.TakeLast(2).Select(e => e.Type));
+        Assert.InRange(events[^1].At, events[^2].At, Now.AddSeconds(5));
     }
 
     [Fact]
@@ -1044,7 +1058,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         await Task.Delay(2); // as above: appended events must not predate the creation
         for (var i = 0; i < GrantRules.MaxEventsAnyKind - 3; i++)
         {
-            await Store.AppendEventAsync(grant.Id, new GrantEvent { Type = GrantEvent.UnknownOutcome, At = Now, TraceId = "t" + i }, default);
+            await Store.AppendEventAsync(grant.Id, new GrantEvent { Type = GrantEvent.ForwardFailed, At = Now, TraceId = "t" + i, Reason = "request" }, default);
         }
 
         var first = await Store.ConsumeAsync(Matching(grant) with { TraceId = "first" }, default); // the last event that fits

@@ -215,6 +215,50 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(grant), default)).Reason);
     }
 
+    /// <summary>
+    /// Denials are kept only below 256 events so that outsiders presenting a grant id cannot push its real uses out of
+    /// the record. An outsider's consume that times out is recorded as unknown_outcome: counted toward the 1,024 cap,
+    /// a flood while Redis was slow filled the list and the owner's use left no used event. They share the 256 cap now.
+    /// </summary>
+    [Fact]
+    public async Task UnknownOutcomes_OfForeignConsumes_CannotPushTheOwnersUseOutOfTheRecord()
+    {
+        await using var redis = await RedisServer.StartAsync();
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
+        var grant = Grant();
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+
+        // Someone else with the grant id sends it to another route while Redis stalls (route_mismatch does not revoke).
+        var outsider = Matching(grant) with { Route = "other", Subject = "mallory", Workload = "spiffe://prod.example/ns/dev/sa/x" };
+        await redis.PauseAsync();
+        try
+        {
+            await Task.Run(() => Task.WhenAll(Enumerable.Range(0, GrantRules.MaxEventsAnyKind + 20).Select(async i =>
+            {
+                try
+                {
+                    await store.ConsumeAsync(outsider with { TraceId = "flood-" + i }, default);
+                }
+                catch (StoreUnavailableException)
+                {
+                }
+            })));
+        }
+        finally
+        {
+            await redis.ResumeAsync();
+        }
+
+        await RedisStores.WaitUntilAsync(async () => store.UnknownOutcomesPending == 0 && await store.PingAsync(default), TimeSpan.FromSeconds(60), "the queue to drain");
+        var use = Matching(grant) with { TraceId = "the-real-use" };
+        Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(use, default)).Reason);
+
+        var stored = await store.GetAsync(grant.Id, default);
+        output.WriteLine($"events {stored!.Events.Count} (denied {stored.Events.Count(e => e.Type == GrantEvent.Denied)}, "
+            + $"unknown_outcome {stored.Events.Count(e => e.Type == GrantEvent.UnknownOutcome)}), dropped {stored.DroppedEvents}");
+        Assert.Contains(stored.Events, e => e.Type == GrantEvent.Used && e.TraceId == "the-real-use");
+    }
+
     private static GrantRecord Grant() => new()
     {
         Id = Guid.NewGuid().ToString("N"),
