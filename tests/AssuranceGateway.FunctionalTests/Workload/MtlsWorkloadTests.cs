@@ -12,14 +12,19 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
 {
     private GatewayHarness _gateway = null!;
     private X509Certificate2 _ca = null!;
+    private X509Certificate2 _prodCa = null!;
+    private X509Certificate2 _partnerCa = null!;
     private string _serverThumbprint = string.Empty;
 
     public async Task InitializeAsync()
     {
         var harness = await GatewayHarness.CreateAsync();
         _ca = TestCertificates.Ca();
+        // Two CAs that name their trust domains, as SPIRE's do: a federated partner's next to prod's.
+        _prodCa = TestCertificates.Ca("spiffe://prod.test");
+        _partnerCa = TestCertificates.Ca("spiffe://partner.test");
         var caPem = Path.Combine(harness.Directory, "client-ca.pem");
-        await File.WriteAllTextAsync(caPem, _ca.ExportCertificatePem());
+        await File.WriteAllTextAsync(caPem, string.Join('\n', _ca.ExportCertificatePem(), _prodCa.ExportCertificatePem(), _partnerCa.ExportCertificatePem()));
         using var server = TestCertificates.Server();
         _serverThumbprint = server.Thumbprint;
         var pfx = Path.Combine(harness.Directory, "server.pfx");
@@ -38,6 +43,36 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
     {
         await _gateway.DisposeAsync();
         _ca.Dispose();
+        _prodCa.Dispose();
+        _partnerCa.Dispose();
+    }
+
+    /// <summary>
+    /// A CA that names its trust domain vouches for that domain only (SPIFFE X509-SVID: an SVID is judged by the bundle
+    /// of the trust domain it names): the partner's CA in the same file cannot name prod's workloads.
+    /// </summary>
+    [Fact]
+    public async Task PartnerCaSignsProdSpiffeId_WorkloadInvalidNothingForwarded()
+    {
+        // Sanity: the partner CA's own workloads and prod's own workloads are identified as usual.
+        using (var own = TestCertificates.Client(Deployer, _prodCa))
+        using (var ownHttp = ClientWith(own))
+        {
+            var t = _gateway.Idp.Token();
+            var ok = await _gateway.CreateGrantAsync(DeployGrant(t, workload: Deployer));
+            using var allowed = await ownHttp.SendAsync(DeployRequest(t, svid: null, ok, out _));
+            Assert.Equal(HttpStatusCode.OK, allowed.StatusCode);
+        }
+
+        using var forged = TestCertificates.Client(Deployer, _partnerCa); // partner.test's CA naming a prod.test workload
+        using var http = ClientWith(forged);
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
+
+        using var response = await http.SendAsync(DeployRequest(token, svid: null, id, out _));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal(1, _gateway.Upstream.Count); // only the sanity request
     }
 
     private HttpClient ClientWith(X509Certificate2? certificate, bool evenIfNotValidNow = false)
