@@ -500,8 +500,8 @@ public sealed partial class AssuranceMiddleware
     /// <summary>
     /// The use was consumed and the forwarder failed (upstream unreachable or timed out, the client gone before the
     /// request was sent, the response broken off): without this, the grant's record said "used" for an action that may
-    /// never have run, and the client got an empty 502. Recorded on the grant (one store call, on this path only) and in the log; the use is not
-    /// given back, which would allow a replay of a request the upstream may have received.
+    /// never have run, and the client got an empty 502. Recorded on the grant (one store call, on this path only) and
+    /// in the log; the use is not given back, which would allow a replay of a request the upstream may have received.
     /// </summary>
     private async Task ForwardFailedAsync(HttpContext context, AssuranceDecision decision, ForwarderError error)
     {
