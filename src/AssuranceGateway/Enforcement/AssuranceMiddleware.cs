@@ -540,19 +540,20 @@ public sealed partial class AssuranceMiddleware
     /// A request header the forwarder would fail to send, after the grant is used: HttpClient sends header values in
     /// ASCII only unless the cluster names an encoding, and Kestrel accepts UTF-8. Without this, such a request burned
     /// its use and got a 502 while the grant recorded "used" for an action that never ran. Headers that are never
-    /// forwarded (hop-by-hop ones, and those the gateway removes) do not count; a header a route transform removes does
-    /// (transforms are judged at config time, not per request).
+    /// forwarded (hop-by-hop ones, those the gateway removes, and those the route's transforms remove) do not count.
     /// </summary>
     private static string? UnsendableHeader(HttpContext context)
     {
-        if (context.GetReverseProxyFeature().Cluster?.Config.HttpClient?.RequestHeaderEncoding is not null)
+        var proxy = context.GetReverseProxyFeature();
+        if (proxy.Cluster?.Config.HttpClient?.RequestHeaderEncoding is not null)
         {
             return null;
         }
 
+        var transforms = proxy.Route.Config.Transforms;
         foreach (var (name, values) in context.Request.Headers)
         {
-            if (NeverForwarded.Contains(name))
+            if (NeverForwarded.Contains(name) || (transforms is { Count: > 0 } && RemovedByTransform(transforms, name)))
             {
                 continue;
             }
@@ -567,6 +568,21 @@ public sealed partial class AssuranceMiddleware
         }
 
         return null;
+    }
+
+    /// <summary>A header the route's transforms keep from the upstream: removed by name, or no client header copied.</summary>
+    private static bool RemovedByTransform(IReadOnlyList<IReadOnlyDictionary<string, string>> transforms, string name)
+    {
+        foreach (var transform in transforms)
+        {
+            if ((transform.TryGetValue("RequestHeaderRemove", out var removed) && string.Equals(removed, name, StringComparison.OrdinalIgnoreCase))
+                || (transform.TryGetValue("RequestHeadersCopy", out var copy) && string.Equals(copy, "false", StringComparison.OrdinalIgnoreCase)))
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     /// <summary>

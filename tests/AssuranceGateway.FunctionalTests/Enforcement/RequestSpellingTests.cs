@@ -108,7 +108,7 @@ public sealed class RequestSpellingTests
 
     /// <summary>
     /// The non-ASCII check covers headers the upstream would receive: a hop-by-hop header YARP never forwards does not
-    /// stop the request. (A header a route transform removes still does: transforms are judged at config time.)
+    /// stop the request.
     /// </summary>
     [Fact]
     public async Task Use_HopByHopHeaderBeyondAscii_Forwarded()
@@ -171,5 +171,24 @@ public sealed class RequestSpellingTests
         Assert.Contains("beyond ASCII", content, StringComparison.Ordinal);
         Assert.Equal(1, (await gateway.GetGrantAsync(id)).GetProperty("usesRemaining").GetInt32());
         Assert.Equal(0, gateway.Upstream.Count);
+    }
+
+    /// <summary>A header the route's transform removes never reaches HttpClient either: not refused.</summary>
+    [Fact]
+    public async Task Use_HeaderBeyondAsciiThatTheRouteRemoves_Forwarded()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(configure: c =>
+            c["ReverseProxy"]!["Routes"]!["deploy"]!["Transforms"] = new JsonArray(new JsonObject { ["RequestHeaderRemove"] = "X-Change-Note" }));
+        var token = gateway.Idp.Token();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token));
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+        var head = $"POST /deploy/v1/releases HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
+            + $"Workload-Identity: {gateway.WorkloadIssuer.Svid()}\r\nAssurance-Id: {id}\r\nContent-Type: application/json\r\n"
+            + $"x-change-note: caf\u00e9\r\nContent-Length: {body.Length}\r\nConnection: close\r\n";
+
+        var (status, content) = await RawHttp.SendAsync(gateway.ProxyAddress, head, body, Encoding.UTF8);
+
+        Assert.True(status == 200, $"{status}: {content}");
+        Assert.False(Assert.Single(gateway.Upstream.Received).Headers.ContainsKey("X-Change-Note"));
     }
 }
