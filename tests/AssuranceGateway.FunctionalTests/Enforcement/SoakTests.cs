@@ -473,3 +473,10 @@ public sealed class SoakTests(ITestOutputHelper output) : IAsyncLifetime
         return new Sample(process.Threads.Count - ThreadPool.ThreadCount, ThreadPool.ThreadCount, GC.GetTotalMemory(forceFullCollection: true), process.WorkingSet64, gens);
     }
 }
+
+/// <summary>
+/// The soak runs alone: its thread and heap checks read the whole test process, which other test classes running
+/// beside it would grow with their own gateways and Redis connections.
+/// </summary>
+[CollectionDefinition("Soak", DisableParallelization = true)]
+public sealed class SoakRunsAlone;
