@@ -200,7 +200,14 @@ public sealed class RespPipeTests(RedisServer redis) : IClassFixture<RedisServer
             await stream.WriteAsync("+OK\r\n"u8.ToArray());
             await ReadUntilAsync("ECHO", 2);
             await stream.WriteAsync(Encoding.ASCII.GetBytes(replies)); // one write, so one read on the other side
-            await ReadUntilAsync("never", 1);
+            try
+            {
+                await ReadUntilAsync("never", 1);
+            }
+            catch (IOException)
+            {
+                // The broken pipe closes with replies it never read: Linux then resets the connection instead of a FIN.
+            }
         });
         using var pipe = await RespPipe.ConnectAsync(
             listener.LocalEndpoint, null, 0, "resp-pipe-test", Timeout, TimeProvider.System, CancellationToken.None);
