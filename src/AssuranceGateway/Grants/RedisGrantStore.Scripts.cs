@@ -354,7 +354,8 @@ internal sealed partial class RedisGrantStore
         /// <summary>
         /// Appends an event as given (stamped with the store's clock when it has no "at"), without changing state.
         /// KEYS[1] grant hash, KEYS[2] event list. ARGV[1] event JSON, ARGV[2] maximum events, ARGV[3] "1" = only when
-        /// the very same event is not there yet (a retried unknown-outcome record must not appear twice).
+        /// neither the very same event nor one of its type for its trace id is there yet (a retried record must not
+        /// appear twice).
         /// Returns 1 when appended (or counted as dropped), 0 otherwise.
         /// </summary>
         private const string AppendEventText = Common + """
@@ -363,8 +364,15 @@ internal sealed partial class RedisGrantStore
             end
             local events = redis.call('LRANGE', KEYS[2], 0, -1)
             if ARGV[3] == '1' then
+              -- A retried record whose first attempt ran after all: the same event, or one of the same type for the same
+              -- request (the first attempt may have been stamped by this store, with another "at").
+              local given = cjson.decode(ARGV[1])
               for _, e in ipairs(events) do
                 if e == ARGV[1] then return 0 end
+                if given.traceId then
+                  local other = cjson.decode(e)
+                  if other.type == given.type and other.traceId == given.traceId then return 0 end
+                end
               end
             end
             if #events >= tonumber(ARGV[2]) then

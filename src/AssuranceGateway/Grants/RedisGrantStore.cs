@@ -382,12 +382,23 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         return found;
     }
 
-    public Task AppendEventAsync(string id, GrantEvent grantEvent, CancellationToken cancellationToken)
+    public async Task AppendEventAsync(string id, GrantEvent grantEvent, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(id);
         ArgumentNullException.ThrowIfNull(grantEvent);
-        return EvaluateAsync(
-            Scripts.AppendEvent, _keys.GrantAndEvents(id), [EventJson(grantEvent, includeAt: grantEvent.At != default), GrantRules.CapFor(grantEvent.Type), "0"], "append", id, cancellationToken);
+        try
+        {
+            await EvaluateAsync(
+                Scripts.AppendEvent, _keys.GrantAndEvents(id), [EventJson(grantEvent, includeAt: grantEvent.At != default), GrantRules.CapFor(grantEvent.Type), "0"], "append", id, cancellationToken)
+                .ConfigureAwait(false);
+        }
+        catch (StoreUnavailableException) when (grantEvent.Type == GrantEvent.ForwardFailed)
+        {
+            // A spent use that was not delivered must reach the grant's record: written once the store answers again, as
+            // an unknown outcome is (the append skips an event that is already there), with this clock's time now.
+            _unknownOutcomes.Writer.TryWrite(new UnknownOutcome(id, grantEvent.At == default ? grantEvent with { At = _time.GetUtcNow() } : grantEvent));
+            throw;
+        }
     }
 
     public async Task<bool> PingAsync(CancellationToken cancellationToken)
@@ -581,9 +592,9 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
         try
         {
-            await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [json, GrantRules.CapFor(GrantEvent.UnknownOutcome), "1"], "append", item.GrantId, stopping)
+            await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [json, GrantRules.CapFor(item.Event.Type), "1"], "append", item.GrantId, stopping)
                 .ConfigureAwait(false);
-            Log.UnknownOutcomeRecorded(_logger, Description, item.GrantId, item.Event.TraceId);
+            Log.UnknownOutcomeRecorded(_logger, Description, item.GrantId, item.Event.TraceId, item.Event.Type);
             return true;
         }
         catch (StoreUnavailableException)

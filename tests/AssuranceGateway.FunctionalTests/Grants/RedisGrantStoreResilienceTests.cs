@@ -216,6 +216,39 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// A forward_failed the store could not take when it happened (Redis paused) reaches the grant once Redis answers
+    /// again, as an unknown outcome does: a spent use that was not delivered must be on the record, not only in the log.
+    /// </summary>
+    [Fact]
+    public async Task AppendForwardFailed_WhileRedisIsPaused_RecordedOnceItAnswersAgain()
+    {
+        await using var redis = await RedisServer.StartAsync();
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
+        var grant = Grant();
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(grant) with { TraceId = "the-use" }, default)).Reason);
+
+        await redis.PauseAsync();
+        try
+        {
+            var failed = new GrantEvent { Type = GrantEvent.ForwardFailed, TraceId = "the-use", Reason = "request" };
+            await Assert.ThrowsAsync<StoreUnavailableException>(() => store.AppendEventAsync(grant.Id, failed, default));
+        }
+        finally
+        {
+            await redis.ResumeAsync();
+        }
+
+        await RedisStores.WaitUntilAsync(
+            async () => (await store.GetAsync(grant.Id, default))!.Events.Any(e => e.Type == GrantEvent.ForwardFailed && e.TraceId == "the-use"),
+            TimeSpan.FromSeconds(10),
+            "the forward_failed on the grant");
+        var events = (await store.GetAsync(grant.Id, default))!.Events;
+        Assert.Equal([GrantEvent.Used, GrantEvent.ForwardFailed], events.TakeLast(2).Select(e => e.Type));
+        Assert.Single(events, e => e.Type == GrantEvent.ForwardFailed);
+    }
+
+    /// <summary>
     /// Denials are kept only below 256 events so that outsiders presenting a grant id cannot push its real uses out of
     /// the record. An outsider's consume that times out is recorded as unknown_outcome: counted toward the 1,024 cap,
     /// a flood while Redis was slow filled the list and the owner's use left no used event. They share the 256 cap now.
