@@ -37,7 +37,8 @@ public interface IGrantStore
     /// <summary>
     /// Appends an event without changing state (unknown outcomes once the store is back, a forward that failed). An event
     /// whose <see cref="GrantEvent.At"/> is default is stamped with the store's clock, so that it comes after the events
-    /// the store stamped before it (the gateway's clock and Redis's may differ by milliseconds).
+    /// the store stamped before it (the gateway's clock and Redis's may differ by milliseconds). A store that cannot take
+    /// it now throws <see cref="StoreUnavailableException"/> and writes it once it answers again.
     /// </summary>
     Task AppendEventAsync(string id, GrantEvent grantEvent, CancellationToken cancellationToken);
 

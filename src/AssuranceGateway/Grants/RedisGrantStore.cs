@@ -392,10 +392,10 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                 Scripts.AppendEvent, _keys.GrantAndEvents(id), [EventJson(grantEvent, includeAt: grantEvent.At != default), GrantRules.CapFor(grantEvent.Type), "0"], "append", id, cancellationToken)
                 .ConfigureAwait(false);
         }
-        catch (StoreUnavailableException) when (grantEvent.Type == GrantEvent.ForwardFailed)
+        catch (StoreUnavailableException)
         {
-            // A spent use that was not delivered must reach the grant's record: written once the store answers again, as
-            // an unknown outcome is (the append skips an event that is already there), with this clock's time now.
+            // A record (a spent use that was not delivered) must reach the grant: written once the store answers again,
+            // as an unknown outcome is (a retry skips an event already there), with this clock's time now.
             _unknownOutcomes.Writer.TryWrite(new UnknownOutcome(id, grantEvent.At == default ? grantEvent with { At = _time.GetUtcNow() } : grantEvent));
             throw;
         }

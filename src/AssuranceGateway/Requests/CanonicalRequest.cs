@@ -79,13 +79,13 @@ public static class CanonicalRequest
     /// </summary>
     public static string? RepeatedNameOutOfOrder(string rawQuery)
     {
-        var query = rawQuery.StartsWith('?') ? rawQuery.AsSpan(1) : rawQuery.AsSpan();
-        if (query.IndexOf('&') < 0)
+        var query = rawQuery.StartsWith('?') ? rawQuery[1..] : rawQuery;
+        if (!query.Contains('&', StringComparison.Ordinal))
         {
             return null;
         }
 
-        var pairs = query.ToString().Split('&', StringSplitOptions.RemoveEmptyEntries);
+        var pairs = query.Split('&', StringSplitOptions.RemoveEmptyEntries);
         var last = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
         foreach (var pair in pairs)
         {

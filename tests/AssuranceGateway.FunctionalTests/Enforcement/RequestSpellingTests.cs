@@ -83,6 +83,8 @@ public sealed class RequestSpellingTests
 
         Assert.True(response.StatusCode == HttpStatusCode.BadRequest,
             $"{(int)response.StatusCode}; upstream received query '{(gateway.Upstream.Received is { Count: > 0 } r ? r[r.Count - 1].Query : null)}' (first 'env' value: prod, approved: staging)");
+        Assert.Equal("request_ambiguous", await response.ReasonAsync());
+        Assert.Equal(0, gateway.Upstream.Count);
     }
 
     /// <summary>
@@ -104,6 +106,8 @@ public sealed class RequestSpellingTests
 
         Assert.True(response.StatusCode != HttpStatusCode.OK,
             $"{(int)response.StatusCode}; upstream received query '{(gateway.Upstream.Received is { Count: > 0 } r ? r[r.Count - 1].Query : null)}' under the hash approved for 'dry_run=true'");
+        Assert.Equal("request_ambiguous", await response.ReasonAsync());
+        Assert.Equal(0, gateway.Upstream.Count);
     }
 
     /// <summary>

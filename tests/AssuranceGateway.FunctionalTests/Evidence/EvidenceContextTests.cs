@@ -53,6 +53,7 @@ public sealed class EvidenceContextTests(ITestOutputHelper output)
         using var weakResponse = await gateway.Proxy.SendAsync(weak);
         Assert.Equal("insufficient_aal", await weakResponse.ReasonAsync());
         Assert.Equal("127.0.0.1", Assert.Single(gateway.Spans.Enforce(weakTrace)).GetTagItem("assurance.origin"));
+        Assert.Equal(0, gateway.Upstream.Count);
     }
 
     [Fact]
