@@ -5,6 +5,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -27,6 +28,11 @@ public sealed partial class AssuranceApiHost(IServiceProvider gatewayServices, I
     {
         var config = gatewayServices.GetRequiredService<GatewayConfigState>();
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ApplicationName = typeof(AssuranceApiHost).Assembly.GetName().Name });
+        // The builder reads the environment and the working directory's appsettings.json like any host, and Kestrel
+        // listens where "Kestrel:Endpoints" says in preference to UseUrls: an endpoint meant for the proxy
+        // (Kestrel__Endpoints__proxy__Url) would be bound by the API too. It listens on Assurance:Api:Url and nothing else.
+        builder.Configuration.Sources.Clear();
+        builder.Configuration.AddInMemoryCollection();
         builder.WebHost.UseUrls(config.Current.Settings.Api.Url);
         builder.Logging.ClearProviders();
         builder.Services.AddSingleton(gatewayServices.GetRequiredService<ILoggerFactory>());

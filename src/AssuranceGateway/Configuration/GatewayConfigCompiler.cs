@@ -902,29 +902,56 @@ public static class GatewayConfigCompiler
     }
 
     /// <summary>
-    /// The proxy (<c>Urls</c>, ';'-separated) and the assurance API listen on their own sockets (SPEC §5: the API is never
-    /// served on the proxy listener). An API address that takes a proxy address makes Kestrel fail at start; both are
-    /// read with Kestrel's own parser, and a host that is neither an IP address nor "localhost" binds every address.
+    /// The proxy and the assurance API listen on their own sockets (SPEC §5: the API is never served on the proxy
+    /// listener). The proxy listens where <c>Kestrel:Endpoints</c> says when that section names any endpoint (Kestrel then
+    /// ignores <c>Urls</c>), else on <c>Urls</c> (';'-separated). An API address that takes a proxy address makes Kestrel
+    /// fail at start; both are read with Kestrel's own parser, and a host that is neither an IP address nor "localhost"
+    /// binds every address.
     /// </summary>
     private static void CheckListeners(ConfigReader reader, IConfiguration configuration, ApiSettings api)
     {
-        var urls = configuration["Urls"];
-        if (string.IsNullOrWhiteSpace(urls))
-        {
-            return;
-        }
-
         var apiAddress = IsHttpUrl(api.Url) ? ParseListener(api.Url) : null;
-        foreach (var url in urls.Split(';', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        foreach (var (key, url) in ProxyListeners(configuration))
         {
-            if (ParseListener(url) is not { } proxy)
+            if (url is null)
             {
-                reader.Error("Urls", $"'{url}' is not a listener URL (scheme://host:port)");
+                reader.Error(key, "is missing: each Kestrel endpoint needs a listener URL (scheme://host:port)");
+            }
+            else if (ParseListener(url) is not { } proxy)
+            {
+                reader.Error(key, $"'{url}' is not a listener URL (scheme://host:port)");
             }
             else if (apiAddress is not null && Overlap(proxy, apiAddress))
             {
-                reader.Error($"{AssuranceSection}:Api:Url", $"'{api.Url}' takes the host and port of the proxy listener '{url}' in Urls: the assurance API needs its own listener");
+                reader.Error($"{AssuranceSection}:Api:Url", $"'{api.Url}' takes the host and port of the proxy listener '{url}' in {key}: the assurance API needs its own listener");
             }
+        }
+    }
+
+    /// <summary>The proxy's listener URLs, each with the key it comes from (null URL: an endpoint without one).</summary>
+    private static IEnumerable<(string Key, string? Url)> ProxyListeners(IConfiguration configuration)
+    {
+        var endpoints = configuration.GetSection("Kestrel:Endpoints").GetChildren().ToList();
+        if (endpoints.Count > 0)
+        {
+            foreach (var endpoint in endpoints)
+            {
+                var url = endpoint["Url"];
+                yield return ($"Kestrel:Endpoints:{endpoint.Key}:Url", string.IsNullOrWhiteSpace(url) ? null : url);
+            }
+
+            yield break;
+        }
+
+        var urls = configuration["Urls"];
+        if (string.IsNullOrWhiteSpace(urls))
+        {
+            yield break;
+        }
+
+        foreach (var url in urls.Split(';', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            yield return ("Urls", url);
         }
     }
 

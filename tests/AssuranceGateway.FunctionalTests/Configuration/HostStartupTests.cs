@@ -160,6 +160,61 @@ public sealed class HostStartupTests : IDisposable
     }
 
     [Fact]
+    public async Task Host_KestrelEndpointFromEnvironment_ProxyListensThereAndTheApiOnlyOnItsUrl()
+    {
+        // Kestrel__Endpoints__* in the environment is how a container often names the proxy listener. The API is a
+        // second web host: it once read the same variable, bound the proxy's address first and the proxy failed.
+        var (proxy, api) = ($"http://127.0.0.1:{GatewayProcess.FreePort()}", $"http://127.0.0.1:{GatewayProcess.FreePort()}");
+        var config = ValidConfig();
+        config["Assurance"]!["Api"]!["Url"] = api;
+        using var process = Start(["--config", WriteConfig(config)], new() { ["Kestrel__Endpoints__proxy__Url"] = proxy });
+        var output = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var apiListening = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var proxyListening = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        DataReceivedEventHandler read = (_, e) =>
+        {
+            if (e.Data is not { } line)
+            {
+                return;
+            }
+
+            output.Enqueue(line);
+            if (line.Contains($"Now listening on: {proxy}", StringComparison.Ordinal))
+            {
+                proxyListening.TrySetResult();
+            }
+            else if (line.Contains("Assurance API listening on", StringComparison.Ordinal))
+            {
+                apiListening.TrySetResult();
+            }
+        };
+        process.OutputDataReceived += read;
+        process.ErrorDataReceived += read;
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        try
+        {
+            var both = Task.WhenAll(apiListening.Task, proxyListening.Task);
+            var exited = process.WaitForExitAsync();
+            var first = await Task.WhenAny(both, exited, Task.Delay(ExitTimeout));
+            Assert.True(first == both, $"the host did not serve both listeners: {string.Join(" | ", output)}");
+            Assert.Contains(output, l => l.Contains($"Assurance API listening on {api}", StringComparison.Ordinal) && !l.Contains(proxy, StringComparison.Ordinal));
+
+            using var client = new HttpClient();
+            Assert.Equal("ok", await client.GetStringAsync($"{api}/healthz"));
+            // The proxy's own listener does not serve the API (SPEC §5).
+            using var onProxy = await client.GetAsync($"{proxy}/assurance/v1/grants?status=pending");
+            Assert.NotEqual(HttpStatusCode.OK, onProxy.StatusCode);
+            Assert.NotEqual(HttpStatusCode.Unauthorized, onProxy.StatusCode);
+        }
+        finally
+        {
+            process.Kill(entireProcessTree: true);
+            await process.WaitForExitAsync();
+        }
+    }
+
+    [Fact]
     public async Task Host_ProxyUrlsEqualApiUrl_Exit2NamingBothKeys()
     {
         var address = $"http://127.0.0.1:{GatewayProcess.FreePort()}";

@@ -817,6 +817,44 @@ public sealed class GatewayConfigCompilerTests : IDisposable
             "Urls: '127.0.0.1:9101' is not a listener URL (scheme://host:port)");
     }
 
+    [Fact]
+    public void Compile_KestrelEndpointOverlapsApiUrl_Refused()
+    {
+        // Kestrel listens on Kestrel:Endpoints when that section names any, and ignores Urls: the check follows it.
+        AssertProblems(
+            c =>
+            {
+                c["Urls"] = "http://127.0.0.1:9101";
+                c["Kestrel"] = new JsonObject
+                {
+                    ["Endpoints"] = new JsonObject
+                    {
+                        ["proxy"] = new JsonObject { ["Url"] = "http://0.0.0.0:9100" },
+                        ["bare"] = new JsonObject { ["Protocols"] = "Http1" },
+                        ["odd"] = new JsonObject { ["Url"] = "9102" },
+                    },
+                };
+                Assurance(c)["Api"]!["Url"] = "http://127.0.0.1:9100";
+            },
+            "Kestrel:Endpoints:bare:Url: is missing: each Kestrel endpoint needs a listener URL (scheme://host:port)",
+            "Kestrel:Endpoints:odd:Url: '9102' is not a listener URL (scheme://host:port)",
+            "Assurance:Api:Url: 'http://127.0.0.1:9100' takes the host and port of the proxy listener 'http://0.0.0.0:9100' in Kestrel:Endpoints:proxy:Url: the assurance API needs its own listener");
+    }
+
+    [Fact]
+    public void Compile_KestrelEndpointsApartFromApiUrl_AcceptedWhateverUrlsSays()
+    {
+        // Urls is not where the proxy listens once Kestrel:Endpoints names an endpoint, so it overlaps nothing.
+        var (_, errors) = Compile(c =>
+        {
+            c["Urls"] = "http://127.0.0.1:9100";
+            c["Kestrel"] = new JsonObject { ["Endpoints"] = new JsonObject { ["proxy"] = new JsonObject { ["Url"] = "http://127.0.0.1:9101" } } };
+            Assurance(c)["Api"]!["Url"] = "http://127.0.0.1:9100";
+        });
+
+        Assert.Empty(errors);
+    }
+
     [Theory]
     [InlineData("Assurance:Tokens:Issuers:0:JwksFile")]
     [InlineData("Assurance:Workload:Issuers:0:JwksFile")]
