@@ -172,6 +172,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         {
             // Deliberately not cancellable: the call is bounded by Store:Timeout anyway, and walking away from a consume
             // that was sent would turn a known outcome into an unknown one.
+            var started = _time.GetTimestamp();
             var grantKey = _keys.GrantText(request.GrantId);
             var text = ConsumeArguments(request);
             if (_acked is null && Volatile.Read(ref _pipe) is { Broken: null } pipe
@@ -184,7 +185,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             var args = AsValues(text);
 
             reply = ConsumeReply(_acked is null || request.DryRun
-                ? await EvaluateAsync(Scripts.Consume, keys, args, "consume", request.GrantId, CancellationToken.None).ConfigureAwait(false)
+                ? await RunAsync(_shared, db => EvaluateAsync(db, Scripts.Consume, keys, args), "consume", request.GrantId, CancellationToken.None, started).ConfigureAwait(false)
                 : await ConsumeAcknowledgedAsync(_acked, keys, args, request.GrantId).ConfigureAwait(false));
         }
         catch (StoreUnavailableException e) when (e.OutcomeUnknown && !request.DryRun)
@@ -709,7 +710,9 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     /// Runs one command with the store's own deadline (1.2.6 async calls never time out). Any failure becomes a
     /// <see cref="StoreUnavailableException"/> that says whether the command may have reached Redis.
     /// </summary>
-    private async Task<T> RunAsync<T>(Link link, Func<IDatabase, Task<T>> command, string operation, string grantId, CancellationToken cancellationToken)
+    /// <param name="startedAt">When the caller's deadline began (a consume that first tried the dedicated connection and
+    /// provably did not run there has only what is left of one Store:Timeout); by default, now.</param>
+    private async Task<T> RunAsync<T>(Link link, Func<IDatabase, Task<T>> command, string operation, string grantId, CancellationToken cancellationToken, long? startedAt = null)
     {
         if (Volatile.Read(ref _disposed) != 0)
         {
@@ -717,14 +720,14 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             throw Unavailable(operation, grantId, "store closed", outcomeUnknown: false, null);
         }
 
-        var started = _time.GetTimestamp();
+        var started = startedAt ?? _time.GetTimestamp();
         var connection = Volatile.Read(ref link.Current);
         if (connection is null)
         {
             // Still connecting (just started): wait within the same deadline.
             try
             {
-                await link.FirstConnection.Task.WaitAsync(_settings.Timeout, _time, cancellationToken).ConfigureAwait(false);
+                await link.FirstConnection.Task.WaitAsync(Remaining(), _time, cancellationToken).ConfigureAwait(false);
             }
             catch (TimeoutException e)
             {
@@ -739,6 +742,12 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             throw Unavailable(operation, grantId, "not connected", outcomeUnknown: false, null);
         }
 
+        if (Remaining() <= TimeSpan.Zero)
+        {
+            // The deadline passed before this command was written: nothing was sent, so the outcome is known.
+            throw Unavailable(operation, grantId, $"no answer within {_settings.Timeout.TotalMilliseconds} ms", outcomeUnknown: false, null);
+        }
+
         Task<T> task;
         try
         {
@@ -749,10 +758,10 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             throw Unavailable(operation, grantId, "connection failed", outcomeUnknown: false, e);
         }
 
-        var remaining = _settings.Timeout - _time.GetElapsedTime(started);
+        var remaining = Remaining();
         try
         {
-            return await task.WaitAsync(remaining > TimeSpan.Zero ? remaining : TimeSpan.Zero, _time, cancellationToken).ConfigureAwait(false);
+            return await task.WaitAsync(remaining, _time, cancellationToken).ConfigureAwait(false);
         }
         catch (TimeoutException e)
         {
@@ -793,6 +802,12 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             // A timeout reported by the client, another script error, a connection disposed by the watchdog: the command
             // was sent and nothing says what became of it.
             throw Unavailable(operation, grantId, e.GetType().Name, outcomeUnknown: true, e);
+        }
+
+        TimeSpan Remaining()
+        {
+            var left = _settings.Timeout - _time.GetElapsedTime(started);
+            return left > TimeSpan.Zero ? left : TimeSpan.Zero;
         }
     }
 
