@@ -87,9 +87,9 @@ internal static class EvidenceRecorder
                 }));
             }
 
-            // A shadow decision forwarded the request: the span tells what enforcement would have done, but it
-            // is not an error of this request.
-            if (!decision.Allowed && !decision.Shadow)
+            // SPEC §6: Error on deny, with the reason, in shadow mode too: the span is the record of the decision, and
+            // a rollout looks for exactly these (assurance.mode says the request was forwarded all the same).
+            if (!decision.Allowed)
             {
                 activity.SetStatus(ActivityStatusCode.Error, decision.Reason);
             }

@@ -40,6 +40,9 @@ public sealed class AssuranceDecision
     public FirstUse? FirstUse { get; set; }
     public bool Revoked { get; set; }
 
+    /// <summary>The store was asked about the grant (step 6): it recorded the decision on the grant itself.</summary>
+    public bool GrantConsulted { get; set; }
+
     /// <summary>Challenge mode: the pending grant created for this very request.</summary>
     public string? ChallengeGrantId { get; set; }
 

@@ -115,6 +115,11 @@ public sealed partial class AssuranceMiddleware
             decision.Reason = ReasonCodes.Ok;
         }
 
+        if (!decision.Allowed && decision.GrantId is not null && !decision.GrantConsulted)
+        {
+            await RecordEarlyDenialAsync(decision).ConfigureAwait(false);
+        }
+
         EvidenceRecorder.Complete(activity, decision, start);
         if (!decision.Allowed)
         {
@@ -147,6 +152,14 @@ public sealed partial class AssuranceMiddleware
         var policy = decision.Policy;
         var settings = runtime.Settings;
         var aborted = context.RequestAborted;
+
+        // A well-formed grant id is named by every denial from here on, also one decided before step 5 (SPEC §2, §4.3):
+        // the client, the span, the log and the grant's record all say which grant the attempt was made with.
+        var ids = context.Request.Headers[AssuranceIdHeader];
+        if (policy.RequiresGrant && ids.Count == 1 && GrantIds.IsWellFormed(ids[0]))
+        {
+            decision.GrantId = ids[0];
+        }
 
         // Step 1: the access token.
         var token = await ValidateTokenAsync(context, runtime.AccessTokens, decision, aborted).ConfigureAwait(false);
@@ -240,7 +253,6 @@ public sealed partial class AssuranceMiddleware
         }
 
         // Step 5: the grant id.
-        var ids = context.Request.Headers[AssuranceIdHeader];
         if (ids.Count == 0)
         {
             if (policy.OnMissing == MissingGrantAction.Challenge)
@@ -285,7 +297,8 @@ public sealed partial class AssuranceMiddleware
             Origin = origin,
             RequestHash = requestHash?.Hash,
             Digests = requestHash?.Digests,
-            RevokeOn = policy.Mode == PolicyMode.Shadow ? [] : policy.RevokeOn,
+            // In shadow mode too: a dry run writes nothing, and the evidence then says the grant would have been burned.
+            RevokeOn = policy.RevokeOn,
             TraceId = activity is null ? null : decision.TraceId,
             SpanId = decision.SpanId,
             DryRun = policy.Mode == PolicyMode.Shadow,
@@ -293,6 +306,7 @@ public sealed partial class AssuranceMiddleware
 
         var storeStart = Stopwatch.GetTimestamp();
         ConsumeResult result;
+        decision.GrantConsulted = true;
         try
         {
             result = await _store.ConsumeAsync(request, aborted).ConfigureAwait(false);
@@ -316,9 +330,46 @@ public sealed partial class AssuranceMiddleware
             decision.Detail = result.Reason switch
             {
                 ReasonCodes.RequestMismatch when result.Mismatch.Count > 0 => "the request differs from the approved one in: " + string.Join(", ", result.Mismatch),
+                ReasonCodes.RequestMismatch => "the request differs from the approved one (the grant was issued with a request hash only, so which part differs is not known)",
+                ReasonCodes.SelfApproval => "this grant was approved by the caller itself: an approver may not perform the action",
                 ReasonCodes.Replayed => "this approval has no uses left",
                 _ => null,
             };
+        }
+    }
+
+    /// <summary>
+    /// A request that named a grant and was denied before the store was asked (steps 2-5: authentication strength,
+    /// workload, claims, body, an ambiguous request) leaves a denied event on that grant, as a step-6 denial does: a
+    /// leaked grant id tried from elsewhere shows on its own record. Not for a request without a valid token (steps 1
+    /// and the unauthenticated failures): the store is never written on behalf of an unauthenticated caller, who could
+    /// otherwise make the gateway write to it at line rate; the span and the log line name the grant for those. Not in
+    /// shadow mode (it writes nothing) and not while the store is failing. Denied events are capped like any other.
+    /// </summary>
+    private async Task RecordEarlyDenialAsync(AssuranceDecision decision)
+    {
+        if (decision.Subject is null || decision.Shadow || decision.Reason == ReasonCodes.StoreUnavailable)
+        {
+            return;
+        }
+
+        var denied = new GrantEvent
+        {
+            Type = GrantEvent.Denied, Reason = decision.Reason, TraceId = decision.TraceId, SpanId = decision.SpanId,
+            Workload = decision.WorkloadId, Origin = decision.Origin,
+        };
+        var storeStart = Stopwatch.GetTimestamp();
+        try
+        {
+            await _store.AppendEventAsync(decision.GrantId!, denied, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (StoreUnavailableException)
+        {
+            // Logged by the store, which writes the event once it answers again; the denial stands as decided.
+        }
+        finally
+        {
+            EvidenceRecorder.RecordStore(storeStart, "append");
         }
     }
 

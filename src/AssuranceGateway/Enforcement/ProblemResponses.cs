@@ -29,7 +29,9 @@ public static class ProblemResponses
                 writer.WriteString("assuranceId", decision.GrantId);
             }
 
-            if (decision.Mismatch.Count > 0)
+            // Always on request_mismatch (SPEC §4.3); empty when the grant was issued with a request hash only and keeps
+            // no digests to compare.
+            if (decision.Mismatch.Count > 0 || decision.Reason == ReasonCodes.RequestMismatch)
             {
                 writer.WriteStartArray("mismatch");
                 foreach (var component in decision.Mismatch)

@@ -65,6 +65,11 @@ internal static class GrantRules
             return ReasonCodes.SubjectMismatch;
         }
 
+        if (SelfApproved(grant, request.Subject))
+        {
+            return ReasonCodes.SelfApproval;
+        }
+
         if (Differs(check, Bindings.Session, grant.Session, request.Session))
         {
             return ReasonCodes.SessionMismatch;
@@ -102,6 +107,30 @@ internal static class GrantRules
         }
 
         return grant.UsesRemaining <= 0 ? ReasonCodes.Replayed : ReasonCodes.Ok;
+    }
+
+    /// <summary>
+    /// SPEC §5.1/§5.3: whoever approved an action may not be the one who performs it. A grant with a subject has that
+    /// checked by the API (the subject is no approver) and the subject binding above; one issued without a subject (bound
+    /// to a token or a workload only) can only be checked here, when the caller's subject is known: one of its
+    /// approvers, the creator included, may not use it.
+    /// </summary>
+    private static bool SelfApproved(GrantRecord grant, string? subject)
+    {
+        if (grant.Subject is not null || subject is null)
+        {
+            return false;
+        }
+
+        foreach (var approver in grant.Approvers)
+        {
+            if (string.Equals(approver, subject, StringComparison.Ordinal))
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     private static bool Differs(Bindings check, Bindings binding, string? bound, string? presented) =>

@@ -165,6 +165,13 @@ internal sealed partial class RedisGrantStore
               return false
             end
 
+            local function approved_by(approvers, subject)
+              for _, approver in ipairs(cjson.decode(approvers)) do
+                if approver == subject then return true end
+              end
+              return false
+            end
+
             local now = now_us()
             -- A binding is checked when the policy demands it or when the issuer put it on the grant anyway.
             local check = bit.bor(tonumber(ARGV[2]), tonumber(g.bound or '0'))
@@ -186,6 +193,9 @@ internal sealed partial class RedisGrantStore
               reason = '{{ReasonCodes.RouteMismatch}}'
             elseif differs(1, g.subject, presented(4, 1)) then
               reason = '{{ReasonCodes.SubjectMismatch}}'
+            elseif not g.subject and g.approvers and bit.band(given, 1) ~= 0 and approved_by(g.approvers, ARGV[4]) then
+              -- No subject on the grant, so the API could not keep its approvers from using it (GrantRules.SelfApproved).
+              reason = '{{ReasonCodes.SelfApproval}}'
             elseif differs(2, g.session, presented(5, 2)) then
               reason = '{{ReasonCodes.SessionMismatch}}'
             elseif differs(4, g.token, presented(6, 4)) then
@@ -361,6 +371,17 @@ internal sealed partial class RedisGrantStore
         private const string AppendEventText = Common + """
             if redis.call('EXISTS', KEYS[1]) == 0 then
               return 0
+            end
+            -- The whole list only when it is read (a retry's check, a late event's place): a denial recorded before any
+            -- consume costs EXISTS, LLEN and RPUSH, however long the list.
+            local given_at = cjson.decode(ARGV[1]).at
+            if ARGV[3] ~= '1' and not given_at then
+              if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[2]) then
+                redis.call('HINCRBY', KEYS[1], 'dropped', 1)
+              else
+                redis.call('RPUSH', KEYS[2], stamp(ARGV[1], now_us()))
+              end
+              return 1
             end
             local events = redis.call('LRANGE', KEYS[2], 0, -1)
             if ARGV[3] == '1' then

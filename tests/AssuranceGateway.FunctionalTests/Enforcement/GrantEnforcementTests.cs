@@ -1,5 +1,6 @@
 using System.Net;
 using System.Text;
+using System.Text.Json;
 using System.Text.Json.Nodes;
 using AssuranceGateway.Testing;
 using static AssuranceGateway.Testing.GrantHelpers;
@@ -33,6 +34,15 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
                 ["RevokeOn"] = new JsonArray("origin_mismatch"),
             };
             c["Assurance"]!["Workload"]!["TrustedProxies"] = new JsonArray("127.0.0.1/32");
+            // The deploy policy again in shadow mode, burning a grant on a workload mismatch.
+            routes["shadowed"] = TestConfig.Route("/shadowed/{**rest}", "shadow-approval");
+            policies["shadow-approval"] = new JsonObject
+            {
+                ["Bind"] = new JsonArray("token", "workload", "request"),
+                ["Mode"] = "shadow",
+                ["BoundHeaders"] = new JsonArray("content-type"),
+                ["RevokeOn"] = new JsonArray("workload_mismatch"),
+            };
         });
     }
 
@@ -240,7 +250,138 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         Assert.Equal(0, _gateway.Upstream.Count);
         var grant = await _gateway.GetGrantAsync(id);
         Assert.Equal(1, grant.GetProperty("usesRemaining").GetInt32());
-        Assert.DoesNotContain(grant.GetProperty("events").EnumerateArray(), e => e.GetProperty("type").GetString() is "used" or "denied");
+        Assert.Equal("active", grant.GetProperty("status").GetString());
+        // No use spent; the attempt is on the record (SPEC §2: the grant's record shows the reason).
+        Assert.DoesNotContain(grant.GetProperty("events").EnumerateArray(), e => e.GetProperty("type").GetString() == "used");
+        var denied = Assert.Single(grant.GetProperty("events").EnumerateArray(), e => e.GetProperty("type").GetString() == "denied");
+        Assert.Equal("body_too_large", denied.GetProperty("reason").GetString());
+    }
+
+    [Fact]
+    public async Task EarlyDenial_WellFormedAssuranceId_ProblemSpanAndGrantRecordNameIt()
+    {
+        // Denied before the store is asked (steps 2 and 3), each for a request that names a real grant: the client, the
+        // span and the grant's own record all say which grant the attempt was made with (SPEC §2, §4.3).
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        using var weak = await _gateway.Proxy.SendAsync(DeployRequest(_gateway.Idp.Token(acr: "urn:aal1"), _gateway.WorkloadIssuer.Svid(), id, out var weakTrace));
+        using var anonymous = await _gateway.Proxy.SendAsync(DeployRequest(token, null, id, out var anonymousTrace));
+
+        foreach (var (response, trace, reason) in new[] { (weak, weakTrace, "insufficient_aal"), (anonymous, anonymousTrace, "workload_unidentified") })
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+            var problem = await response.ProblemAsync();
+            Assert.Equal(reason, problem.GetProperty("reason").GetString());
+            Assert.Equal(id, problem.GetProperty("assuranceId").GetString());
+            Assert.Equal(id, Assert.Single(_gateway.Spans.Enforce(trace)).GetTagItem("assurance.grant.id"));
+        }
+
+        Assert.Equal(0, _gateway.Upstream.Count);
+        var grant = await _gateway.GetGrantAsync(id);
+        Assert.Equal(1, grant.GetProperty("usesRemaining").GetInt32());
+        var denials = grant.GetProperty("events").EnumerateArray().Where(e => e.GetProperty("type").GetString() == "denied").ToList();
+        Assert.Equal(["insufficient_aal", "workload_unidentified"], denials.Select(e => e.GetProperty("reason").GetString()));
+        Assert.Equal([weakTrace, anonymousTrace], denials.Select(e => e.GetProperty("traceId").GetString()));
+        Assert.All(denials, e => Assert.Equal("127.0.0.1", e.GetProperty("origin").GetString()));
+    }
+
+    [Fact]
+    public async Task EarlyDenial_WithoutAValidToken_NamesTheGrantButNeverWritesToTheStore()
+    {
+        // Anyone can send a grant id with a forged token: the store is not written for an unauthenticated caller (it
+        // would be a write at line rate for free). The span and the problem still name the grant.
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        var forged = token[..^4] + (token[^4..] == "AAAA" ? "BBBB" : "AAAA");
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(forged, _gateway.WorkloadIssuer.Svid(), id, out var trace));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        var problem = await response.ProblemAsync();
+        Assert.Equal("token_invalid", problem.GetProperty("reason").GetString());
+        Assert.Equal(id, problem.GetProperty("assuranceId").GetString());
+        Assert.Equal(id, Assert.Single(_gateway.Spans.Enforce(trace)).GetTagItem("assurance.grant.id"));
+        Assert.Equal(0, _gateway.Upstream.Count);
+        var events = (await _gateway.GetGrantAsync(id)).GetProperty("events").EnumerateArray().Select(e => e.GetProperty("type").GetString());
+        Assert.Equal(["created", "approved"], events);
+    }
+
+    [Fact]
+    public async Task SelfApproval_GrantWithoutSubjectUsedByItsCreator_403AndNothingForwarded()
+    {
+        // The approver leaves "subject" out (the deploy policy does not bind it), binds the grant to its own access
+        // token and uses it: the four-eyes rule of SPEC §5.1 was checked on subject only.
+        var own = _gateway.Idp.Token("approver");
+        var grant = DeployGrant(own);
+        grant.Remove("subject");
+        var id = await _gateway.CreateGrantAsync(grant, _gateway.Idp.ApiToken("approver"));
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(own, _gateway.WorkloadIssuer.Svid(), id, out _));
+
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+        Assert.Equal("self_approval", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        var record = await _gateway.GetGrantAsync(id);
+        Assert.Equal(1, record.GetProperty("usesRemaining").GetInt32());
+        Assert.Equal("self_approval", record.GetProperty("events").EnumerateArray().Last().GetProperty("reason").GetString());
+
+        // Control: the same kind of grant, approved for someone else's token, is theirs to use.
+        var bobs = _gateway.Idp.Token("bob");
+        var forBob = DeployGrant(bobs);
+        forBob.Remove("subject");
+        var bobsId = await _gateway.CreateGrantAsync(forBob, _gateway.Idp.ApiToken("approver"));
+        using var used = await _gateway.Proxy.SendAsync(DeployRequest(bobs, _gateway.WorkloadIssuer.Svid(), bobsId, out _));
+        Assert.Equal(HttpStatusCode.OK, used.StatusCode);
+        Assert.Equal(1, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task RequestMismatch_GrantIssuedWithRequestHashOnly_ProblemHasAnEmptyMismatchList()
+    {
+        // Without digests nothing says which part differs, but the member is there as SPEC §4.3 has it.
+        var token = _gateway.Idp.Token();
+        var grant = DeployGrant(token);
+        grant.Remove("request");
+        grant["requestHash"] = AssuranceGateway.Requests.CanonicalRequest.Compute("POST", "/deploy/v1/releases", string.Empty, ["content-type"],
+            n => n == "content-type" ? "application/json" : default, Encoding.UTF8.GetBytes(ReleaseBody)).Hash;
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _, body: """{"release":"6.6"}"""));
+
+        var problem = await response.ProblemAsync();
+        Assert.Equal("request_mismatch", problem.GetProperty("reason").GetString());
+        Assert.Equal(JsonValueKind.Array, problem.GetProperty("mismatch").ValueKind);
+        Assert.Equal(0, problem.GetProperty("mismatch").GetArrayLength());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Shadow_DenyThatWouldRevoke_SpanIsAnErrorAndSaysSoWhileTheGrantIsUntouched()
+    {
+        // Shadow mode decides as enforcement would, forwards anyway, and records what enforcement would have done:
+        // a denial (span status Error, SPEC §6) that would have burned the grant (RevokeOn).
+        var token = _gateway.Idp.Token();
+        var grant = DeployGrant(token, path: "/shadowed/v1/releases");
+        grant["route"] = "shadowed";
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        using var response = await _gateway.Proxy.SendAsync(
+            DeployRequest(token, _gateway.WorkloadIssuer.Svid(OtherWorkload), id, out var trace, path: "/shadowed/v1/releases"));
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var span = Assert.Single(_gateway.Spans.Enforce(trace));
+        Assert.Equal("deny", span.GetTagItem("assurance.decision"));
+        Assert.Equal("workload_mismatch", span.GetTagItem("assurance.reason"));
+        Assert.Equal("shadow", span.GetTagItem("assurance.mode"));
+        Assert.Equal(System.Diagnostics.ActivityStatusCode.Error, span.Status);
+        Assert.Equal("workload_mismatch", span.StatusDescription);
+        Assert.Equal("revoked", span.GetTagItem("assurance.grant.status"));
+        Assert.Contains(span.Events, e => e.Name == "assurance.grant.revoked");
+        var record = await _gateway.GetGrantAsync(id);
+        Assert.Equal("active", record.GetProperty("status").GetString());
+        Assert.Equal(1, record.GetProperty("usesRemaining").GetInt32());
+        Assert.Equal(["created", "approved"], record.GetProperty("events").EnumerateArray().Select(e => e.GetProperty("type").GetString()));
     }
 
     [Theory]
