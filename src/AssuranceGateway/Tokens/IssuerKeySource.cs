@@ -1,4 +1,5 @@
 using System.Collections.Frozen;
+using System.Security.Cryptography;
 using Microsoft.IdentityModel.Protocols;
 using Microsoft.IdentityModel.Protocols.OpenIdConnect;
 using Microsoft.IdentityModel.Tokens;
@@ -67,7 +68,7 @@ public sealed class IssuerKeys
 
                 break;
             case JsonWebAlgorithmsKeyTypes.EllipticCurve:
-                if (string.IsNullOrEmpty(jwk.X) || string.IsNullOrEmpty(jwk.Y))
+                if (string.IsNullOrEmpty(jwk.X) || string.IsNullOrEmpty(jwk.Y) || !IsPointOnNamedCurve(jwk))
                 {
                     return false;
                 }
@@ -81,6 +82,39 @@ public sealed class IssuerKeys
         jwk.X5t = null;
         jwk.X5tS256 = null;
         return true;
+    }
+
+    /// <summary>
+    /// A key of an unknown curve ("P-999") or a point off its curve verifies nothing: refused here, so that a key set
+    /// holding only such keys is "no signing key" at start (named) rather than every token of the issuer failing later.
+    /// </summary>
+    private static bool IsPointOnNamedCurve(JsonWebKey jwk)
+    {
+        ECCurve? curve = jwk.Crv switch
+        {
+            "P-256" => ECCurve.NamedCurves.nistP256,
+            "P-384" => ECCurve.NamedCurves.nistP384,
+            "P-521" => ECCurve.NamedCurves.nistP521,
+            _ => null,
+        };
+        if (curve is null)
+        {
+            return false;
+        }
+
+        try
+        {
+            using var key = ECDsa.Create(new ECParameters
+            {
+                Curve = curve.Value,
+                Q = new ECPoint { X = Base64UrlEncoder.DecodeBytes(jwk.X), Y = Base64UrlEncoder.DecodeBytes(jwk.Y) },
+            });
+            return true;
+        }
+        catch (Exception e) when (e is CryptographicException or FormatException or ArgumentException)
+        {
+            return false;
+        }
     }
 
     private static int ModulusBits(string n)
