@@ -143,8 +143,21 @@ public sealed partial class GatewayConfigState : IDisposable
                 return problems;
             }
 
-            WarnAboutRestartOnlyChanges(_current.Settings, settings);
-            Apply(settings, Generation + 1);
+            var before = _current.Settings;
+            try
+            {
+                Apply(settings, Generation + 1);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // Building the runtime failed on something the compiler did not foresee: refused like any invalid change
+                // (nothing was switched: Apply publishes the new generation only once it is built), and said so.
+                IReadOnlyList<string> failed = [$"the configuration could not be applied: {e.GetType().Name}: {e.Message}"];
+                Log.ReloadRefused(_logger, failed.Count, failed[0]);
+                return failed;
+            }
+
+            WarnAboutRestartOnlyChanges(before, settings);
             Log.ReloadApplied(_logger, settings.Routes.Count, settings.Policies.Count);
             return [];
         }
@@ -256,9 +269,25 @@ public sealed partial class GatewayConfigState : IDisposable
 
     private void WarnAboutRestartOnlyChanges(GatewaySettings before, GatewaySettings after)
     {
-        if (before.Store != after.Store || before.Api != after.Api)
+        List<string> changed = [];
+        if (!string.Equals(before.Listeners, after.Listeners, StringComparison.Ordinal))
         {
-            Log.RestartRequired(_logger);
+            changed.Add("Urls/Kestrel:Endpoints");
+        }
+
+        if (before.Store != after.Store)
+        {
+            changed.Add("Assurance:Store");
+        }
+
+        if (before.Api != after.Api)
+        {
+            changed.Add("Assurance:Api");
+        }
+
+        if (changed.Count > 0)
+        {
+            Log.RestartRequired(_logger, string.Join(", ", changed));
         }
     }
 
@@ -320,7 +349,7 @@ public sealed partial class GatewayConfigState : IDisposable
         public static partial void ReloadApplied(ILogger logger, int routes, int policies);
 
         [LoggerMessage(EventId = 102, Level = LogLevel.Warning,
-            Message = "Assurance:Store and Assurance:Api changes take effect only after a restart")]
-        public static partial void RestartRequired(ILogger logger);
+            Message = "Changed {Settings}: the listeners, Assurance:Store and Assurance:Api take a change only at a restart; the rest is applied")]
+        public static partial void RestartRequired(ILogger logger, string settings);
     }
 }
