@@ -54,6 +54,9 @@ internal sealed class ConfigReader(List<string> errors)
         }
     }
 
+    /// <summary>For YARP's own sections, whose keys come from its config records rather than a list written here.</summary>
+    public void RejectUnknownProxyKeys(IConfigurationSection section, string[] known) => RejectUnknownKeys(section, known);
+
     public string? String(IConfigurationSection parent, string key)
     {
         var section = parent.GetSection(key);
@@ -66,9 +69,55 @@ internal sealed class ConfigReader(List<string> errors)
         return string.IsNullOrWhiteSpace(section.Value) ? null : section.Value.Trim();
     }
 
+    /// <summary>
+    /// A section where a section is expected. A single value there ("Store": "host:6379", a policy written as null) would
+    /// otherwise be read as an empty section, and every setting in it as its default: the embedded store, no signed
+    /// evidence, a policy with nothing bound. An empty object ({}) is an empty section and fine.
+    /// </summary>
+    public IConfigurationSection Section(IConfigurationSection parent, string key) => Section(parent.GetSection(key));
+
+    public IConfigurationSection Section(IConfigurationSection section)
+    {
+        if (section.Value is not null)
+        {
+            Error(section, section.Value.Length == 0
+                ? "must be a section (a JSON object), not null or empty"
+                : $"must be a section (a JSON object), not the single value '{section.Value}'");
+        }
+
+        return section;
+    }
+
+    /// <summary>
+    /// The value of a typed setting, or null when the key is absent (its default applies). A key that is there but empty
+    /// ("" from an empty environment variable such as Assurance__Policies__p__MinimumAal=, or null, {} or [] in JSON) is a
+    /// problem, not "absent": its default may be weaker than what the file says (MinimumAal 0 instead of 2).
+    /// </summary>
+    private string? Typed(IConfigurationSection parent, string key)
+    {
+        var section = parent.GetSection(key);
+        if (section.Value is null && section.GetChildren().Any())
+        {
+            Error(section, "must be a single value, not a section");
+            return null;
+        }
+
+        if (!string.IsNullOrWhiteSpace(section.Value))
+        {
+            return section.Value.Trim();
+        }
+
+        if (section.Value is not null || parent.GetChildren().Any(c => string.Equals(c.Key, key, StringComparison.OrdinalIgnoreCase)))
+        {
+            Error(section, "is empty: give a value, or leave the key out for its default");
+        }
+
+        return null;
+    }
+
     public int Int(IConfigurationSection parent, string key, int fallback, int min, int max)
     {
-        var value = String(parent, key);
+        var value = Typed(parent, key);
         if (value is null)
         {
             return fallback;
@@ -85,7 +134,7 @@ internal sealed class ConfigReader(List<string> errors)
 
     public long Long(IConfigurationSection parent, string key, long fallback, long min, long max)
     {
-        var value = String(parent, key);
+        var value = Typed(parent, key);
         if (value is null)
         {
             return fallback;
@@ -102,7 +151,7 @@ internal sealed class ConfigReader(List<string> errors)
 
     public bool Bool(IConfigurationSection parent, string key, bool fallback)
     {
-        var value = String(parent, key);
+        var value = Typed(parent, key);
         if (value is null)
         {
             return fallback;
@@ -119,7 +168,7 @@ internal sealed class ConfigReader(List<string> errors)
 
     public TimeSpan Duration(IConfigurationSection parent, string key, TimeSpan fallback, TimeSpan min, TimeSpan max)
     {
-        var value = String(parent, key);
+        var value = Typed(parent, key);
         if (value is null)
         {
             return fallback;
@@ -192,7 +241,7 @@ internal sealed class ConfigReader(List<string> errors)
     public T Enum<T>(IConfigurationSection parent, string key, T fallback)
         where T : struct, Enum
     {
-        var value = String(parent, key);
+        var value = Typed(parent, key);
         if (value is null)
         {
             return fallback;

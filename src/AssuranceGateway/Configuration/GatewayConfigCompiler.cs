@@ -80,12 +80,12 @@ public static class GatewayConfigCompiler
         var assurance = configuration.GetSection(AssuranceSection);
         reader.RejectUnknownKeys(assurance, "DefaultPolicy", "Policies", "Tokens", "Workload", "Store", "Api", "Evidence");
 
-        var policies = ReadPolicies(reader, assurance.GetSection("Policies"));
-        var tokens = ReadTokens(reader, assurance.GetSection("Tokens"), baseDirectory);
-        var workload = ReadWorkload(reader, assurance.GetSection("Workload"), baseDirectory);
-        var store = ReadStore(reader, assurance.GetSection("Store"));
-        var api = ReadApi(reader, assurance.GetSection("Api"));
-        var evidence = ReadEvidence(reader, assurance.GetSection("Evidence"), baseDirectory);
+        var policies = ReadPolicies(reader, reader.Section(assurance, "Policies"));
+        var tokens = ReadTokens(reader, reader.Section(assurance, "Tokens"), baseDirectory);
+        var workload = ReadWorkload(reader, reader.Section(assurance, "Workload"), baseDirectory);
+        var store = ReadStore(reader, reader.Section(assurance, "Store"));
+        var api = ReadApi(reader, reader.Section(assurance, "Api"));
+        var evidence = ReadEvidence(reader, reader.Section(assurance, "Evidence"), baseDirectory);
         var (routes, clusters, routePolicies) = ReadProxy(reader, configuration, assurance, policies);
 
         CrossCheck(reader, assurance, routePolicies, tokens, workload, api);
@@ -110,6 +110,7 @@ public static class GatewayConfigCompiler
             Evidence = evidence,
             Routes = routes,
             Clusters = clusters,
+            Listeners = string.Join(';', ProxyListeners(configuration).Select(l => $"{l.Key}={l.Url}")),
         };
     }
 
@@ -128,7 +129,15 @@ public static class GatewayConfigCompiler
                 continue;
             }
 
-            policies[child.Key] = ReadPolicy(reader, child);
+            if (child.Value is null && !child.GetChildren().Any())
+            {
+                // {} or null: most likely a value lost on the way (a template, an override); every setting would be its
+                // default. A policy that means to bind nothing says so with "Bind": [].
+                reader.Error(child, "is empty: give the policy its settings (\"Bind\": [] for one that binds the route alone)");
+                continue;
+            }
+
+            policies[child.Key] = ReadPolicy(reader, reader.Section(child));
         }
 
         return policies;
@@ -199,7 +208,7 @@ public static class GatewayConfigCompiler
 
         // Claim names may contain ':' (URL-named claims), the configuration path separator; a trailing ":<n>" is a list index.
         var claimValues = new Dictionary<string, List<string>>(StringComparer.Ordinal);
-        var claimSection = s.GetSection("RequireClaims");
+        var claimSection = reader.Section(s, "RequireClaims");
         foreach (var (path, value) in claimSection.AsEnumerable(makePathsRelative: true))
         {
             if (value is null)
@@ -297,7 +306,7 @@ public static class GatewayConfigCompiler
 
         // Keys such as "urn:aal2" contain ':', the configuration path separator: rebuild them from relative paths.
         var aalMap = new Dictionary<string, int>(StringComparer.Ordinal);
-        var mapSection = s.GetSection("AalMap");
+        var mapSection = reader.Section(s, "AalMap");
         foreach (var (name, value) in mapSection.AsEnumerable(makePathsRelative: true))
         {
             if (value is null)
@@ -543,6 +552,11 @@ public static class GatewayConfigCompiler
         {
             if (ReadIssuer(reader, child, baseDirectory, requireAudiences: false, allowAuthority: false) is { } issuer)
             {
+                if (issuers.Any(i => i.Issuer == issuer.Issuer))
+                {
+                    reader.Error(child.GetSection("Issuer"), $"issuer '{issuer.Issuer}' is configured twice");
+                }
+
                 issuers.Add(issuer);
             }
         }
@@ -639,9 +653,17 @@ public static class GatewayConfigCompiler
     {
         reader.RejectUnknownKeys(s, "Url", "Audience");
         var url = reader.String(s, "Url") ?? "http://127.0.0.1:8081";
-        if (!IsHttpUrl(url))
+        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || uri.Scheme != Uri.UriSchemeHttp)
         {
-            reader.Error(s.GetSection("Url"), $"'{url}' is not an absolute http(s) URL");
+            // The API host serves plain HTTP on loopback or behind a TLS-terminating proxy; it has no certificate to serve
+            // https with, and Kestrel would fail at start.
+            reader.Error(s.GetSection("Url"), IsHttpUrl(url)
+                ? $"'{url}': the assurance API listens on plain http (terminate TLS in front of it)"
+                : $"'{url}' is not an absolute http URL");
+        }
+        else if (ParseListener(url) is { PathBase.Length: > 0 } withPath)
+        {
+            reader.Error(s.GetSection("Url"), $"'{url}' has a path ('{withPath.PathBase}'): a listener is scheme://host:port only");
         }
 
         return new ApiSettings { Url = url, Audience = reader.String(s, "Audience") ?? "assurance-api" };
@@ -704,6 +726,16 @@ public static class GatewayConfigCompiler
         }
     }
 
+    // The settings YARP reads for a route, its match, a cluster and a destination: the properties of its config records,
+    // which is what its configuration binder fills (keys are case-insensitive).
+    private static readonly string[] RouteKeys = PropertyNames(typeof(RouteConfig));
+    private static readonly string[] MatchKeys = PropertyNames(typeof(RouteMatch));
+    private static readonly string[] ClusterKeys = PropertyNames(typeof(ClusterConfig));
+    private static readonly string[] DestinationKeys = PropertyNames(typeof(DestinationConfig));
+
+    private static string[] PropertyNames(Type type) =>
+        [.. type.GetProperties(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Instance).Where(p => p.CanWrite).Select(p => p.Name)];
+
     private static (List<RouteConfig>, List<ClusterConfig>, Dictionary<string, AssurancePolicy>) ReadProxy(
         ConfigReader reader, IConfiguration configuration, IConfigurationSection assurance, Dictionary<string, AssurancePolicy> policies)
     {
@@ -731,19 +763,23 @@ public static class GatewayConfigCompiler
             }
 
             routes.Add(route);
+            // YARP's binder skips keys it does not know: a misspelt "Metdata" would leave the route without its policy,
+            // and with a DefaultPolicy such as passthrough it would be forwarded unprotected.
+            reader.RejectUnknownProxyKeys(child, RouteKeys);
+            reader.RejectUnknownProxyKeys(child.GetSection("Match"), MatchKeys);
             var metadataKey = $"{child.Path}:Metadata:{PolicyMetadataKey}";
-            string? name = null;
-            // Configuration keys are case-insensitive, but the bound metadata dictionary is not: look the key up in any
-            // case, or "assurancePolicy" would be ignored and the route silently given the default policy.
-            foreach (var (key, value) in route.Metadata ?? new Dictionary<string, string>())
+            // Read from the section, not the bound dictionary: keys there are case-sensitive ("assurancePolicy" would be
+            // missed), and a value that is not one string (an array, an empty string) would be dropped without a word.
+            var entry = child.GetSection("Metadata").GetChildren()
+                .FirstOrDefault(c => string.Equals(c.Key, PolicyMetadataKey, StringComparison.OrdinalIgnoreCase));
+            var name = entry?.Value?.Trim();
+            if (entry is not null && string.IsNullOrEmpty(name))
             {
-                if (string.Equals(key, PolicyMetadataKey, StringComparison.OrdinalIgnoreCase))
-                {
-                    name = value;
-                }
+                reader.Error(metadataKey, "must name one policy (a non-empty string)");
+                continue;
             }
 
-            if (string.IsNullOrWhiteSpace(name))
+            if (name is null)
             {
                 if (defaultPolicy is not null)
                 {
@@ -767,6 +803,18 @@ public static class GatewayConfigCompiler
         var clusters = new List<ClusterConfig>();
         foreach (var child in proxy.GetSection("Clusters").GetChildren())
         {
+            reader.RejectUnknownProxyKeys(child, ClusterKeys);
+            foreach (var destination in child.GetSection("Destinations").GetChildren())
+            {
+                reader.RejectUnknownProxyKeys(destination, DestinationKeys);
+                var address = destination["Address"];
+                if (!Uri.TryCreate(address, UriKind.Absolute, out var uri) || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
+                {
+                    // YARP accepts any string here and fails each request with 502 (UriFormatException) instead.
+                    reader.Error(destination.GetSection("Address"), address is null ? "missing" : $"'{address}' is not an absolute http(s) URL");
+                }
+            }
+
             try
             {
                 clusters.Add((child.Get<ClusterConfig>() ?? new ClusterConfig()) with { ClusterId = child.Key });
@@ -921,12 +969,27 @@ public static class GatewayConfigCompiler
             {
                 reader.Error(key, $"'{url}' is not a listener URL (scheme://host:port)");
             }
+            else if (proxy.PathBase.Length > 0)
+            {
+                // Kestrel refuses it at start with a stack trace ("A path base can only be configured using UsePathBase").
+                reader.Error(key, $"'{url}' has a path ('{proxy.PathBase}'): a listener is scheme://host:port only");
+            }
+            else if (string.Equals(proxy.Scheme, "https", StringComparison.OrdinalIgnoreCase) && !HasCertificate(configuration, key))
+            {
+                reader.Error(key, $"'{url}' is https, but no server certificate is configured (Kestrel:Certificates:Default, or the endpoint's Certificate)");
+            }
             else if (apiAddress is not null && Overlap(proxy, apiAddress))
             {
                 reader.Error($"{AssuranceSection}:Api:Url", $"'{api.Url}' takes the host and port of the proxy listener '{url}' in {key}: the assurance API needs its own listener");
             }
         }
     }
+
+    /// <summary>Kestrel's default certificate, or, for an endpoint of Kestrel:Endpoints, that endpoint's own.</summary>
+    private static bool HasCertificate(IConfiguration configuration, string key) =>
+        configuration.GetSection("Kestrel:Certificates:Default").GetChildren().Any()
+        || (key.StartsWith("Kestrel:Endpoints:", StringComparison.Ordinal)
+            && configuration.GetSection(key[..^":Url".Length] + ":Certificate").GetChildren().Any());
 
     /// <summary>The proxy's listener URLs, each with the key it comes from (null URL: an endpoint without one).</summary>
     private static IEnumerable<(string Key, string? Url)> ProxyListeners(IConfiguration configuration)

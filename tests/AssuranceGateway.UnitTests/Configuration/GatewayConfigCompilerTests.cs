@@ -777,7 +777,7 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     [Theory]
     [InlineData("http://127.0.0.1:9100", "http://127.0.0.1:9100", "http://127.0.0.1:9100")]
     [InlineData("http://127.0.0.1:9101;http://127.0.0.1:9100", "http://127.0.0.1:9100/", "http://127.0.0.1:9100")]
-    [InlineData("http://127.0.0.1:9101 ; https://localhost:9100", "http://127.0.0.1:9100", "https://localhost:9100")]
+    [InlineData("http://127.0.0.1:9101 ; http://localhost:9100", "http://127.0.0.1:9100", "http://localhost:9100")]
     [InlineData("http://*:9100", "http://127.0.0.1:9100", "http://*:9100")]
     [InlineData("http://0.0.0.0:9100", "http://10.1.2.3:9100", "http://0.0.0.0:9100")]
     [InlineData("http://[::1]:9100", "http://LOCALHOST:9100", "http://[::1]:9100")]
