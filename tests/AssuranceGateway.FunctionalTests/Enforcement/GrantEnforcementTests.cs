@@ -307,15 +307,18 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         Assert.Equal(["created", "approved"], events);
     }
 
-    [Fact]
-    public async Task SelfApproval_GrantWithoutSubjectUsedByItsCreator_403AndNothingForwarded()
+    [Theory]
+    [InlineData("approver")]
+    [InlineData("ops/lead+1@corp.example")] // written differently by the two JSON encoders of the approver list ('/', '+')
+    [InlineData("\u00e9quipe \"a\"")]
+    public async Task SelfApproval_GrantWithoutSubjectUsedByItsCreator_403AndNothingForwarded(string approver)
     {
         // The approver leaves "subject" out (the deploy policy does not bind it), binds the grant to its own access
         // token and uses it: the four-eyes rule of SPEC §5.1 was checked on subject only.
-        var own = _gateway.Idp.Token("approver");
+        var own = _gateway.Idp.Token(approver);
         var grant = DeployGrant(own);
         grant.Remove("subject");
-        var id = await _gateway.CreateGrantAsync(grant, _gateway.Idp.ApiToken("approver"));
+        var id = await _gateway.CreateGrantAsync(grant, _gateway.Idp.ApiToken(approver));
 
         using var response = await _gateway.Proxy.SendAsync(DeployRequest(own, _gateway.WorkloadIssuer.Svid(), id, out _));
 
@@ -330,7 +333,7 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         var bobs = _gateway.Idp.Token("bob");
         var forBob = DeployGrant(bobs);
         forBob.Remove("subject");
-        var bobsId = await _gateway.CreateGrantAsync(forBob, _gateway.Idp.ApiToken("approver"));
+        var bobsId = await _gateway.CreateGrantAsync(forBob, _gateway.Idp.ApiToken(approver));
         using var used = await _gateway.Proxy.SendAsync(DeployRequest(bobs, _gateway.WorkloadIssuer.Svid(), bobsId, out _));
         Assert.Equal(HttpStatusCode.OK, used.StatusCode);
         Assert.Equal(1, _gateway.Upstream.Count);
