@@ -143,7 +143,8 @@ public sealed partial class GatewayConfigState : IDisposable
                 return problems;
             }
 
-            var before = _current.Settings;
+            // Said before the new generation is published, so that whoever sees it in force also finds the warning.
+            WarnAboutRestartOnlyChanges(_current.Settings, settings);
             try
             {
                 Apply(settings, Generation + 1);
@@ -157,7 +158,6 @@ public sealed partial class GatewayConfigState : IDisposable
                 return failed;
             }
 
-            WarnAboutRestartOnlyChanges(before, settings);
             Log.ReloadApplied(_logger, settings.Routes.Count, settings.Policies.Count);
             return [];
         }

@@ -259,6 +259,32 @@ public sealed class HostStartupTests : IDisposable
         Assert.DoesNotContain("   at ", run.Stdout + run.Stderr, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("Urls", "http://127.0.0.1:{0}/proxy")]
+    [InlineData("Assurance:Api:Url", "https://127.0.0.1:{0}")]
+    public async Task Host_ListenerKestrelCannotBind_Exit2NamingTheKeyNotAStackTrace(string key, string format)
+    {
+        // Kestrel refuses both at start (a path base; https on the API host, which has no certificate): once an
+        // unhandled exception (exit 134), now a problem line.
+        var config = ValidConfig();
+        var value = string.Format(System.Globalization.CultureInfo.InvariantCulture, format, GatewayProcess.FreePort());
+        if (key == "Urls")
+        {
+            config["Urls"] = value;
+        }
+        else
+        {
+            config["Assurance"]!["Api"]!["Url"] = value;
+        }
+
+        var run = await RunHostAsync(["--config", WriteConfig(config)]);
+
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal(Header, run.StderrLines[0]);
+        Assert.StartsWith(key + ": ", Assert.Single(run.StderrLines.Skip(1)), StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", run.Stdout + run.Stderr, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Host_KeyFilePathWithNulCharacter_Exit2NamingTheKey()
     {

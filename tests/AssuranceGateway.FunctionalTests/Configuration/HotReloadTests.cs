@@ -32,6 +32,23 @@ public sealed class HotReloadTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Reload_ListenerChanged_AppliedForTheRestAndWarnsThatTheListenerNeedsARestart()
+    {
+        // Kestrel keeps its listeners: a log that only said "applied" would let the operator believe the new address serves.
+        // (The harness sets Urls itself, above the file, as a command line would: an endpoint is what the file can change.)
+        var config = _gateway.DefaultConfig();
+        config["Kestrel"] = new JsonObject
+        {
+            ["Endpoints"] = new JsonObject { ["proxy"] = new JsonObject { ["Url"] = $"http://127.0.0.1:{GatewayProcess.FreePort()}" } },
+        };
+        config["Assurance"]!["Store"]!["KeyPrefix"] = _gateway.Config.Current.Settings.Store.KeyPrefix; // the listener alone changes
+
+        Assert.True(await _gateway.ReloadAsync(config), Refusals());
+
+        Assert.Contains(_gateway.Logs.Lines, l => l.Contains("[102] Changed Urls/Kestrel:Endpoints:", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Reload_NewRoute_ServedWithItsPolicy()
     {
         Assert.Equal(HttpStatusCode.NotFound, await SendAsync("/reports/daily", _gateway.Idp.Token()));

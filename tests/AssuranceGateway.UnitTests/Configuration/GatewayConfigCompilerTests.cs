@@ -1036,6 +1036,178 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         return errors;
     }
 
+    [Fact]
+    public void Compile_RouteKeyMisspelt_RefusedRatherThanGivenTheDefaultPolicy()
+    {
+        // YARP's binder skips keys it does not know: with a passthrough default, a misspelt "Metdata" would forward the
+        // protected route with no token and no grant.
+        AssertProblems(
+            c =>
+            {
+                Assurance(c)["DefaultPolicy"] = "passthrough";
+                var deploy = Route(c, "deploy");
+                deploy["Metdata"] = deploy["Metadata"]!.DeepClone();
+                deploy.Remove("Metadata");
+                ((JsonObject)deploy["Match"]!)["Pth"] = "/x";
+            },
+            "ReverseProxy:Routes:deploy:Metdata: unknown setting (known: " + string.Join(", ", RouteKeys()) + ")",
+            "ReverseProxy:Routes:deploy:Match:Pth: unknown setting (known: " + string.Join(", ", typeof(Yarp.ReverseProxy.Configuration.RouteMatch).GetProperties().Where(p => p.CanWrite).Select(p => p.Name)) + ")");
+    }
+
+    [Theory]
+    [InlineData("""["single-use-approval"]""")]
+    [InlineData("\"\"")]
+    [InlineData("\"  \"")]
+    public void Compile_RouteAssurancePolicyNotOneName_Refused(string value)
+    {
+        // Not "no policy" (which a DefaultPolicy would fill): the operator named something, and it is not a policy name.
+        AssertProblems(
+            c =>
+            {
+                Assurance(c)["DefaultPolicy"] = "token-only";
+                Route(c, "deploy")["Metadata"]!["AssurancePolicy"] = JsonNode.Parse(value);
+            },
+            "ReverseProxy:Routes:deploy:Metadata:AssurancePolicy: must name one policy (a non-empty string)");
+    }
+
+    [Theory]
+    [InlineData("MinimumAal")]
+    [InlineData("MinimumApprovalAal")]
+    [InlineData("Approvals")]
+    [InlineData("MaxTtl")]
+    [InlineData("Mode")]
+    public void Compile_TypedSettingPresentButEmpty_Refused(string key)
+    {
+        // An empty environment variable (Assurance__Policies__p__MinimumAal=) is a key with an empty value: its default
+        // (MinimumAal 0) would silently replace the file's 2.
+        var json = TestConfig.Create("http://127.0.0.1:5001", _idp, _workload);
+        var configuration = new ConfigurationBuilder()
+            .AddJsonStream(new MemoryStream(Encoding.UTF8.GetBytes(json.ToJsonString())))
+            .AddInMemoryCollection(new Dictionary<string, string?> { [$"{DeployPath}:{key}"] = "" })
+            .Build();
+
+        var settings = GatewayConfigCompiler.Compile(configuration, _directory, out var errors);
+
+        Assert.Null(settings);
+        Assert.Equal([$"{DeployPath}:{key}: is empty: give a value, or leave the key out for its default"], errors);
+    }
+
+    [Fact]
+    public void Compile_TypedSettingAsEmptyObject_Refused()
+    {
+        AssertProblems(c => Policy(c, Deploy)["MinimumAal"] = new JsonObject(), $"{DeployPath}:MinimumAal: is empty: give a value, or leave the key out for its default");
+    }
+
+    [Theory]
+    [InlineData("Assurance:Store", "\"127.0.0.1:6379\"", "must be a section (a JSON object), not the single value '127.0.0.1:6379'")]
+    [InlineData("Assurance:Evidence", "\"config/keys/evidence.jwk.json\"", "must be a section (a JSON object), not the single value 'config/keys/evidence.jwk.json'")]
+    [InlineData("Assurance:Policies:single-use-approval", "\"strict\"", "must be a section (a JSON object), not the single value 'strict'")]
+    [InlineData("Assurance:Policies:single-use-approval", "null", "is empty: give the policy its settings (\"Bind\": [] for one that binds the route alone)")]
+    [InlineData("Assurance:Policies:single-use-approval", "{}", "is empty: give the policy its settings (\"Bind\": [] for one that binds the route alone)")]
+    [InlineData("Assurance:Policies:single-use-approval:RequireClaims", "\"admin\"", "must be a section (a JSON object), not the single value 'admin'")]
+    public void Compile_SectionGivenAsSingleValueOrEmpty_Refused(string key, string value, string problem)
+    {
+        // Read as an empty section, every setting in it would be its default: the embedded store, no signed evidence, a
+        // policy with nothing bound, no required claim.
+        var errors = CompileErrors(c =>
+        {
+            var parts = key.Split(':');
+            var parent = (JsonObject)c[parts[0]]!;
+            foreach (var part in parts[1..^1])
+            {
+                parent = (JsonObject)parent[part]!;
+            }
+
+            parent[parts[^1]] = JsonNode.Parse(value);
+        });
+
+        Assert.Contains($"{key}: {problem}", errors);
+    }
+
+    [Fact]
+    public void Compile_WorkloadIssuerConfiguredTwice_Refused()
+    {
+        // It once compiled, and building the runtime then threw (a frozen dictionary with a duplicate key).
+        AssertProblems(
+            c =>
+            {
+                var issuers = (JsonArray)Workload(c)["Issuers"]!;
+                issuers.Add(issuers[0]!.DeepClone());
+            },
+            "Assurance:Workload:Issuers:1:Issuer: issuer 'spiffe://prod.test' is configured twice");
+    }
+
+    [Theory]
+    [InlineData("not a url", "'not a url' is not an absolute http(s) URL")]
+    [InlineData("127.0.0.1:5001", "'127.0.0.1:5001' is not an absolute http(s) URL")]
+    [InlineData("ftp://127.0.0.1:5001", "'ftp://127.0.0.1:5001' is not an absolute http(s) URL")]
+    public void Compile_DestinationAddressNotAnHttpUrl_Refused(string address, string problem)
+    {
+        // YARP starts with it and answers every request of the cluster 502.
+        var errors = CompileErrors(c => ((JsonObject)((JsonObject)c["ReverseProxy"]!["Clusters"]!).First().Value!["Destinations"]!["d1"]!)["Address"] = address);
+
+        Assert.Contains(errors, e => e.EndsWith($":Destinations:d1:Address: {problem}", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("http://127.0.0.1:9100/proxy", null, "Urls: 'http://127.0.0.1:9100/proxy' has a path ('/proxy'): a listener is scheme://host:port only")]
+    [InlineData("https://127.0.0.1:9100", null, "Urls: 'https://127.0.0.1:9100' is https, but no server certificate is configured (Kestrel:Certificates:Default, or the endpoint's Certificate)")]
+    [InlineData("http://127.0.0.1:9100", "https://127.0.0.1:9101", "Assurance:Api:Url: 'https://127.0.0.1:9101': the assurance API listens on plain http (terminate TLS in front of it)")]
+    [InlineData("http://127.0.0.1:9100", "http://127.0.0.1:9101/api", "Assurance:Api:Url: 'http://127.0.0.1:9101/api' has a path ('/api'): a listener is scheme://host:port only")]
+    public void Compile_ListenerKestrelCannotBind_Refused(string urls, string? api, string problem)
+    {
+        AssertProblems(
+            c =>
+            {
+                c["Urls"] = urls;
+                if (api is not null)
+                {
+                    Assurance(c)["Api"]!["Url"] = api;
+                }
+            },
+            problem);
+    }
+
+    [Fact]
+    public void Compile_HttpsListenerWithACertificate_Accepted()
+    {
+        // The default certificate, or an endpoint's own (by file or from a store), is what Kestrel needs for https.
+        var (_, withDefault) = Compile(c =>
+        {
+            c["Urls"] = "https://127.0.0.1:9100";
+            c["Kestrel"] = new JsonObject { ["Certificates"] = new JsonObject { ["Default"] = new JsonObject { ["Path"] = "gw.pfx", ["Password"] = "pw" } } };
+        });
+        var (_, withEndpoint) = Compile(c => c["Kestrel"] = new JsonObject
+        {
+            ["Endpoints"] = new JsonObject
+            {
+                ["proxy"] = new JsonObject { ["Url"] = "https://127.0.0.1:9100", ["Certificate"] = new JsonObject { ["Subject"] = "gw", ["Store"] = "My" } },
+            },
+        });
+
+        Assert.Empty(withDefault);
+        Assert.Empty(withEndpoint);
+    }
+
+    [Theory]
+    [InlineData("P-999")]
+    [InlineData("P-256")] // a point that is not on the curve
+    public void Compile_JwksWhoseOnlyKeyIsUnusable_RefusedAtStart(string curve)
+    {
+        // Accepted, it would have failed every token of the issuer at run time with 401.
+        var garbage = Microsoft.IdentityModel.Tokens.Base64UrlEncoder.Encode(Enumerable.Repeat((byte)7, 32).ToArray());
+        var jwks = Path.Combine(_directory, $"bad-{curve}.jwks.json");
+        File.WriteAllText(jwks, new JsonObject
+        {
+            ["keys"] = new JsonArray(new JsonObject { ["kty"] = "EC", ["crv"] = curve, ["kid"] = "k1", ["x"] = garbage, ["y"] = garbage, ["use"] = "sig" }),
+        }.ToJsonString());
+
+        AssertProblems(c => Issuer(c)["JwksFile"] = jwks, $"{IssuerPath}:JwksFile: '{jwks}' holds no signing key");
+    }
+
+    private static string[] RouteKeys() =>
+        [.. typeof(Yarp.ReverseProxy.Configuration.RouteConfig).GetProperties().Where(p => p.CanWrite).Select(p => p.Name)];
+
     private (GatewaySettings? Settings, IReadOnlyList<string> Errors) Compile(Action<JsonObject>? edit = null)
     {
         var config = TestConfig.Create("http://127.0.0.1:5001", _idp, _workload);
