@@ -492,13 +492,33 @@ internal sealed partial class RedisGrantStore
             """;
 
         /// <summary>
-        /// One page of pending ids, oldest first. KEYS[1] ids by creation time, KEYS[2] ids by expiry.
-        /// ARGV[1] first rank, ARGV[2] last rank. Returns {now, {ids}}.
+        /// One page of pending ids, oldest first, after a position given by value, not by rank: grants leave the index
+        /// (approved, denied, revoked, expired) while someone pages through it, and a rank would then skip the ids that
+        /// moved up past it. KEYS[1] ids by creation time, KEYS[2] ids by expiry. ARGV[1] creation time (µs) of the last id
+        /// of the previous page, "" for the first page, ARGV[2] that id, ARGV[3] page size.
+        /// Returns {now, {id, creation time, id, creation time, ...}}.
         /// </summary>
         private const string PendingPageText = Common + PrunePendingIndex + """
             local now = now_us()
             prune(KEYS[1], KEYS[2], now)
-            return {fmt(now), redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])}
+            local size = tonumber(ARGV[3])
+            if ARGV[1] == '' then
+              return {fmt(now), redis.call('ZRANGE', KEYS[1], 0, size - 1, 'WITHSCORES')}
+            end
+            -- Ids created in the same microsecond as the last one come in id order: those after it first, then later times.
+            local page = {}
+            local tied = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'WITHSCORES')
+            for i = 1, #tied, 2 do
+              if tied[i] > ARGV[2] and #page < size * 2 then
+                page[#page + 1] = tied[i]
+                page[#page + 1] = tied[i + 1]
+              end
+            end
+            if #page < size * 2 then
+              local rest = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, size - #page / 2)
+              for i = 1, #rest do page[#page + 1] = rest[i] end
+            end
+            return {fmt(now), page}
             """;
 
         /// <summary>Removes ids (ARGV) from every sorted set in KEYS (all of one slot).</summary>

@@ -346,14 +346,27 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     {
         var found = new List<GrantRecord>(Math.Clamp(limit, 0, PendingPageSize));
         var stale = new List<RedisValue>();
-        for (var start = 0; found.Count < limit; start += PendingPageSize)
+        var (afterScore, afterId) = (string.Empty, string.Empty);
+        while (found.Count < limit)
         {
             var page = (RedisResult[])await EvaluateAsync(
-                Scripts.PendingPage, [_keys.PendingByCreation, _keys.PendingByExpiry], [start, start + PendingPageSize - 1], "list", "*", cancellationToken)
+                Scripts.PendingPage, [_keys.PendingByCreation, _keys.PendingByExpiry], [afterScore, afterId, PendingPageSize], "list", "*", cancellationToken)
                 .ConfigureAwait(false);
             var now = FromMicros((long)page[0]);
-            var ids = (RedisResult[])page[1];
-            var grants = await Task.WhenAll(ids.Select(id => GetAsync((string)id, cancellationToken))).ConfigureAwait(false);
+            var pairs = (RedisResult[])page[1];
+            var ids = new string[pairs.Length / 2];
+            for (var i = 0; i < ids.Length; i++)
+            {
+                ids[i] = (string)pairs[2 * i]!;
+            }
+
+            if (ids.Length > 0)
+            {
+                // The score as Redis wrote it: passed back as is, it names exactly the same position.
+                (afterScore, afterId) = ((string)pairs[^1]!, ids[^1]);
+            }
+
+            var grants = await Task.WhenAll(ids.Select(id => GetAsync(id, cancellationToken))).ConfigureAwait(false);
             for (var i = 0; i < ids.Length; i++)
             {
                 if (grants[i] is { Status: GrantStatus.Pending } grant && grant.ExpiresAt > now)
@@ -365,7 +378,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                 }
                 else
                 {
-                    stale.Add((string)ids[i]);
+                    stale.Add(ids[i]);
                 }
             }
 
