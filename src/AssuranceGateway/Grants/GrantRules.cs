@@ -28,8 +28,25 @@ internal static class GrantRules
     /// <summary>The same, as text for the Lua scripts (const interpolation).</summary>
     public const string MaxEventsAnyKindText = "1024";
 
-    /// <summary>The list length up to which an event of this type is kept.</summary>
-    public static int CapFor(string eventType) => eventType is GrantEvent.Denied or GrantEvent.UnknownOutcome ? MaxEvents : MaxEventsAnyKind;
+    /// <summary>
+    /// A denial decided before the store was asked (weak authentication, no workload, claims, body, an ambiguous request:
+    /// any caller with a valid token can cause one for any grant id it knows) is kept while the list holds fewer than
+    /// this many events: such denials cannot take the room of the store's own denials (a leaked grant tried elsewhere).
+    /// </summary>
+    public const int MaxEarlyDenials = 64;
+
+    /// <summary>The list length up to which this event is kept.</summary>
+    public static int CapFor(GrantEvent grantEvent) => grantEvent.Type switch
+    {
+        GrantEvent.Denied when grantEvent.Reason is { } reason && DecidedBeforeTheStore(reason) => MaxEarlyDenials,
+        GrantEvent.Denied or GrantEvent.UnknownOutcome => MaxEvents,
+        _ => MaxEventsAnyKind,
+    };
+
+    /// <summary>Reasons of SPEC §2 steps 1-5 (and the gateway's own request checks): decided without the grant.</summary>
+    public static bool DecidedBeforeTheStore(string reason) => reason is ReasonCodes.TokenMissing or ReasonCodes.TokenInvalid
+        or ReasonCodes.InsufficientAal or ReasonCodes.WorkloadUnidentified or ReasonCodes.WorkloadInvalid or ReasonCodes.ClaimsMismatch
+        or ReasonCodes.BodyTooLarge or ReasonCodes.RequestAmbiguous or ReasonCodes.AssuranceRequired or ReasonCodes.AssuranceMalformed;
 
     /// <summary>Returns the first failing reason in contract order, or <see cref="ReasonCodes.Ok"/>.</summary>
     public static string Check(GrantRecord grant, ConsumeRequest request, DateTimeOffset now, out List<string> mismatch)
@@ -65,10 +82,6 @@ internal static class GrantRules
             return ReasonCodes.SubjectMismatch;
         }
 
-        if (SelfApproved(grant, request.Subject))
-        {
-            return ReasonCodes.SelfApproval;
-        }
 
         if (Differs(check, Bindings.Session, grant.Session, request.Session))
         {
@@ -104,6 +117,13 @@ internal static class GrantRules
             }
 
             return ReasonCodes.RequestMismatch;
+        }
+
+        // After every binding: a grant presented with someone else's token is a mismatch (and burned by RevokeOn), whoever
+        // approved it.
+        if (SelfApproved(grant, request.Subject))
+        {
+            return ReasonCodes.SelfApproval;
         }
 
         return grant.UsesRemaining <= 0 ? ReasonCodes.Replayed : ReasonCodes.Ok;

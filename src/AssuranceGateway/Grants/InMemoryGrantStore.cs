@@ -124,7 +124,7 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
 
     private static GrantRecord Append(GrantRecord grant, GrantEvent grantEvent)
     {
-        if (grant.Events.Count >= GrantRules.CapFor(grantEvent.Type))
+        if (grant.Events.Count >= GrantRules.CapFor(grantEvent))
         {
             return grant with { DroppedEvents = grant.DroppedEvents + 1 };
         }

@@ -10,8 +10,9 @@ namespace AssuranceGateway.Grants;
 // - A hash field that is absent is nil (a null in C#); an empty string is a value. Bindings compare ordinally.
 // - Events are JSON objects (cjson) in the grant's event list, oldest first. Every value is a string, including
 //   "at", so that cjson never rounds a number. A denied event is written while the list holds fewer than MaxEvents
-//   entries, any other event while it holds fewer than MaxEventsAnyKind; beyond, it only counts in the hash field
-//   "dropped" (the same caps as the in-memory store, GrantRules.CapFor).
+//   entries (MaxEarlyDenials for a denial decided before the store), any other event while it holds fewer than
+//   MaxEventsAnyKind; beyond, it only counts in the hash field "dropped" (the same caps as the in-memory store,
+//   GrantRules.CapFor).
 // - Every script reads and checks first and writes last: a script that fails halfway (OOM under noeviction) has
 //   then written nothing, because Redis does not roll back the writes a failing script already made.
 // Reason codes, statuses and event types come from the C# constants (const interpolation), so the two stores
@@ -198,9 +199,6 @@ internal sealed partial class RedisGrantStore
               reason = '{{ReasonCodes.RouteMismatch}}'
             elseif differs(1, g.subject, presented(4, 1)) then
               reason = '{{ReasonCodes.SubjectMismatch}}'
-            elseif not g.subject and g.approvers and bit.band(given, 1) ~= 0 and approved_by(g.approvers, ARGV[4]) then
-              -- No subject on the grant, so the API could not keep its approvers from using it (GrantRules.SelfApproved).
-              reason = '{{ReasonCodes.SelfApproval}}'
             elseif differs(2, g.session, presented(5, 2)) then
               reason = '{{ReasonCodes.SessionMismatch}}'
             elseif differs(4, g.token, presented(6, 4)) then
@@ -220,6 +218,10 @@ internal sealed partial class RedisGrantStore
                   end
                 end
               end
+            elseif not g.subject and g.approvers and bit.band(given, 1) ~= 0 and approved_by(g.approvers, ARGV[4]) then
+              -- After every binding (GrantRules.SelfApproved): no subject on the grant, so the API could not keep its
+              -- approvers from using it.
+              reason = '{{ReasonCodes.SelfApproval}}'
             elseif tonumber(g.uses) <= 0 then
               reason = '{{ReasonCodes.Replayed}}'
             else

@@ -403,13 +403,15 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         try
         {
             await EvaluateAsync(
-                Scripts.AppendEvent, _keys.GrantAndEvents(id), [EventJson(grantEvent, includeAt: grantEvent.At != default), GrantRules.CapFor(grantEvent.Type), "0"], "append", id, cancellationToken)
+                Scripts.AppendEvent, _keys.GrantAndEvents(id), [EventJson(grantEvent, includeAt: grantEvent.At != default), GrantRules.CapFor(grantEvent), "0"], "append", id, cancellationToken)
                 .ConfigureAwait(false);
         }
-        catch (StoreUnavailableException)
+        catch (StoreUnavailableException) when (grantEvent.Type != GrantEvent.Denied)
         {
             // A record (a spent use that was not delivered) must reach the grant: written once the store answers again,
-            // as an unknown outcome is (a retry skips an event already there), with this clock's time now.
+            // as an unknown outcome is (a retry skips an event already there), with this clock's time now. Not a denial
+            // (one decided before the store): anyone with a valid token can cause those in bulk, and in the bounded queue
+            // they would push out the unknown outcomes of uses that were spent.
             _unknownOutcomes.Writer.TryWrite(new UnknownOutcome(id, grantEvent.At == default ? grantEvent with { At = _time.GetUtcNow() } : grantEvent));
             throw;
         }
@@ -606,7 +608,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
         try
         {
-            await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [json, GrantRules.CapFor(item.Event.Type), "1"], "append", item.GrantId, stopping)
+            await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [json, GrantRules.CapFor(item.Event), "1"], "append", item.GrantId, stopping)
                 .ConfigureAwait(false);
             Log.UnknownOutcomeRecorded(_logger, Description, item.GrantId, item.Event.TraceId, item.Event.Type);
             return true;

@@ -39,6 +39,72 @@ public sealed class RedisGatewayTests : IAsyncLifetime
     private string Connection => $"127.0.0.1:{_redis.Port}";
 
     [Fact]
+    public async Task StoreStall_EarlyDenialsInBulk_DoNotEvictTheUnknownOutcomesOfSpentUses()
+    {
+        // While Redis stalls, the records still owed to grants (unknown outcomes) wait in a bounded queue. A caller with
+        // any valid token, denied before the store with made-up grant ids, once filled that queue with its denials and
+        // pushed the unknown outcomes of real, spent uses out of it.
+        await using var gateway = await GatewayHarness.StartAsync(redis: Connection);
+        var token = gateway.Idp.Token();
+        var svid = gateway.WorkloadIssuer.Svid();
+        var ids = new List<string>();
+        for (var i = 0; i < 5; i++)
+        {
+            ids.Add(await gateway.CreateGrantAsync(DeployGrant(token)));
+        }
+
+        var weak = gateway.Idp.Token("mallory", acr: "urn:aal1");
+        await _redis.PauseAsync();
+        try
+        {
+            var spent = await Task.WhenAll(ids.Select(async id =>
+            {
+                using var response = await gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _));
+                return response.StatusCode;
+            }));
+            Assert.All(spent, s => Assert.Equal(HttpStatusCode.ServiceUnavailable, s));
+
+            using var gate = new SemaphoreSlim(64);
+            await Task.WhenAll(Enumerable.Range(0, 1200).Select(async i =>
+            {
+                await gate.WaitAsync();
+                try
+                {
+                    using var response = await gateway.Proxy.SendAsync(DeployRequest(weak, svid, $"made-up-{i}", out _));
+                    Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+                }
+                finally
+                {
+                    gate.Release();
+                }
+            }));
+        }
+        finally
+        {
+            await _redis.ResumeAsync();
+        }
+
+        var missing = new List<string>(ids);
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (missing.Count > 0 && DateTime.UtcNow < deadline)
+        {
+            foreach (var id in missing.ToList())
+            {
+                var grant = await gateway.GetGrantAsync(id);
+                if (grant.GetProperty("events").EnumerateArray().Any(e => e.GetProperty("type").GetString() == "unknown_outcome"))
+                {
+                    missing.Remove(id);
+                }
+            }
+
+            await Task.Delay(250);
+        }
+
+        Assert.Empty(missing);
+        Assert.Equal(0, gateway.Upstream.Count);
+    }
+
+    [Fact]
     public async Task ExactlyOnce_200ConcurrentUsesAcrossTwoGateways_OneForwarded()
     {
         await using var a = await GatewayHarness.StartAsync(redis: Connection);
