@@ -43,6 +43,14 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
                 ["BoundHeaders"] = new JsonArray("content-type"),
                 ["RevokeOn"] = new JsonArray("workload_mismatch"),
             };
+            // Two approvers: the second one's subject reaches the approver list through the store's approve step.
+            routes["quorum"] = TestConfig.Route("/quorum/{**rest}", "quorum");
+            policies["quorum"] = new JsonObject
+            {
+                ["Bind"] = new JsonArray("token", "workload", "request"),
+                ["BoundHeaders"] = new JsonArray("content-type"),
+                ["Approvals"] = 2,
+            };
         });
     }
 
@@ -337,6 +345,77 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         using var used = await _gateway.Proxy.SendAsync(DeployRequest(bobs, _gateway.WorkloadIssuer.Svid(), bobsId, out _));
         Assert.Equal(HttpStatusCode.OK, used.StatusCode);
         Assert.Equal(1, _gateway.Upstream.Count);
+    }
+
+    [Theory]
+    [InlineData("bob")]
+    [InlineData("ops/lead+1@corp.example")]
+    [InlineData("a\\b")]
+    [InlineData("\U0001F600 emoji")]
+    [InlineData("<b>&'`")]
+    public async Task SelfApproval_SecondApproverUsesASubjectlessGrant_403AndNothingForwarded(string second)
+    {
+        // The first approver's list entry is written when the grant is created, the second's by the store's approve step
+        // (in Redis by another JSON encoder): either way the second approver may not perform the action.
+        var own = _gateway.Idp.Token(second);
+        var grant = DeployGrant(own, path: "/quorum/v1/releases");
+        grant["route"] = "quorum";
+        grant.Remove("subject");
+        var id = await _gateway.CreateGrantAsync(grant, _gateway.Idp.ApiToken("first-approver"));
+        using (var approve = new HttpRequestMessage(HttpMethod.Post, $"/assurance/v1/grants/{id}/approve"))
+        {
+            approve.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", _gateway.Idp.ApiToken(second));
+            using var approved = await _gateway.Api.SendAsync(approve);
+            Assert.True(approved.IsSuccessStatusCode, $"approve: {(int)approved.StatusCode} {await approved.Content.ReadAsStringAsync()}");
+        }
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(own, _gateway.WorkloadIssuer.Svid(), id, out _, path: "/quorum/v1/releases"));
+
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+        Assert.Equal("self_approval", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task SelfApproval_ApproverPresentsAGrantBoundToAnotherToken_TokenMismatchBurnsIt()
+    {
+        // Every binding comes first: the grant is not hers to use, whoever approved it, and RevokeOn burns the leaked id.
+        var bobs = _gateway.Idp.Token("bob");
+        var grant = DeployGrant(bobs);
+        grant.Remove("subject");
+        var id = await _gateway.CreateGrantAsync(grant, _gateway.Idp.ApiToken("approver"));
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(_gateway.Idp.Token("approver"), _gateway.WorkloadIssuer.Svid(), id, out _));
+
+        Assert.Equal("token_mismatch", await response.ReasonAsync());
+        Assert.Equal("revoked", (await _gateway.GetGrantAsync(id)).GetProperty("status").GetString());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task EarlyDenials_OfAWeakCaller_CannotPushTheRealMisuseOffTheGrantRecord()
+    {
+        // Any valid token (AAL1, no workload) can be denied before the store with someone's grant id. Those denials have
+        // a smaller cap than the store's own: the leaked grant tried with its token from another workload is still recorded.
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        var weak = _gateway.Idp.Token("mallory", acr: "urn:aal1");
+        for (var i = 0; i < 270; i++)
+        {
+            using var junk = await _gateway.Proxy.SendAsync(DeployRequest(weak, null, id, out _));
+            Assert.Equal(HttpStatusCode.Unauthorized, junk.StatusCode);
+        }
+
+        using var misuse = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(OtherWorkload), id, out var trace));
+
+        Assert.Equal("workload_mismatch", await misuse.ReasonAsync());
+        var record = await _gateway.GetGrantAsync(id);
+        var events = record.GetProperty("events").EnumerateArray().ToList();
+        Assert.Contains(events, e => e.GetProperty("type").GetString() == "denied" && e.GetProperty("traceId").GetString() == trace);
+        Assert.Contains(events, e => e.GetProperty("type").GetString() == "revoked");
+        Assert.True(events.Count(e => e.TryGetProperty("reason", out var r) && r.GetString() == "insufficient_aal") < 64);
+        Assert.True(record.GetProperty("droppedEvents").GetInt32() > 200);
+        Assert.Equal(0, _gateway.Upstream.Count);
     }
 
     [Fact]
