@@ -985,11 +985,23 @@ public static class GatewayConfigCompiler
         }
     }
 
-    /// <summary>Kestrel's default certificate, or, for an endpoint of Kestrel:Endpoints, that endpoint's own.</summary>
-    private static bool HasCertificate(IConfiguration configuration, string key) =>
-        configuration.GetSection("Kestrel:Certificates:Default").GetChildren().Any()
-        || (key.StartsWith("Kestrel:Endpoints:", StringComparison.Ordinal)
-            && configuration.GetSection(key[..^":Url".Length] + ":Certificate").GetChildren().Any());
+    /// <summary>Kestrel's default certificate, or, for an endpoint of Kestrel:Endpoints, its own or its SNI ones.</summary>
+    private static bool HasCertificate(IConfiguration configuration, string key)
+    {
+        if (configuration.GetSection("Kestrel:Certificates:Default").GetChildren().Any())
+        {
+            return true;
+        }
+
+        if (!key.StartsWith("Kestrel:Endpoints:", StringComparison.Ordinal))
+        {
+            return false;
+        }
+
+        var endpoint = configuration.GetSection(key[..^":Url".Length]);
+        return endpoint.GetSection("Certificate").GetChildren().Any()
+            || endpoint.GetSection("Sni").GetChildren().Any(host => host.GetSection("Certificate").GetChildren().Any());
+    }
 
     /// <summary>The proxy's listener URLs, each with the key it comes from (null URL: an endpoint without one).</summary>
     private static IEnumerable<(string Key, string? Url)> ProxyListeners(IConfiguration configuration)

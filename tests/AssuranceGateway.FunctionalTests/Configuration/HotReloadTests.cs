@@ -49,6 +49,43 @@ public sealed class HotReloadTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Reload_RefusedChangeThatAlsoMovesTheKestrelEndpoint_ProxyStaysWhereItWas()
+    {
+        // Kestrel reloads Kestrel:Endpoints on its own when the file changes: a refused change (event 100, "the last good
+        // configuration stays") once moved the proxy all the same.
+        var (first, second) = (GatewayProcess.FreePort(), GatewayProcess.FreePort());
+        static JsonObject Endpoint(int port) =>
+            new() { ["Endpoints"] = new JsonObject { ["proxy"] = new JsonObject { ["Url"] = $"http://127.0.0.1:{port}" } } };
+        await using var gateway = await GatewayHarness.CreateAsync();
+        var config = gateway.DefaultConfig();
+        config["Kestrel"] = Endpoint(first);
+        await gateway.StartWithAsync(config);
+        var changed = config.DeepClone().AsObject();
+        changed["Kestrel"] = Endpoint(second);
+        changed["Assurance"]!["DefaultPolicy"] = "no-such-policy";
+
+        Assert.False(await gateway.ReloadAsync(changed));
+        await Task.Delay(TimeSpan.FromSeconds(2)); // Kestrel's own reload ran at once, when it did
+
+        Assert.True(await ListeningAsync(first));
+        Assert.False(await ListeningAsync(second));
+    }
+
+    private static async Task<bool> ListeningAsync(int port)
+    {
+        using var client = new System.Net.Sockets.TcpClient();
+        try
+        {
+            await client.ConnectAsync(System.Net.IPAddress.Loopback, port);
+            return true;
+        }
+        catch (System.Net.Sockets.SocketException)
+        {
+            return false;
+        }
+    }
+
+    [Fact]
     public async Task Reload_NewRoute_ServedWithItsPolicy()
     {
         Assert.Equal(HttpStatusCode.NotFound, await SendAsync("/reports/daily", _gateway.Idp.Token()));

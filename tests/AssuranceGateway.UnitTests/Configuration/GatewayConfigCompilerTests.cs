@@ -1171,7 +1171,7 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     [Fact]
     public void Compile_HttpsListenerWithACertificate_Accepted()
     {
-        // The default certificate, or an endpoint's own (by file or from a store), is what Kestrel needs for https.
+        // The default certificate, an endpoint's own (by file or from a store), or its SNI ones: what Kestrel needs for https.
         var (_, withDefault) = Compile(c =>
         {
             c["Urls"] = "https://127.0.0.1:9100";
@@ -1185,8 +1185,14 @@ public sealed class GatewayConfigCompilerTests : IDisposable
             },
         });
 
+        var (_, withSni) = Compile(c => c["Kestrel"] = JsonNode.Parse("""
+            { "Endpoints": { "proxy": { "Url": "https://127.0.0.1:9443",
+                "Sni": { "gateway.example.com": { "Certificate": { "Path": "/etc/tls/gw.pem", "KeyPath": "/etc/tls/gw.key" } } } } } }
+            """));
+
         Assert.Empty(withDefault);
         Assert.Empty(withEndpoint);
+        Assert.Empty(withSni);
     }
 
     [Theory]
