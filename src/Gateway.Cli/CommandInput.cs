@@ -35,6 +35,35 @@ internal static class CommandInput
         return headers;
     }
 
+    /// <summary>A token's lifetime from <c>--ttl</c>: a token that is expired when minted only fails later, at the gateway.</summary>
+    public static TimeSpan Lifetime(int seconds) =>
+        seconds > 0 ? TimeSpan.FromSeconds(seconds) : throw new UsageException($"--ttl {seconds}: a lifetime of at least 1 second");
+
+    /// <summary>
+    /// The access token of <c>grant create --token</c>, as the gateway will see it: it hashes the token after "Bearer "
+    /// and surrounding white space, so a pasted header value or a line read with its "\r" must hash the same, and
+    /// anything that is not a compact JWT would bind a hash that no request has.
+    /// </summary>
+    public static string AccessToken(string text)
+    {
+        var token = text.Trim();
+        if (token.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase))
+        {
+            token = token[7..].Trim();
+        }
+
+        var parts = token.Split('.');
+        if (parts.Length != 3 || parts.Any(p => p.Length == 0 || p.AsSpan().ContainsAnyExcept(Base64UrlChars)))
+        {
+            throw new UsageException("--token: not a compact JWT (three base64url parts separated by '.'); give the access token itself");
+        }
+
+        return token;
+    }
+
+    private static readonly System.Buffers.SearchValues<char> Base64UrlChars =
+        System.Buffers.SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_");
+
     /// <summary>The exact body bytes of <c>--body</c> (empty when not given).</summary>
     public static byte[] ReadBody(FileInfo? file)
     {

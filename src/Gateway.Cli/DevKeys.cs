@@ -179,6 +179,19 @@ internal static class DevKeys
             throw new UsageException($"'{path}' does not exist: run 'agw keys init' first, or pass --key");
         }
 
-        return new JsonWebKey(File.ReadAllText(path));
+        JsonWebKey key;
+        try
+        {
+            key = new JsonWebKey(File.ReadAllText(path));
+        }
+        catch (ArgumentException)
+        {
+            // The library's message quotes the whole file, private key included: never printed.
+            throw new UsageException($"'{path}' is not a JSON Web Key");
+        }
+
+        return string.IsNullOrEmpty(key.D)
+            ? throw new UsageException($"'{path}' holds no private key (a public key or JWK Set?): pass the private JWK with --key")
+            : key;
     }
 }

@@ -55,7 +55,12 @@ internal static class GrantCommands
 
             Set("subject", r.GetValue(subject));
             Set("session", r.GetValue(session));
-            Set("tokenHash", r.GetValue(token) is { } raw ? Hashes.TokenHash(raw) : r.GetValue(tokenHash));
+            if (r.GetValue(token) is not null && r.GetValue(tokenHash) is not null)
+            {
+                throw new UsageException("--token and --token-hash: give one of them");
+            }
+
+            Set("tokenHash", r.GetValue(token) is { } raw ? Hashes.TokenHash(CommandInput.AccessToken(raw)) : r.GetValue(tokenHash));
             Set("workload", r.GetValue(workload));
             if (r.GetValue(origin) is { Length: > 0 } origins)
             {
@@ -73,6 +78,11 @@ internal static class GrantCommands
                 foreach (var (name, values) in given)
                 {
                     headers[name] = new JsonArray([.. values.Select(v => JsonValue.Create(v))]);
+                }
+
+                if (CanonicalRequest.PathProblem(r.GetValue(path) ?? "/") is { } pathProblem)
+                {
+                    throw new UsageException($"--path {pathProblem}");
                 }
 
                 json["request"] = new JsonObject
@@ -156,8 +166,37 @@ internal static class GrantCommands
             return 0;
         }
 
-        var node = JsonNode.Parse(text)!;
-        Console.WriteLine(onlyField is not null ? node[onlyField]?.ToString() : node.ToJsonString(Indented));
+        JsonNode? node;
+        try
+        {
+            node = JsonNode.Parse(text);
+        }
+        catch (JsonException)
+        {
+            node = null;
+        }
+
+        if (node is not JsonObject and not JsonArray)
+        {
+            // A login page of an ingress, another service on that port: not the assurance API.
+            await Console.Error.WriteLineAsync($"unexpected answer from {client.BaseAddress}: {(int)response.StatusCode} {response.Content.Headers.ContentType?.MediaType ?? "(no content type)"}, not a JSON object (is --api / AGW_API the assurance API?)");
+            return 1;
+        }
+
+        if (onlyField is not null)
+        {
+            if (node[onlyField]?.ToString() is not { Length: > 0 } value)
+            {
+                // `ID=$(agw grant create -q …)` must not carry on with an empty id.
+                await Console.Error.WriteLineAsync($"the answer from {client.BaseAddress} has no '{onlyField}' (is --api / AGW_API the assurance API?)");
+                return 1;
+            }
+
+            Console.WriteLine(value);
+            return 0;
+        }
+
+        Console.WriteLine(node.ToJsonString(Indented));
         return 0;
     }
 }

@@ -10,7 +10,7 @@ var method = new Option<string>("--method") { Description = "HTTP method", Requi
 var path = new Option<string>("--path") { Description = "Path exactly as sent on the wire (percent-encoding kept)", Required = true };
 var query = new Option<string>("--query") { Description = "Raw query string, without '?'", DefaultValueFactory = _ => string.Empty };
 var header = new Option<string[]>("--header") { Description = "A bound header as 'name: value' (repeatable; absent bound headers via --bound)", AllowMultipleArgumentsPerToken = false };
-var bound = new Option<string[]>("--bound") { Description = "Names of the policy's BoundHeaders (default: the names given with --header)" };
+var bound = new Option<string[]>("--bound") { Description = "Names of the policy's BoundHeaders (default: the names given with --header; give --bound when a bound header is absent from the request, or the hash lacks its \"name:\" line)" };
 var bodyFile = new Option<FileInfo?>("--body") { Description = "File holding the exact body bytes (default: empty body)" };
 var hash = new Command("hash", "Print the request hash (SPEC: AGW-REQUEST-V1) of a request") { method, path, query, header, bound, bodyFile };
 hash.SetAction(result =>
@@ -20,6 +20,11 @@ hash.SetAction(result =>
         .Distinct().OrderBy(n => n, StringComparer.Ordinal).ToList();
     var body = CommandInput.ReadBody(result.GetValue(bodyFile));
     // A hash the gateway would never accept a request for is a usage error, not a hash.
+    if (CanonicalRequest.PathProblem(result.GetValue(path)!) is { } pathProblem)
+    {
+        throw new UsageException($"--path {pathProblem}");
+    }
+
     if ((result.GetValue(query) ?? string.Empty).StartsWith("??", StringComparison.Ordinal))
     {
         throw new UsageException("--query starts with a second '?': the gateway refuses such a request; give the query without its '?'");
@@ -58,7 +63,7 @@ var sid = new Option<string?>("--sid") { Description = "Session id" };
 var acr = new Option<string?>("--acr") { Description = "Authentication context, e.g. urn:aal2" };
 var azp = new Option<string?>("--azp") { Description = "Authorized party (the 'claim' workload source)" };
 var scope = new Option<string?>("--scope") { Description = "Space-separated scopes (for the assurance API)" };
-var ttl = new Option<int>("--ttl") { Description = "Lifetime in seconds", DefaultValueFactory = _ => 300 };
+var ttl = new Option<int>("--ttl") { Description = "Lifetime in seconds (the gateway refuses more than Tokens:MaxLifetime, 1 h by default)", DefaultValueFactory = _ => 300 };
 var claim = new Option<string[]>("--claim") { Description = "Extra claim name=value (repeatable)" };
 var token = new Command("token", "Mint a development access token with the local issuer key") { key, iss, aud, sub, sid, acr, azp, scope, ttl, claim };
 token.SetAction(result =>
@@ -83,7 +88,7 @@ token.SetAction(result =>
     }
 
     Console.WriteLine(DevTokens.Create(DevKeys.LoadPrivate(result.GetValue(key)!), "at+jwt", result.GetValue(iss)!, result.GetValue(aud)!,
-        result.GetValue(sub)!, TimeSpan.FromSeconds(result.GetValue(ttl)), claims));
+        result.GetValue(sub)!, CommandInput.Lifetime(result.GetValue(ttl)), claims));
     return 0;
 });
 root.Subcommands.Add(token);
@@ -106,7 +111,7 @@ svid.SetAction(result =>
     }
 
     Console.WriteLine(DevTokens.Create(DevKeys.LoadPrivate(result.GetValue(svidKey)!), "JWT", result.GetValue(svidIss)!, result.GetValue(svidAud)!,
-        result.GetValue(svidId)!, TimeSpan.FromSeconds(result.GetValue(svidTtl)), claims));
+        result.GetValue(svidId)!, CommandInput.Lifetime(result.GetValue(svidTtl)), claims));
     return 0;
 });
 root.Subcommands.Add(svid);
@@ -121,9 +126,23 @@ GrantCommands.Add(root);
 
 // System.CommandLine's default handler would catch every exception first and print "Unhandled exception:" with a stack
 // trace (exit 1), even for a usage mistake such as a missing key file: it is off, and the two kinds are told apart here.
+var parsed = root.Parse(args);
+if (parsed.Errors.Count > 0)
+{
+    // A malformed option is a usage error like any other: stderr and exit 2, and nothing on stdout, where a script
+    // capturing `ID=$(agw grant create -q …)` would otherwise take the help text for an id.
+    foreach (var error in parsed.Errors)
+    {
+        Console.Error.WriteLine(error.Message);
+    }
+
+    Console.Error.WriteLine($"see: agw {string.Join(' ', parsed.CommandResult.Command.Name == root.Name ? [] : CommandPath(parsed.CommandResult))} --help");
+    return 2;
+}
+
 try
 {
-    return await root.Parse(args).InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+    return await parsed.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
 }
 catch (UsageException e)
 {
@@ -135,4 +154,15 @@ catch (Exception e) when (e is not OperationCanceledException)
     // A defect, not a usage error: keep the stack trace for the bug report, and the exit code the default handler used.
     Console.Error.WriteLine($"agw: unexpected error: {e}");
     return 1;
+}
+
+static IEnumerable<string> CommandPath(System.CommandLine.Parsing.CommandResult result)
+{
+    var names = new Stack<string>();
+    for (var current = result; current?.Parent is System.CommandLine.Parsing.CommandResult parent; current = parent)
+    {
+        names.Push(current.Command.Name);
+    }
+
+    return names;
 }

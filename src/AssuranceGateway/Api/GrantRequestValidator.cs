@@ -211,6 +211,12 @@ internal static class GrantRequestValidator
             return (null, "request.path: required, starting with '/'");
         }
 
+        if (CanonicalRequest.PathProblem(spec.Path) is { } pathProblem)
+        {
+            // A grant for a path no request the gateway lets through can have could never be used.
+            return (null, $"request.path: {pathProblem}");
+        }
+
         var headers = new Dictionary<string, StringValues>(StringComparer.Ordinal);
         foreach (var (name, value) in spec.Headers ?? new Dictionary<string, JsonElement>())
         {

@@ -68,6 +68,71 @@ public static class CanonicalRequest
     }
 
     /// <summary>
+    /// Why a path written by an issuer (the API's <c>request.path</c>, <c>agw hash --path</c>) can never be the path of a
+    /// request the gateway lets through, or null. The gateway hashes the path as it arrives and forwards it only when the
+    /// upstream receives it unchanged (no dot segments; no escape that would be decoded or re-encoded on the way: only
+    /// upper-case escapes of bytes outside RFC 3986's pchar set, and never of '/'), so a grant for any other spelling, or
+    /// for a path that holds a query or a fragment, could never be used.
+    /// </summary>
+    public static string? PathProblem(string path)
+    {
+        if (path.Length == 0 || path[0] != '/')
+        {
+            return "must start with '/'";
+        }
+
+        var segmentStart = 1;
+        for (var i = 1; i <= path.Length; i++)
+        {
+            if (i == path.Length || path[i] == '/')
+            {
+                var segment = path.AsSpan(segmentStart, i - segmentStart);
+                if (segment is "." or "..")
+                {
+                    return "has a dot segment ('.' or '..'), which the gateway refuses (the upstream would receive another path)";
+                }
+
+                segmentStart = i + 1;
+                continue;
+            }
+
+            var c = path[i];
+            if (c == '%')
+            {
+                if (i + 2 >= path.Length || !IsUpperHex(path[i + 1]) || !IsUpperHex(path[i + 2]))
+                {
+                    return "has a '%' that is not an escape with two upper-case hex digits (the forwarded path would spell it otherwise)";
+                }
+
+                var escaped = (char)Convert.ToInt32(path.Substring(i + 1, 2), 16);
+                if (escaped < 0x80 && (escaped == '/' || ForwardedPathChars.Contains(escaped)))
+                {
+                    return $"escapes '{escaped}' (%{path.Substring(i + 1, 2)}), which the gateway refuses: the upstream would receive it unescaped"
+                        + (escaped == '/' ? " or escaped twice" : string.Empty) + "; write it as is";
+                }
+
+                i += 2;
+            }
+            else if (c is '?' or '#')
+            {
+                return $"holds a '{c}': give the query separately, without '?' (a fragment is never sent)";
+            }
+            else if (!ForwardedPathChars.Contains(c))
+            {
+                return $"holds '{(char.IsControl(c) ? $"\\u{(int)c:x4}" : c.ToString())}', which is sent percent-encoded: write its UTF-8 bytes as upper-case escapes";
+            }
+        }
+
+        return null;
+
+        static bool IsUpperHex(char c) => char.IsAsciiDigit(c) || c is >= 'A' and <= 'F';
+    }
+
+    /// <summary>RFC 3986 pchar and '/', without '%': what the proxy forwards in a path as it is.</summary>
+    private static readonly System.Buffers.SearchValues<char> ForwardedPathChars =
+        System.Buffers.SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/");
+
+    /// <summary>
     /// The first query parameter name that repeats out of canonical order, or null. The canonical query sorts whole
     /// pairs, so "env=staging&amp;env=prod" and "env=prod&amp;env=staging" hash alike, while an upstream that reads one
     /// value per name takes the first (Go, Flask) or the last (PHP): for a repeated name the order is part of the request

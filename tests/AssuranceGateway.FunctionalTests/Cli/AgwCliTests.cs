@@ -8,7 +8,7 @@ using static AssuranceGateway.Testing.GrantHelpers;
 namespace AssuranceGateway.FunctionalTests.Cli;
 
 /// <summary>agw as an issuer or a CI pipeline uses it: the same hash as the gateway, grants created and used, exit codes.</summary>
-public sealed class AgwCliTests : IAsyncLifetime
+public sealed partial class AgwCliTests : IAsyncLifetime
 {
     private GatewayHarness _gateway = null!;
 

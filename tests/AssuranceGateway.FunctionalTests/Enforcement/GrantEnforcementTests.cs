@@ -476,10 +476,20 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
     public async Task Use_ApprovedTargetTheUpstreamWouldReceiveDifferently_400RequestAmbiguous(string path, string query)
     {
         // The attacker gets a grant for exactly the raw target it will send (an approver sees that text), so the hash
-        // would match; but the upstream would run another path or query than the one approved.
+        // would match; but the upstream would run another path or query than the one approved. The API refuses such a
+        // path given as a request, so the grant carries its hash, which the API cannot look into.
         var token = _gateway.Idp.Token();
-        var grant = DeployGrant(token, path: path);
-        grant["request"]!["query"] = query;
+        if (AssuranceGateway.Requests.CanonicalRequest.PathProblem(path) is not null)
+        {
+            using var refused = await _gateway.PostGrantAsync(DeployGrant(token, path: path));
+            Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+            Assert.StartsWith("request.path: ", (await refused.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+        }
+
+        var grant = DeployGrant(token);
+        grant.Remove("request");
+        grant["requestHash"] = AssuranceGateway.Requests.CanonicalRequest.Compute("POST", path, query, ["content-type"],
+            n => n == "content-type" ? "application/json" : default, Encoding.UTF8.GetBytes(ReleaseBody)).Hash;
         var id = await _gateway.CreateGrantAsync(grant);
 
         var (status, problem) = await SendRawDeployAsync(path + (query.Length > 0 ? "?" + query : string.Empty), token, id);

@@ -109,4 +109,35 @@ public sealed class CanonicalRequestTests
     [InlineData("sha256:Wz/TZxwYJqpL5WBRsNLly+rQQhsIKoLw3BkzTHP0GZo", false)]
     public void IsWellFormed_ChecksPrefixLengthAndAlphabet(string value, bool expected) =>
         Assert.Equal(expected, Hashes.IsWellFormed(value));
+
+    [Theory]
+    [InlineData("/")]
+    [InlineData("/deploy/v1/releases")]
+    [InlineData("/deploy/v1/releases/5.2%20hotfix")] // a space: sent escaped, and forwarded as sent
+    [InlineData("/caf%C3%A9/x")] // UTF-8 bytes of a non-ASCII character, upper-case hex
+    [InlineData("/a%25b")] // '%' itself
+    [InlineData("/a:b@c!$&'()*+,;=~_-./")]
+    [InlineData("/..x/x../.../")]
+    public void PathProblem_PathsARequestCanHave_None(string path) =>
+        Assert.Null(CanonicalRequest.PathProblem(path));
+
+    [Theory]
+    [InlineData("", "must start with '/'")]
+    [InlineData("deploy/v1", "must start with '/'")]
+    [InlineData("/deploy?dry_run=true", "holds a '?'")]
+    [InlineData("/deploy#top", "holds a '#'")]
+    [InlineData("/a/../admin", "has a dot segment")]
+    [InlineData("/a/./b", "has a dot segment")]
+    [InlineData("/a/..", "has a dot segment")]
+    [InlineData("/%2e%2e/admin", "has a '%' that is not an escape with two upper-case hex digits")]
+    [InlineData("/%2E%2E/admin", "escapes '.'")]
+    [InlineData("/deploy/v1/%72eleases", "escapes 'r'")]
+    [InlineData("/a%2Fb", "escapes '/'")]
+    [InlineData("/caf%c3%a9", "has a '%' that is not an escape with two upper-case hex digits")]
+    [InlineData("/a%2", "has a '%' that is not an escape")]
+    [InlineData("/a b", "holds ' '")]
+    [InlineData("/café", "holds 'é'")]
+    [InlineData("/a\tb", "holds '\\u0009'")]
+    public void PathProblem_PathsNoRequestTheGatewayForwardsCanHave_Named(string path, string expected) =>
+        Assert.StartsWith(expected, CanonicalRequest.PathProblem(path), StringComparison.Ordinal);
 }

@@ -1,0 +1,196 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using AssuranceGateway.Testing;
+using Microsoft.AspNetCore.Http;
+using static AssuranceGateway.Testing.GrantHelpers;
+
+namespace AssuranceGateway.FunctionalTests.Cli;
+
+/// <summary>agw used the way people misuse it: pasted tokens, broken key files, paths no request has, wrong API addresses.</summary>
+public sealed partial class AgwCliTests
+{
+    private async Task<string> ReleaseFileAsync()
+    {
+        var bodyFile = Path.Combine(_gateway.Directory, "release.json");
+        await File.WriteAllTextAsync(bodyFile, ReleaseBody);
+        return bodyFile;
+    }
+
+    // The gateway hashes the token after "Bearer " with white space trimmed. Hashed verbatim, a value copied with its
+    // scheme, or read from a file with a trailing CR, bound a hash no request ever has: the first use was token_mismatch,
+    // which on deploy (RevokeOn) burns the grant.
+    [Theory]
+    [InlineData("Bearer {0}")]
+    [InlineData("{0}\r")]
+    [InlineData(" {0} ")]
+    public async Task GrantCreate_TokenWithSchemeOrWhiteSpace_BindsTheTokenTheGatewaySeesOrIsRefused(string format)
+    {
+        var token = _gateway.Idp.Token();
+        var bodyFile = await ReleaseFileAsync();
+
+        var (code, output, _) = await AgwAsync("grant", "create", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(), "-q",
+            "--route", "deploy", "--subject", "alice", "--token", string.Format(format, token), "--workload", Deployer,
+            "--method", "POST", "--path", "/deploy/v1/releases", "--header", "content-type: application/json", "--body", bodyFile);
+
+        if (code == 0)
+        {
+            using var used = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), output, out _));
+            Assert.Equal(HttpStatusCode.OK, used.StatusCode);
+        }
+        else
+        {
+            Assert.Equal(2, code);
+            Assert.Empty(output);
+        }
+    }
+
+    // A private JWK file with a syntax error: IdentityModel's exception quotes the whole file, and agw printed the
+    // exception, so the private key ("d") landed on stderr (CI logs).
+    [Theory]
+    [InlineData("token", "--sub", "alice")]
+    [InlineData("svid", "--id", "spiffe://prod.example/ns/ci/sa/deployer")]
+    public async Task TokenOrSvid_PrivateKeyFileMalformed_NeverPrintsTheKeyNorAStackTrace(string command, string option, string value)
+    {
+        var dir = Path.Combine(_gateway.Directory, "keys-" + command);
+        Assert.Equal(0, (await AgwAsync("keys", "init", "--dir", dir)).Code);
+        var good = await File.ReadAllTextAsync(Path.Combine(dir, "idp.private.jwk.json"));
+        var d = JsonDocument.Parse(good).RootElement.GetProperty("d").GetString()!;
+        var broken = Path.Combine(dir, "broken.jwk.json");
+        await File.WriteAllTextAsync(broken, good.TrimEnd()[..^1]); // the closing brace lost in an edit
+
+        var (code, output, error) = await AgwAsync(command, option, value, "--key", broken);
+
+        Assert.DoesNotContain(d, error, StringComparison.Ordinal);
+        Assert.DoesNotContain(d, output, StringComparison.Ordinal);
+        Assert.Equal(2, code);
+        Assert.DoesNotContain("   at ", error, StringComparison.Ordinal);
+    }
+
+    // The public JWK Set (a natural mistake: idp.jwks.json instead of idp.private.jwk.json) is a usage error, once
+    // reported as "agw: unexpected error" with a stack trace.
+    [Fact]
+    public async Task Token_KeyFileIsThePublicJwks_ExitsTwoWithOneLine()
+    {
+        var dir = Path.Combine(_gateway.Directory, "keys-public");
+        Assert.Equal(0, (await AgwAsync("keys", "init", "--dir", dir)).Code);
+
+        var (code, output, error) = await AgwAsync("token", "--sub", "alice", "--key", Path.Combine(dir, "idp.jwks.json"));
+
+        Assert.Equal(2, code);
+        Assert.Empty(output);
+        Assert.DoesNotContain("   at ", error, StringComparison.Ordinal);
+        Assert.DoesNotContain('\n', error);
+    }
+
+    // A --path that no request the gateway lets through can have: the path never holds '?', always starts with '/', and
+    // a target not in normal form is refused (request_ambiguous). A hash or grant for it could never be used, as for the
+    // query's equivalents ("??", repeated names out of order).
+    [Theory]
+    [InlineData("/deploy/v1/releases?dry_run=true")]
+    [InlineData("deploy/v1/releases")]
+    [InlineData("/deploy/v1/rel%65ases")]
+    [InlineData("/deploy/v1/releases%2Fx")]
+    public async Task Hash_PathNoRequestCanHave_ExitsTwo(string path)
+    {
+        var (code, output, _) = await AgwAsync("hash", "--method", "POST", "--path", path, "--header", "content-type: application/json");
+
+        Assert.Equal(2, code);
+        Assert.Empty(output);
+    }
+
+    [Fact]
+    public async Task GrantCreate_PathWithQuery_GrantIsUsableByThatRequestOrRefused()
+    {
+        var token = _gateway.Idp.Token();
+        var bodyFile = await ReleaseFileAsync();
+        const string target = "/deploy/v1/releases?dry_run=true";
+
+        var (code, output, _) = await AgwAsync("grant", "create", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(), "-q",
+            "--route", "deploy", "--subject", "alice", "--token", token, "--workload", Deployer,
+            "--method", "POST", "--path", target, "--header", "content-type: application/json", "--body", bodyFile);
+
+        if (code == 0)
+        {
+            using var used = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), output, out _, path: target));
+            Assert.Equal(HttpStatusCode.OK, used.StatusCode); // is request_mismatch: the grant can never be used
+        }
+        else
+        {
+            Assert.Equal(2, code);
+        }
+    }
+
+    // With -q, a 2xx answer without "id" (wrong --api: the sample upstream, another service) printed an empty line and
+    // exited 0, so ID=$(agw grant create -q ...) went on with an empty id.
+    [Fact]
+    public async Task GrantCreate_Quiet_AnswerWithoutAnId_ExitsNonZero()
+    {
+        var (app, address) = await LoopbackServer.StartAsync(async context =>
+        {
+            context.Response.ContentType = "application/json";
+            await context.Response.WriteAsync("""{"upstream":"sample","method":"POST"}""");
+        });
+        await using var _ = app;
+
+        var (code, output, _) = await AgwAsync("grant", "create", "--api", address, "--as", _gateway.Idp.ApiToken(), "-q",
+            "--route", "deploy", "--subject", "alice", "--token", _gateway.Idp.Token());
+
+        Assert.Empty(output);
+        Assert.NotEqual(0, code);
+    }
+
+    // A 2xx answer that is not JSON (a login page of an ingress, the wrong service) or JSON null: one line, not a stack
+    // trace ("agw: unexpected error: System.Text.Json.JsonReaderException ..." / NullReferenceException).
+    [Theory]
+    [InlineData("text/html", "<html><body>Sign in</body></html>")]
+    [InlineData("application/json", "null")]
+    public async Task GrantShow_AnswerNotAGrant_ExitsWithOneLineNotAStackTrace(string contentType, string body)
+    {
+        var (app, address) = await LoopbackServer.StartAsync(async context =>
+        {
+            context.Response.ContentType = contentType;
+            await context.Response.WriteAsync(body);
+        });
+        await using var _ = app;
+
+        var (code, _, error) = await AgwAsync("grant", "show", "--api", address, "--as", _gateway.Idp.ApiToken(), "some-grant");
+
+        Assert.NotEqual(0, code);
+        Assert.DoesNotContain("   at ", error, StringComparison.Ordinal);
+        Assert.DoesNotContain("unexpected error", error, StringComparison.Ordinal);
+    }
+
+    // A parse error (bad --ttl, missing --route) is a usage error: stderr and exit 2, stdout empty. It once wrote the help
+    // to stdout and exited 1 (the code of an API refusal), and ID=$(agw grant create -q ...) captured the help.
+    [Theory]
+    [InlineData("--ttl", "5m")]
+    [InlineData("--not-before", "tomorrow")]
+    public async Task GrantCreate_Quiet_UnparsableOption_NothingOnStdoutAndExitTwo(string option, string value)
+    {
+        var (code, output, error) = await AgwAsync("grant", "create", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(), "-q",
+            "--route", "deploy", option, value);
+
+        Assert.Contains(option, error, StringComparison.Ordinal);
+        Assert.Empty(output);
+        Assert.Equal(2, code);
+    }
+
+    // agw token --ttl 0 or negative would mint a token that is already expired; the gateway answers token_invalid and
+    // the README's advice ("mint again when token_invalid") would loop.
+    [Theory]
+    [InlineData("0")]
+    [InlineData("-60")]
+    public async Task Token_NonPositiveTtl_ExitsTwo(string ttl)
+    {
+        var dir = Path.Combine(_gateway.Directory, "keys-ttl" + ttl);
+        Assert.Equal(0, (await AgwAsync("keys", "init", "--dir", dir)).Code);
+
+        var (code, output, _) = await AgwAsync("token", "--sub", "alice", "--ttl", ttl, "--key", Path.Combine(dir, "idp.private.jwk.json"));
+
+        Assert.Equal(2, code);
+        Assert.Empty(output);
+    }
+}
