@@ -126,6 +126,13 @@ GrantCommands.Add(root);
 
 // System.CommandLine's default handler would catch every exception first and print "Unhandled exception:" with a stack
 // trace (exit 1), even for a usage mistake such as a missing key file: it is off, and the two kinds are told apart here.
+if (args.Length == 0)
+{
+    // Nothing asked: the overview, as a usage error (nothing was done).
+    await root.Parse(["--help"]).InvokeAsync();
+    return 2;
+}
+
 var parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
 {
@@ -136,7 +143,7 @@ if (parsed.Errors.Count > 0)
         Console.Error.WriteLine(error.Message);
     }
 
-    Console.Error.WriteLine($"see: agw {string.Join(' ', parsed.CommandResult.Command.Name == root.Name ? [] : CommandPath(parsed.CommandResult))} --help");
+    Console.Error.WriteLine($"see: {string.Join(' ', ["agw", .. CommandPath(parsed.CommandResult), "--help"])}");
     return 2;
 }
 
