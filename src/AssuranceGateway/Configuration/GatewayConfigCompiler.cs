@@ -110,7 +110,7 @@ public static class GatewayConfigCompiler
             Evidence = evidence,
             Routes = routes,
             Clusters = clusters,
-            Listeners = string.Join(';', ProxyListeners(configuration).Select(l => $"{l.Key}={l.Url}")),
+            Urls = configuration["Urls"] ?? string.Empty,
         };
     }
 

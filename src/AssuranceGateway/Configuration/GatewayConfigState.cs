@@ -270,9 +270,9 @@ public sealed partial class GatewayConfigState : IDisposable
     private void WarnAboutRestartOnlyChanges(GatewaySettings before, GatewaySettings after)
     {
         List<string> changed = [];
-        if (!string.Equals(before.Listeners, after.Listeners, StringComparison.Ordinal))
+        if (!string.Equals(before.Urls, after.Urls, StringComparison.Ordinal))
         {
-            changed.Add("Urls/Kestrel:Endpoints");
+            changed.Add("Urls");
         }
 
         if (before.Store != after.Store)
@@ -349,7 +349,7 @@ public sealed partial class GatewayConfigState : IDisposable
         public static partial void ReloadApplied(ILogger logger, int routes, int policies);
 
         [LoggerMessage(EventId = 102, Level = LogLevel.Warning,
-            Message = "Changed {Settings}: the listeners, Assurance:Store and Assurance:Api take a change only at a restart; the rest is applied")]
+            Message = "Changed {Settings}: Urls, Assurance:Store and Assurance:Api take a change only at a restart; the rest is applied")]
         public static partial void RestartRequired(ILogger logger, string settings);
     }
 }

@@ -21,8 +21,11 @@ public sealed class GatewaySettings
     public required IReadOnlyList<RouteConfig> Routes { get; init; }
     public required IReadOnlyList<ClusterConfig> Clusters { get; init; }
 
-    /// <summary>Where the proxy listens (Kestrel:Endpoints, else Urls), as read: only a restart applies a change.</summary>
-    public string Listeners { get; init; } = string.Empty;
+    /// <summary>
+    /// <c>Urls</c> as read: Kestrel binds it once, at start. (Kestrel:Endpoints, which take precedence, Kestrel reloads
+    /// by itself.)
+    /// </summary>
+    public string Urls { get; init; } = string.Empty;
 
     public AssurancePolicy? PolicyForRoute(string routeId) =>
         RoutePolicies.TryGetValue(routeId, out var policy) ? policy : null;

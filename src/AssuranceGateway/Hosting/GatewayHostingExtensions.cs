@@ -44,18 +44,14 @@ public static partial class GatewayHostingExtensions
 
         // The mtls workload source: HTTPS endpoints of the proxy ask for a client certificate and accept any (the
         // resolver decides what it proves). Plain HTTP endpoints are unaffected. The API app has its own Kestrel.
-        // Kestrel's endpoints are read once, not again on a change of the file: Kestrel would otherwise rebind at once,
-        // also for a change the gateway refuses (event 100, "the last good configuration stays"); a listener change is
-        // applied at the next start, as warning 102 says.
-        builder.WebHost.ConfigureKestrel((context, kestrel) =>
+        // Kestrel keeps its own reload of Kestrel:Endpoints: it is also what serves a renewed certificate file
+        // (cert-manager, certbot) without a restart. It rebinds by itself, whatever the gateway decides about the rest of
+        // the file (README, Configuration).
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.ConfigureHttpsDefaults(https =>
         {
-            kestrel.Configure(context.Configuration.GetSection("Kestrel"), reloadOnChange: false);
-            kestrel.ConfigureHttpsDefaults(https =>
-            {
-                https.ClientCertificateMode = Microsoft.AspNetCore.Server.Kestrel.Https.ClientCertificateMode.AllowCertificate;
-                https.AllowAnyClientCertificate();
-            });
-        });
+            https.ClientCertificateMode = Microsoft.AspNetCore.Server.Kestrel.Https.ClientCertificateMode.AllowCertificate;
+            https.AllowAnyClientCertificate();
+        }));
 
         var services = builder.Services;
         services.TryAddSingleton(TimeProvider.System);

@@ -34,55 +34,60 @@ public sealed class HotReloadTests : IAsyncLifetime
     [Fact]
     public async Task Reload_ListenerChanged_AppliedForTheRestAndWarnsThatTheListenerNeedsARestart()
     {
-        // Kestrel keeps its listeners: a log that only said "applied" would let the operator believe the new address serves.
-        // (The harness sets Urls itself, above the file, as a command line would: an endpoint is what the file can change.)
+        // Kestrel binds Urls once: a log that only said "applied" would let the operator believe the new address serves.
         var config = _gateway.DefaultConfig();
-        config["Kestrel"] = new JsonObject
-        {
-            ["Endpoints"] = new JsonObject { ["proxy"] = new JsonObject { ["Url"] = $"http://127.0.0.1:{GatewayProcess.FreePort()}" } },
-        };
+        config["Urls"] = $"http://127.0.0.1:{GatewayProcess.FreePort()}";
         config["Assurance"]!["Store"]!["KeyPrefix"] = _gateway.Config.Current.Settings.Store.KeyPrefix; // the listener alone changes
 
         Assert.True(await _gateway.ReloadAsync(config), Refusals());
 
-        Assert.Contains(_gateway.Logs.Lines, l => l.Contains("[102] Changed Urls/Kestrel:Endpoints:", StringComparison.Ordinal));
+        Assert.Contains(_gateway.Logs.Lines, l => l.Contains("[102] Changed Urls:", StringComparison.Ordinal));
     }
 
     [Fact]
-    public async Task Reload_RefusedChangeThatAlsoMovesTheKestrelEndpoint_ProxyStaysWhereItWas()
+    public async Task ServerCertificateFileRenewed_NewCertificateServedWithoutRestart()
     {
-        // Kestrel reloads Kestrel:Endpoints on its own when the file changes: a refused change (event 100, "the last good
-        // configuration stays") once moved the proxy all the same.
-        var (first, second) = (GatewayProcess.FreePort(), GatewayProcess.FreePort());
-        static JsonObject Endpoint(int port) =>
-            new() { ["Endpoints"] = new JsonObject { ["proxy"] = new JsonObject { ["Url"] = $"http://127.0.0.1:{port}" } } };
+        // cert-manager and certbot renew the file in place: Kestrel's own reload of its endpoints serves the new one.
         await using var gateway = await GatewayHarness.CreateAsync();
+        using var first = TestCertificates.Server();
+        using var renewed = TestCertificates.Server();
+        var pfx = Path.Combine(gateway.Directory, "server.pfx");
+        await File.WriteAllBytesAsync(pfx, first.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pfx, "pw"));
         var config = gateway.DefaultConfig();
-        config["Kestrel"] = Endpoint(first);
+        var address = $"https://127.0.0.1:{GatewayProcess.FreePort()}";
+        config["Kestrel"] = new JsonObject
+        {
+            ["Endpoints"] = new JsonObject
+            {
+                ["proxy"] = new JsonObject { ["Url"] = address, ["Certificate"] = new JsonObject { ["Path"] = pfx, ["Password"] = "pw" } },
+            },
+        };
         await gateway.StartWithAsync(config);
-        var changed = config.DeepClone().AsObject();
-        changed["Kestrel"] = Endpoint(second);
-        changed["Assurance"]!["DefaultPolicy"] = "no-such-policy";
+        Assert.Equal(first.Thumbprint, await ServedThumbprintAsync(address));
 
-        Assert.False(await gateway.ReloadAsync(changed));
-        await Task.Delay(TimeSpan.FromSeconds(2)); // Kestrel's own reload ran at once, when it did
+        await File.WriteAllBytesAsync(pfx, renewed.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pfx, "pw"));
 
-        Assert.True(await ListeningAsync(first));
-        Assert.False(await ListeningAsync(second));
+        var served = string.Empty;
+        for (var i = 0; i < 40 && served != renewed.Thumbprint; i++)
+        {
+            await Task.Delay(250);
+            served = await ServedThumbprintAsync(address);
+        }
+
+        Assert.Equal(renewed.Thumbprint, served);
     }
 
-    private static async Task<bool> ListeningAsync(int port)
+    private static async Task<string> ServedThumbprintAsync(string address)
     {
-        using var client = new System.Net.Sockets.TcpClient();
-        try
-        {
-            await client.ConnectAsync(System.Net.IPAddress.Loopback, port);
-            return true;
-        }
-        catch (System.Net.Sockets.SocketException)
-        {
-            return false;
-        }
+        var uri = new Uri(address);
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(uri.Host, uri.Port);
+#pragma warning disable CA5359 // the test reads which certificate is served, whichever it is
+        await using var tls = new System.Net.Security.SslStream(tcp.GetStream(), false, (_, _, _, _) => true);
+#pragma warning restore CA5359
+        await tls.AuthenticateAsClientAsync("localhost");
+        using var certificate = new System.Security.Cryptography.X509Certificates.X509Certificate2(tls.RemoteCertificate!);
+        return certificate.Thumbprint;
     }
 
     [Fact]
