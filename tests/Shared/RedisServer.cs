@@ -69,6 +69,9 @@ public sealed class RedisServer : IAsyncLifetime, IAsyncDisposable
 
     public int Port { get; private set; }
 
+    /// <summary>Environment variables of the redis-server process (e.g. its locale), set before it starts.</summary>
+    public Dictionary<string, string?> ProcessEnvironment { get; } = [];
+
     public string ConnectionString => $"127.0.0.1:{Port}";
 
     /// <summary>The redis-server process id while it runs.</summary>
@@ -135,6 +138,11 @@ public sealed class RedisServer : IAsyncLifetime, IAsyncDisposable
             var directory = DataDirectory;
             System.IO.Directory.CreateDirectory(directory);
             var info = new ProcessStartInfo(executable) { UseShellExecute = false, WorkingDirectory = directory };
+            foreach (var (name, value) in ProcessEnvironment)
+            {
+                info.Environment[name] = value;
+            }
+
             foreach (var arg in (string[])
             [
                 "--port", Port.ToString(CultureInfo.InvariantCulture), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

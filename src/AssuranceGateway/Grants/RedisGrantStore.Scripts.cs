@@ -507,11 +507,20 @@ internal sealed partial class RedisGrantStore
             if ARGV[1] == '' then
               return {fmt(now), redis.call('ZRANGE', KEYS[1], 0, size - 1, 'WITHSCORES')}
             end
-            -- Ids created in the same microsecond as the last one come in id order: those after it first, then later times.
+            -- Ids created in the same microsecond as the last one come in id order (byte order, as the sorted set keeps
+            -- them; Lua's '>' would follow the server's locale): those after it first, then later times.
+            local function after(a, b)
+              local n = math.min(#a, #b)
+              for i = 1, n do
+                local x, y = string.byte(a, i), string.byte(b, i)
+                if x ~= y then return x > y end
+              end
+              return #a > #b
+            end
             local page = {}
             local tied = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'WITHSCORES')
             for i = 1, #tied, 2 do
-              if tied[i] > ARGV[2] and #page < size * 2 then
+              if after(tied[i], ARGV[2]) and #page < size * 2 then
                 page[#page + 1] = tied[i]
                 page[#page + 1] = tied[i + 1]
               end
