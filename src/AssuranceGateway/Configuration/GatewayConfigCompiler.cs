@@ -998,9 +998,11 @@ public static class GatewayConfigCompiler
             return false;
         }
 
+        // An SNI host without a certificate of its own falls back to the endpoint's: all of them need one then.
         var endpoint = configuration.GetSection(key[..^":Url".Length]);
+        var hosts = endpoint.GetSection("Sni").GetChildren().ToList();
         return endpoint.GetSection("Certificate").GetChildren().Any()
-            || endpoint.GetSection("Sni").GetChildren().Any(host => host.GetSection("Certificate").GetChildren().Any());
+            || (hosts.Count > 0 && hosts.All(host => host.GetSection("Certificate").GetChildren().Any()));
     }
 
     /// <summary>The proxy's listener URLs, each with the key it comes from (null URL: an endpoint without one).</summary>

@@ -1195,6 +1195,19 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         Assert.Empty(withSni);
     }
 
+    [Fact]
+    public void Compile_HttpsEndpointWithAnSniHostWithoutCertificateAndNoFallback_Refused()
+    {
+        // That host would fall back to the endpoint's certificate or the default: with neither, Kestrel throws at start.
+        AssertProblems(
+            c => c["Kestrel"] = JsonNode.Parse("""
+                { "Endpoints": { "proxy": { "Url": "https://127.0.0.1:9443",
+                    "Sni": { "a.example": { "Certificate": { "Path": "/etc/tls/a.pem", "KeyPath": "/etc/tls/a.key" } },
+                             "b.example": { "Protocols": "Http1" } } } } }
+                """),
+            "Kestrel:Endpoints:proxy:Url: 'https://127.0.0.1:9443' is https, but no server certificate is configured (Kestrel:Certificates:Default, or the endpoint's Certificate)");
+    }
+
     [Theory]
     [InlineData("P-999")]
     [InlineData("P-256")] // a point that is not on the curve
