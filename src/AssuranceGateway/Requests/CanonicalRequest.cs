@@ -111,6 +111,16 @@ public static class CanonicalRequest
                         + (escaped == '/' ? " or escaped twice" : string.Empty) + "; write it as is";
                 }
 
+                if (escaped == 0)
+                {
+                    return "escapes a NUL (%00), which the server refuses";
+                }
+
+                if (escaped >= 0x80 && !IsUtf8Run(path, ref i))
+                {
+                    return "has escapes that are not UTF-8 (a lone or cut-short byte, an overlong or surrogate form): the path is decoded as UTF-8 on the way";
+                }
+
                 i += 2;
             }
             else if (c is '?' or '#')
@@ -126,7 +136,39 @@ public static class CanonicalRequest
         return null;
 
         static bool IsUpperHex(char c) => char.IsAsciiDigit(c) || c is >= 'A' and <= 'F';
+
+        // The run of escapes of bytes >= 0x80 that starts at i, which must decode as strict UTF-8; i is left on the last
+        // one's '%'.
+        static bool IsUtf8Run(string path, ref int i)
+        {
+            var bytes = new List<byte>();
+            var last = i;
+            for (var j = i; j + 2 < path.Length && path[j] == '%' && IsUpperHex(path[j + 1]) && IsUpperHex(path[j + 2]); j += 3)
+            {
+                var value = Convert.ToByte(path.Substring(j + 1, 2), 16);
+                if (value < 0x80)
+                {
+                    break;
+                }
+
+                bytes.Add(value);
+                last = j;
+            }
+
+            i = last;
+            try
+            {
+                _ = StrictUtf8.GetString(bytes.ToArray());
+                return true;
+            }
+            catch (System.Text.DecoderFallbackException)
+            {
+                return false;
+            }
+        }
     }
+
+    private static readonly System.Text.UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
     /// <summary>RFC 3986 pchar and '/', without '%': what the proxy forwards in a path as it is.</summary>
     private static readonly System.Buffers.SearchValues<char> ForwardedPathChars =

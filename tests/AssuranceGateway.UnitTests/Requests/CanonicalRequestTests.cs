@@ -115,6 +115,7 @@ public sealed class CanonicalRequestTests
     [InlineData("/deploy/v1/releases")]
     [InlineData("/deploy/v1/releases/5.2%20hotfix")] // a space: sent escaped, and forwarded as sent
     [InlineData("/caf%C3%A9/x")] // UTF-8 bytes of a non-ASCII character, upper-case hex
+    [InlineData("/%E2%82%AC%F0%9F%98%80x%C3%A9")] // several characters, runs of escapes
     [InlineData("/a%25b")] // '%' itself
     [InlineData("/a:b@c!$&'()*+,;=~_-./")]
     [InlineData("/..x/x../.../")]
@@ -138,6 +139,13 @@ public sealed class CanonicalRequestTests
     [InlineData("/a b", "holds ' '")]
     [InlineData("/café", "holds 'é'")]
     [InlineData("/a\tb", "holds '\\u0009'")]
+    [InlineData("/a%FF", "has escapes that are not UTF-8")] // never valid in UTF-8
+    [InlineData("/a%C3", "has escapes that are not UTF-8")] // cut short
+    [InlineData("/a%80b", "has escapes that are not UTF-8")] // a lone continuation byte
+    [InlineData("/a%C0%AF", "has escapes that are not UTF-8")] // an overlong '/'
+    [InlineData("/a%ED%A0%80", "has escapes that are not UTF-8")] // a UTF-16 surrogate
+    [InlineData("/a%F4%90%80%80", "has escapes that are not UTF-8")] // beyond U+10FFFF
+    [InlineData("/a%00b", "escapes a NUL")]
     public void PathProblem_PathsNoRequestTheGatewayForwardsCanHave_Named(string path, string expected) =>
         Assert.StartsWith(expected, CanonicalRequest.PathProblem(path), StringComparison.Ordinal);
 }
