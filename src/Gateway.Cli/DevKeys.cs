@@ -190,8 +190,33 @@ internal static class DevKeys
             throw new UsageException($"'{path}' is not a JSON Web Key");
         }
 
-        return string.IsNullOrEmpty(key.D)
-            ? throw new UsageException($"'{path}' holds no private key (a public key or JWK Set?): pass the private JWK with --key")
-            : key;
+        if (string.IsNullOrEmpty(key.D))
+        {
+            throw new UsageException($"'{path}' holds no private key (a public key or JWK Set?): pass the private JWK with --key");
+        }
+
+        // A key that parses but cannot sign (a damaged d, an unknown curve, a missing x) would fail only while signing,
+        // with the library's exception: tried here, and said in one line that never quotes the key.
+        try
+        {
+            var curve = key.Crv switch
+            {
+                "P-256" => ECCurve.NamedCurves.nistP256,
+                _ => throw new CryptographicException("unsupported curve"),
+            };
+            using var ecdsa = ECDsa.Create(new ECParameters
+            {
+                Curve = curve,
+                D = Base64UrlEncoder.DecodeBytes(key.D),
+                Q = new ECPoint { X = Base64UrlEncoder.DecodeBytes(key.X), Y = Base64UrlEncoder.DecodeBytes(key.Y) },
+            });
+            ecdsa.SignData([1], HashAlgorithmName.SHA256);
+        }
+        catch (Exception e) when (e is CryptographicException or FormatException or ArgumentException)
+        {
+            throw new UsageException($"'{path}' is not a usable private EC P-256 key (ES256): create one with 'agw keys init'");
+        }
+
+        return key;
     }
 }

@@ -160,7 +160,7 @@ internal static class GrantCommands
             return 1;
         }
 
-        if (text.Length == 0)
+        if (text.Length == 0 && onlyField is null)
         {
             Console.WriteLine($"{(int)response.StatusCode} {response.ReasonPhrase}");
             return 0;
@@ -169,7 +169,7 @@ internal static class GrantCommands
         JsonNode? node;
         try
         {
-            node = JsonNode.Parse(text);
+            node = text.Length == 0 ? null : JsonNode.Parse(text);
         }
         catch (JsonException)
         {
@@ -185,7 +185,7 @@ internal static class GrantCommands
 
         if (onlyField is not null)
         {
-            if (node[onlyField]?.ToString() is not { Length: > 0 } value)
+            if ((node as JsonObject)?[onlyField]?.ToString() is not { Length: > 0 } value)
             {
                 // `ID=$(agw grant create -q …)` must not carry on with an empty id.
                 await Console.Error.WriteLineAsync($"the answer from {client.BaseAddress} has no '{onlyField}' (is --api / AGW_API the assurance API?)");

@@ -193,4 +193,73 @@ public sealed partial class AgwCliTests
         Assert.Equal(2, code);
         Assert.Empty(output);
     }
+
+    // A private JWK whose "d" (or crv, or x) was damaged in an edit: one usage line (exit 2), once "agw: unexpected
+    // error" with a stack trace (exit 1) from the signing library.
+    [Theory]
+    [InlineData("d")]
+    [InlineData("crv")]
+    [InlineData("x")]
+    public async Task Token_PrivateKeyFieldDamaged_ExitsTwoWithOneLine(string field)
+    {
+        var dir = Path.Combine(_gateway.Directory, "keys-damaged-" + field);
+        Assert.Equal(0, (await AgwAsync("keys", "init", "--dir", dir)).Code);
+        var key = JsonNode.Parse(await File.ReadAllTextAsync(Path.Combine(dir, "idp.private.jwk.json")))!.AsObject();
+        var d = key["d"]!.GetValue<string>();
+        switch (field)
+        {
+            case "d": key["d"] = d[..^3]; break;         // a few characters lost
+            case "crv": key["crv"] = "P-999"; break;
+            default: key.Remove("x"); break;
+        }
+
+        var broken = Path.Combine(dir, "damaged.jwk.json");
+        await File.WriteAllTextAsync(broken, key.ToJsonString());
+
+        var (code, output, error) = await AgwAsync("token", "--sub", "alice", "--key", broken);
+
+        Assert.Empty(output);
+        Assert.DoesNotContain("   at ", error, StringComparison.Ordinal);
+        Assert.DoesNotContain("unexpected error", error, StringComparison.Ordinal);
+        Assert.Equal(2, code);
+    }
+
+    // -q with a 2xx answer without a body (another service on that port): once "200 OK" on stdout and exit 0, so that
+    // ID=$(agw grant create -q ...) carried on with ID="200 OK".
+    [Fact]
+    public async Task GrantCreate_Quiet_EmptySuccessAnswer_NothingOnStdoutAndNonZero()
+    {
+        var (app, address) = await LoopbackServer.StartAsync(context =>
+        {
+            context.Response.StatusCode = 200;
+            return Task.CompletedTask;
+        });
+        await using var _ = app;
+
+        var (code, output, _) = await AgwAsync("grant", "create", "--api", address, "--as", _gateway.Idp.ApiToken(), "-q",
+            "--route", "deploy", "--subject", "alice", "--token", _gateway.Idp.Token());
+
+        Assert.Empty(output);
+        Assert.NotEqual(0, code);
+    }
+
+    // -q with a JSON array answer: once JsonArray["id"] threw, and agw printed "unexpected error" and a stack trace.
+    [Fact]
+    public async Task GrantCreate_Quiet_JsonArrayAnswer_OneLineNotAStackTrace()
+    {
+        var (app, address) = await LoopbackServer.StartAsync(async context =>
+        {
+            context.Response.ContentType = "application/json";
+            await context.Response.WriteAsync("""[{"id":"x"}]""");
+        });
+        await using var _ = app;
+
+        var (code, output, error) = await AgwAsync("grant", "create", "--api", address, "--as", _gateway.Idp.ApiToken(), "-q",
+            "--route", "deploy", "--subject", "alice", "--token", _gateway.Idp.Token());
+
+        Assert.Empty(output);
+        Assert.NotEqual(0, code);
+        Assert.DoesNotContain("   at ", error, StringComparison.Ordinal);
+        Assert.DoesNotContain("unexpected error", error, StringComparison.Ordinal);
+    }
 }
