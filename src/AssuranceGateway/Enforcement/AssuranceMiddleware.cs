@@ -365,7 +365,7 @@ public sealed partial class AssuranceMiddleware
         }
         catch (StoreUnavailableException)
         {
-            // Logged by the store, which writes the event once it answers again; the denial stands as decided.
+            // Logged by the store; best effort, not retried (the span and the log line keep the denial). It stands as decided.
         }
         finally
         {
