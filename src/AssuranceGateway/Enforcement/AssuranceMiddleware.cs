@@ -344,7 +344,8 @@ public sealed partial class AssuranceMiddleware
     /// leaked grant id tried from elsewhere shows on its own record. Not for a request without a valid token (steps 1
     /// and the unauthenticated failures): the store is never written on behalf of an unauthenticated caller, who could
     /// otherwise make the gateway write to it at line rate; the span and the log line name the grant for those. Not in
-    /// shadow mode (it writes nothing) and not while the store is failing. Denied events are capped like any other.
+    /// shadow mode (it writes nothing) and not for store_unavailable. Best effort: not retried when the store fails, and
+    /// kept only while the record is short (GrantRules.MaxEarlyDenials).
     /// </summary>
     private async Task RecordEarlyDenialAsync(AssuranceDecision decision)
     {
