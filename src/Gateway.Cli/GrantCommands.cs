@@ -185,7 +185,7 @@ internal static class GrantCommands
 
         if (onlyField is not null)
         {
-            if ((node as JsonObject)?[onlyField]?.ToString() is not { Length: > 0 } value)
+            if ((node as JsonObject)?[onlyField] is not JsonValue field || !field.TryGetValue<string>(out var value) || value.Length == 0)
             {
                 // `ID=$(agw grant create -q …)` must not carry on with an empty id.
                 await Console.Error.WriteLineAsync($"the answer from {client.BaseAddress} has no '{onlyField}' (is --api / AGW_API the assurance API?)");

@@ -988,7 +988,11 @@ public static class GatewayConfigCompiler
     /// <summary>Kestrel's default certificate, or, for an endpoint of Kestrel:Endpoints, its own or its SNI ones.</summary>
     private static bool HasCertificate(IConfiguration configuration, string key)
     {
-        if (configuration.GetSection("Kestrel:Certificates:Default").GetChildren().Any())
+        // Kestrel loads a certificate from a file (Path) or a store (Subject); a KeyPath or Password alone is none.
+        static bool IsCertificate(IConfigurationSection section) =>
+            !string.IsNullOrWhiteSpace(section["Path"]) || !string.IsNullOrWhiteSpace(section["Subject"]);
+
+        if (IsCertificate(configuration.GetSection("Kestrel:Certificates:Default")))
         {
             return true;
         }
@@ -1001,8 +1005,8 @@ public static class GatewayConfigCompiler
         // An SNI host without a certificate of its own falls back to the endpoint's: all of them need one then.
         var endpoint = configuration.GetSection(key[..^":Url".Length]);
         var hosts = endpoint.GetSection("Sni").GetChildren().ToList();
-        return endpoint.GetSection("Certificate").GetChildren().Any()
-            || (hosts.Count > 0 && hosts.All(host => host.GetSection("Certificate").GetChildren().Any()));
+        return IsCertificate(endpoint.GetSection("Certificate"))
+            || (hosts.Count > 0 && hosts.All(host => IsCertificate(host.GetSection("Certificate"))));
     }
 
     /// <summary>The proxy's listener URLs, each with the key it comes from (null URL: an endpoint without one).</summary>

@@ -156,6 +156,15 @@ public static class CanonicalRequest
             }
 
             i = last;
+            var next = last + 3;
+            if (next < path.Length && path[next] == '%'
+                && (next + 2 >= path.Length || !IsUpperHex(path[next + 1]) || !IsUpperHex(path[next + 2])))
+            {
+                // The run ends on a badly written escape ("%a9", a cut-short "%A"): that is the problem to name, and the
+                // outer loop names it next.
+                return true;
+            }
+
             try
             {
                 _ = StrictUtf8.GetString(bytes.ToArray());

@@ -1198,12 +1198,13 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     [Fact]
     public void Compile_HttpsEndpointWithAnSniHostWithoutCertificateAndNoFallback_Refused()
     {
-        // That host would fall back to the endpoint's certificate or the default: with neither, Kestrel throws at start.
+        // A host whose Certificate names no file (Path) or store (Subject) falls back to the endpoint's certificate or the
+        // default: with neither, Kestrel throws at start.
         AssertProblems(
             c => c["Kestrel"] = JsonNode.Parse("""
                 { "Endpoints": { "proxy": { "Url": "https://127.0.0.1:9443",
                     "Sni": { "a.example": { "Certificate": { "Path": "/etc/tls/a.pem", "KeyPath": "/etc/tls/a.key" } },
-                             "b.example": { "Protocols": "Http1" } } } } }
+                             "b.example": { "Certificate": { "KeyPath": "/etc/tls/b.key" } } } } } }
                 """),
             "Kestrel:Endpoints:proxy:Url: 'https://127.0.0.1:9443' is https, but no server certificate is configured (Kestrel:Certificates:Default, or the endpoint's Certificate)");
     }

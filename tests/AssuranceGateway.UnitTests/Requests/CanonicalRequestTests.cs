@@ -146,6 +146,8 @@ public sealed class CanonicalRequestTests
     [InlineData("/a%ED%A0%80", "has escapes that are not UTF-8")] // a UTF-16 surrogate
     [InlineData("/a%F4%90%80%80", "has escapes that are not UTF-8")] // beyond U+10FFFF
     [InlineData("/a%00b", "escapes a NUL")]
+    [InlineData("/caf%C3%a9", "has a '%' that is not an escape with two upper-case hex digits")] // the escape, not UTF-8, is the problem
+    [InlineData("/caf%C3%A", "has a '%' that is not an escape with two upper-case hex digits")]
     public void PathProblem_PathsNoRequestTheGatewayForwardsCanHave_Named(string path, string expected) =>
         Assert.StartsWith(expected, CanonicalRequest.PathProblem(path), StringComparison.Ordinal);
 }
