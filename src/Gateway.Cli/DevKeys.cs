@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using AssuranceGateway.Tokens;
 using Microsoft.IdentityModel.Tokens;
 
 namespace AssuranceGateway.Cli;
@@ -196,23 +197,8 @@ internal static class DevKeys
         }
 
         // A key that parses but cannot sign (a damaged d, an unknown curve, a missing x) would fail only while signing,
-        // with the library's exception: tried here, and said in one line that never quotes the key.
-        try
-        {
-            var curve = key.Crv switch
-            {
-                "P-256" => ECCurve.NamedCurves.nistP256,
-                _ => throw new CryptographicException("unsupported curve"),
-            };
-            using var ecdsa = ECDsa.Create(new ECParameters
-            {
-                Curve = curve,
-                D = Base64UrlEncoder.DecodeBytes(key.D),
-                Q = new ECPoint { X = Base64UrlEncoder.DecodeBytes(key.X), Y = Base64UrlEncoder.DecodeBytes(key.Y) },
-            });
-            ecdsa.SignData([1], HashAlgorithmName.SHA256);
-        }
-        catch (Exception e) when (e is CryptographicException or FormatException or ArgumentException)
+        // with the library's exception: proved here, and said in one line that never quotes the key.
+        if (key.Crv != "P-256" || EcJwk.ProveKeyPair(key) is not null)
         {
             throw new UsageException($"'{path}' is not a usable private EC P-256 key (ES256): create one with 'agw keys init'");
         }

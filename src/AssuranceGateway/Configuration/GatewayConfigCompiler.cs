@@ -684,7 +684,7 @@ public static class GatewayConfigCompiler
                     reader.Error(s.GetSection("SigningKeyFile"), $"'{path}' must hold a private EC P-256 JWK (ES256)");
                     key = null;
                 }
-                else if (ProveKeyPair(key) is { } problem)
+                else if (EcJwk.ProveKeyPair(key) is { } problem)
                 {
                     reader.Error(s.GetSection("SigningKeyFile"), $"'{path}' does not hold a usable EC P-256 key pair: {problem}");
                     key = null;
@@ -702,28 +702,6 @@ public static class GatewayConfigCompiler
             SigningKey = key,
             Lifetime = reader.Duration(s, "Lifetime", TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(1), TimeSpan.FromHours(1)),
         };
-    }
-
-    /// <summary>
-    /// Imports the evidence key as the signer does, signs a test payload with it and verifies the signature with the
-    /// public point alone; null when that works, else why not. The signer first uses the key after a grant use was
-    /// consumed, so a private part that does not belong to x and y would spend every allowed request's grant on a 500.
-    /// </summary>
-    private static string? ProveKeyPair(JsonWebKey key)
-    {
-        try
-        {
-            var point = new ECPoint { X = Base64UrlEncoder.DecodeBytes(key.X), Y = Base64UrlEncoder.DecodeBytes(key.Y) };
-            using var signer = ECDsa.Create(new ECParameters { Curve = ECCurve.NamedCurves.nistP256, D = Base64UrlEncoder.DecodeBytes(key.D), Q = point });
-            using var verifier = ECDsa.Create(new ECParameters { Curve = ECCurve.NamedCurves.nistP256, Q = point });
-            var payload = "AGW evidence key check"u8;
-            var signature = signer.SignData(payload, HashAlgorithmName.SHA256);
-            return verifier.VerifyData(payload, signature, HashAlgorithmName.SHA256) ? null : "its private part d does not belong to its public point x, y";
-        }
-        catch (Exception e) when (e is CryptographicException or FormatException or ArgumentException)
-        {
-            return e.Message;
-        }
     }
 
     // The settings YARP reads for a route, its match, a cluster and a destination: the properties of its config records,
@@ -765,8 +743,9 @@ public static class GatewayConfigCompiler
             routes.Add(route);
             // YARP's binder skips keys it does not know: a misspelt "Metdata" would leave the route without its policy,
             // and with a DefaultPolicy such as passthrough it would be forwarded unprotected.
-            reader.RejectUnknownProxyKeys(child, RouteKeys);
-            reader.RejectUnknownProxyKeys(child.GetSection("Match"), MatchKeys);
+            var match = child.GetSection("Match");
+            reader.RejectUnknownKeys(child, RouteKeys);
+            reader.RejectUnknownKeys(match, MatchKeys);
             var metadataKey = $"{child.Path}:Metadata:{PolicyMetadataKey}";
             // Read from the section, not the bound dictionary: keys there are case-sensitive ("assurancePolicy" would be
             // missed), and a value that is not one string (an array, an empty string) would be dropped without a word.
@@ -803,12 +782,12 @@ public static class GatewayConfigCompiler
         var clusters = new List<ClusterConfig>();
         foreach (var child in proxy.GetSection("Clusters").GetChildren())
         {
-            reader.RejectUnknownProxyKeys(child, ClusterKeys);
+            reader.RejectUnknownKeys(child, ClusterKeys);
             foreach (var destination in child.GetSection("Destinations").GetChildren())
             {
-                reader.RejectUnknownProxyKeys(destination, DestinationKeys);
+                reader.RejectUnknownKeys(destination, DestinationKeys);
                 var address = destination["Address"];
-                if (!Uri.TryCreate(address, UriKind.Absolute, out var uri) || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
+                if (address is null || !IsHttpUrl(address))
                 {
                     // YARP accepts any string here and fails each request with 502 (UriFormatException) instead.
                     reader.Error(destination.GetSection("Address"), address is null ? "missing" : $"'{address}' is not an absolute http(s) URL");

@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.Json;
 using AssuranceGateway.Configuration;
 using AssuranceGateway.Enforcement;
+using AssuranceGateway.Tokens;
 using Microsoft.IdentityModel.Tokens;
 
 namespace AssuranceGateway.Evidence;
@@ -122,12 +123,7 @@ public sealed class EvidenceSigner(TimeProvider time) : IEvidenceSigner
         }
 
         // The compiler checked at load that this is a private P-256 JWK.
-        var ecdsa = ECDsa.Create(new ECParameters
-        {
-            Curve = ECCurve.NamedCurves.nistP256,
-            D = Base64UrlEncoder.DecodeBytes(key.D),
-            Q = new ECPoint { X = Base64UrlEncoder.DecodeBytes(key.X), Y = Base64UrlEncoder.DecodeBytes(key.Y) },
-        });
+        var ecdsa = EcJwk.Create(key, includePrivate: true);
         t_key?.Value.Dispose();
         t_key = new KeyValuePair<JsonWebKey, ECDsa>(key, ecdsa);
         return ecdsa;

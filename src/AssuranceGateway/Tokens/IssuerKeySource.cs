@@ -90,25 +90,9 @@ public sealed class IssuerKeys
     /// </summary>
     private static bool IsPointOnNamedCurve(JsonWebKey jwk)
     {
-        ECCurve? curve = jwk.Crv switch
-        {
-            "P-256" => ECCurve.NamedCurves.nistP256,
-            "P-384" => ECCurve.NamedCurves.nistP384,
-            "P-521" => ECCurve.NamedCurves.nistP521,
-            _ => null,
-        };
-        if (curve is null)
-        {
-            return false;
-        }
-
         try
         {
-            using var key = ECDsa.Create(new ECParameters
-            {
-                Curve = curve.Value,
-                Q = new ECPoint { X = Base64UrlEncoder.DecodeBytes(jwk.X), Y = Base64UrlEncoder.DecodeBytes(jwk.Y) },
-            });
+            using var key = EcJwk.Create(jwk, includePrivate: false);
             return true;
         }
         catch (Exception e) when (e is CryptographicException or FormatException or ArgumentException)
