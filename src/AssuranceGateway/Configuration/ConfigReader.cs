@@ -54,9 +54,6 @@ internal sealed class ConfigReader(List<string> errors)
         }
     }
 
-    /// <summary>For YARP's own sections, whose keys come from its config records rather than a list written here.</summary>
-    public void RejectUnknownProxyKeys(IConfigurationSection section, string[] known) => RejectUnknownKeys(section, known);
-
     public string? String(IConfigurationSection parent, string key)
     {
         var section = parent.GetSection(key);

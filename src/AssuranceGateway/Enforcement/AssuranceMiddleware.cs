@@ -693,7 +693,7 @@ public sealed partial class AssuranceMiddleware
     private static bool ForwardedAsReceived(HttpContext context, string rawPath, string rawQuery)
     {
         var decoded = context.Request.PathBase.Add(context.Request.Path).Value ?? "/";
-        if (decoded.AsSpan().IndexOfAnyExcept(PathChars) < 0)
+        if (decoded.AsSpan().IndexOfAnyExcept(CanonicalRequest.ForwardedPathChars) < 0)
         {
             // Nothing to encode: the raw path must be the decoded one.
             if (!string.Equals(decoded, rawPath, StringComparison.Ordinal))
@@ -722,7 +722,7 @@ public sealed partial class AssuranceMiddleware
         for (var i = 0; i < decoded.Length; i++)
         {
             var c = decoded[i];
-            if (PathChars.Contains(c))
+            if (CanonicalRequest.ForwardedPathChars.Contains(c))
             {
                 builder.Append(c);
                 continue;
@@ -744,10 +744,6 @@ public sealed partial class AssuranceMiddleware
 
         return builder.ToString();
     }
-
-    /// <summary>RFC 3986 pchar and '/', without '%': what YARP forwards in a path unescaped.</summary>
-    private static readonly SearchValues<char> PathChars =
-        SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/");
 
     /// <summary>The same plus '?': a query of only these (no escapes) is left alone by Uri.</summary>
     private static readonly SearchValues<char> QueryChars =

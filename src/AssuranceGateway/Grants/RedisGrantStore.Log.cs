@@ -34,7 +34,7 @@ internal sealed partial class RedisGrantStore
         public static partial void UnknownOutcome(ILogger logger, string store, string grantId, string? traceId);
 
         [LoggerMessage(3106, LogLevel.Information, "Grant store {Store}: {EventType} of trace {TraceId} recorded on grant {GrantId}")]
-        public static partial void UnknownOutcomeRecorded(ILogger logger, string store, string grantId, string? traceId, string eventType);
+        public static partial void DeferredEventRecorded(ILogger logger, string store, string grantId, string? traceId, string eventType);
 
         [LoggerMessage(3107, LogLevel.Error, "Grant store {Store}: unknown-outcome queue full, dropped the record of grant {GrantId} (trace {TraceId})")]
         public static partial void UnknownOutcomeDropped(ILogger logger, string store, string grantId, string? traceId);

@@ -381,8 +381,9 @@ internal sealed partial class RedisGrantStore
             end
             -- The whole list only when it is read (a retry's check, a late event's place): a denial recorded before any
             -- consume costs EXISTS, LLEN and RPUSH, however long the list.
-            local given_at = cjson.decode(ARGV[1]).at
-            if ARGV[3] ~= '1' and not given_at then
+            local given = cjson.decode(ARGV[1])
+            local at = tonumber(given.at or '')
+            if ARGV[3] ~= '1' and not at then
               if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[2]) then
                 redis.call('HINCRBY', KEYS[1], 'dropped', 1)
               else
@@ -394,7 +395,6 @@ internal sealed partial class RedisGrantStore
             if ARGV[3] == '1' then
               -- A retried record whose first attempt ran after all: the same event, or one of the same type for the same
               -- request (the first attempt may have been stamped by this store, with another "at").
-              local given = cjson.decode(ARGV[1])
               for _, e in ipairs(events) do
                 if e == ARGV[1] then return 0 end
                 if given.traceId then
@@ -407,22 +407,19 @@ internal sealed partial class RedisGrantStore
               redis.call('HINCRBY', KEYS[1], 'dropped', 1)
               return 1
             end
-            -- Events stay oldest first (SPEC §5.2): one recorded late (an unknown outcome, written once Redis answers
-            -- again, after the use that the timed-out consume made when Redis woke up) goes before the events that are
-            -- later than it, not at the end.
-            local at = tonumber(cjson.decode(ARGV[1]).at or '')
             if not at then
               -- No time given: the store's, so it follows every event the store stamped before.
               redis.call('RPUSH', KEYS[2], stamp(ARGV[1], now_us()))
               return 1
             end
+            -- Events stay oldest first (SPEC §5.2): one recorded late (an unknown outcome, written once Redis answers
+            -- again, after the use that the timed-out consume made when Redis woke up) goes before the events that are
+            -- later than it, not at the end.
             local later = nil
-            if at then
-              for i = #events, 1, -1 do
-                local other = tonumber(cjson.decode(events[i]).at or '')
-                if other == nil or other <= at then break end
-                later = events[i]
-              end
+            for i = #events, 1, -1 do
+              local other = tonumber(cjson.decode(events[i]).at or '')
+              if other == nil or other <= at then break end
+              later = events[i]
             end
             if later then
               redis.call('LINSERT', KEYS[2], 'BEFORE', later, ARGV[1])

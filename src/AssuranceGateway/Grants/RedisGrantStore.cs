@@ -610,7 +610,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         {
             await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [json, GrantRules.CapFor(item.Event), "1"], "append", item.GrantId, stopping)
                 .ConfigureAwait(false);
-            Log.UnknownOutcomeRecorded(_logger, Description, item.GrantId, item.Event.TraceId, item.Event.Type);
+            Log.DeferredEventRecorded(_logger, Description, item.GrantId, item.Event.TraceId, item.Event.Type);
             return true;
         }
         catch (StoreUnavailableException)

@@ -180,7 +180,7 @@ public static class CanonicalRequest
     private static readonly System.Text.UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
     /// <summary>RFC 3986 pchar and '/', without '%': what the proxy forwards in a path as it is.</summary>
-    private static readonly System.Buffers.SearchValues<char> ForwardedPathChars =
+    internal static readonly System.Buffers.SearchValues<char> ForwardedPathChars =
         System.Buffers.SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/");
 
     /// <summary>

@@ -58,7 +58,12 @@ public sealed partial class ConfigSchemaTests
             var lists = Bracketed().Matches(text).Select(m => m.Groups[1].Value).DefaultIfEmpty(text);
             foreach (var list in lists)
             {
-                compilerLists.Add(new SortedSet<string>(Quoted().Matches(list).Select(m => m.Groups[1].Value), StringComparer.Ordinal));
+                // A list held in a field (the keys of YARP's own records) belongs to YARP's schema, not to this one.
+                var keys = new SortedSet<string>(Quoted().Matches(list).Select(m => m.Groups[1].Value), StringComparer.Ordinal);
+                if (keys.Count > 0)
+                {
+                    compilerLists.Add(keys);
+                }
             }
         }
 
