@@ -64,6 +64,23 @@ internal static class CommandInput
     private static readonly System.Buffers.SearchValues<char> Base64UrlChars =
         System.Buffers.SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_");
 
+    /// <summary>
+    /// A time given on the command line, which must carry its offset: without one it would be read in this machine's
+    /// time zone, and a grant's window opened hours away from the one meant when the issuer's laptop and the change
+    /// calendar disagree.
+    /// </summary>
+    public static DateTimeOffset Instant(string option, string text)
+    {
+        var styles = System.Globalization.DateTimeStyles.RoundtripKind;
+        if (DateTime.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, styles, out var time) && time.Kind != DateTimeKind.Unspecified
+            && DateTimeOffset.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, System.Globalization.DateTimeStyles.None, out var instant))
+        {
+            return instant;
+        }
+
+        throw new UsageException($"{option} '{text}': a date and time with its offset, e.g. 2026-12-01T09:00:00Z or 2026-12-01T10:00:00+01:00");
+    }
+
     /// <summary>The exact body bytes of <c>--body</c> (empty when not given).</summary>
     public static byte[] ReadBody(FileInfo? file)
     {

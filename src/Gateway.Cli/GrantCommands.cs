@@ -36,7 +36,7 @@ internal static class GrantCommands
         var requestHash = new Option<string?>("--request-hash") { Description = "Bound request hash instead of the request itself" };
         var maxUses = new Option<int?>("--max-uses") { Description = "Uses (default 1)" };
         var ttl = new Option<int?>("--ttl") { Description = "Seconds of validity (default: the policy's MaxTtl)" };
-        var notBefore = new Option<DateTimeOffset?>("--not-before") { Description = "Start of the window (ISO 8601)" };
+        var notBefore = new Option<string?>("--not-before") { Description = "Start of the window (ISO 8601 with Z or an offset)" };
         var reason = new Option<string?>("--reason") { Description = "Why (change ticket, incident)" };
         var create = new Command("create", "Issue a grant")
         {
@@ -98,7 +98,7 @@ internal static class GrantCommands
             Set("requestHash", r.GetValue(requestHash));
             Set("maxUses", r.GetValue(maxUses));
             Set("ttlSeconds", r.GetValue(ttl));
-            Set("notBefore", r.GetValue(notBefore)?.ToString("O"));
+            Set("notBefore", r.GetValue(notBefore) is { } start ? CommandInput.Instant("--not-before", start).ToString("O", System.Globalization.CultureInfo.InvariantCulture) : null);
             Set("reason", r.GetValue(reason));
             return await SendAsync(r, api, bearer, HttpMethod.Post, "/assurance/v1/grants", json, r.GetValue(quiet) ? "id" : null, ct);
         });

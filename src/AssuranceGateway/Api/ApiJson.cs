@@ -16,6 +16,30 @@ internal static class ApiJson
         // Unknown members are refused: a misspelt binding must not silently produce an unbound grant.
         options.UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow;
         options.AllowDuplicateProperties = false;
+        options.Converters.Add(new InstantConverter());
+    }
+
+    public const string OffsetRequired = "a date and time with its offset (Z or +hh:mm), as ISO 8601";
+
+    /// <summary>
+    /// A time the caller sends must say which time it is: "2026-12-01T09:00:00" without an offset would be read in the
+    /// server's time zone, and a grant's window would open hours away from what its issuer meant.
+    /// </summary>
+    private sealed class InstantConverter : JsonConverter<DateTimeOffset>
+    {
+        public override DateTimeOffset Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options)
+        {
+            if (reader.TokenType == JsonTokenType.String && reader.TryGetDateTime(out var time) && time.Kind != DateTimeKind.Unspecified
+                && reader.TryGetDateTimeOffset(out var instant))
+            {
+                return instant;
+            }
+
+            throw new JsonException(OffsetRequired);
+        }
+
+        public override void Write(Utf8JsonWriter writer, DateTimeOffset value, JsonSerializerOptions options) =>
+            writer.WriteStringValue(value);
     }
 
     private static JsonSerializerOptions Create()

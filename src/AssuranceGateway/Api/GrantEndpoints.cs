@@ -371,6 +371,7 @@ internal static class GrantEndpoints
             var field = string.IsNullOrEmpty(e.Path) || e.Path == "$" ? "body" : e.Path.TrimStart('$', '.');
             var what = e.Message.Contains("could not be mapped", StringComparison.Ordinal) ? "unknown member"
                 : e.Message.Contains("Duplicate", StringComparison.Ordinal) ? "member given twice (ambiguous: which one did the caller mean?)"
+                : e.Message == ApiJson.OffsetRequired ? ApiJson.OffsetRequired
                 : "malformed JSON or wrong type";
             await ApiProblems.WriteAsync(context, ReasonCodes.InvalidRequest, $"{field}: {what}").ConfigureAwait(false);
             return null;

@@ -193,6 +193,10 @@ public sealed class GrantApiTests : IAsyncLifetime
     [InlineData("""{"route":"deploy","bindings":"all"}""", "bindings: unknown member")]
     [InlineData("""{"route":"nope"}""", "route: unknown route 'nope'")]
     [InlineData("""{"route":"status"}""", "route: policy 'token-only' of route 'status' does not use grants")]
+    // Without an offset the time would be read in the server's time zone: a window hours away from the one meant.
+    [InlineData("""{"route":"deploy","notBefore":"2030-01-01T09:00:00"}""", "notBefore: a date and time with its offset (Z or +hh:mm), as ISO 8601")]
+    [InlineData("""{"route":"deploy","notBefore":"2030-01-01"}""", "notBefore: a date and time with its offset (Z or +hh:mm), as ISO 8601")]
+    [InlineData("""{"route":"deploy","notBefore":1893488400}""", "notBefore: a date and time with its offset (Z or +hh:mm), as ISO 8601")]
     public async Task Create_MalformedBody_400NamingTheField(string json, string detail)
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, "/assurance/v1/grants") { Content = new StringContent(json, Encoding.UTF8, "application/json") };

@@ -178,6 +178,22 @@ public sealed partial class AgwCliTests
         Assert.Equal(2, code);
     }
 
+    // --not-before without an offset was read in agw's local time zone and sent with that offset: on a laptop in
+    // another zone than the change calendar the window opened hours away from the one meant.
+    [Theory]
+    [InlineData("2030-01-01T09:00:00")]
+    [InlineData("2030-01-01")]
+    public async Task GrantCreate_NotBeforeWithoutOffset_ExitsTwoNamingTheOption(string value)
+    {
+        var (code, output, error) = await AgwAsync("grant", "create", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(), "-q",
+            "--route", "deploy", "--subject", "alice", "--token", _gateway.Idp.Token(), "--not-before", value);
+
+        Assert.Equal(2, code);
+        Assert.Empty(output);
+        Assert.Contains("--not-before", error, StringComparison.Ordinal);
+        Assert.Contains("offset", error, StringComparison.Ordinal);
+    }
+
     // agw token --ttl 0 or negative would mint a token that is already expired; the gateway answers token_invalid and
     // the README's advice ("mint again when token_invalid") would loop.
     [Theory]
