@@ -111,6 +111,9 @@ public static class GatewayConfigCompiler
             Routes = routes,
             Clusters = clusters,
             Urls = configuration["Urls"] ?? string.Empty,
+            Kestrel = configuration.GetSection("Kestrel").AsEnumerable()
+                .Where(e => e.Value is not null)
+                .ToFrozenDictionary(e => e.Key, e => e.Value, StringComparer.OrdinalIgnoreCase),
         };
     }
 

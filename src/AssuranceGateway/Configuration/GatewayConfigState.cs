@@ -84,12 +84,16 @@ public sealed partial class GatewayConfigState : IDisposable
 
         _watch = watch;
         _current = null!;
+        Listeners = new ListenerConfiguration(settings);
         Apply(settings, 0);
         if (watch)
         {
             _reloadRegistration = ChangeToken.OnChange(configuration.GetReloadToken, () => _ = ReloadAsync());
         }
     }
+
+    /// <summary>The <c>Kestrel</c> section of the configuration in force: what Kestrel binds and reloads from.</summary>
+    public ListenerConfiguration Listeners { get; }
 
     /// <summary>The configuration in force now. Read it once per request and use that value throughout.</summary>
     public GatewayRuntime Current => _current;
@@ -186,6 +190,7 @@ public sealed partial class GatewayConfigState : IDisposable
         }
 
         _proxyConfig.Update(routes, settings.Clusters);
+        Listeners.Publish(settings);
         Generation = generation;
         if (_watch)
         {
@@ -295,6 +300,7 @@ public sealed partial class GatewayConfigState : IDisposable
     {
         _reloadRegistration?.Dispose();
         _keyFiles?.Dispose();
+        (Listeners.Root as IDisposable)?.Dispose();
         _reloadLock.Dispose();
     }
 

@@ -22,10 +22,13 @@ public sealed class GatewaySettings
     public required IReadOnlyList<ClusterConfig> Clusters { get; init; }
 
     /// <summary>
-    /// <c>Urls</c> as read: Kestrel binds it once, at start. (Kestrel:Endpoints, which take precedence, Kestrel reloads
-    /// by itself.)
+    /// <c>Urls</c> as read: Kestrel binds it once, at start. (Kestrel:Endpoints, which take precedence, Kestrel rebinds
+    /// when a configuration that changes them is applied: see <see cref="ListenerConfiguration"/>.)
     /// </summary>
     public string Urls { get; init; } = string.Empty;
+
+    /// <summary>The <c>Kestrel</c> section as validated (endpoints, certificates), by full key.</summary>
+    public FrozenDictionary<string, string?> Kestrel { get; init; } = FrozenDictionary<string, string?>.Empty;
 
     public AssurancePolicy? PolicyForRoute(string routeId) =>
         RoutePolicies.TryGetValue(routeId, out var policy) ? policy : null;

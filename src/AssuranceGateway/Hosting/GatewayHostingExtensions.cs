@@ -44,14 +44,18 @@ public static partial class GatewayHostingExtensions
 
         // The mtls workload source: HTTPS endpoints of the proxy ask for a client certificate and accept any (the
         // resolver decides what it proves). Plain HTTP endpoints are unaffected. The API app has its own Kestrel.
-        // Kestrel keeps its own reload of Kestrel:Endpoints: it is also what serves a renewed certificate file
-        // (cert-manager, certbot) without a restart. It rebinds by itself, whatever the gateway decides about the rest of
-        // the file (README, Configuration).
-        builder.WebHost.ConfigureKestrel(kestrel => kestrel.ConfigureHttpsDefaults(https =>
+        // Kestrel reads its endpoints from the configuration the gateway applied, not from the file: a change the gateway
+        // refuses does not move a listener either. Its reload stays on: it rebinds an applied change of endpoints and
+        // serves a renewed certificate file (cert-manager, certbot) without a restart.
+        builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            https.ClientCertificateMode = Microsoft.AspNetCore.Server.Kestrel.Https.ClientCertificateMode.AllowCertificate;
-            https.AllowAnyClientCertificate();
-        }));
+            kestrel.Configure(kestrel.ApplicationServices.GetRequiredService<GatewayConfigState>().Listeners.Root.GetSection("Kestrel"), reloadOnChange: true);
+            kestrel.ConfigureHttpsDefaults(https =>
+            {
+                https.ClientCertificateMode = Microsoft.AspNetCore.Server.Kestrel.Https.ClientCertificateMode.AllowCertificate;
+                https.AllowAnyClientCertificate();
+            });
+        });
 
         var services = builder.Services;
         services.TryAddSingleton(TimeProvider.System);

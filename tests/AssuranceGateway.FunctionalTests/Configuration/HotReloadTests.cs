@@ -77,6 +77,66 @@ public sealed class HotReloadTests : IAsyncLifetime
         Assert.Equal(renewed.Thumbprint, served);
     }
 
+    // A change the gateway refuses is refused whole: Kestrel once rebound Kestrel:Endpoints from the same file by itself,
+    // so a refused file still moved the listener (and one with an endpoint the gateway refused for its missing
+    // certificate stopped the listener it replaced). An applied change moves it.
+    [Fact]
+    public async Task Reload_EndpointMovedInARefusedChange_ListenerStaysUntilAnAppliedChangeMovesIt()
+    {
+        await using var gateway = await GatewayHarness.CreateAsync();
+        var before = $"http://127.0.0.1:{GatewayProcess.FreePort()}";
+        var after = $"http://127.0.0.1:{GatewayProcess.FreePort()}";
+        JsonObject Config(string address)
+        {
+            var config = gateway.DefaultConfig();
+            config["Kestrel"] = new JsonObject { ["Endpoints"] = new JsonObject { ["proxy"] = new JsonObject { ["Url"] = address } } };
+            return config;
+        }
+
+        await gateway.StartWithAsync(Config(before));
+        Assert.Equal(HttpStatusCode.Unauthorized, await StatusAsync(before));
+
+        var refused = Config(after);
+        refused["ReverseProxy"]!["Routes"]!["status"]!["Metadata"]!["AssurancePolicy"] = "no-such-policy";
+        Assert.False(await gateway.ReloadAsync(refused));
+        await Task.Delay(1500); // Kestrel rebinds a moment after the file changes
+
+        Assert.Null(await StatusAsync(after));
+        Assert.Equal(HttpStatusCode.Unauthorized, await StatusAsync(before));
+
+        var httpsWithoutCertificate = Config(after.Replace("http:", "https:", StringComparison.Ordinal));
+        Assert.False(await gateway.ReloadAsync(httpsWithoutCertificate));
+        await Task.Delay(1500);
+
+        Assert.Equal(HttpStatusCode.Unauthorized, await StatusAsync(before));
+
+        Assert.True(await gateway.ReloadAsync(Config(after)), string.Join(Environment.NewLine, gateway.RefusedReloads()));
+        HttpStatusCode? moved = null;
+        for (var i = 0; i < 40 && moved is null; i++)
+        {
+            await Task.Delay(250);
+            moved = await StatusAsync(after);
+        }
+
+        Assert.Equal(HttpStatusCode.Unauthorized, moved);
+        Assert.Empty(gateway.Upstream.Received);
+    }
+
+    /// <summary>The status of a token-less GET /status at that listener; null when nothing listens there.</summary>
+    private static async Task<HttpStatusCode?> StatusAsync(string address)
+    {
+        using var client = new HttpClient { BaseAddress = new Uri(address), Timeout = TimeSpan.FromSeconds(5) };
+        try
+        {
+            using var response = await client.GetAsync("/status");
+            return response.StatusCode;
+        }
+        catch (HttpRequestException)
+        {
+            return null;
+        }
+    }
+
     private static async Task<string> ServedThumbprintAsync(string address)
     {
         var uri = new Uri(address);
