@@ -25,14 +25,9 @@ hash.SetAction(result =>
         throw new UsageException($"--path {pathProblem}");
     }
 
-    if ((result.GetValue(query) ?? string.Empty).StartsWith("??", StringComparison.Ordinal))
+    if (CanonicalRequest.QueryProblem(result.GetValue(query) ?? string.Empty) is { } queryProblem)
     {
-        throw new UsageException("--query starts with a second '?': the gateway refuses such a request; give the query without its '?'");
-    }
-
-    if (CanonicalRequest.RepeatedNameOutOfOrder(result.GetValue(query) ?? string.Empty) is { } repeated)
-    {
-        throw new UsageException($"--query repeats '{repeated}' out of canonical order: the gateway refuses such a request (the hash sorts pairs); give its pairs sorted by byte order");
+        throw new UsageException($"--query {queryProblem}");
     }
 
     if (headers.FirstOrDefault(h => CanonicalRequest.PresentButEmpty(new StringValues([.. h.Value]))) is { Key: not null } empty)

@@ -706,13 +706,7 @@ public sealed partial class AssuranceMiddleware
             return false;
         }
 
-        if (rawQuery.AsSpan().IndexOfAnyExcept(QueryChars) < 0)
-        {
-            return true;
-        }
-
-        return Uri.TryCreate("http://upstream/?" + rawQuery, UriKind.Absolute, out var uri)
-            && string.Equals(uri.Query, "?" + rawQuery, StringComparison.Ordinal);
+        return CanonicalRequest.QueryForwardedAsIs(rawQuery);
     }
 
     private static string? EncodeForwardedPath(string decoded)
@@ -744,10 +738,6 @@ public sealed partial class AssuranceMiddleware
 
         return builder.ToString();
     }
-
-    /// <summary>The same plus '?': a query of only these (no escapes) is left alone by Uri.</summary>
-    private static readonly SearchValues<char> QueryChars =
-        SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?");
 
     /// <summary>
     /// Headers the upstream must never see: the grant id and the workload JWT (a credential), an evidence header a

@@ -177,6 +177,45 @@ public static class CanonicalRequest
         }
     }
 
+    /// <summary>
+    /// Why a query written by an issuer (the API's <c>request.query</c>, <c>agw --query</c>; one leading '?' allowed)
+    /// can never be the query of a request the gateway lets through, or null: the gateway refuses a second leading '?',
+    /// a query the proxy would not forward as it arrived (see <see cref="QueryForwardedAsIs"/>) and a repeated name out
+    /// of canonical order.
+    /// </summary>
+    public static string? QueryProblem(string query)
+    {
+        var raw = query.StartsWith('?') ? query[1..] : query;
+        if (raw.StartsWith('?'))
+        {
+            return "starts with a second '?', which the gateway refuses on the wire (give the query without its '?', or with one)";
+        }
+
+        if (!QueryForwardedAsIs(raw))
+        {
+            return "would not reach the upstream as written, so the gateway refuses it: escape with upper-case hex only, never an "
+                + "unreserved character (%7E is '~'), and escape what is not allowed as is (such as '{', '\"' or non-ASCII)";
+        }
+
+        return RepeatedNameOutOfOrder(raw) is { } repeated
+            ? $"repeats '{repeated}' out of canonical order, which the gateway refuses (the hash sorts pairs): give its pairs sorted by byte order"
+            : null;
+    }
+
+    /// <summary>
+    /// True when the proxy forwards the raw query (without its '?') as it arrived: YARP passes it through
+    /// <see cref="Uri"/>, which decodes escaped unreserved characters, upper-cases escapes and escapes characters that
+    /// may not appear as they are.
+    /// </summary>
+    public static bool QueryForwardedAsIs(string rawQuery) =>
+        rawQuery.AsSpan().IndexOfAnyExcept(QueryChars) < 0
+        || (Uri.TryCreate("http://upstream/?" + rawQuery, UriKind.Absolute, out var uri)
+            && string.Equals(uri.Query, "?" + rawQuery, StringComparison.Ordinal));
+
+    /// <summary>RFC 3986 query characters without '%': a query of only these (no escapes) is left alone by Uri.</summary>
+    private static readonly System.Buffers.SearchValues<char> QueryChars =
+        System.Buffers.SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?");
+
     private static readonly System.Text.UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
     /// <summary>RFC 3986 pchar and '/', without '%': what the proxy forwards in a path as it is.</summary>

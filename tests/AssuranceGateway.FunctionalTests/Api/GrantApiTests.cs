@@ -208,6 +208,23 @@ public sealed class GrantApiTests : IAsyncLifetime
         Assert.Equal(detail, (await response.ProblemAsync()).GetProperty("detail").GetString());
     }
 
+    // The gateway refuses these targets as request_ambiguous (the proxy would forward '~', upper-case hex, escaped braces):
+    // a grant for one could never be used. PathParityTests checks QueryProblem against the gateway itself.
+    [Theory]
+    [InlineData("q=%7E")]
+    [InlineData("q=%c3%a9")]
+    [InlineData("q={x}")]
+    public async Task Create_QueryTheGatewayNeverForwardsAsWritten_400(string query)
+    {
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant["request"]!["query"] = query;
+
+        using var response = await _gateway.PostGrantAsync(grant);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.StartsWith("request.query: would not reach the upstream as written", (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("tokenHash", "abc", "tokenHash: expected")]
     [InlineData("origin", "[\"not-an-ip\"]", "origin[0]:")]

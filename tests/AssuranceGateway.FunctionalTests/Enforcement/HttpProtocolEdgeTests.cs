@@ -114,7 +114,7 @@ public sealed class HttpProtocolEdgeTests : IAsyncLifetime
         using (var response = await _gateway.PostGrantAsync(refused))
         {
             Assert.Equal(System.Net.HttpStatusCode.BadRequest, response.StatusCode);
-            Assert.Contains("'env' is repeated out of canonical order", (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+            Assert.Contains("repeats 'env' out of canonical order", (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
         }
 
         var grant = DeployGrant(token, maxUses: 2);
