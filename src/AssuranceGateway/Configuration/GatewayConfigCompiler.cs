@@ -232,7 +232,8 @@ public static class GatewayConfigCompiler
                 claimValues[name] = list = [];
             }
 
-            list.Add(value);
+            // A JSON true or false in the file reaches here as "True" or "False"; a token's boolean claim reads "true".
+            list.Add(value is "True" or "False" ? value.ToLowerInvariant() : value);
         }
 
         var claims = claimValues.ToDictionary(e => e.Key, e => e.Value.ToArray(), StringComparer.Ordinal);

@@ -315,12 +315,14 @@ public sealed class WorkloadResolver
             return default;
         }
 
-        var values = accessToken.ClaimValues(_settings.Claim);
-        return values.Count switch
+        if (!accessToken.HasClaim(_settings.Claim))
         {
-            0 => default,
-            1 when !string.IsNullOrEmpty(values[0]) => new WorkloadCheck(new WorkloadIdentity(values[0], WorkloadSource.Claim, null), null, null),
-            _ => WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, $"access token claim '{_settings.Claim}' is not a single value"),
-        };
+            return default;
+        }
+
+        // Present but not one non-empty string (an array naming two workloads, a number): invalid, never a workload.
+        return accessToken.StringClaim(_settings.Claim) is { Length: > 0 } workload
+            ? new WorkloadCheck(new WorkloadIdentity(workload, WorkloadSource.Claim, null), null, null)
+            : WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, $"access token claim '{_settings.Claim}' is not a single string");
     }
 }

@@ -271,6 +271,23 @@ public sealed class GrantApiTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.BadRequest, malformedResponse.StatusCode);
     }
 
+    // RFC 9068 allows scope as a string; Okta and others send scp as an array. The array was read as its JSON text,
+    // and the caller was told that the scope it had was missing.
+    [Theory]
+    [InlineData("scope")]
+    [InlineData("scp")]
+    public async Task Read_ScopeGivenAsJsonArray_Honoured(string claim)
+    {
+        var id = await _gateway.CreateGrantAsync(DeployGrant(_gateway.Idp.Token()));
+        using var request = new HttpRequestMessage(HttpMethod.Get, $"/assurance/v1/grants/{id}");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer",
+            _gateway.Idp.Token("reader", TestConfig.ApiAudience, edit: c => c[claim] = new JsonArray("openid", "assurance:read")));
+
+        using var response = await _gateway.Api.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+    }
+
     [Fact]
     public async Task Read_WithoutReadScope_403()
     {
