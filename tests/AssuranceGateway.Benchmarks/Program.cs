@@ -120,7 +120,7 @@ switch (mode)
         using var store = new AssuranceGateway.Grants.RedisGrantStore(
             new AssuranceGateway.Configuration.StoreSettings { Redis = Arg("--redis", "127.0.0.1:6379"), KeyPrefix = "rtt:", Timeout = TimeSpan.FromSeconds(1) },
             TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger<AssuranceGateway.Grants.RedisGrantStore>.Instance);
-        while (!await store.PingAsync(default))
+        while (await store.NotReadyAsync(default) is not null)
         {
             await Task.Delay(50);
         }

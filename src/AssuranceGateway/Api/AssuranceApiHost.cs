@@ -98,24 +98,24 @@ internal static class HealthEndpoints
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted);
             timeout.CancelAfter(config.Current.Settings.Store.Timeout * 4);
-            bool ready;
+            string? problem;
             try
             {
-                ready = await store.PingAsync(timeout.Token).ConfigureAwait(false);
+                problem = await store.NotReadyAsync(timeout.Token).ConfigureAwait(false);
             }
             catch (Exception e) when (e is OperationCanceledException or StoreUnavailableException)
             {
-                ready = false;
+                problem = "does not answer";
             }
 
-            if (ready)
+            if (problem is null)
             {
                 return Results.Text("ready");
             }
 
             context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
             context.Response.Headers.RetryAfter = "1";
-            await ProblemResponses.WriteAsync(context, ReasonCodes.StoreUnavailable, $"the grant store ({store.Description}) does not answer", null).ConfigureAwait(false);
+            await ProblemResponses.WriteAsync(context, ReasonCodes.StoreUnavailable, $"the grant store ({store.Description}) {problem}", null).ConfigureAwait(false);
             return Results.Empty;
         });
     }

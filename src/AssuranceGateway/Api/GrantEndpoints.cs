@@ -305,7 +305,7 @@ internal static class GrantEndpoints
         {
             await ApiProblems.WriteAsync(context, ReasonCodes.StoreUnavailable, e.OutcomeUnknown
                 ? "the grant store did not answer in time; the change may or may not have been applied"
-                : "the grant store is unreachable").ConfigureAwait(false);
+                : "the grant store is unavailable").ConfigureAwait(false);
             return (false, default!);
         }
         finally

@@ -87,7 +87,7 @@ public sealed partial class AssuranceMiddleware
             catch (StoreUnavailableException e)
             {
                 decision.Reason = ReasonCodes.StoreUnavailable;
-                decision.Detail = e.OutcomeUnknown ? "the grant store did not answer in time" : "the grant store is unreachable";
+                decision.Detail = e.OutcomeUnknown ? "the grant store did not answer in time" : "the grant store is unavailable";
             }
             catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
             {

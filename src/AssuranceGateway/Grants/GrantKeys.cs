@@ -16,6 +16,7 @@ namespace AssuranceGateway.Grants;
 /// (µs). Its own slot: see <see cref="RedisGrantStore"/> for why it is maintained in a separate step.</item>
 /// <item><c>{prefix}{pending}:created</c> / <c>{prefix}{pending}:expires</c> — sorted sets of every pending grant id by
 /// creation and by expiry time, for <c>ListPendingAsync</c>. Both share the <c>{pending}</c> slot.</item>
+/// <item><c>{prefix}readyz</c> — string: the readiness probe's write, expiring after a minute.</item>
 /// </list>
 /// The subject is hashed because it is free text (it may hold braces, which would move the hash tag) and may be
 /// long; the grant id is used as is: SPEC §4.1 limits it to <c>[A-Za-z0-9_-]</c>, and even an id with a brace keeps
@@ -37,7 +38,11 @@ internal sealed class GrantKeys
         _prefix = prefix;
         PendingByCreation = prefix + "{pending}:created";
         PendingByExpiry = prefix + "{pending}:expires";
+        Readiness = prefix + "readyz";
     }
+
+    /// <summary>A string the readiness probe writes (and lets expire): a store that refuses it cannot serve.</summary>
+    public RedisKey Readiness { get; }
 
     public RedisKey PendingByCreation { get; }
 

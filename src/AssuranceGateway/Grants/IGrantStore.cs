@@ -42,5 +42,10 @@ public interface IGrantStore
     /// </summary>
     Task AppendEventAsync(string id, GrantEvent grantEvent, CancellationToken cancellationToken);
 
-    Task<bool> PingAsync(CancellationToken cancellationToken);
+    /// <summary>
+    /// Readiness (<c>/readyz</c>): null when the store could serve an enforced request now, else why not, for an
+    /// operator. Answering is not enough: a replica, or a Redis full under noeviction, answers PING and refuses every
+    /// consume and every new grant.
+    /// </summary>
+    Task<string?> NotReadyAsync(CancellationToken cancellationToken);
 }

@@ -240,7 +240,7 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
         return Task.CompletedTask;
     }
 
-    public Task<bool> PingAsync(CancellationToken cancellationToken) => Task.FromResult(true);
+    public Task<string?> NotReadyAsync(CancellationToken cancellationToken) => Task.FromResult<string?>(null);
 
     private void Sweep(DateTimeOffset now)
     {

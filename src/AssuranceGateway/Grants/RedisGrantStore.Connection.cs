@@ -85,7 +85,7 @@ internal sealed partial class RedisGrantStore
             }
             else
             {
-                Log.Unreachable(_logger, Description, link.Name);
+                Log.Unreachable(_logger, Description, link.Name, Volatile.Read(ref _lastConnectionFailure) ?? (connection.IsConnected ? "no answer to PING" : "not connected"));
             }
         }
         if (healthy)
@@ -163,8 +163,16 @@ internal sealed partial class RedisGrantStore
         }
     }
 
-    private void OnConnectionFailed(object? sender, ConnectionFailedEventArgs e) =>
-        Log.ConnectionFailed(_logger, Description, e.FailureType.ToString());
+    private void OnConnectionFailed(object? sender, ConnectionFailedEventArgs e)
+    {
+        // Said when the cause changes, not at every retry: "AuthenticationFailure" is what sends an operator to the
+        // password instead of the network.
+        var failure = e.FailureType.ToString();
+        if (!string.Equals(Interlocked.Exchange(ref _lastConnectionFailure, failure), failure, StringComparison.Ordinal))
+        {
+            Log.ConnectionFailed(_logger, Description, failure);
+        }
+    }
 
     private void OnConnectionRestored(object? sender, ConnectionFailedEventArgs e)
     {
@@ -175,6 +183,7 @@ internal sealed partial class RedisGrantStore
             Interlocked.CompareExchange(ref link.ScriptsLoadedOn, null, sender as ConnectionMultiplexer);
         }
 
+        Volatile.Write(ref _lastConnectionFailure, null);
         Log.ConnectionRestored(_logger, Description);
     }
 

@@ -5,14 +5,14 @@ namespace AssuranceGateway.Grants;
 internal sealed partial class RedisGrantStore
 {
     // Event ids 3100-3199: the Redis grant store, each used once (operators alert on them; LoggerMessageTests checks
-    // the whole assembly). Next free: 3118. Only store names, grant ids and operation names are logged: the store
+    // the whole assembly). Next free: 3119. Only store names, grant ids and operation names are logged: the store
     // never sees a raw token or body, and the connection string may hold a password.
     private static partial class Log
     {
         [LoggerMessage(3100, LogLevel.Debug, "Grant store {Store}: connecting ({Link})")]
         public static partial void Connecting(ILogger logger, string store, string link);
 
-        [LoggerMessage(3101, LogLevel.Debug, "Grant store {Store}: connection failed ({FailureType})")]
+        [LoggerMessage(3101, LogLevel.Warning, "Grant store {Store}: connection failed ({FailureType}); said again only when the cause changes")]
         public static partial void ConnectionFailed(ILogger logger, string store, string failureType);
 
         [LoggerMessage(3102, LogLevel.Debug, "Grant store {Store}: connection restored")]
@@ -21,8 +21,8 @@ internal sealed partial class RedisGrantStore
         [LoggerMessage(3103, LogLevel.Debug, "Grant store {Store}: {Link} connection unhealthy for {Elapsed}, rebuilding it")]
         public static partial void Rebuilding(ILogger logger, string store, string link, TimeSpan elapsed);
 
-        [LoggerMessage(3114, LogLevel.Warning, "Grant store {Store}: {Link} connection does not answer; requests are denied (store_unavailable) until it does")]
-        public static partial void Unreachable(ILogger logger, string store, string link);
+        [LoggerMessage(3114, LogLevel.Warning, "Grant store {Store}: {Link} connection does not answer ({Why}); requests are denied (store_unavailable) until it does")]
+        public static partial void Unreachable(ILogger logger, string store, string link, string why);
 
         [LoggerMessage(3115, LogLevel.Information, "Grant store {Store}: {Link} connection answers")]
         public static partial void Reachable(ILogger logger, string store, string link);
@@ -59,6 +59,9 @@ internal sealed partial class RedisGrantStore
 
         [LoggerMessage(3116, LogLevel.Information, "Grant store {Store}: consumes go over a dedicated connection to {EndPoint}")]
         public static partial void PipeConnected(ILogger logger, string store, string endPoint);
+
+        [LoggerMessage(3118, LogLevel.Warning, "Grant store {Store}: Redis answers but {Refusal}; requests that need the store are denied (store_unavailable). Said at most once a minute while it lasts")]
+        public static partial void Refused(ILogger logger, string store, string refusal);
 
         [LoggerMessage(3117, LogLevel.Warning, "Grant store {Store}: the dedicated consume connection is unavailable ({Why}); consumes use the shared connection meanwhile")]
         public static partial void PipeUnavailable(ILogger logger, string store, string why);

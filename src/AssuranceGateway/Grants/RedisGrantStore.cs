@@ -52,6 +52,11 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     private const int UnknownOutcomeCapacity = 1024;
     private const int PendingPageSize = 100;
     private const string OperationPing = "ping";
+    private static readonly TimeSpan RefusalLogInterval = TimeSpan.FromMinutes(1);
+    private long _lastRefusalLogged;
+
+    /// <summary>How the last connection attempt failed (AuthenticationFailure, SocketFailure…); null once connected.</summary>
+    private string? _lastConnectionFailure;
 
     private readonly StoreSettings _settings;
     private readonly TimeProvider _time;
@@ -417,36 +422,82 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         }
     }
 
-    public async Task<bool> PingAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// A probe key is written, as a consume or a new grant writes: a replica refuses it (READONLY) and so does a Redis out
+    /// of memory under noeviction (OOM), while both still answer PING. With RequireReplicaAcks the write must reach that
+    /// many replicas in time, as a use must. A Redis Cluster must also say that its state is ok.
+    /// </summary>
+    public async Task<string?> NotReadyAsync(CancellationToken cancellationToken)
     {
         try
         {
             foreach (var link in _links)
             {
-                await RunAsync(link, static db => db.PingAsync(), OperationPing, "*", cancellationToken).ConfigureAwait(false);
                 if (link.IsCluster)
                 {
-                    // Any live master answers PING, also while the cluster refuses every key (CLUSTERDOWN, once a master
-                    // has been down past cluster-node-timeout): then every enforced request gets 503, so not ready.
+                    // Any live master answers, also while the cluster refuses every key (CLUSTERDOWN, once a master has
+                    // been down past cluster-node-timeout): then every enforced request gets 503, so not ready.
                     var info = await RunAsync(link, static db => db.ExecuteAsync("CLUSTER", "INFO"), OperationPing, "*", cancellationToken).ConfigureAwait(false);
                     if (!((string?)info ?? string.Empty).Contains("cluster_state:ok", StringComparison.Ordinal))
                     {
-                        return false;
+                        return "the cluster's state is not ok (CLUSTER INFO)";
                     }
+                }
+
+                var replicas = link.IsCluster ? 0 : _settings.RequireReplicaAcks;
+                var waitMs = (long)Math.Max(1, _settings.Timeout.TotalMilliseconds / 2);
+                var acknowledged = await RunAsync(
+                    link,
+                    async db =>
+                    {
+                        // Sent together on one connection: WAIT waits for exactly this write.
+                        var write = db.ExecuteAsync("SET", _keys.Readiness, "1", "PX", "60000");
+                        var wait = replicas > 0 ? db.ExecuteAsync("WAIT", replicas, waitMs) : null;
+                        try
+                        {
+                            await write.ConfigureAwait(false);
+                        }
+                        catch (RedisException)
+                        {
+                            if (wait is not null)
+                            {
+                                Observe(wait);
+                            }
+
+                            throw;
+                        }
+
+                        return wait is null ? 0 : (long)await wait.ConfigureAwait(false);
+                    },
+                    OperationPing,
+                    "*",
+                    cancellationToken).ConfigureAwait(false);
+                if (acknowledged < replicas)
+                {
+                    return $"a write reached {acknowledged} of the {replicas} replicas that Store:RequireReplicaAcks asks for: every use is denied";
                 }
             }
 
-            return true;
+            return null;
         }
-        catch (StoreUnavailableException)
+        catch (StoreUnavailableException e)
         {
-            return false;
+            return e.InnerException is RedisServerException refusal && Refusal(refusal.Message) is { } cause
+                ? cause
+                : $"does not answer ({e.Cause})";
         }
         catch (ObjectDisposedException)
         {
-            return false;
+            return "closed";
         }
     }
+
+    /// <summary>Why a server that answers refuses writes, for an operator; null for any other error.</summary>
+    private static string? Refusal(string message) =>
+        message.StartsWith("READONLY", StringComparison.Ordinal) ? "refuses writes: it is a replica (READONLY); point Assurance:Store at the primary"
+        : RespError.IsOutOfMemoryMessage(message) ? "refuses writes: out of memory (maxmemory under noeviction); grants can neither be used nor created"
+        : RespError.IsNotPrimaryMessage(message) ? $"is not a usable primary ({message.Split(' ')[0]})"
+        : null;
 
     public void Dispose()
     {
@@ -754,7 +805,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
         if (connection is null || !connection.IsConnected)
         {
-            throw Unavailable(operation, grantId, "not connected", outcomeUnknown: false, null);
+            throw Unavailable(operation, grantId, Volatile.Read(ref _lastConnectionFailure) is { } failure ? $"not connected: {failure}" : "not connected", outcomeUnknown: false, null);
         }
 
         if (Remaining() <= TimeSpan.Zero)
@@ -828,7 +879,18 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
     private StoreUnavailableException Unavailable(string operation, string grantId, string why, bool outcomeUnknown, Exception? inner)
     {
-        var exception = new StoreUnavailableException($"Grant store {Description}: {operation} failed ({why}).", outcomeUnknown, inner);
+        var exception = new StoreUnavailableException($"Grant store {Description}: {operation} failed ({why}).", outcomeUnknown, inner) { Cause = why };
+        if ((inner is RedisServerException e ? Refusal(e.Message) : Refusal(why)) is { } refusal)
+        {
+            // Redis answers but refuses to write: nothing else would tell an operator why every request is denied (the
+            // connection is healthy). Said at most once a minute while it lasts.
+            var now = _time.GetTimestamp();
+            var last = Interlocked.Read(ref _lastRefusalLogged);
+            if ((last == 0 || _time.GetElapsedTime(last, now) >= RefusalLogInterval) && Interlocked.CompareExchange(ref _lastRefusalLogged, now, last) == last)
+            {
+                Log.Refused(_logger, Description, refusal);
+            }
+        }
 
         // Readiness probes ask often while Redis is down; the watchdog reports that transition once.
         if (operation != OperationPing)

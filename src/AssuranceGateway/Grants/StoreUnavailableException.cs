@@ -32,4 +32,7 @@ public sealed class StoreUnavailableException : Exception
     /// the store may still have applied it. False when it provably was never sent.
     /// </summary>
     public bool OutcomeUnknown { get; }
+
+    /// <summary>What went wrong, in a few words for an operator ("not connected (AuthenticationFailure)", "out of memory").</summary>
+    public string? Cause { get; init; }
 }

@@ -19,7 +19,7 @@ public sealed class StoreFailureTests
         store.Description.Returns("failing");
         store.ConsumeAsync(Arg.Any<ConsumeRequest>(), Arg.Any<CancellationToken>())
             .ThrowsAsync(new StoreUnavailableException("timed out", outcomeUnknown: true));
-        store.PingAsync(Arg.Any<CancellationToken>()).Returns(false);
+        store.NotReadyAsync(Arg.Any<CancellationToken>()).Returns("does not answer");
         await using var gateway = await GatewayHarness.StartAsync(services: s => s.AddSingleton(store));
 
         using var response = await gateway.Proxy.SendAsync(DeployRequest(gateway.Idp.Token(), gateway.WorkloadIssuer.Svid(), "someGrant", out var trace));

@@ -1111,9 +1111,9 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task PingAsync_Reachable_True()
+    public async Task NotReadyAsync_Reachable_Null()
     {
-        Assert.True(await Store.PingAsync(default));
+        Assert.Null(await Store.NotReadyAsync(default));
     }
 
     // ---------------------------------------------------------------- helpers

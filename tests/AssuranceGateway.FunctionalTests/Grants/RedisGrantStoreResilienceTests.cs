@@ -39,7 +39,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
                 var thrown = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(request, default));
                 return (thrown, clock.Elapsed);
             });
-            pingWhilePaused = await store.PingAsync(default);
+            pingWhilePaused = await store.NotReadyAsync(default) is null;
         }
         finally
         {
@@ -139,7 +139,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
 
         // A shadow decision writes nothing, so there is no outcome to be unsure about.
         Assert.Equal(0, store.UnknownOutcomesPending);
-        await RedisStores.WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(5), "the store to answer again");
+        await RedisStores.WaitUntilAsync(async () => await store.NotReadyAsync(default) is null, TimeSpan.FromSeconds(5), "the store to answer again");
         Assert.DoesNotContain((await store.GetAsync(grant.Id, default))!.Events, e => e.Type == GrantEvent.UnknownOutcome);
     }
 
@@ -152,13 +152,13 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         Assert.Equal(GrantChange.Done, await store.CreateAsync(before, Created(), 10, default));
 
         await redis.KillAsync();
-        Assert.False(await store.PingAsync(default));
+        Assert.NotNull(await store.NotReadyAsync(default));
         await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(before), default));
 
         // Down long enough for the watchdog to give up on the old connection and rebuild it.
         await Task.Delay(TimeSpan.FromSeconds(1.5));
         await redis.StartAsync();
-        var recovery = await RedisStores.WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(5), "the store to answer again");
+        var recovery = await RedisStores.WaitUntilAsync(async () => await store.NotReadyAsync(default) is null, TimeSpan.FromSeconds(5), "the store to answer again");
 
         output.WriteLine($"serving again {recovery.TotalMilliseconds:F0} ms after the restart");
         Assert.True(recovery < TimeSpan.FromSeconds(2), $"recovered after {recovery}");
@@ -176,11 +176,11 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         using var store = RedisStores.Create(RedisStores.Settings(redis, timeout: Timeout), _log);
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(1), $"constructor took {clock.Elapsed}");
 
-        Assert.False(await store.PingAsync(default));
+        Assert.NotNull(await store.NotReadyAsync(default));
         await Assert.ThrowsAsync<StoreUnavailableException>(() => store.CreateAsync(Grant(), Created(), 10, default));
 
         await redis.StartAsync();
-        var ready = await RedisStores.WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(5), "the store to connect");
+        var ready = await RedisStores.WaitUntilAsync(async () => await store.NotReadyAsync(default) is null, TimeSpan.FromSeconds(5), "the store to connect");
 
         output.WriteLine($"serving {ready.TotalMilliseconds:F0} ms after Redis started");
         Assert.True(ready < TimeSpan.FromSeconds(2), $"connected after {ready}");
@@ -200,14 +200,14 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         {
             // Long enough for the watchdog to rebuild the multiplexer against a frozen server.
             await Task.Delay(TimeSpan.FromSeconds(1.6));
-            Assert.False(await store.PingAsync(default));
+            Assert.NotNull(await store.NotReadyAsync(default));
         }
         finally
         {
             await redis.ResumeAsync();
         }
 
-        var recovery = await RedisStores.WaitUntilAsync(() => store.PingAsync(default), TimeSpan.FromSeconds(5), "the store to answer again");
+        var recovery = await RedisStores.WaitUntilAsync(async () => await store.NotReadyAsync(default) is null, TimeSpan.FromSeconds(5), "the store to answer again");
         output.WriteLine($"serving again {recovery.TotalMilliseconds:F0} ms after the resume");
         Assert.True(recovery < TimeSpan.FromSeconds(2), $"recovered after {recovery}");
         var grant = Grant();
@@ -282,7 +282,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
             await redis.ResumeAsync();
         }
 
-        await RedisStores.WaitUntilAsync(async () => store.UnknownOutcomesPending == 0 && await store.PingAsync(default), TimeSpan.FromSeconds(60), "the queue to drain");
+        await RedisStores.WaitUntilAsync(async () => store.UnknownOutcomesPending == 0 && await store.NotReadyAsync(default) is null, TimeSpan.FromSeconds(60), "the queue to drain");
         var use = Matching(grant) with { TraceId = "the-real-use" };
         Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(use, default)).Reason);
 
