@@ -3,6 +3,7 @@ using AssuranceGateway.Configuration;
 using AssuranceGateway.Enforcement;
 using AssuranceGateway.Grants;
 using AssuranceGateway.Requests;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Primitives;
 
 namespace AssuranceGateway.Api;
@@ -204,6 +205,12 @@ internal static class GrantRequestValidator
         if (string.IsNullOrWhiteSpace(spec.Method) || !spec.Method.All(char.IsAsciiLetter))
         {
             return (null, "request.method: required, letters only");
+        }
+
+        if (HttpMethods.IsConnect(spec.Method))
+        {
+            // The gateway refuses a CONNECT before using any grant: the forwarder cannot send one.
+            return (null, "request.method: CONNECT is never forwarded, so the grant could never be used");
         }
 
         if (string.IsNullOrEmpty(spec.Path) || spec.Path[0] != '/')

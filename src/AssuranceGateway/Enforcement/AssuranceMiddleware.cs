@@ -276,6 +276,15 @@ public sealed partial class AssuranceMiddleware
         }
 
         decision.GrantId = ids[0];
+        if (HttpMethods.IsConnect(context.Request.Method))
+        {
+            // Kestrel accepts "CONNECT /path" (origin form) and the route matches, but the forwarder cannot send it: the
+            // use would be spent on a 502 for an action that never ran.
+            decision.Reason = ReasonCodes.RequestAmbiguous;
+            decision.Detail = "CONNECT cannot be forwarded to the upstream: refused before the grant is used";
+            return;
+        }
+
         if (UnsendableHeader(context) is { } unsendable)
         {
             decision.Reason = ReasonCodes.RequestAmbiguous;

@@ -240,19 +240,25 @@ public static class CanonicalRequest
             return null;
         }
 
+        // The hash sorts the '&'-separated pairs. Some readers also split on ';' (Rack 2, Python's parse_qs before 3.9.2,
+        // Go before 1.17): "v=1;env=staging" holds the name env for them, so it counts as a pair that names env too.
         var pairs = query.Split('&', StringSplitOptions.RemoveEmptyEntries);
-        var last = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
-        foreach (var pair in pairs)
+        var last = new Dictionary<string, int>(StringComparer.OrdinalIgnoreCase);
+        for (var index = 0; index < pairs.Length; index++)
         {
-            var equals = pair.IndexOf('=', StringComparison.Ordinal);
-            var raw = equals < 0 ? pair : pair[..equals];
-            var name = ReadAsUpstream(raw);
-            if (last.TryGetValue(name, out var previous) && string.CompareOrdinal(previous, pair) > 0)
+            var pair = pairs[index];
+            foreach (var part in pair.Split(';', StringSplitOptions.RemoveEmptyEntries))
             {
-                return raw;
-            }
+                var equals = part.IndexOf('=', StringComparison.Ordinal);
+                var raw = equals < 0 ? part : part[..equals];
+                var name = ReadAsUpstream(raw);
+                if (last.TryGetValue(name, out var previous) && previous != index && string.CompareOrdinal(pairs[previous], pair) > 0)
+                {
+                    return raw;
+                }
 
-            last[name] = pair;
+                last[name] = index;
+            }
         }
 
         return null;

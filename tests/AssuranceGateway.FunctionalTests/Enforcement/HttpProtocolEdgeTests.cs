@@ -138,6 +138,52 @@ public sealed class HttpProtocolEdgeTests : IAsyncLifetime
         Assert.Equal("x=1&env=prod&env=staging", Assert.Single(_gateway.Upstream.Received).Query);
     }
 
+    // Readers that also split pairs on ';' (Rack 2, Python's parse_qs before 3.9.2, Go before 1.17) read env=staging
+    // first in the sent query and env=prod first in the approved one, and both hash alike: refused, nothing spent.
+    [Fact]
+    public async Task Use_RepeatedNameBehindASemicolonInAnotherOrder_RefusedNothingSpent()
+    {
+        var token = _gateway.Idp.Token();
+        var grant = DeployGrant(token);
+        grant["request"]!["query"] = "env=prod&v=1;env=staging";
+        var id = await _gateway.CreateGrantAsync(grant);
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+
+        var (status, content) = await RawHttp.SendAsync(_gateway.ProxyAddress,
+            Head(token, id, "Content-Type: application/json\r\n", body.Length, "/deploy/v1/releases?v=1;env=staging&env=prod"), body);
+
+        Assert.Equal(400, status);
+        Assert.Contains("\"reason\":\"request_ambiguous\"", content, StringComparison.Ordinal);
+        await AssertUnusedAsync(id);
+    }
+
+    // Kestrel takes "CONNECT /path" (origin form) and the route matches, but the forwarder cannot send it: the use was
+    // spent on a 502 for an action that never ran. The API refuses such a grant; one bound by hash is refused at use.
+    [Fact]
+    public async Task Use_ConnectInOriginForm_RefusedBeforeTheGrantIsUsed()
+    {
+        var token = _gateway.Idp.Token();
+        var grant = DeployGrant(token, body: string.Empty);
+        grant["request"]!["method"] = "CONNECT";
+        using (var refused = await _gateway.PostGrantAsync(grant))
+        {
+            Assert.Equal(System.Net.HttpStatusCode.BadRequest, refused.StatusCode);
+        }
+
+        var hash = Requests.CanonicalRequest.Compute("CONNECT", "/deploy/v1/releases", string.Empty, ["content-type"],
+            n => n == "content-type" ? new Microsoft.Extensions.Primitives.StringValues("application/json") : default, []).Hash;
+        grant.Remove("request");
+        grant["requestHash"] = hash;
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        var (status, content) = await RawHttp.SendAsync(_gateway.ProxyAddress,
+            Head(token, id, "Content-Type: application/json\r\n", 0).Replace("POST ", "CONNECT ", StringComparison.Ordinal), ReadOnlyMemory<byte>.Empty);
+
+        Assert.Equal(400, status);
+        Assert.Contains("\"reason\":\"request_ambiguous\"", content, StringComparison.Ordinal);
+        await AssertUnusedAsync(id);
+    }
+
     [Fact]
     public async Task Use_ChunkedBodyWithTrailers_TrailersNeverReachTheUpstream()
     {

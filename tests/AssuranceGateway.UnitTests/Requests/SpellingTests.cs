@@ -22,6 +22,9 @@ public sealed class SpellingTests
     [InlineData("dry_run=true&dry+run=false")]
     [InlineData("dry_run=true&dry%20run=false")]
     [InlineData("dry_run=true&dry[run=false")]
+    // Rack 2, Python's parse_qs before 3.9.2 and Go before 1.17 also split on ';': env comes first in the second pair.
+    [InlineData("v=1;env=staging&env=prod")]      // canonical: env=prod&v=1;env=staging
+    [InlineData("w=2;env=prod&v=1;env=staging")]  // canonical: v=1;env=staging&w=2;env=prod
     public void RepeatedNameOutOfOrder_NameSpelledTwoWaysTheUpstreamReadsAsOne_Refused(string query) =>
         Assert.NotNull(CanonicalRequest.RepeatedNameOutOfOrder(query));
 
@@ -31,6 +34,8 @@ public sealed class SpellingTests
     [InlineData("env=prod&env=staging&x=1&env=test")]
     [InlineData("a&a=1&b=2&a=2")]
     [InlineData("env=prod")]
+    [InlineData("env=prod&v=1;env=staging")]
+    [InlineData("v=1;env=staging;env=prod&x=1")]   // one '&' pair: its order is part of the hash
     public void RepeatedNameOutOfOrder_CanonicalOrder_Accepted(string query) =>
         Assert.Null(CanonicalRequest.RepeatedNameOutOfOrder(query));
 
