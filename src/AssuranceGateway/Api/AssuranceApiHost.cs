@@ -49,8 +49,10 @@ public sealed partial class AssuranceApiHost(IServiceProvider gatewayServices, I
         _app.UseStatusCodePages(async context =>
         {
             // Unmatched paths and methods answer problem+json too.
-            await ProblemResponses.WriteAsync(context.HttpContext, context.HttpContext.Response.StatusCode == 405 ? ReasonCodes.InvalidRequest : ReasonCodes.UnknownRoute,
-                "no such endpoint on the assurance API", null).ConfigureAwait(false);
+            var http = context.HttpContext;
+            await (http.Response.StatusCode == StatusCodes.Status405MethodNotAllowed
+                ? ProblemResponses.WriteAsync(http, ReasonCodes.MethodNotAllowed, $"this endpoint does not take {http.Request.Method} (Allow: {http.Response.Headers.Allow})", null)
+                : ProblemResponses.WriteAsync(http, ReasonCodes.UnknownRoute, "no such endpoint on the assurance API", null)).ConfigureAwait(false);
         });
         HealthEndpoints.Map(_app);
         GrantEndpoints.Map(_app);

@@ -225,8 +225,10 @@ internal static class GrantEndpoints
 
         if (result.Outcome == GrantChange.Conflict)
         {
+            // The store refuses a pending grant only once it has expired (its stored status stays pending).
+            var state = result.Status == GrantStatus.Pending ? "expired" : result.Status?.ToString().ToLowerInvariant();
             await ApiProblems.WriteAsync(context, ReasonCodes.Conflict,
-                $"only a pending, unexpired grant can be approved (this one is {result.Status?.ToString().ToLowerInvariant()})").ConfigureAwait(false);
+                $"only a pending, unexpired grant can be approved (this one is {state})").ConfigureAwait(false);
             return;
         }
 
@@ -288,7 +290,7 @@ internal static class GrantEndpoints
             return true;
         }
 
-        await ApiProblems.WriteAsync(context, ReasonCodes.AssuranceMalformed, "grant ids are 1-64 characters of A-Z a-z 0-9 _ -").ConfigureAwait(false);
+        await ApiProblems.WriteAsync(context, ReasonCodes.InvalidRequest, "id: grant ids are 1-64 characters of A-Z a-z 0-9 _ -").ConfigureAwait(false);
         return false;
     }
 
@@ -381,7 +383,7 @@ internal static class GrantEndpoints
     private static Task BodyTooLargeAsync(HttpContext context)
     {
         context.Response.StatusCode = StatusCodes.Status413PayloadTooLarge;
-        return ProblemResponses.WriteAsync(context, ReasonCodes.InvalidRequest, $"at most {MaxBodyBytes} bytes", TraceId());
+        return ProblemResponses.WriteAsync(context, ReasonCodes.BodyTooLarge, $"at most {MaxBodyBytes} bytes", TraceId());
     }
 
     private static Task WriteJsonAsync<T>(HttpContext context, T value)

@@ -106,7 +106,12 @@ internal static class GrantRequestValidator
         var origins = new List<string>();
         for (var i = 0; i < (body.Origin?.Count ?? 0); i++)
         {
-            if (!GrantRules.TryParseNetwork(body.Origin![i], out var network, out var problem))
+            if (body.Origin![i] is null)
+            {
+                return Invalid($"origin[{i}]: malformed JSON or wrong type (an address or a range)");
+            }
+
+            if (!GrantRules.TryParseNetwork(body.Origin[i], out var network, out var problem))
             {
                 return Invalid($"origin[{i}]: {problem}");
             }
@@ -131,7 +136,12 @@ internal static class GrantRequestValidator
 
             requestHash = computed.Hash;
             method = spec.Method!.ToUpperInvariant();
-            path = spec.Path;
+            path = spec.Path!;
+            if (settings.Routes.FirstOrDefault(r => string.Equals(r.RouteId, body.Route, StringComparison.OrdinalIgnoreCase)) is { } route
+                && RouteTargets.Problem(route, method, path) is { } unreachable)
+            {
+                return Invalid(unreachable);
+            }
         }
         else if (body.RequestHash is not null && !Hashes.IsWellFormed(body.RequestHash))
         {

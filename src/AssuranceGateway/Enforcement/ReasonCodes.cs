@@ -49,6 +49,7 @@ public static class ReasonCodes
     public const string SelfApproval = "self_approval";
     public const string UnknownRoute = "unknown_route";
     public const string Conflict = "conflict";
+    public const string MethodNotAllowed = "method_not_allowed";
 
     /// <summary>The mismatches a policy may name in <c>RevokeOn</c>: the step-6 binding checks.</summary>
     public static readonly IReadOnlyList<string> Mismatches =
@@ -67,6 +68,7 @@ public static class ReasonCodes
         UnknownRoute => StatusCodes.Status404NotFound,
         GrantNotFound => StatusCodes.Status403Forbidden,
         Conflict => StatusCodes.Status409Conflict,
+        MethodNotAllowed => StatusCodes.Status405MethodNotAllowed,
         _ => StatusCodes.Status403Forbidden,
     };
 
@@ -103,6 +105,7 @@ public static class ReasonCodes
         SelfApproval => "Self-approval is not allowed",
         UnknownRoute => "Unknown route",
         Conflict => "Conflict",
+        MethodNotAllowed => "Method not allowed",
         _ => reason,
     };
 }

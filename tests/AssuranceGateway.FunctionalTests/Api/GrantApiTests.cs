@@ -269,6 +269,7 @@ public sealed class GrantApiTests : IAsyncLifetime
         Assert.Equal("grant_not_found", await getResponse.ReasonAsync());
         Assert.Equal(HttpStatusCode.NotFound, deleteResponse.StatusCode);
         Assert.Equal(HttpStatusCode.BadRequest, malformedResponse.StatusCode);
+        Assert.Equal("invalid_request", await malformedResponse.ReasonAsync()); // not "Assurance-Id malformed": no header was sent
     }
 
     // RFC 9068 allows scope as a string; Okta and others send scp as an array. The array was read as its JSON text,
@@ -286,6 +287,49 @@ public sealed class GrantApiTests : IAsyncLifetime
         using var response = await _gateway.Api.SendAsync(request);
 
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+    }
+
+    // Route "deploy" matches /deploy/{**rest}: a request to /status goes to route "status" and never presents this grant.
+    [Fact]
+    public async Task Create_PathThatTheRouteDoesNotMatch_400()
+    {
+        using var response = await _gateway.PostGrantAsync(DeployGrant(_gateway.Idp.Token(), path: "/status"));
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.StartsWith("request.path: route 'deploy' matches", (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
+    // A null among the origins threw in the validator: a 500 with an empty body.
+    [Fact]
+    public async Task Create_OriginArrayHoldingNull_400NamingTheField()
+    {
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant["origin"] = new JsonArray((JsonNode?)null);
+
+        using var response = await _gateway.PostGrantAsync(grant);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.StartsWith("origin[0]:", (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
+    // A problem's type and status agree (SPEC §4.3: 413 is body_too_large); a 405 names the method, not a missing endpoint.
+    [Fact]
+    public async Task Create_BodyOverTheLimit_413IsBodyTooLarge_And_WrongMethod_405IsMethodNotAllowed()
+    {
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant["reason"] = new string('x', 3 * 1024 * 1024);
+        using var tooLarge = await _gateway.PostGrantAsync(grant);
+        using var put = new HttpRequestMessage(HttpMethod.Put, "/assurance/v1/grants") { Content = new StringContent("{}", Encoding.UTF8, "application/json") };
+        put.Headers.Authorization = new AuthenticationHeaderValue("Bearer", _gateway.Idp.ApiToken());
+        using var wrongMethod = await _gateway.Api.SendAsync(put);
+
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, tooLarge.StatusCode);
+        Assert.Equal("urn:assurance-gateway:body_too_large", (await tooLarge.ProblemAsync()).GetProperty("type").GetString());
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, wrongMethod.StatusCode);
+        var problem = await wrongMethod.ProblemAsync();
+        Assert.Equal("method_not_allowed", problem.GetProperty("reason").GetString());
+        Assert.Equal(405, problem.GetProperty("status").GetInt32());
+        Assert.Contains("PUT", problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
     }
 
     [Fact]

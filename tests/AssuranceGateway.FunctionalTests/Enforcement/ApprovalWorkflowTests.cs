@@ -229,6 +229,27 @@ public sealed class ApprovalWorkflowTests : IAsyncLifetime
         Assert.Equal(["lead-1", "lead-2"], record.GetProperty("approvers").EnumerateArray().Select(a => a.GetString()!).ToArray());
     }
 
+    // The store refuses an expired pending grant (its stored status stays pending): the approver was told
+    // "only a pending, unexpired grant can be approved (this one is pending)".
+    [Fact]
+    public async Task Approve_ExpiredPendingGrant_409SaysItExpired()
+    {
+        var grant = new JsonObject
+        {
+            ["route"] = "breakglass",
+            ["subject"] = "oncall",
+            ["request"] = new JsonObject { ["method"] = "POST", ["path"] = "/breakglass/db-7/shell" },
+            ["ttlSeconds"] = 1,
+        };
+        var id = await _gateway.CreateGrantAsync(grant, _gateway.Idp.ApiToken("lead-1"));
+        await Task.Delay(TimeSpan.FromMilliseconds(1500));
+
+        using var approve = await ApiAsync(HttpMethod.Post, $"/assurance/v1/grants/{id}/approve", _gateway.Idp.ApiToken("lead-2"));
+
+        Assert.Equal(HttpStatusCode.Conflict, approve.StatusCode);
+        Assert.EndsWith("(this one is expired)", (await approve.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Deny_PendingGrant_RevokesIt()
     {
