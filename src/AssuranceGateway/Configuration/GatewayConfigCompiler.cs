@@ -1071,12 +1071,12 @@ public static class GatewayConfigCompiler
 
     /// <summary>
     /// Headers whose hashed value would not be what the upstream receives (SPEC §7.4): the proxy drops hop-by-hop headers
-    /// (RFC 9110 §7.6.1), does not forward Host as sent, writes the X-Forwarded-* set itself, and the gateway removes its
-    /// own protocol headers.
+    /// (RFC 9110 §7.6.1), writes the X-Forwarded-* set itself, and the gateway removes its own protocol headers. Host may
+    /// be bound: the proxy sends the destination's host as Host, and the client's as X-Forwarded-Host (or as Host with
+    /// RequestHeaderOriginalHost), which is what an upstream serving several hosts or tenants reads.
     /// </summary>
     private static readonly Dictionary<string, string> UnbindableHeaders = new(StringComparer.Ordinal)
     {
-        ["host"] = "the proxy sends the destination's host",
         ["connection"] = "a hop-by-hop header the proxy drops",
         ["keep-alive"] = "a hop-by-hop header the proxy drops",
         ["proxy-connection"] = "a hop-by-hop header the proxy drops",

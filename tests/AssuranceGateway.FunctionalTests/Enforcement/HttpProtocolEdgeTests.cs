@@ -184,6 +184,49 @@ public sealed class HttpProtocolEdgeTests : IAsyncLifetime
         await AssertUnusedAsync(id);
     }
 
+    // The proxy passes the client's Host on as X-Forwarded-Host, which upstreams serving several hosts or tenants read
+    // (ASP.NET Core's forwarded headers, Django, Rails). A policy may bind it: a grant for one tenant's host is then
+    // refused on another's, and nothing reaches the upstream.
+    [Fact]
+    public async Task Use_HostBound_AnotherHostIsRequestMismatchAndTheApprovedOneArrivesAsXForwardedHost()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(configure: c =>
+        {
+            c["ReverseProxy"]!["Routes"]!.AsObject()["tenants"] = TestConfig.Route("/tenants/{**rest}", "host-bound");
+            c["Assurance"]!["Policies"]!.AsObject()["host-bound"] = new JsonObject
+            {
+                ["Bind"] = new JsonArray("token", "request"),
+                ["BoundHeaders"] = new JsonArray("host"),
+                ["MaxUses"] = 2,
+            };
+        });
+        var token = gateway.Idp.Token();
+        var grant = new JsonObject
+        {
+            ["route"] = "tenants",
+            ["tokenHash"] = TokenHash(token),
+            ["request"] = new JsonObject
+            {
+                ["method"] = "POST", ["path"] = "/tenants/rotate-keys", ["headers"] = new JsonObject { ["host"] = "tenant-a.example" },
+            },
+            ["maxUses"] = 2,
+        };
+        var id = await gateway.CreateGrantAsync(grant);
+        string Request(string host) =>
+            $"POST /tenants/rotate-keys HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nAssurance-Id: {id}\r\nContent-Length: 0\r\nConnection: close\r\n";
+
+        var (other, content) = await RawHttp.SendAsync(gateway.ProxyAddress, Request("tenant-b.example"), ReadOnlyMemory<byte>.Empty);
+
+        Assert.Equal(403, other);
+        Assert.Contains("\"reason\":\"request_mismatch\"", content, StringComparison.Ordinal);
+        Assert.Equal(0, gateway.Upstream.Count);
+
+        var (approved, _) = await RawHttp.SendAsync(gateway.ProxyAddress, Request("tenant-a.example"), ReadOnlyMemory<byte>.Empty);
+
+        Assert.Equal(200, approved);
+        Assert.Equal("tenant-a.example", Assert.Single(gateway.Upstream.Received).Headers["X-Forwarded-Host"]);
+    }
+
     [Fact]
     public async Task Use_ChunkedBodyWithTrailers_TrailersNeverReachTheUpstream()
     {

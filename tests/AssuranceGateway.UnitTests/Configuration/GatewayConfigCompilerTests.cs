@@ -217,7 +217,6 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     }
 
     [Theory]
-    [InlineData("Host", "the proxy sends the destination's host")]
     [InlineData("keep-alive", "a hop-by-hop header the proxy drops")]
     [InlineData("TE", "a hop-by-hop header the proxy drops")]
     [InlineData("x-forwarded-host", "the proxy writes it")]
