@@ -171,6 +171,14 @@ public sealed class TokenValidator
             return TokenCheck.Fail("the signing key is published for another algorithm");
         }
 
+        // RFC 7518 §3.4: ES256 is P-256 with SHA-256, ES384 P-384, ES512 P-521. An issuer allowed both ES256 and ES384
+        // would otherwise accept an "ES384" token signed with its P-256 key: not a forgery, but not the algorithm either.
+        if (key is JsonWebKey { Kty: "EC" } ec && shape.Algorithm is { Length: > 0 } alg && alg.StartsWith("ES", StringComparison.Ordinal)
+            && !string.Equals(ec.Crv, alg switch { "ES256" => "P-256", "ES384" => "P-384", "ES512" => "P-521", _ => null }, StringComparison.Ordinal))
+        {
+            return TokenCheck.Fail("the signing key's curve does not belong to the token's algorithm");
+        }
+
         // The library is stricter about some claim types than the inspector (an "aud" or "sub" that is a number or an
         // object, a header "cty" that is not a string) and throws on them, before any signature is checked: a refusal.
         JsonWebToken jwt;

@@ -1,5 +1,6 @@
 using System.Collections.Frozen;
 using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json.Nodes;
 using AssuranceGateway.Configuration;
 using AssuranceGateway.Requests;
@@ -290,6 +291,26 @@ public sealed class TokenValidatorTests : IDisposable
         var check = await Validator(typeOptional: true).ValidateAsync(_idp.Sign(header, Claims().ToJsonString()), default);
 
         Assert.True(check.IsValid, check.Failure);
+    }
+
+    // RFC 7518 §3.4: ES384 means P-384. An issuer allowed ES256 and ES384 accepted an "ES384" token signed (with SHA-384)
+    // by its P-256 key.
+    [Fact]
+    public async Task ValidateAsync_Es384SignedWithAP256Key_Rejected()
+    {
+        var header = new JsonObject { ["alg"] = "ES384", ["typ"] = "at+jwt", ["kid"] = "k1" };
+        var signingInput = Base64UrlEncoder.Encode(Encoding.UTF8.GetBytes(header.ToJsonString())) + "."
+            + Base64UrlEncoder.Encode(Encoding.UTF8.GetBytes(Claims().ToJsonString()));
+        var signature = _idp.Key.SignData(Encoding.ASCII.GetBytes(signingInput), HashAlgorithmName.SHA384, DSASignatureFormat.IeeeP1363FixedFieldConcatenation);
+
+        // A JWKS key without "alg" (RFC 7517 makes it optional): the curve is then all that ties the key to ES256.
+        var published = Keys((_idp.Key, "k1")).Find("k1") as JsonWebKey;
+        published!.Alg = null;
+        var keys = IssuerKeys.From(new JsonWebKeySet { Keys = { published } });
+
+        var check = await Validator(keys: keys, algorithms: ["ES256", "ES384"]).ValidateAsync(signingInput + "." + Base64UrlEncoder.Encode(signature), default);
+
+        Assert.Equal("the signing key's curve does not belong to the token's algorithm", check.Failure);
     }
 
     [Fact]
