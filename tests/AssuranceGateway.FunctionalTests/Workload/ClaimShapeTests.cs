@@ -7,9 +7,8 @@ namespace AssuranceGateway.FunctionalTests.Workload;
 
 /// <summary>
 /// Claims that are not plain strings (JSON arrays, booleans), read by RequireClaims (SPEC §2 step 3) and by the
-/// <c>claim</c> workload source. ValidatedToken.ClaimValues promises "a string claim gives one, an array gives each
-/// string element"; IdentityModel 8's TryGetPayloadValue&lt;string&gt; returns the JSON text of an array ("[\"prod\"]")
-/// and .NET's spelling of a boolean ("True"), so ClaimReader.Values never reaches its per-element branch.
+/// <c>claim</c> workload source: an array holds each of its strings, a boolean reads "true" or "false". (IdentityModel
+/// gives an array as its JSON text and a boolean as "True" when asked for a string, which the gateway once used.)
 /// </summary>
 public sealed class ClaimShapeTests
 {
@@ -42,7 +41,6 @@ public sealed class ClaimShapeTests
 
         using var response = await gateway.Proxy.SendAsync(request);
 
-        // Observed: 403 claims_mismatch "claim 'environment' does not have a required value" (compared with "[\"prod\"]").
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         Assert.Equal(1, gateway.Upstream.Count);
     }
@@ -86,8 +84,8 @@ public sealed class ClaimShapeTests
     [Fact]
     public async Task ClaimSource_ClaimNamingTwoWorkloads_WorkloadInvalidNothingForwarded()
     {
-        // WorkloadResolver.FromClaim means to refuse a claim that is not a single value ("access token claim '…' is not a
-        // single value"). An array naming two workloads arrives as one value, its JSON text, and becomes the identity.
+        // A claim that is not one string is present but invalid (SPEC §2 step 3): an array naming two workloads once
+        // became one workload, its JSON text.
         await using var gateway = await GatewayHarness.StartAsync(configure: c =>
         {
             c["ReverseProxy"]!["Routes"]!.AsObject()["prod"] = TestConfig.Route("/prod/{**rest}", "workload-only");
@@ -100,7 +98,6 @@ public sealed class ClaimShapeTests
 
         using var response = await gateway.Proxy.SendAsync(request);
 
-        // Observed: 200, forwarded, with assurance.workload.id = ["spiffe://prod.test/ns/ci/sa/deployer","spiffe://prod.test/ns/dev/sa/intruder"].
         Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
         Assert.Equal("workload_invalid", await response.ReasonAsync());
         Assert.Equal(0, gateway.Upstream.Count);
