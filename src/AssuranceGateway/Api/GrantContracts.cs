@@ -56,6 +56,7 @@ public sealed record GrantView(
     string? RequestHash,
     string? Method,
     string? Path,
+    string? Query,
     int MaxUses,
     int UsesRemaining,
     DateTimeOffset CreatedAt,
@@ -72,7 +73,7 @@ public sealed record GrantView(
     long DroppedEvents)
 {
     public static GrantView From(GrantRecord g) => new(
-        g.Id, g.Route, g.Policy, g.Status, g.Subject, g.Session, g.TokenHash, g.Workload, g.Origins, g.RequestHash, g.Method, g.Path,
+        g.Id, g.Route, g.Policy, g.Status, g.Subject, g.Session, g.TokenHash, g.Workload, g.Origins, g.RequestHash, g.Method, g.Path, g.Query,
         g.MaxUses, g.UsesRemaining, g.CreatedAt, g.ExpiresAt, g.NotBefore, g.Reason, g.CreatedBy, g.ApprovalsRequired,
         Math.Max(0, g.ApprovalsRequired - g.Approvers.Count), g.Approvers, g.ApprovalAal,
         g.FirstUse is { } f ? new FirstUseView(f.TraceId, f.SpanId, f.At, f.Workload, f.Origin) : null,
@@ -82,7 +83,7 @@ public sealed record GrantView(
 
 /// <summary>One entry of GET /assurance/v1/grants?status=pending: what an approver must see to decide.</summary>
 public sealed record PendingGrantView(
-    string Id, string Route, string? Method, string? Path, string? Subject, string? Workload, string? Reason, string? RequestHash,
+    string Id, string Route, string? Method, string? Path, string? Query, string? Subject, string? Workload, string? Reason, string? RequestHash,
     int ApprovalsRemaining, IReadOnlyList<string> Approvers, DateTimeOffset CreatedAt, DateTimeOffset ExpiresAt);
 
 public sealed record ApproveResponse(string Id, GrantStatus Status, int ApprovalsRemaining);

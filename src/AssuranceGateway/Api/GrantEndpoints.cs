@@ -129,7 +129,7 @@ internal static class GrantEndpoints
             return;
         }
 
-        var views = pending.Take(limit).Select(g => new PendingGrantView(g.Id, g.Route, g.Method, g.Path, g.Subject, g.Workload, g.Reason, g.RequestHash,
+        var views = pending.Take(limit).Select(g => new PendingGrantView(g.Id, g.Route, g.Method, g.Path, g.Query, g.Subject, g.Workload, g.Reason, g.RequestHash,
             Math.Max(0, g.ApprovalsRequired - g.Approvers.Count), g.Approvers, g.CreatedAt, g.ExpiresAt)).ToList();
         await WriteJsonAsync(context, new Dictionary<string, object> { ["grants"] = views, ["truncated"] = pending.Count > limit }).ConfigureAwait(false);
     }
@@ -215,8 +215,9 @@ internal static class GrantEndpoints
         var approved = new GrantEvent { Type = GrantEvent.Approved, TraceId = TraceId(), Actor = caller.Subject };
         // Once active, a grant is usable for at most the policy's MaxTtl from approval (or from its notBefore), like one
         // the API issues active: a challenge grant waits PendingTtl for approvers, not MaxTtl.
-        var activeFor = PolicyOf(runtime, grant)?.MaxTtl;
-        var (ok, result) = await StoreCallAsync(context, "approve", ct => store.ApproveAsync(id, caller.Subject, caller.Aal, approved, activeFor, ct),
+        // The quorum too is the policy's in force now: a reload that raised Approvals holds for grants already waiting.
+        var policy = PolicyOf(runtime, grant);
+        var (ok, result) = await StoreCallAsync(context, "approve", ct => store.ApproveAsync(id, caller.Subject, caller.Aal, approved, policy?.MaxTtl, policy?.Approvals ?? 0, ct),
             found: r => r.Outcome != GrantChange.NotFound).ConfigureAwait(false);
         if (!ok)
         {

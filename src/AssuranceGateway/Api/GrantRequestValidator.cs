@@ -188,6 +188,7 @@ internal static class GrantRequestValidator
             Digests = requestHash?.Digests,
             Method = method,
             Path = path,
+            Query = body.Request?.Query is { } query && query.TrimStart('?').Length > 0 ? (query.StartsWith('?') ? query[1..] : query) : null,
             MaxUses = maxUses,
             UsesRemaining = maxUses,
             CreatedAt = now,

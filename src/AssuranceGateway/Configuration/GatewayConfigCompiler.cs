@@ -262,6 +262,12 @@ public static class GatewayConfigCompiler
         {
             reader.Error(s.GetSection("OnMissing"), "'challenge' needs a grant, but RequiresGrant is false");
         }
+        else if (policy.OnMissing == MissingGrantAction.Challenge && (bind & Bindings.Request) == 0 && bindRead)
+        {
+            // SPEC §2 step 5: a challenge asks approval for exactly this request, and the approver is shown its method and
+            // path. Without the request binding the approved grant would let the subject send any request on the route.
+            reader.Error(s.GetSection("OnMissing"), "'challenge' asks approval for exactly the challenged request, so Bind must include request");
+        }
 
         // A setting that can never apply is refused, not ignored: whoever wrote MaxUses on a policy without grants
         // believes something counts the uses. Keys already refused for their value are not reported twice, nor the

@@ -252,6 +252,24 @@ public sealed partial class AssuranceMiddleware
             decision.RequestHash = requestHash.Value.Hash;
         }
 
+        // Requests the forwarder cannot send are refused before a grant is used or a challenge creates one: the use would be
+        // spent on a 502 for an action that never ran, and an approver would approve a request that can never be sent.
+        if (HttpMethods.IsConnect(context.Request.Method))
+        {
+            // Kestrel accepts "CONNECT /path" (origin form) and the route matches.
+            decision.Reason = ReasonCodes.RequestAmbiguous;
+            decision.Detail = "CONNECT cannot be forwarded to the upstream: refused before any grant is used or requested";
+            return;
+        }
+
+        if (UnsendableHeader(context) is { } unsendable)
+        {
+            decision.Reason = ReasonCodes.RequestAmbiguous;
+            decision.Detail = $"header '{JwtInspector.Printable(unsendable)}' has characters beyond ASCII, which the upstream connection cannot send "
+                + "(the cluster's HttpClient.RequestHeaderEncoding would let it): refused before any grant is used or requested";
+            return;
+        }
+
         // Step 5: the grant id.
         if (ids.Count == 0)
         {
@@ -276,22 +294,6 @@ public sealed partial class AssuranceMiddleware
         }
 
         decision.GrantId = ids[0];
-        if (HttpMethods.IsConnect(context.Request.Method))
-        {
-            // Kestrel accepts "CONNECT /path" (origin form) and the route matches, but the forwarder cannot send it: the
-            // use would be spent on a 502 for an action that never ran.
-            decision.Reason = ReasonCodes.RequestAmbiguous;
-            decision.Detail = "CONNECT cannot be forwarded to the upstream: refused before the grant is used";
-            return;
-        }
-
-        if (UnsendableHeader(context) is { } unsendable)
-        {
-            decision.Reason = ReasonCodes.RequestAmbiguous;
-            decision.Detail = $"header '{JwtInspector.Printable(unsendable)}' has characters beyond ASCII, which the upstream connection cannot send "
-                + "(the cluster's HttpClient.RequestHeaderEncoding would let it): refused before the grant is used";
-            return;
-        }
 
         // Step 6: every binding checked and the use consumed, in one atomic store operation.
         var request = new ConsumeRequest
@@ -451,8 +453,20 @@ public sealed partial class AssuranceMiddleware
             return;
         }
 
+        // A binding the policy names but this request lacks would make a grant no request can use (the API refuses one):
+        // no approver is asked for it.
+        var missing = (policy.Bind & Bindings.Session) != 0 && token.Session is null ? "a session (the token has no sid)"
+            : (policy.Bind & Bindings.Origin) != 0 && origin is null ? "a network origin (none could be resolved)"
+            : null;
+        if (missing is not null)
+        {
+            decision.Reason = ReasonCodes.AssuranceRequired;
+            decision.Detail = $"this action needs an approval bound to {missing}: no approval can be requested for this request";
+            return;
+        }
+
         var now = _time.GetUtcNow();
-        var (path, _) = RawTarget(context);
+        var (path, query) = RawTarget(context);
         var grant = new GrantRecord
         {
             Id = GrantIds.New(),
@@ -468,11 +482,13 @@ public sealed partial class AssuranceMiddleware
             Digests = requestHash?.Digests,
             Method = context.Request.Method,
             Path = path,
+            Query = query.Length > 0 ? query : null,
             MaxUses = 1,
             UsesRemaining = 1,
             ExpiresAt = now + policy.PendingTtl,
             ApprovalsRequired = policy.Approvals,
-            Bound = policy.Bind | Bindings.Subject,
+            // The subject always, and the workload whenever one is recorded: the approver is shown both as part of the action.
+            Bound = policy.Bind | Bindings.Subject | (workload is not null ? Bindings.Workload : Bindings.None),
             Reason = "challenged by the gateway",
             CreatedBy = "gateway",
         };

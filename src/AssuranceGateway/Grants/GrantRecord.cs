@@ -79,6 +79,9 @@ public sealed record GrantRecord
     public string? Method { get; init; }
 
     public string? Path { get; init; }
+
+    /// <summary>The raw query without its '?' (null when there is none): the query can carry the whole action.</summary>
+    public string? Query { get; init; }
     public int MaxUses { get; init; } = 1;
     public int UsesRemaining { get; init; } = 1;
     public DateTimeOffset CreatedAt { get; init; }

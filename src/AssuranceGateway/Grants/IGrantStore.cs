@@ -30,7 +30,9 @@ public interface IGrantStore
     /// Adds one distinct approver; activates the grant once enough have approved. An activated grant expires no later
     /// than <paramref name="activeFor"/> after the later of now and its notBefore (null: its expiry stays).
     /// </summary>
-    Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, TimeSpan? activeFor, CancellationToken cancellationToken);
+    /// <param name="minimumApprovals">The quorum of the policy in force now: a grant created under a smaller one needs this
+    /// many (a reload that raised Approvals also holds for grants already waiting); never fewer than its own.</param>
+    Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, TimeSpan? activeFor, int minimumApprovals, CancellationToken cancellationToken);
 
     Task<IReadOnlyList<GrantRecord>> ListPendingAsync(int limit, CancellationToken cancellationToken);
 

@@ -176,7 +176,7 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
         }
     }
 
-    public Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, TimeSpan? activeFor, CancellationToken cancellationToken)
+    public Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, TimeSpan? activeFor, int minimumApprovals, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
@@ -189,6 +189,12 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
             if (grant.Status != GrantStatus.Pending || now >= grant.ExpiresAt)
             {
                 return Task.FromResult(new ApproveResult(GrantChange.Conflict, grant.Status, 0));
+            }
+
+            if (minimumApprovals > grant.ApprovalsRequired)
+            {
+                grant = grant with { ApprovalsRequired = minimumApprovals };
+                _grants[id] = grant;
             }
 
             if (!grant.Approvers.Contains(approver))

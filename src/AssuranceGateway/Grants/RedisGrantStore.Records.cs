@@ -71,6 +71,7 @@ internal sealed partial class RedisGrantStore
 
         AddOptional("method", grant.Method);
         AddOptional("path", grant.Path);
+        AddOptional("query", grant.Query);
         Add("maxUses", grant.MaxUses);
         Add("uses", grant.UsesRemaining);
         Add("expiresAt", ToMicros(grant.ExpiresAt));
@@ -288,6 +289,7 @@ internal sealed partial class RedisGrantStore
             Digests = digests,
             Method = Optional("method"),
             Path = Optional("path"),
+            Query = Optional("query"),
             MaxUses = Int("maxUses"),
             UsesRemaining = Int("uses"),
             CreatedAt = FromMicros(long.Parse(f["createdAt"], CultureInfo.InvariantCulture)),

@@ -325,7 +325,8 @@ internal sealed partial class RedisGrantStore
         /// AAL among its approvers.
         /// KEYS[1] grant hash, KEYS[2] event list. ARGV[1] approver, ARGV[2] approver AAL, ARGV[3] approved event JSON
         /// (no "at", no actor), ARGV[4] maximum events, ARGV[5] how long an activated grant stays usable, in microseconds from now or
-        /// its notBefore, whichever is later (-1: its expiry stays).
+        /// its notBefore, whichever is later (-1: its expiry stays), ARGV[6] the quorum of the policy in force (raises the
+        /// grant's own, never lowers it).
         /// Returns {"not_found"}, {"conflict", status} or {"done", status, approvals remaining, activated (0|1), subject|nil}.
         /// </summary>
         private const string ApproveText = Common + $$"""
@@ -337,6 +338,10 @@ internal sealed partial class RedisGrantStore
             local now = now_us()
             if status ~= '{{StatusPending}}' or now >= tonumber(g[2]) then
               return {'conflict', status}
+            end
+            if tonumber(ARGV[6]) > tonumber(g[5]) then
+              g[5] = ARGV[6]
+              redis.call('HSET', KEYS[1], 'approvalsRequired', g[5])
             end
             local approvers = {}
             if g[3] then approvers = cjson.decode(g[3]) end

@@ -323,13 +323,13 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         return GrantChange.Done;
     }
 
-    public async Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, TimeSpan? activeFor, CancellationToken cancellationToken)
+    public async Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, TimeSpan? activeFor, int minimumApprovals, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(id);
         ArgumentNullException.ThrowIfNull(approver);
         ArgumentNullException.ThrowIfNull(approved);
         var result = (RedisResult[])await EvaluateAsync(
-            Scripts.Approve, _keys.GrantAndEvents(id), [approver, approverAal, EventJson(approved, includeAt: false), GrantRules.MaxEventsAnyKind, activeFor is { } window ? (long)(window.Ticks / 10) : -1], "approve", id, cancellationToken)
+            Scripts.Approve, _keys.GrantAndEvents(id), [approver, approverAal, EventJson(approved, includeAt: false), GrantRules.MaxEventsAnyKind, activeFor is { } window ? (long)(window.Ticks / 10) : -1, minimumApprovals], "approve", id, cancellationToken)
             .ConfigureAwait(false);
         switch ((string)result[0])
         {

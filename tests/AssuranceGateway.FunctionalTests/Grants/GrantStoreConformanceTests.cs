@@ -71,6 +71,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         Assert.Equal(grant.Digests, stored.Digests);
         Assert.Equal(grant.Method, stored.Method);
         Assert.Equal(grant.Path, stored.Path);
+        Assert.Equal(grant.Query, stored.Query);
         Assert.Equal(3, stored.MaxUses);
         Assert.Equal(3, stored.UsesRemaining);
         Assert.Equal(grant.ExpiresAt, stored.ExpiresAt);
@@ -774,10 +775,10 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         var grant = NewGrant() with { Status = GrantStatus.Pending, ApprovalsRequired = 3, Approvers = ["bob"], ApprovalAal = 3 };
         await CreateAsync(grant);
 
-        var first = await Store.ApproveAsync(grant.Id, "carol", 2, Approved(), null, default);
-        var again = await Store.ApproveAsync(grant.Id, "carol", 1, Approved(), null, default);
-        var creatorAgain = await Store.ApproveAsync(grant.Id, "bob", 1, Approved(), null, default);
-        var last = await Store.ApproveAsync(grant.Id, "dave", 3, Approved(), null, default);
+        var first = await Store.ApproveAsync(grant.Id, "carol", 2, Approved(), null, 0, default);
+        var again = await Store.ApproveAsync(grant.Id, "carol", 1, Approved(), null, 0, default);
+        var creatorAgain = await Store.ApproveAsync(grant.Id, "bob", 1, Approved(), null, 0, default);
+        var last = await Store.ApproveAsync(grant.Id, "dave", 3, Approved(), null, 0, default);
 
         Assert.Equal(new ApproveResult(GrantChange.Done, GrantStatus.Pending, 1), first);
         Assert.Equal(new ApproveResult(GrantChange.Done, GrantStatus.Pending, 1), again);
@@ -809,10 +810,10 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         var approvedAt = Now;
         foreach (var grant in new[] { waiting, planned, shortLived })
         {
-            Assert.Equal(GrantStatus.Active, (await Store.ApproveAsync(grant.Id, "carol", 2, Approved(), TimeSpan.FromMinutes(5), default)).Status);
+            Assert.Equal(GrantStatus.Active, (await Store.ApproveAsync(grant.Id, "carol", 2, Approved(), TimeSpan.FromMinutes(5), 0, default)).Status);
         }
 
-        await Store.ApproveAsync(unlimited.Id, "carol", 2, Approved(), null, default);
+        await Store.ApproveAsync(unlimited.Id, "carol", 2, Approved(), null, 0, default);
 
         Assert.InRange((await Store.GetAsync(waiting.Id, default))!.ExpiresAt, approvedAt.AddMinutes(5).AddSeconds(-1), Now.AddMinutes(5).AddSeconds(1));
         AssertNear(planned.NotBefore!.Value.AddMinutes(5), (await Store.GetAsync(planned.Id, default))!.ExpiresAt);
@@ -830,7 +831,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         var grant = NewGrant() with { Status = GrantStatus.Pending, ApprovalsRequired = 1, Approvers = [], ApprovalAal = 0 };
         await CreateAsync(grant);
 
-        var result = await Store.ApproveAsync(grant.Id, "carol", 3, Approved(), null, default);
+        var result = await Store.ApproveAsync(grant.Id, "carol", 3, Approved(), null, 0, default);
 
         Assert.Equal(new ApproveResult(GrantChange.Done, GrantStatus.Active, 0), result);
         Assert.Equal(3, (await Store.GetAsync(grant.Id, default))!.ApprovalAal);
@@ -845,8 +846,8 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         await CreateAsync(revoked);
         await Store.RevokeAsync(revoked.Id, Revoked(), default);
 
-        Assert.Equal(new ApproveResult(GrantChange.Conflict, GrantStatus.Active, 0), await Store.ApproveAsync(active.Id, "carol", 2, Approved(), null, default));
-        Assert.Equal(new ApproveResult(GrantChange.Conflict, GrantStatus.Revoked, 0), await Store.ApproveAsync(revoked.Id, "carol", 2, Approved(), null, default));
+        Assert.Equal(new ApproveResult(GrantChange.Conflict, GrantStatus.Active, 0), await Store.ApproveAsync(active.Id, "carol", 2, Approved(), null, 0, default));
+        Assert.Equal(new ApproveResult(GrantChange.Conflict, GrantStatus.Revoked, 0), await Store.ApproveAsync(revoked.Id, "carol", 2, Approved(), null, 0, default));
         Assert.Equal(["bob"], (await Store.GetAsync(active.Id, default))!.Approvers);
     }
 
@@ -856,13 +857,13 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         var grant = NewGrant() with { Status = GrantStatus.Pending, ExpiresAt = Now.AddSeconds(-3) };
         await CreateAsync(grant);
 
-        Assert.Equal(new ApproveResult(GrantChange.Conflict, GrantStatus.Pending, 0), await Store.ApproveAsync(grant.Id, "carol", 2, Approved(), null, default));
+        Assert.Equal(new ApproveResult(GrantChange.Conflict, GrantStatus.Pending, 0), await Store.ApproveAsync(grant.Id, "carol", 2, Approved(), null, 0, default));
     }
 
     [Fact]
     public async Task ApproveAsync_UnknownGrant_NotFound()
     {
-        Assert.Equal(new ApproveResult(GrantChange.NotFound, null, 0), await Store.ApproveAsync(NewId(), "carol", 2, Approved(), null, default));
+        Assert.Equal(new ApproveResult(GrantChange.NotFound, null, 0), await Store.ApproveAsync(NewId(), "carol", 2, Approved(), null, 0, default));
     }
 
     // ---------------------------------------------------------------- pending grants
@@ -883,7 +884,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
             await AdvanceAsync();
         }
 
-        await Store.ApproveAsync(approved.Id, "carol", 2, Approved(), null, default);
+        await Store.ApproveAsync(approved.Id, "carol", 2, Approved(), null, 0, default);
         await Store.RevokeAsync(revoked.Id, Revoked(), default);
 
         var all = await Store.ListPendingAsync(100, default);
@@ -916,7 +917,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         {
             foreach (var chunk in older.Chunk(10))
             {
-                await Task.WhenAll(chunk.Select(g => Store.ApproveAsync(g.Id, "carol", 2, Approved(), null, default)));
+                await Task.WhenAll(chunk.Select(g => Store.ApproveAsync(g.Id, "carol", 2, Approved(), null, 0, default)));
             }
         });
         while (!approving.IsCompleted || lists == 0)
@@ -961,7 +962,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         await CreateAsync(approved, maxPendingPerSubject: 3);
         await CreateAsync(revoked, maxPendingPerSubject: 3);
         await CreateAsync(expired, maxPendingPerSubject: 3);
-        await Store.ApproveAsync(approved.Id, "carol", 2, Approved(), null, default);
+        await Store.ApproveAsync(approved.Id, "carol", 2, Approved(), null, 0, default);
         await Store.RevokeAsync(revoked.Id, Revoked(), default);
 
         // None of the three counts any more: three new pending grants fit.
@@ -1138,6 +1139,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         Digests = Digests,
         Method = "POST",
         Path = "/deploy/v1/releases",
+        Query = "env=prod&dry_run=false",
         MaxUses = 1,
         UsesRemaining = 1,
         ExpiresAt = Now.AddMinutes(5),

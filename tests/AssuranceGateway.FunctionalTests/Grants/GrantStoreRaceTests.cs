@@ -61,7 +61,7 @@ public abstract class GrantStoreRaceTests : IAsyncLifetime
             var grant = Pending(3);
             Assert.Equal(GrantChange.Done, await Store.CreateAsync(grant, Ev(GrantEvent.Created), 1000, default));
             var results = await Task.WhenAll(Enumerable.Range(0, 12).Select(i => Task.Run(() =>
-                Store.ApproveAsync(grant.Id, "approver" + i, 2, Ev(GrantEvent.Approved), null, default))));
+                Store.ApproveAsync(grant.Id, "approver" + i, 2, Ev(GrantEvent.Approved), null, 0, default))));
             var stored = (await Store.GetAsync(grant.Id, default))!;
             Assert.Equal(GrantStatus.Active, stored.Status);
             Assert.Equal(3, stored.Approvers.Count);
@@ -80,7 +80,7 @@ public abstract class GrantStoreRaceTests : IAsyncLifetime
             var grant = Pending(2);
             await Store.CreateAsync(grant, Ev(GrantEvent.Created), 1000, default);
             var results = await Task.WhenAll(Enumerable.Range(0, 10).Select(_ => Task.Run(() =>
-                Store.ApproveAsync(grant.Id, "carol", 2, Ev(GrantEvent.Approved), null, default))));
+                Store.ApproveAsync(grant.Id, "carol", 2, Ev(GrantEvent.Approved), null, 0, default))));
             var stored = (await Store.GetAsync(grant.Id, default))!;
             Assert.Equal(GrantStatus.Pending, stored.Status);
             Assert.Equal(["carol"], stored.Approvers);
@@ -96,7 +96,7 @@ public abstract class GrantStoreRaceTests : IAsyncLifetime
         {
             var grant = Pending(2, approvers: ["bob"]);
             await Store.CreateAsync(grant, Ev(GrantEvent.Created), 1000, default);
-            var approve = Task.Run(() => Store.ApproveAsync(grant.Id, "carol", 2, Ev(GrantEvent.Approved), null, default));
+            var approve = Task.Run(() => Store.ApproveAsync(grant.Id, "carol", 2, Ev(GrantEvent.Approved), null, 0, default));
             var deny = Task.Run(() => Store.DenyPendingAsync(grant.Id, Ev(GrantEvent.Revoked), default));
             var (a, d) = (await approve, await deny);
             var stored = (await Store.GetAsync(grant.Id, default))!;

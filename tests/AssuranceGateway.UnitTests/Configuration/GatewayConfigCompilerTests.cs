@@ -940,6 +940,22 @@ public sealed class GatewayConfigCompilerTests : IDisposable
             "Assurance:Policies:token-only:OnMissing: 'challenge' needs a grant, but RequiresGrant is false");
     }
 
+    // A challenge asks approval for exactly the challenged request (SPEC §2 step 5): without the request binding the
+    // approved grant let its subject send any other request on the route.
+    [Fact]
+    public void Compile_ChallengeWithoutTheRequestBinding_Refused()
+    {
+        AssertProblems(
+            c =>
+            {
+                Policy(c, Deploy)["OnMissing"] = "challenge";
+                Policy(c, Deploy)["Bind"] = new JsonArray("token", "workload");
+                Policy(c, Deploy).Remove("BoundHeaders");
+                Policy(c, Deploy).Remove("MaxBodyBytes");
+            },
+            $"{DeployPath}:OnMissing: 'challenge' asks approval for exactly the challenged request, so Bind must include request");
+    }
+
     [Fact]
     public void Compile_NoGrantPolicyWithEveryGrantSetting_OneLineEach()
     {
