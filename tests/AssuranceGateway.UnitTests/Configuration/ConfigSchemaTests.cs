@@ -286,12 +286,14 @@ public sealed partial class ConfigSchemaTests
 
     /// <summary>
     /// Settings the compiler refuses where they could never apply (SPEC §7.6: replica acknowledgements without Redis; a
-    /// body limit without the request binding): their bounds are checked with the setting they need present.
+    /// body limit without the request binding; a challenge, which asks approval for exactly one request, without it):
+    /// their bounds are checked with the setting they need present.
     /// </summary>
     private static readonly Dictionary<string, KeyValuePair<string, string>> Prerequisites = new(StringComparer.Ordinal)
     {
         ["Assurance:Store:RequireReplicaAcks"] = new("Assurance:Store:Redis", "127.0.0.1:6379"),
         ["Assurance:Policies:p:MaxBodyBytes"] = new("Assurance:Policies:p:Bind:0", "request"),
+        ["Assurance:Policies:p:OnMissing"] = new("Assurance:Policies:p:Bind:0", "request"),
     };
 
     private static (GatewaySettings? Settings, IReadOnlyList<string> Errors) Compile(string? key, string? value)
