@@ -424,8 +424,8 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
     /// <summary>
     /// A probe key is written, as a consume or a new grant writes: a replica refuses it (READONLY) and so does a Redis out
-    /// of memory under noeviction (OOM), while both still answer PING. With RequireReplicaAcks the write must reach that
-    /// many replicas in time, as a use must. A Redis Cluster must also say that its state is ok.
+    /// of memory under noeviction (OOM), while both still answer PING. With RequireReplicaAcks that many replicas must be
+    /// connected, as a use needs them. A Redis Cluster must also say that its state is ok.
     /// </summary>
     public async Task<string?> NotReadyAsync(CancellationToken cancellationToken)
     {
@@ -444,37 +444,18 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                     }
                 }
 
+                await RunAsync(link, db => db.ExecuteAsync("SET", _keys.Readiness, "1", "PX", "60000"), OperationPing, "*", cancellationToken).ConfigureAwait(false);
                 var replicas = link.IsCluster ? 0 : _settings.RequireReplicaAcks;
-                var waitMs = (long)Math.Max(1, _settings.Timeout.TotalMilliseconds / 2);
-                var acknowledged = await RunAsync(
-                    link,
-                    async db =>
-                    {
-                        // Sent together on one connection: WAIT waits for exactly this write.
-                        var write = db.ExecuteAsync("SET", _keys.Readiness, "1", "PX", "60000");
-                        var wait = replicas > 0 ? db.ExecuteAsync("WAIT", replicas, waitMs) : null;
-                        try
-                        {
-                            await write.ConfigureAwait(false);
-                        }
-                        catch (RedisException)
-                        {
-                            if (wait is not null)
-                            {
-                                Observe(wait);
-                            }
-
-                            throw;
-                        }
-
-                        return wait is null ? 0 : (long)await wait.ConfigureAwait(false);
-                    },
-                    OperationPing,
-                    "*",
-                    cancellationToken).ConfigureAwait(false);
-                if (acknowledged < replicas)
+                if (replicas > 0)
                 {
-                    return $"a write reached {acknowledged} of the {replicas} replicas that Store:RequireReplicaAcks asks for: every use is denied";
+                    // Counted, not waited for: a WAIT blocks the connection it is sent on, and readiness is probed often
+                    // and by anyone (it takes no token), so it would hold up every other command behind it.
+                    var info = (string?)await RunAsync(link, static db => db.ExecuteAsync("INFO", "replication"), OperationPing, "*", cancellationToken).ConfigureAwait(false);
+                    var connected = ConnectedReplicas(info);
+                    if (connected < replicas)
+                    {
+                        return $"has {connected} connected replicas, fewer than the {replicas} that Store:RequireReplicaAcks asks for: every use is denied";
+                    }
                 }
             }
 
@@ -490,6 +471,21 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         {
             return "closed";
         }
+    }
+
+    /// <summary>"connected_slaves:N" of INFO replication (0 when absent).</summary>
+    private static int ConnectedReplicas(string? info)
+    {
+        const string Field = "connected_slaves:";
+        var at = info?.IndexOf(Field, StringComparison.Ordinal) ?? -1;
+        if (at < 0)
+        {
+            return 0;
+        }
+
+        var digits = info!.AsSpan(at + Field.Length);
+        var length = digits.IndexOfAnyExceptInRange('0', '9');
+        return int.TryParse(length < 0 ? digits : digits[..length], NumberStyles.None, CultureInfo.InvariantCulture, out var count) ? count : 0;
     }
 
     /// <summary>Why a server that answers refuses writes, for an operator; null for any other error.</summary>

@@ -129,7 +129,7 @@ public sealed class StoreReadinessTests
 
         Assert.Equal((HttpStatusCode.ServiceUnavailable, "store_unavailable"), (status, reason));
         Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.Status);
-        Assert.Contains("of the 1 replicas that Store:RequireReplicaAcks asks for", ready.Detail, StringComparison.Ordinal);
+        Assert.Contains("fewer than the 1 that Store:RequireReplicaAcks asks for", ready.Detail, StringComparison.Ordinal);
     }
 
     [Fact]

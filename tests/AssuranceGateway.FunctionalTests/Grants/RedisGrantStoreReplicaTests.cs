@@ -31,13 +31,32 @@ public sealed class RedisGrantStoreReplicaTests
         // WAIT returned only once the replica had the write: read it there, straight away.
         Assert.Equal("0", await replica.ExecuteAsync("HGET", new GrantKeys(settings.KeyPrefix).Grant(grant.Id)!, "uses"));
 
-        // One round trip: the script and the WAIT after it, nothing else. (After the readiness probe's own SET and WAIT,
-        // the client library sends a SELECT ahead of the next command, in the same write: its bookkeeping, no round trip.)
+        // One round trip: the script and the WAIT after it, nothing else. (The client library may send a SELECT ahead of
+        // them in the same write: its own bookkeeping, no round trip.)
         var sent = monitor.Commands
             .Where(c => c.Client != "lua" && c.Command is not ("PING" or "REPLCONF" or "SELECT") && !c.Line.Contains("monitor-sync-", StringComparison.Ordinal))
             .Select(c => c.Command)
             .ToList();
         Assert.Equal(["EVALSHA", "WAIT"], sent);
+    }
+
+    // Readiness is probed often and by anyone (/readyz takes no token): while replicas are short it must say so without
+    // a WAIT, which would block the shared connection and time out every read, grant and approval queued behind it.
+    [Fact]
+    public async Task NotReadyAsync_ReplicasShort_NotReadyWithoutHoldingUpTheSharedConnection()
+    {
+        await using var primary = await StartPrimaryAsync();
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(primary, timeout: TimeSpan.FromMilliseconds(400)) with { RequireReplicaAcks = 1 });
+        var grant = RedisStores.TokenGrant();
+        await store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default);
+
+        var probes = Enumerable.Range(0, 4).Select(_ => Task.Run(() => store.NotReadyAsync(default))).ToArray();
+        await Task.Delay(50);
+        var read = await Record.ExceptionAsync(() => store.GetAsync(grant.Id, default));
+        var answers = await Task.WhenAll(probes);
+
+        Assert.All(answers, a => Assert.Contains("0 connected replicas", a, StringComparison.Ordinal));
+        Assert.Null(read);
     }
 
     [Fact]
