@@ -232,8 +232,13 @@ public static class GatewayConfigCompiler
                 claimValues[name] = list = [];
             }
 
-            // A JSON true or false in the file reaches here as "True" or "False"; a token's boolean claim reads "true".
-            list.Add(value is "True" or "False" ? value.ToLowerInvariant() : value);
+            // A JSON true or false in the file reaches here as "True" or "False", which a token's boolean claim ("true")
+            // must match; the configuration cannot tell it from the string "True", which a string claim must match.
+            list.Add(value);
+            if (value is "True" or "False")
+            {
+                list.Add(value.ToLowerInvariant());
+            }
         }
 
         var claims = claimValues.ToDictionary(e => e.Key, e => e.Value.ToArray(), StringComparer.Ordinal);

@@ -81,6 +81,21 @@ public sealed class ClaimShapeTests
         Assert.Equal(1, gateway.Upstream.Count);
     }
 
+    // The configuration cannot tell a JSON true (read as "True") from the string "True": a string claim "True" (what
+    // issuers built on .NET's bool.ToString write) still matches a required "True".
+    [Fact]
+    public async Task RequireClaims_StringClaimTrueRequiredAsTheStringTrue_Forwarded()
+    {
+        await using var gateway = await StartAsync(new JsonObject { ["change_approved"] = "True" }, "header");
+        using var request = GatewayHarness.Request(HttpMethod.Post, "/prod/deploy", gateway.Idp.Token(), out _);
+        request.Headers.TryAddWithoutValidation("Workload-Identity", gateway.WorkloadIssuer.Svid(Deployer, edit: c => c["change_approved"] = "True"));
+
+        using var response = await gateway.Proxy.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(1, gateway.Upstream.Count);
+    }
+
     [Fact]
     public async Task ClaimSource_ClaimNamingTwoWorkloads_WorkloadInvalidNothingForwarded()
     {

@@ -20,6 +20,9 @@ public sealed class RouteTargetsTests
     [InlineData("/items/{id:int}", "/items/abc")]              // constraints only narrow: not judged, never refused here
     [InlineData("/files/{name}", "/files/a%20b")]              // matched on the decoded path, as routing does
     [InlineData(null, "/anything")]                            // a route without a path (hosts only) matches any
+    [InlineData("/deploy/{**rest}", "/deploy//v1/releases")]   // routing takes empty segments (object-store keys)
+    [InlineData("/reports/{format=json}", "/reports")]         // an inline default makes the segment optional
+    [InlineData("/reports/{format?}", "/reports")]
     public void Problem_PathTheRouteMatches_Null(string? template, string path) =>
         Assert.Null(RouteTargets.Problem(Route(template), "POST", path));
 
