@@ -895,6 +895,15 @@ public static class GatewayConfigCompiler
                 {
                     return $"'{key}' writes the bound header '{header}'";
                 }
+
+                // A bound host reaches the upstream as X-Forwarded-Host only while the proxy sets that header: appended to,
+                // or left alone, the client's own value (which no hash covers) comes first.
+                var hostAction = transform.FirstOrDefault(t => string.Equals(t.Key, "Host", StringComparison.OrdinalIgnoreCase)).Value ?? value;
+                if (Bound("host") is not null && !string.Equals(hostAction, "Set", StringComparison.OrdinalIgnoreCase)
+                    && !string.Equals(hostAction, "Remove", StringComparison.OrdinalIgnoreCase))
+                {
+                    return $"'{key}' with '{hostAction}' lets the client's own {prefix}Host reach the upstream, which the bound host does not cover (use Set)";
+                }
             }
             else if (string.Equals(key, "RequestHeadersCopy", StringComparison.OrdinalIgnoreCase))
             {

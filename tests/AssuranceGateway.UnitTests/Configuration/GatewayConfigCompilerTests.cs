@@ -687,6 +687,23 @@ public sealed class GatewayConfigCompilerTests : IDisposable
             $"ReverseProxy:Routes:deploy:Transforms[0]: 'X-Forwarded' writes the bound header 'x-release-for', but policy '{Deploy}' binds request: the upstream must receive the request that was approved");
     }
 
+    // A bound host reaches the upstream as X-Forwarded-Host only while the proxy sets it: appended to (or left alone), the
+    // client's own X-Forwarded-Host, which no hash covers, comes first and names another tenant.
+    [Theory]
+    [InlineData("""{"X-Forwarded":"Append"}""", "Append")]
+    [InlineData("""{"X-Forwarded":"Off"}""", "Off")]
+    [InlineData("""{"X-Forwarded":"Set","Host":"Append"}""", "Append")]
+    public void Compile_HostBoundButXForwardedHostNotSet_Refused(string transform, string action)
+    {
+        AssertProblems(
+            c =>
+            {
+                Policy(c, Deploy)["BoundHeaders"] = new JsonArray("content-type", "host");
+                Route(c, "deploy")["Transforms"] = new JsonArray(JsonNode.Parse(transform));
+            },
+            $"ReverseProxy:Routes:deploy:Transforms[0]: 'X-Forwarded' with '{action}' lets the client's own X-Forwarded-Host reach the upstream, which the bound host does not cover (use Set), but policy '{Deploy}' binds request: the upstream must receive the request that was approved");
+    }
+
     [Fact]
     public void Compile_UnknownTransformOnRequestBoundRoute_Refused()
     {
