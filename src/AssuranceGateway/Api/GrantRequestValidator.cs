@@ -188,7 +188,7 @@ internal static class GrantRequestValidator
             Digests = requestHash?.Digests,
             Method = method,
             Path = path,
-            Query = body.Request?.Query is { } query && query.TrimStart('?').Length > 0 ? (query.StartsWith('?') ? query[1..] : query) : null,
+            Query = body.Request?.Query is { Length: > 0 } query && (query.StartsWith('?') ? query[1..] : query) is { Length: > 0 } raw ? raw : null,
             MaxUses = maxUses,
             UsesRemaining = maxUses,
             CreatedAt = now,
