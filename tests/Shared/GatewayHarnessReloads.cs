@@ -15,6 +15,18 @@ public static class GatewayHarnessReloads
             File.Move(temporary, harness.ConfigPath, overwrite: true);
         });
 
+    /// <summary>
+    /// Replaces a key file the configuration names with <paramref name="text"/> (renamed into place), as an operator
+    /// rotating a key does; the gateway watches key files. True if it applied the change, false if it refused it.
+    /// </summary>
+    public static Task<bool> ReplaceKeyFileAsync(this GatewayHarness harness, string path, string text) =>
+        harness.ChangeAsync(async () =>
+        {
+            var temporary = path + ".tmp";
+            await File.WriteAllTextAsync(temporary, text);
+            File.Move(temporary, path, overwrite: true);
+        });
+
     /// <summary>Deletes the config file; true if the gateway applied that (it must not), false if refused.</summary>
     public static Task<bool> DeleteConfigAsync(this GatewayHarness harness) =>
         harness.ChangeAsync(() =>

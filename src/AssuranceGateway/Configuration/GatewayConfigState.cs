@@ -43,6 +43,9 @@ public sealed partial class GatewayConfigState : IDisposable
     private volatile GatewayRuntime _current;
     private KeyFileWatch? _keyFiles;
 
+    // Every evidence kid this process has had in force, with the public point it named: a kid stays bound to one key.
+    private readonly Dictionary<string, string> _evidenceKeys = new(StringComparer.Ordinal);
+
     // Newest first: the generations that requests already routed by YARP may still belong to.
     private volatile GatewayRuntime[] _recent = [];
     private const int RecentGenerations = 4;
@@ -191,6 +194,11 @@ public sealed partial class GatewayConfigState : IDisposable
 
         _proxyConfig.Update(routes, settings.Clusters);
         Listeners.Publish(settings);
+        if (settings.Evidence.SigningKey is { Kid: { Length: > 0 } kid } key)
+        {
+            _evidenceKeys[kid] = EvidenceKeyPoint(key);
+        }
+
         Generation = generation;
         if (_watch)
         {
@@ -269,8 +277,18 @@ public sealed partial class GatewayConfigState : IDisposable
             }
         }
 
+        if (settings?.Evidence.SigningKey is { Kid: { Length: > 0 } kid } key
+            && _evidenceKeys.TryGetValue(kid, out var published)
+            && !string.Equals(published, EvidenceKeyPoint(key), StringComparison.Ordinal))
+        {
+            all.Add($"Assurance:Evidence:SigningKeyFile: '{settings.Evidence.SigningKeyFile}' holds another key under kid '{kid}', which this gateway "
+                + "has already published for a different key: upstreams pick the verification key by kid (and may cache it), so a new key needs a new kid");
+        }
+
         return all.Count > 0 ? (null, all) : (settings, all);
     }
+
+    private static string EvidenceKeyPoint(Microsoft.IdentityModel.Tokens.JsonWebKey key) => $"{key.Crv}|{key.X}|{key.Y}";
 
     private void WarnAboutRestartOnlyChanges(GatewaySettings before, GatewaySettings after)
     {

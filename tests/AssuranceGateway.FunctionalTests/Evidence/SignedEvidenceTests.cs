@@ -210,6 +210,27 @@ public sealed class SignedEvidenceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Reload_AnotherKeyUnderAPublishedKid_RefusedAndTheKidKeepsNamingOneKey()
+    {
+        // Two keys under one kid: an upstream that cached ev-1 rejects the new evidence, one that re-fetched picks either
+        // key for either evidence. Rewriting the key file with a new key and the same kid is refused; the old key signs on.
+        var before = await AllowedEvidenceAsync();
+        var keyFile = _config["Assurance"]!["Evidence"]!["SigningKeyFile"]!.GetValue<string>();
+        var published = await _gateway.Api.GetStringAsync("/.well-known/jwks.json");
+        var otherKey = await File.ReadAllTextAsync(await WriteKeyAsync(_gateway, "evidence-other.jwk.json", "ev-1"));
+
+        Assert.False(await _gateway.ReplaceKeyFileAsync(keyFile, otherKey));
+
+        var refused = Assert.Single(_gateway.RefusedReloads());
+        Assert.Contains($"Assurance:Evidence:SigningKeyFile: '{keyFile}' holds another key under kid 'ev-1'", refused, StringComparison.Ordinal);
+        var after = await AllowedEvidenceAsync();
+        Assert.Equal(published, await _gateway.Api.GetStringAsync("/.well-known/jwks.json"));
+        var result = await VerifyAsync(after);
+        Assert.True(result.IsValid, result.Exception?.Message);
+        Assert.True((await VerifyAsync(before)).IsValid);
+    }
+
+    [Fact]
     public async Task Reload_EvidenceKeyHalvesDisagree_RefusedEvidenceStillSigned()
     {
         // The broken key would only fail when signing, after the grant use was consumed: refused at reload instead.
