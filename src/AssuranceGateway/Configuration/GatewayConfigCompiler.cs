@@ -87,6 +87,10 @@ public static class GatewayConfigCompiler
         var api = ReadApi(reader, reader.Section(assurance, "Api"));
         var evidence = ReadEvidence(reader, reader.Section(assurance, "Evidence"), baseDirectory);
         var (routes, clusters, routePolicies) = ReadProxy(reader, configuration, assurance, policies);
+        if (evidence.SigningKeyFile is not null)
+        {
+            CheckEvidenceForwarding(reader, routes, routePolicies);
+        }
 
         CrossCheck(reader, assurance, routePolicies, tokens, workload, api);
         CheckListeners(reader, configuration, api);
@@ -919,6 +923,52 @@ public static class GatewayConfigCompiler
         }
 
         return named ? null : $"'{string.Join(", ", transform.Keys)}' names no transform the gateway knows to leave the request unchanged";
+    }
+
+    /// <summary>
+    /// With an evidence key, every request a token-checking policy allows reaches the upstream with
+    /// <c>Assurance-Evidence</c> (SPEC §5.6), set on the request before YARP copies its headers. A transform that copies
+    /// no request header, copies an allow-list without it, or names it would consume the grant and forward the request
+    /// without its evidence (or with another value): an upstream that requires evidence then refuses an approved request
+    /// whose single use is already spent.
+    /// </summary>
+    private static void CheckEvidenceForwarding(ConfigReader reader, List<RouteConfig> routes, Dictionary<string, AssurancePolicy> routePolicies)
+    {
+        var header = AssuranceMiddleware.EvidenceHeader;
+        foreach (var route in routes)
+        {
+            if (!routePolicies.TryGetValue(route.RouteId, out var policy) || !policy.RequiresToken)
+            {
+                continue;
+            }
+
+            for (var i = 0; i < (route.Transforms?.Count ?? 0); i++)
+            {
+                string? problem = null;
+                foreach (var (key, value) in route.Transforms![i])
+                {
+                    if (string.Equals(key, "RequestHeadersCopy", StringComparison.OrdinalIgnoreCase) && (!bool.TryParse(value, out var copy) || !copy))
+                    {
+                        problem = $"'{key}: {value}' drops {header}";
+                    }
+                    else if (string.Equals(key, "RequestHeadersAllowed", StringComparison.OrdinalIgnoreCase)
+                        && !value.Split(';', StringSplitOptions.TrimEntries).Contains(header, StringComparer.OrdinalIgnoreCase))
+                    {
+                        problem = $"'{key}' does not list {header}, so it drops it";
+                    }
+                    else if (RequestHeaderTransforms.Contains(key) && string.Equals(value?.Trim(), header, StringComparison.OrdinalIgnoreCase))
+                    {
+                        problem = $"'{key}' {(string.Equals(key, "RequestHeaderRemove", StringComparison.OrdinalIgnoreCase) ? "drops" : "writes")} {header}";
+                    }
+                }
+
+                if (problem is not null)
+                {
+                    reader.Error($"{ReverseProxySection}:Routes:{route.RouteId}:Transforms[{i}]",
+                        $"{problem}, which the gateway sets for the upstream on every request policy '{policy.Name}' allows (Assurance:Evidence:SigningKeyFile is set)");
+                }
+            }
+        }
     }
 
     private static void CrossCheck(

@@ -1040,6 +1040,50 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         Assert.True(settings!.Evidence.SigningKey!.HasPrivateKey);
     }
 
+    [Theory]
+    [InlineData("""{"RequestHeadersCopy":"false"}""", "'RequestHeadersCopy: false' drops Assurance-Evidence")]
+    [InlineData("""{"RequestHeadersAllowed":"accept;x-tenant"}""", "'RequestHeadersAllowed' does not list Assurance-Evidence, so it drops it")]
+    [InlineData("""{"RequestHeaderRemove":"assurance-evidence"}""", "'RequestHeaderRemove' drops Assurance-Evidence")]
+    [InlineData("""{"RequestHeader":"Assurance-Evidence","Set":"eyJhbGciOiJub25lIn0.e30."}""", "'RequestHeader' writes Assurance-Evidence")]
+    public void Compile_TransformLosingEvidenceOnTokenRoute_Refused(string transform, string problem)
+    {
+        // The grant would be consumed and the request forwarded without the evidence that vouches for it (or with a value
+        // the configuration wrote): an upstream requiring evidence refuses an approved request whose one use is spent.
+        // "status" uses token-only, which binds no request: the check is about evidence, not the request hash.
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var path = WriteEvidenceKey(key.ExportParameters(true), key.ExportParameters(true));
+
+        AssertProblems(
+            c =>
+            {
+                Assurance(c)["Evidence"] = new JsonObject { ["SigningKeyFile"] = path };
+                Route(c, "status")["Transforms"] = new JsonArray(JsonNode.Parse(transform));
+            },
+            $"ReverseProxy:Routes:status:Transforms[0]: {problem}, which the gateway sets for the upstream on every request policy 'token-only' allows (Assurance:Evidence:SigningKeyFile is set)");
+    }
+
+    [Fact]
+    public void Compile_TransformsKeepingEvidence_Accepted()
+    {
+        // An allow-list naming the evidence header keeps it; a passthrough route gets no evidence, so it keeps any transform;
+        // without an evidence key nothing is set for the upstream.
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var path = WriteEvidenceKey(key.ExportParameters(true), key.ExportParameters(true));
+
+        var (withKey, errors) = Compile(c =>
+        {
+            Assurance(c)["Evidence"] = new JsonObject { ["SigningKeyFile"] = path };
+            Route(c, "status")["Transforms"] = new JsonArray(new JsonObject { ["RequestHeadersAllowed"] = "accept; assurance-evidence" });
+            Route(c, "public")["Transforms"] = new JsonArray(new JsonObject { ["RequestHeadersCopy"] = "false" });
+        });
+        Assert.Empty(errors);
+        Assert.NotNull(withKey);
+
+        var (withoutKey, noKeyErrors) = Compile(c => Route(c, "status")["Transforms"] = new JsonArray(new JsonObject { ["RequestHeadersCopy"] = "false" }));
+        Assert.Empty(noKeyErrors);
+        Assert.NotNull(withoutKey);
+    }
+
     private string WriteEvidenceKey(ECParameters publicHalf, ECParameters privateHalf)
     {
         var path = Path.Combine(_directory, $"evidence-{Guid.NewGuid():N}.jwk.json");
