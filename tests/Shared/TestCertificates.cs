@@ -7,11 +7,14 @@ namespace AssuranceGateway.Testing;
 /// <summary>Certificates for mTLS tests: a workload CA, the proxy's own server certificate, and client certificates.</summary>
 public static class TestCertificates
 {
-    /// <summary>A CA; with <paramref name="trustDomain"/> ("spiffe://td") it names its trust domain, as SPIRE's CAs do.</summary>
-    public static X509Certificate2 Ca(string? trustDomain = null)
+    /// <summary>
+    /// A CA; with <paramref name="trustDomain"/> ("spiffe://td") it names its trust domain, as SPIRE's CAs do; with
+    /// <paramref name="issuer"/> an intermediate signed by it, else a root.
+    /// </summary>
+    public static X509Certificate2 Ca(string? trustDomain = null, X509Certificate2? issuer = null)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest($"CN={trustDomain ?? "test workload"} CA", key, HashAlgorithmName.SHA256);
+        var request = new CertificateRequest($"CN={trustDomain ?? "test workload"} {(issuer is null ? "root" : "intermediate")} CA", key, HashAlgorithmName.SHA256);
         request.CertificateExtensions.Add(new X509BasicConstraintsExtension(true, false, 0, true));
         request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign, true));
         if (trustDomain is not null)
@@ -21,7 +24,14 @@ public static class TestCertificates
             request.CertificateExtensions.Add(san.Build());
         }
 
-        return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
+        var (notBefore, notAfter) = (DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
+        if (issuer is null)
+        {
+            return request.CreateSelfSigned(notBefore, notAfter);
+        }
+
+        using var signed = request.Create(issuer, notBefore, notAfter.AddMinutes(-1), RandomNumberGenerator.GetBytes(8));
+        return signed.CopyWithPrivateKey(key);
     }
 
     /// <summary>A self-signed server certificate for 127.0.0.1 (clients pin it by thumbprint).</summary>

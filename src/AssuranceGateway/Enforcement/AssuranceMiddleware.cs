@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Collections.Frozen;
 using System.Diagnostics;
 using System.Net;
 using System.Text.Json;
@@ -213,7 +214,7 @@ public sealed partial class AssuranceMiddleware
             // What the hash covers must be what the upstream receives: refused before the body is read or any grant
             // is touched.
             var (path, query) = RawTarget(context);
-            if (Ambiguity(context, path, query) is { } ambiguity)
+            if (Ambiguity(context, path, query, policy.BoundHeaders) is { } ambiguity)
             {
                 decision.Reason = ReasonCodes.RequestAmbiguous;
                 decision.Detail = ambiguity;
@@ -666,7 +667,7 @@ public sealed partial class AssuranceMiddleware
     /// Request headers YARP 2.1 never forwards (hop-by-hop ones it drops) and those the gateway removes. Not Trailer (YARP
     /// copies it) nor Upgrade (YARP sends it again for a WebSocket or SPDY upgrade).
     /// </summary>
-    private static readonly System.Collections.Frozen.FrozenSet<string> NeverForwarded = System.Collections.Frozen.FrozenSet.ToFrozenSet(
+    private static readonly FrozenSet<string> NeverForwarded = FrozenSet.ToFrozenSet(
         ["Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Transfer-Encoding",
             AssuranceIdHeader, WorkloadResolver.WorkloadIdentityHeader, EvidenceHeader],
         StringComparer.OrdinalIgnoreCase);
@@ -676,8 +677,14 @@ public sealed partial class AssuranceMiddleware
     /// as it arrived (SPEC §4.2) and upper-cases the method; YARP forwards the path Kestrel decoded and normalised,
     /// re-encoded, and a method it does not know as sent; what follows a protocol upgrade is covered by no hash.
     /// </summary>
-    private static string? Ambiguity(HttpContext context, string rawPath, string rawQuery)
+    private static string? Ambiguity(HttpContext context, string rawPath, string rawQuery, IReadOnlyList<string> boundHeaders)
     {
+        if (boundHeaders.Count > 0 && BoundHeaderAlias(context.Request.Headers, boundHeaders) is { } alias)
+        {
+            return $"the header '{JwtInspector.Printable(alias.Name)}' is the bound header '{alias.Bound}' to upstreams that read '_' as '-' "
+                + "(CGI, WSGI, PHP-FPM, Rack), and the hash does not cover it: send the bound header under its own name only";
+        }
+
         if (rawQuery.StartsWith('?'))
         {
             // "/x??dry_run=true": the upstream gets a parameter named "?dry_run", the hash (which drops one leading '?'
@@ -707,6 +714,40 @@ public sealed partial class AssuranceMiddleware
             || context.Features.Get<IHttpExtendedConnectFeature>()?.IsExtendedConnect == true
             ? "a protocol upgrade cannot be bound to one request: what is sent after it would not be covered"
             : null;
+    }
+
+    /// <summary>
+    /// A header other than a bound one whose name, with '_' and '-' read alike (as CGI-style upstreams do), is a bound
+    /// header's name.
+    /// </summary>
+    private static (string Name, string Bound)? BoundHeaderAlias(IHeaderDictionary headers, IReadOnlyList<string> boundHeaders)
+    {
+        foreach (var name in headers.Keys)
+        {
+            foreach (var bound in boundHeaders)
+            {
+                if (name.Length == bound.Length && !string.Equals(name, bound, StringComparison.OrdinalIgnoreCase) && SameUpToUnderscore(name, bound))
+                {
+                    return (name, bound);
+                }
+            }
+        }
+
+        return null;
+    }
+
+    private static bool SameUpToUnderscore(string a, string b)
+    {
+        for (var i = 0; i < a.Length; i++)
+        {
+            var (x, y) = (a[i] == '_' ? '-' : char.ToLowerInvariant(a[i]), b[i] == '_' ? '-' : char.ToLowerInvariant(b[i]));
+            if (x != y)
+            {
+                return false;
+            }
+        }
+
+        return true;
     }
 
     /// <summary>
@@ -768,6 +809,34 @@ public sealed partial class AssuranceMiddleware
     /// Headers the upstream must never see: the grant id and the workload JWT (a credential), an evidence header a
     /// client might forge, and a client-certificate header that did not come from a trusted proxy.
     /// </summary>
+    /// <summary>
+    /// Headers the gateway removes or the proxy writes, spelt with '_' for '-': CGI, WSGI, PHP-FPM and Rack upstreams (and
+    /// nginx with <c>underscores_in_headers</c>) read <c>X_Forwarded_Client_Cert</c> as <c>X-Forwarded-Client-Cert</c>, so
+    /// the alias would carry a forged certificate, workload or grant id past the removal above. No legitimate sender
+    /// spells them so.
+    /// </summary>
+    private static readonly FrozenSet<string> Aliased = FrozenSet.ToFrozenSet(
+        [AssuranceIdHeader, WorkloadResolver.WorkloadIdentityHeader, EvidenceHeader, WorkloadResolver.ClientCertHeader,
+            "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Prefix"],
+        StringComparer.OrdinalIgnoreCase);
+
+    private static void RemoveUnderscoreAliases(IHeaderDictionary headers)
+    {
+        List<string>? aliases = null;
+        foreach (var name in headers.Keys)
+        {
+            if (name.Contains('_', StringComparison.Ordinal) && Aliased.Contains(name.Replace('_', '-')))
+            {
+                (aliases ??= []).Add(name);
+            }
+        }
+
+        foreach (var alias in aliases ?? [])
+        {
+            headers.Remove(alias);
+        }
+    }
+
     private void PrepareForwarding(HttpContext context, GatewaySettings settings, AssuranceDecision decision)
     {
         var headers = context.Request.Headers;
@@ -778,6 +847,8 @@ public sealed partial class AssuranceMiddleware
         {
             headers.Remove(WorkloadResolver.ClientCertHeader);
         }
+
+        RemoveUnderscoreAliases(headers);
 
         // Evidence says an approval protected this very request. A shadow decision consumed nothing (a dry run), so
         // evidence for it would let one single-use grant vouch for any number of requests, indistinguishable from

@@ -53,7 +53,8 @@ public static partial class GatewayHostingExtensions
             kestrel.ConfigureHttpsDefaults(https =>
             {
                 https.ClientCertificateMode = Microsoft.AspNetCore.Server.Kestrel.Https.ClientCertificateMode.AllowCertificate;
-                https.AllowAnyClientCertificate();
+                https.ClientCertificateValidation = Workload.ClientCertificateChain.Accept; // any certificate, as AllowAnyClientCertificate
+                https.OnAuthenticate = Workload.ClientCertificateChain.BeginHandshake;
             });
         });
 

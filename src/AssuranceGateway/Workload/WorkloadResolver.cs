@@ -28,11 +28,13 @@ public sealed class WorkloadResolver
     private readonly TokenValidator? _jwtSvid;
     private readonly X509Certificate2Collection? _clientCas;
     private readonly TimeProvider _time;
+    private readonly bool _xfcc;
 
     public WorkloadResolver(WorkloadSettings settings, TokenSettings tokens, TimeProvider time)
     {
         _settings = settings;
         _time = time;
+        _xfcc = settings.Sources.Contains(WorkloadSource.Xfcc);
         if (settings.ClientCaFile is { } caFile && File.Exists(caFile))
         {
             _clientCas = [];
@@ -53,7 +55,9 @@ public sealed class WorkloadResolver
         {
             WorkloadCheck check = source switch
             {
-                WorkloadSource.Mtls => FromCertificate(context.Connection.ClientCertificate, _clientCas, _time.GetUtcNow()),
+                WorkloadSource.Mtls when SpeaksForAnother(context) => default,
+                WorkloadSource.Mtls => FromCertificate(context.Connection.ClientCertificate, _clientCas, _time.GetUtcNow(),
+                    context.Features.Get<ClientCertificateChain>()?.Intermediates),
                 WorkloadSource.Xfcc => FromXfcc(context),
                 WorkloadSource.Header => await FromHeaderAsync(context, cancellationToken).ConfigureAwait(false),
                 WorkloadSource.Claim => FromClaim(accessToken),
@@ -92,6 +96,15 @@ public sealed class WorkloadResolver
             : new WorkloadCheck(found, null, null);
     }
 
+    /// <summary>
+    /// A trusted proxy (Envoy, a mesh ingress) that connects over mTLS and forwards the client's certificate in
+    /// X-Forwarded-Client-Cert: its own certificate names the hop, not the caller (Envoy writes itself as <c>By=</c>), so
+    /// the mtls source steps aside for the xfcc source rather than disagree with it on every request.
+    /// </summary>
+    private bool SpeaksForAnother(HttpContext context) =>
+        _xfcc && context.Request.Headers.ContainsKey(ClientCertHeader)
+        && OriginResolver.IsTrusted(_settings.TrustedProxies, context.Connection.RemoteIpAddress);
+
     public static string Name(WorkloadSource source) => source switch
     {
         WorkloadSource.Mtls => "mtls",
@@ -106,7 +119,8 @@ public sealed class WorkloadResolver
     /// identity claims), so a SPIFFE ID is believed only when the chain builds to <c>Workload:ClientCaFile</c>:
     /// anyone can put a SPIFFE URI into a self-signed certificate.
     /// </summary>
-    public static WorkloadCheck FromCertificate(X509Certificate2? certificate, X509Certificate2Collection? trustedCas, DateTimeOffset now)
+    public static WorkloadCheck FromCertificate(
+        X509Certificate2? certificate, X509Certificate2Collection? trustedCas, DateTimeOffset now, X509Certificate2Collection? intermediates = null)
     {
         if (certificate is null)
         {
@@ -150,7 +164,7 @@ public sealed class WorkloadResolver
             }
         }
 
-        if (spiffe is not null && ChainProblem(certificate, trustedCas, spiffe) is { } problem)
+        if (spiffe is not null && ChainProblem(certificate, trustedCas, intermediates, spiffe) is { } problem)
         {
             return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, problem);
         }
@@ -160,13 +174,14 @@ public sealed class WorkloadResolver
     }
 
     /// <summary>
-    /// Why the certificate's SPIFFE ID is not believed, or null. The chain must build to <c>Workload:ClientCaFile</c>,
+    /// Why the certificate's SPIFFE ID is not believed, or null. The chain must build to <c>Workload:ClientCaFile</c>
+    /// (through intermediates the client sent in the handshake, if it needs them: <see cref="ClientCertificateChain"/>),
     /// and a CA on it that names its own trust domain (a <c>spiffe://td</c> URI SAN, as SPIRE's CAs carry) vouches for
     /// that trust domain only (SPIFFE X509-SVID §5: an SVID is judged by the bundle of the trust domain it names), so
     /// a federated partner's CA in the same file cannot name this domain's workloads. A CA that names no trust domain
     /// vouches for every SPIFFE ID it signs: such a file should hold one trust domain (README, workload identity).
     /// </summary>
-    private static string? ChainProblem(X509Certificate2 certificate, X509Certificate2Collection? trustedCas, string spiffe)
+    private static string? ChainProblem(X509Certificate2 certificate, X509Certificate2Collection? trustedCas, X509Certificate2Collection? intermediates, string spiffe)
     {
         const string NoChain = "client certificate names a SPIFFE ID but does not chain to Workload:ClientCaFile";
         if (trustedCas is null || trustedCas.Count == 0)
@@ -177,6 +192,11 @@ public sealed class WorkloadResolver
         using var chain = new X509Chain();
         chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
         chain.ChainPolicy.CustomTrustStore.AddRange(trustedCas);
+        if (intermediates is not null)
+        {
+            chain.ChainPolicy.ExtraStore.AddRange(intermediates); // candidates the client sent, never trusted themselves
+        }
+
         chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
         chain.ChainPolicy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid("1.3.6.1.5.5.7.3.2")); // clientAuth
         if (!chain.Build(certificate))

@@ -111,6 +111,31 @@ public sealed class RequestSpellingTests
     }
 
     /// <summary>
+    /// CGI, WSGI, PHP-FPM and Rack upstreams read "content_type" and "content-type" alike: sent next to the bound header,
+    /// the alias (which no hash covers) would give the upstream another content type than the one approved. Refused
+    /// before the grant is touched, so the approved request still gets through afterwards.
+    /// </summary>
+    [Theory]
+    [InlineData("Content_Type")]
+    [InlineData("content_type")]
+    public async Task Use_BoundHeaderAlsoSentSpeltWithUnderscore_RefusedBeforeTheGrantIsUsed(string alias)
+    {
+        await using var gateway = await GatewayHarness.StartAsync();
+        var token = gateway.Idp.Token();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token));
+        using var aliased = DeployRequest(token, gateway.WorkloadIssuer.Svid(), id, out _);
+        aliased.Headers.TryAddWithoutValidation(alias, "application/x-www-form-urlencoded");
+
+        using var response = await gateway.Proxy.SendAsync(aliased);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal("request_ambiguous", await response.ReasonAsync());
+        Assert.Equal(0, gateway.Upstream.Count);
+        using var approved = await gateway.Proxy.SendAsync(DeployRequest(token, gateway.WorkloadIssuer.Svid(), id, out _));
+        Assert.Equal(HttpStatusCode.OK, approved.StatusCode);
+    }
+
+    /// <summary>
     /// The non-ASCII check covers headers the upstream would receive: a hop-by-hop header YARP never forwards does not
     /// stop the request.
     /// </summary>

@@ -75,13 +75,18 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
         Assert.Equal(1, _gateway.Upstream.Count); // only the sanity request
     }
 
-    private HttpClient ClientWith(X509Certificate2? certificate, bool evenIfNotValidNow = false)
+    private HttpClient ClientWith(X509Certificate2? certificate, bool evenIfNotValidNow = false, X509Certificate2[]? sending = null)
     {
         var handler = new SocketsHttpHandler();
         // The test's own self-signed server certificate, pinned by thumbprint.
         handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, _, _) =>
             certificate is not null && string.Equals(certificate.GetCertHashString(), _serverThumbprint, StringComparison.OrdinalIgnoreCase);
-        if (certificate is not null)
+        if (sending is not null)
+        {
+            // The certificate and the chain the client sends after it in the handshake.
+            handler.SslOptions.ClientCertificateContext = System.Net.Security.SslStreamCertificateContext.Create(certificate!, [.. sending], offline: true);
+        }
+        else if (certificate is not null)
         {
             handler.SslOptions.ClientCertificates = [certificate];
         }
@@ -110,6 +115,48 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
         var span = Assert.Single(_gateway.Spans.Enforce(trace));
         Assert.Equal("mtls", span.GetTagItem("assurance.workload.source"));
         Assert.Equal(Deployer, span.GetTagItem("assurance.workload.id"));
+    }
+
+    /// <summary>
+    /// SPIRE with an upstream authority, and any two-tier PKI, signs workload certificates with an intermediate that
+    /// rotates often: the client sends it in the handshake, and the CA file holds the root only.
+    /// </summary>
+    [Fact]
+    public async Task CertificateSignedByAnIntermediateTheClientSends_IdentifiesTheWorkload()
+    {
+        using var intermediate = TestCertificates.Ca("spiffe://prod.test", issuer: _prodCa);
+        using var client = TestCertificates.Client(Deployer, intermediate);
+        using var http = ClientWith(client, sending: [intermediate]);
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
+
+        using var response = await http.SendAsync(DeployRequest(token, svid: null, id, out var trace));
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(1, _gateway.Upstream.Count);
+        Assert.Equal(Deployer, Assert.Single(_gateway.Spans.Enforce(trace)).GetTagItem("assurance.workload.id"));
+    }
+
+    /// <summary>
+    /// What the client sends is a candidate for the chain, never trusted: its own CA (self-signed, sent along as if an
+    /// intermediate), or an intermediate of the prod root that names the partner's trust domain, vouches for nothing.
+    /// </summary>
+    [Theory]
+    [InlineData("own CA")]
+    [InlineData("partner intermediate")]
+    public async Task IntermediateTheClientSends_NeverMakesItsOwnCaOrAnotherDomainTrusted_WorkloadInvalid(string which)
+    {
+        using var rogueCa = which == "own CA" ? TestCertificates.Ca("spiffe://prod.test") : TestCertificates.Ca("spiffe://partner.test", issuer: _prodCa);
+        using var client = TestCertificates.Client(Deployer, rogueCa);
+        using var http = ClientWith(client, sending: [rogueCa]);
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
+
+        using var response = await http.SendAsync(DeployRequest(token, svid: null, id, out _));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal("workload_invalid", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
     }
 
     [Fact]
@@ -179,6 +226,101 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
         using var response = await http.SendAsync(DeployRequest(token, svid: null, id, out _));
 
         Assert.Equal("workload_unidentified", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+}
+
+/// <summary>
+/// A trusted proxy (Envoy, a mesh ingress) that connects over mTLS with its own certificate and forwards the client's in
+/// X-Forwarded-Client-Cert, with every source enabled as in SPEC §3's example.
+/// </summary>
+public sealed class MtlsBehindTrustedProxyTests : IAsyncLifetime
+{
+    private const string Envoy = "spiffe://prod.test/ns/edge/sa/envoy";
+    private GatewayHarness _gateway = null!;
+    private X509Certificate2 _ca = null!;
+    private X509Certificate2 _proxyCertificate = null!;
+    private string _serverThumbprint = string.Empty;
+
+    public async Task InitializeAsync()
+    {
+        var harness = await GatewayHarness.CreateAsync();
+        _ca = TestCertificates.Ca("spiffe://prod.test");
+        _proxyCertificate = TestCertificates.Client(Envoy, _ca);
+        var caPem = Path.Combine(harness.Directory, "client-ca.pem");
+        await File.WriteAllTextAsync(caPem, _ca.ExportCertificatePem());
+        using var server = TestCertificates.Server();
+        _serverThumbprint = server.Thumbprint;
+        var pfx = Path.Combine(harness.Directory, "server.pfx");
+        await File.WriteAllBytesAsync(pfx, server.Export(X509ContentType.Pfx, "pw"));
+
+        var config = harness.DefaultConfig();
+        config["Urls"] = "https://127.0.0.1:0";
+        config["Kestrel"] = new JsonObject { ["Certificates"] = new JsonObject { ["Default"] = new JsonObject { ["Path"] = pfx, ["Password"] = "pw" } } };
+        config["Assurance"]!["Workload"]!["Sources"] = new JsonArray("mtls", "xfcc", "header");
+        config["Assurance"]!["Workload"]!["TrustedProxies"] = new JsonArray("127.0.0.1/32");
+        config["Assurance"]!["Workload"]!["ClientCaFile"] = caPem;
+        await harness.StartWithAsync(config);
+        _gateway = harness;
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _gateway.DisposeAsync();
+        _ca.Dispose();
+        _proxyCertificate.Dispose();
+    }
+
+    private HttpClient ProxyClient()
+    {
+        var handler = new SocketsHttpHandler();
+        handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, _, _) =>
+            certificate is not null && string.Equals(certificate.GetCertHashString(), _serverThumbprint, StringComparison.OrdinalIgnoreCase);
+        handler.SslOptions.ClientCertificates = [_proxyCertificate];
+        return new HttpClient(handler) { BaseAddress = new Uri(_gateway.ProxyAddress) };
+    }
+
+    /// <summary>The proxy's certificate names the hop: the workload is the one it forwards, not "sources disagree".</summary>
+    [Fact]
+    public async Task ProxyForwardsTheClientsCertificate_XfccNamesTheWorkload()
+    {
+        using var http = ProxyClient();
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
+        using var request = DeployRequest(token, svid: null, id, out var trace);
+        request.Headers.TryAddWithoutValidation("X-Forwarded-Client-Cert", $"By={Envoy};Hash=ab12;URI={Deployer}");
+
+        using var response = await http.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(1, _gateway.Upstream.Count);
+        var span = Assert.Single(_gateway.Spans.Enforce(trace));
+        Assert.Equal(Deployer, span.GetTagItem("assurance.workload.id"));
+        Assert.Equal("xfcc", span.GetTagItem("assurance.workload.source"));
+    }
+
+    /// <summary>
+    /// The proxy still cannot lend its own identity to a caller: without X-Forwarded-Client-Cert its certificate is its
+    /// own workload, and a grant for the deployer does not match; a JWT-SVID naming someone else disagrees with the xfcc.
+    /// </summary>
+    [Fact]
+    public async Task WithoutForwardedCertificate_TheProxyIsTheWorkload_AndOtherSourcesMustAgreeWithXfcc()
+    {
+        using var http = ProxyClient();
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
+
+        using (var response = await http.SendAsync(DeployRequest(token, svid: null, id, out var trace)))
+        {
+            Assert.Equal("workload_mismatch", await response.ReasonAsync());
+            Assert.Equal(Envoy, Assert.Single(_gateway.Spans.Enforce(trace)).GetTagItem("assurance.workload.id"));
+        }
+
+        var other = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
+        using var request = DeployRequest(token, _gateway.WorkloadIssuer.Svid("spiffe://prod.test/ns/dev/sa/intruder"), other, out _);
+        request.Headers.TryAddWithoutValidation("X-Forwarded-Client-Cert", $"By={Envoy};URI={Deployer}");
+        using var disagreeing = await http.SendAsync(request);
+        Assert.Equal("workload_invalid", await disagreeing.ReasonAsync());
         Assert.Equal(0, _gateway.Upstream.Count);
     }
 }

@@ -50,6 +50,33 @@ public sealed class XfccWorkloadTests
         Assert.Equal(0, gateway.Upstream.Count);
     }
 
+    /// <summary>
+    /// CGI, WSGI, PHP-FPM and Rack upstreams read "X_Forwarded_Client_Cert" as X-Forwarded-Client-Cert: the alias would
+    /// carry a forged certificate (or workload JWT, grant id, evidence) past the gateway's removal of the real names, on
+    /// any route, protected or not.
+    /// </summary>
+    [Theory]
+    [InlineData("/public/x", "X_Forwarded_Client_Cert")]
+    [InlineData("/public/x", "x_forwarded-client_cert")]
+    [InlineData("/status", "X_Forwarded_Client_Cert")]
+    [InlineData("/status", "Workload_Identity")]
+    [InlineData("/status", "Assurance_Evidence")]
+    [InlineData("/public/x", "X_Forwarded_For")]
+    public async Task HeaderSpeltWithUnderscores_NeverReachesTheUpstream(string path, string name)
+    {
+        await using var gateway = await StartAsync(loopbackTrusted: false);
+        using var request = GatewayHarness.Request(HttpMethod.Get, path, path == "/status" ? gateway.Idp.Token() : null, out _);
+        request.Headers.TryAddWithoutValidation(name, $"By=spiffe://prod.test/ns/edge/sa/envoy;URI={Deployer}");
+        request.Headers.TryAddWithoutValidation("X_Tenant", "blue"); // an underscore header of the application's own
+
+        using var response = await gateway.Proxy.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var received = Assert.Single(gateway.Upstream.Received);
+        Assert.DoesNotContain(received.Headers.Keys, k => k.Equals(name, StringComparison.OrdinalIgnoreCase));
+        Assert.Equal("blue", received.Headers["X_Tenant"]);
+    }
+
     [Fact]
     public async Task MalformedFromTrustedProxy_WorkloadInvalidEvenThoughTheClaimSourceWouldIdentify()
     {
