@@ -18,6 +18,26 @@ public sealed class SpanCollector : BaseProcessor<Activity>
     public IReadOnlyList<Activity> Enforce(string traceId) =>
         [.. _spans.Where(s => s.OperationName == "assurance.enforce" && s.TraceId.ToHexString() == traceId)];
 
+    /// <summary>The one enforce span of a trace, once it has ended (a request the client abandoned ends after it left).</summary>
+    public async Task<Activity> WaitForEnforceAsync(string traceId)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (true)
+        {
+            if (Enforce(traceId) is [var span])
+            {
+                return span;
+            }
+
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new TimeoutException($"no single enforce span for trace {traceId}");
+            }
+
+            await Task.Delay(20);
+        }
+    }
+
     public void Clear() => _spans.Clear();
 }
 

@@ -17,7 +17,10 @@ namespace AssuranceGateway.Api;
 internal static class GrantEndpoints
 {
     public const string Base = "/assurance/v1/grants";
-    private const int MaxBodyBytes = 2 * 1024 * 1024;
+    // The JSON a grant request may take: at least 2 MiB, more when a policy that binds request accepts bodies whose
+    // base64 (a third larger) would not fit, up to 64 MiB; beyond that an issuer sends requestHash (agw hash).
+    private const int MinJsonBytes = 2 * 1024 * 1024;
+    private const int MaxJsonBytes = 64 * 1024 * 1024;
     private const int MaxListed = 500;
 
     public static void Map(WebApplication app)
@@ -38,7 +41,7 @@ internal static class GrantEndpoints
             return;
         }
 
-        var body = await ReadJsonAsync<CreateGrantRequest>(context).ConfigureAwait(false);
+        var body = await ReadJsonAsync<CreateGrantRequest>(context, JsonLimit(runtime.Settings)).ConfigureAwait(false);
         if (body is null)
         {
             return;
@@ -326,7 +329,22 @@ internal static class GrantEndpoints
         return (true, result);
     }
 
-    private static async Task<T?> ReadJsonAsync<T>(HttpContext context)
+    /// <summary>The largest grant request in JSON that carries a body every request-binding policy accepts.</summary>
+    private static int JsonLimit(GatewaySettings settings)
+    {
+        long largest = 0;
+        foreach (var policy in settings.Policies.Values)
+        {
+            if ((policy.Bind & Bindings.Request) != 0)
+            {
+                largest = Math.Max(largest, policy.MaxBodyBytes);
+            }
+        }
+
+        return (int)Math.Clamp((largest * 4 / 3) + (64 * 1024), MinJsonBytes, MaxJsonBytes);
+    }
+
+    private static async Task<T?> ReadJsonAsync<T>(HttpContext context, int maxBytes)
         where T : class
     {
         if (!(context.Request.ContentType?.StartsWith("application/json", StringComparison.OrdinalIgnoreCase) ?? false))
@@ -335,16 +353,16 @@ internal static class GrantEndpoints
             return null;
         }
 
-        if (context.Request.ContentLength > MaxBodyBytes)
+        if (context.Request.ContentLength > maxBytes)
         {
-            await BodyTooLargeAsync(context).ConfigureAwait(false);
+            await BodyTooLargeAsync(context, maxBytes).ConfigureAwait(false);
             return null;
         }
 
         // A chunked body has no Content-Length to check: Kestrel enforces the same bound while it is read.
         if (context.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit)
         {
-            limit.MaxRequestBodySize = MaxBodyBytes;
+            limit.MaxRequestBodySize = maxBytes;
         }
 
         try
@@ -359,7 +377,7 @@ internal static class GrantEndpoints
         }
         catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
         {
-            await BodyTooLargeAsync(context).ConfigureAwait(false);
+            await BodyTooLargeAsync(context, maxBytes).ConfigureAwait(false);
             return null;
         }
         catch (BadHttpRequestException e)
@@ -381,10 +399,11 @@ internal static class GrantEndpoints
         }
     }
 
-    private static Task BodyTooLargeAsync(HttpContext context)
+    private static Task BodyTooLargeAsync(HttpContext context, int maxBytes)
     {
         context.Response.StatusCode = StatusCodes.Status413PayloadTooLarge;
-        return ProblemResponses.WriteAsync(context, ReasonCodes.BodyTooLarge, $"at most {MaxBodyBytes} bytes", TraceId());
+        return ProblemResponses.WriteAsync(context, ReasonCodes.BodyTooLarge,
+            $"at most {maxBytes} bytes of JSON: for a larger request body, send requestHash instead of request (agw hash computes it)", TraceId());
     }
 
     private static Task WriteJsonAsync<T>(HttpContext context, T value)

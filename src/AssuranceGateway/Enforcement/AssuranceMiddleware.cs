@@ -104,9 +104,11 @@ public sealed partial class AssuranceMiddleware
                     ? "the request body arrived too slowly to be read"
                     : "the request body could not be read (malformed framing)";
             }
-            catch (Exception e) when (e is IOException or OperationCanceledException && context.RequestAborted.IsCancellationRequested)
+            catch (Exception e) when (e is Microsoft.AspNetCore.Connections.ConnectionResetException
+                || (e is IOException or OperationCanceledException && context.RequestAborted.IsCancellationRequested))
             {
-                // The client went away mid-request: nobody to answer, but the denial is still evidence.
+                // The client went away mid-request: nobody to answer, but the denial is still evidence. A reset over
+                // HTTP/1.1 reaches the body read before RequestAborted is signalled.
                 decision.Reason = ReasonCodes.RequestAmbiguous;
                 decision.Detail = "the client went away before the request was complete";
             }

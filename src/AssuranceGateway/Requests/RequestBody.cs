@@ -9,6 +9,8 @@ namespace AssuranceGateway.Requests;
 /// </summary>
 internal sealed class RequestBody : IDisposable
 {
+    internal const int InitialCap = 64 * 1024;
+
     private byte[]? _buffer;
 
     private RequestBody(byte[] buffer, int length)
@@ -32,8 +34,11 @@ internal sealed class RequestBody : IDisposable
             return null;
         }
 
+        // A declared length sizes the first buffer (one byte more, to see a body longer than declared without growing)
+        // only up to InitialCap: memory follows the bytes that arrived, not what a client says it will send, or a
+        // caller could pin MaxBodyBytes per connection by declaring it and trickling the body.
         var limit = (int)Math.Min(maxBytes, Array.MaxLength - 1);
-        var initial = request.ContentLength is { } length ? (int)length + 1 : Math.Min(limit + 1, 4096);
+        var initial = request.ContentLength is { } length ? (int)Math.Min(length + 1, InitialCap) : Math.Min(limit + 1, 4096);
         var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(initial, 256));
         var total = 0;
         try

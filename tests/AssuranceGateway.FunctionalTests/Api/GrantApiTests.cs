@@ -312,6 +312,46 @@ public sealed class GrantApiTests : IAsyncLifetime
         Assert.StartsWith("origin[0]:", (await response.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// SPEC §5.1 lets an issuer give the request itself; its body travels as base64, a third larger than the body. A
+    /// policy that accepts 3 MiB bodies gets grants for them through the API (and the approved body passes the proxy),
+    /// while a body beyond what the API takes is answered with the way round: requestHash.
+    /// </summary>
+    [Fact]
+    public async Task Create_BodyTheRoutesPolicyAccepts_GrantIssuedAndUsable_LargerOnesToldToSendTheHash()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(configure: c =>
+        {
+            c["ReverseProxy"]!["Routes"]!.AsObject()["uploads"] = TestConfig.Route("/uploads/{**rest}", "upload-approval");
+            c["Assurance"]!["Policies"]!.AsObject()["upload-approval"] = new JsonObject
+            {
+                ["Bind"] = new JsonArray("token", "request"),
+                ["MaxBodyBytes"] = 3 * 1024 * 1024,
+            };
+        });
+        var token = gateway.Idp.Token();
+        var body = new byte[2 * 1024 * 1024];
+        Random.Shared.NextBytes(body);
+        JsonObject Grant(byte[] content) => new()
+        {
+            ["route"] = "uploads",
+            ["tokenHash"] = TokenHash(token),
+            ["request"] = new JsonObject { ["method"] = "POST", ["path"] = "/uploads/artifact", ["body"] = Convert.ToBase64String(content) },
+        };
+
+        var id = await gateway.CreateGrantAsync(Grant(body));
+        using var use = GatewayHarness.Request(HttpMethod.Post, "/uploads/artifact", token, out _);
+        use.Headers.TryAddWithoutValidation("Assurance-Id", id);
+        use.Content = new ByteArrayContent(body);
+        using var used = await gateway.Proxy.SendAsync(use);
+        using var tooLarge = await gateway.PostGrantAsync(Grant(new byte[5 * 1024 * 1024]));
+
+        Assert.Equal(HttpStatusCode.OK, used.StatusCode);
+        Assert.Equal(body, Assert.Single(gateway.Upstream.Received).Body);
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, tooLarge.StatusCode);
+        Assert.Contains("send requestHash", (await tooLarge.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
     // A problem's type and status agree (SPEC §4.3: 413 is body_too_large); a 405 names the method, not a missing endpoint.
     [Fact]
     public async Task Create_BodyOverTheLimit_413IsBodyTooLarge_And_WrongMethod_405IsMethodNotAllowed()

@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using System.Net.Sockets;
 using System.Text;
 using System.Text.Json.Nodes;
 using AssuranceGateway.Testing;
@@ -245,5 +247,48 @@ public sealed class HttpProtocolEdgeTests : IAsyncLifetime
         Assert.Equal("application/json", received.Headers["Content-Type"]);
         Assert.False(received.Headers.ContainsKey("X-Env"));
         Assert.Empty(_gateway.Upstream.Trailers);
+    }
+
+    /// <summary>
+    /// A client that resets its connection in the middle of the body is an attempt like any other: it gets an evidence
+    /// span and a log line, and the grant it named keeps the denied attempt with no use spent. Over HTTP/1.1 the reset
+    /// reaches the body read before the request is marked aborted (a race: several attempts show it).
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Use_ClientResetsTheConnectionMidBody_DeniedWithEvidenceAndOnTheGrantsRecord(bool chunked)
+    {
+        for (var attempt = 0; attempt < 4; attempt++)
+        {
+            var token = _gateway.Idp.Token();
+            var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+            var traceId = ActivityTraceId.CreateRandom().ToHexString();
+            var length = Encoding.UTF8.GetByteCount(ReleaseBody);
+            var head = $"POST /deploy/v1/releases HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
+                + $"Workload-Identity: {_gateway.WorkloadIssuer.Svid()}\r\nAssurance-Id: {id}\r\nContent-Type: application/json\r\n"
+                + $"traceparent: 00-{traceId}-{ActivitySpanId.CreateRandom().ToHexString()}-01\r\n"
+                + (chunked ? "Transfer-Encoding: chunked\r\n\r\n" + $"{length:x}\r\n" : $"Content-Length: {length}\r\n\r\n");
+            var address = new Uri(_gateway.ProxyAddress);
+            using (var tcp = new TcpClient())
+            {
+                await tcp.ConnectAsync(address.Host, address.Port);
+                await tcp.GetStream().WriteAsync(Encoding.ASCII.GetBytes(head + ReleaseBody[..10]));
+                await Task.Delay(200); // the gateway is now waiting for the rest of the body
+                tcp.Client.LingerState = new LingerOption(true, 0); // closed with a reset, not a FIN
+                tcp.Client.Close();
+            }
+
+            var span = await _gateway.Spans.WaitForEnforceAsync(traceId);
+            Assert.Equal("deny", span.GetTagItem("assurance.decision"));
+            Assert.Equal("request_ambiguous", span.GetTagItem("assurance.reason"));
+            var grant = await _gateway.GetGrantAsync(id);
+            Assert.Equal(1, grant.GetProperty("usesRemaining").GetInt32());
+            Assert.Contains(grant.GetProperty("events").EnumerateArray(), e => e.GetProperty("type").GetString() == "denied"
+                && e.GetProperty("reason").GetString() == "request_ambiguous" && e.GetProperty("traceId").GetString() == traceId);
+        }
+
+        Assert.Equal(0, _gateway.Upstream.Count);
+        Assert.DoesNotContain(_gateway.Logs.Lines, l => l.Contains("An unhandled exception was thrown by the application", StringComparison.Ordinal));
     }
 }
