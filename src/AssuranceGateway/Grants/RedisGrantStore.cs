@@ -63,7 +63,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     private readonly ILogger<RedisGrantStore> _logger;
     private readonly ConfigurationOptions _options;
     private readonly GrantKeys _keys;
-    private readonly Channel<UnknownOutcome> _unknownOutcomes;
+    private readonly UnknownOutcomeQueue _unknownOutcomes;
     private readonly CancellationTokenSource _stopping = new();
     private readonly Link _shared = new("shared");
     private readonly Link? _acked;
@@ -109,9 +109,8 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         _options.ClientName ??= "assurance-gateway";
         Description = "redis " + string.Join(",", _options.EndPoints.Select(FormatEndPoint));
 
-        _unknownOutcomes = Channel.CreateBounded<UnknownOutcome>(
-            new BoundedChannelOptions(UnknownOutcomeCapacity) { FullMode = BoundedChannelFullMode.DropOldest, SingleReader = true },
-            dropped => Log.UnknownOutcomeDropped(_logger, Description, dropped.GrantId, dropped.Event.TraceId));
+        _unknownOutcomes = new UnknownOutcomeQueue(
+            UnknownOutcomeCapacity, dropped => Log.UnknownOutcomeDropped(_logger, Description, dropped.GrantId, dropped.Event.TraceId));
 
         if (settings.RequireReplicaAcks > 0)
         {
@@ -136,7 +135,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     internal bool IsCluster => _shared.IsCluster;
 
     /// <summary>Consumes whose outcome is unknown and not yet recorded on their grant.</summary>
-    internal int UnknownOutcomesPending => _unknownOutcomes.Reader.Count + Volatile.Read(ref _unknownOutcomeInFlight);
+    internal int UnknownOutcomesPending => _unknownOutcomes.Count + Volatile.Read(ref _unknownOutcomeInFlight);
 
     public async Task<GrantChange> CreateAsync(GrantRecord grant, GrantEvent created, int maxPendingPerSubject, CancellationToken cancellationToken)
     {
@@ -417,7 +416,8 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             // as an unknown outcome is (a retry skips an event already there), with this clock's time now. Not a denial
             // (one decided before the store): anyone with a valid token can cause those in bulk, and in the bounded queue
             // they would push out the unknown outcomes of uses that were spent.
-            _unknownOutcomes.Writer.TryWrite(new UnknownOutcome(id, grantEvent.At == default ? grantEvent with { At = _time.GetUtcNow() } : grantEvent));
+            _unknownOutcomes.Add(new UnknownOutcome(
+                id, grantEvent.At == default ? grantEvent with { At = _time.GetUtcNow() } : grantEvent, grantEvent.Workload ?? grantEvent.Origin ?? string.Empty));
             throw;
         }
     }
@@ -608,7 +608,8 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             Origin = origin,
         };
         Log.UnknownOutcome(_logger, Description, request.GrantId, request.TraceId);
-        _unknownOutcomes.Writer.TryWrite(new UnknownOutcome(request.GrantId, record));
+        // Fair shares by the caller's subject (every token has one), else its workload or origin.
+        _unknownOutcomes.Add(new UnknownOutcome(request.GrantId, record, request.Subject ?? request.Workload ?? origin ?? string.Empty));
     }
 
     /// <summary>
@@ -619,9 +620,10 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     {
         try
         {
-            while (await _unknownOutcomes.Reader.WaitToReadAsync(stopping).ConfigureAwait(false))
+            while (true)
             {
-                while (_unknownOutcomes.Reader.TryRead(out var item))
+                await _unknownOutcomes.WaitAsync(stopping).ConfigureAwait(false);
+                while (_unknownOutcomes.TryTake(out var item))
                 {
                     Volatile.Write(ref _unknownOutcomeInFlight, 1);
                     var recorded = await TryRecordAsync(item, EventJson(item.Event, includeAt: true), stopping).ConfigureAwait(false);
@@ -629,7 +631,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                     {
                         // To the back of the queue: on a cluster, its master may stay down while the masters of the
                         // records behind it answer again, and those must not wait for it.
-                        _unknownOutcomes.Writer.TryWrite(item);
+                        _unknownOutcomes.Add(item);
                     }
 
                     Volatile.Write(ref _unknownOutcomeInFlight, 0);
@@ -907,5 +909,4 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         _ => endPoint.ToString() ?? "?",
     };
 
-    private sealed record UnknownOutcome(string GrantId, GrantEvent Event);
 }

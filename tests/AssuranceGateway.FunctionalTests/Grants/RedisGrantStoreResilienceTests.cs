@@ -292,6 +292,55 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         Assert.Contains(stored.Events, e => e.Type == GrantEvent.Used && e.TraceId == "the-real-use");
     }
 
+    /// <summary>
+    /// The owner's consume times out while Redis stalls (it may run when Redis wakes up), then someone else with a valid
+    /// token sends more made-up grant ids than the queue holds during the same stall: each timed-out consume is queued
+    /// like a real one. The owner's unknown outcome must still reach the grant.
+    /// </summary>
+    [Fact]
+    public async Task UnknownOutcome_ThenABurstOfMadeUpIdsFromAnotherCaller_OwnersUnknownOutcomeStillRecorded()
+    {
+        await using var redis = await RedisServer.StartAsync();
+        using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
+        var grant = Grant();
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        var owner = Matching(grant);
+
+        var queued = 0;
+        await redis.PauseAsync();
+        try
+        {
+            await Task.Delay(600); // the stall has lasted a moment (the watchdog has seen it) when the owner's request comes
+            var failure = await Task.Run(() => Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(owner, default)));
+            Assert.True(failure.OutcomeUnknown);
+            var made = Matching(grant) with { Subject = "mallory", Workload = "spiffe://prod.example/ns/dev/sa/x" };
+            await Task.Run(() => Task.WhenAll(Enumerable.Range(0, 1500).Select(async i =>
+            {
+                try
+                {
+                    await store.ConsumeAsync(made with { GrantId = $"madeup{i}", TraceId = $"flood-{i}" }, default);
+                }
+                catch (StoreUnavailableException e)
+                {
+                    if (e.OutcomeUnknown)
+                    {
+                        Interlocked.Increment(ref queued);
+                    }
+                }
+            })));
+        }
+        finally
+        {
+            await redis.ResumeAsync();
+        }
+
+        await RedisStores.WaitUntilAsync(async () => store.UnknownOutcomesPending == 0 && await store.NotReadyAsync(default) is null, TimeSpan.FromSeconds(60), "the queue to drain");
+        var stored = await store.GetAsync(grant.Id, default);
+        output.WriteLine($"{queued} made-up consumes had an unknown outcome");
+        Assert.True(queued > 1024, $"only {queued} made-up consumes were queued: the queue never filled");
+        Assert.Contains(stored!.Events, e => e.Type == GrantEvent.UnknownOutcome && e.TraceId == owner.TraceId);
+    }
+
     private static GrantRecord Grant() => new()
     {
         Id = Guid.NewGuid().ToString("N"),
