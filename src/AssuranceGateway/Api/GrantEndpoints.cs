@@ -307,6 +307,12 @@ internal static class GrantEndpoints
         {
             result = await call(context.RequestAborted).ConfigureAwait(false);
         }
+        catch (GrantUnreadableException e)
+        {
+            context.Response.StatusCode = StatusCodes.Status409Conflict;
+            await ProblemResponses.WriteAsync(context, ReasonCodes.GrantUnreadable, e.Message, TraceId()).ConfigureAwait(false);
+            return (false, default!);
+        }
         catch (StoreUnavailableException e)
         {
             await ApiProblems.WriteAsync(context, ReasonCodes.StoreUnavailable, e.OutcomeUnknown

@@ -347,6 +347,7 @@ public sealed partial class AssuranceMiddleware
                 ReasonCodes.RequestMismatch => "the request differs from the approved one (the grant was issued with a request hash only, so which part differs is not known)",
                 ReasonCodes.SelfApproval => "this grant was approved by the caller itself: an approver may not perform the action",
                 ReasonCodes.Replayed => "this approval has no uses left",
+                ReasonCodes.GrantUnreadable => "the grant's record in the store has a status or field this gateway cannot read; it is never used",
                 _ => null,
             };
         }

@@ -34,6 +34,12 @@ public static class ReasonCodes
     public const string OriginMismatch = "origin_mismatch";
     public const string RequestMismatch = "request_mismatch";
     public const string Replayed = "replayed";
+
+    /// <summary>
+    /// Not in SPEC §4.3 (an addition): the grant's record holds a status this gateway does not know, or a field that
+    /// does not parse (a hand edit, a newer version's write): never used, and said so rather than guessed at.
+    /// </summary>
+    public const string GrantUnreadable = "grant_unreadable";
     public const string TooManyPending = "too_many_pending";
     public const string StoreUnavailable = "store_unavailable";
 
@@ -68,6 +74,7 @@ public static class ReasonCodes
         UnknownRoute => StatusCodes.Status404NotFound,
         GrantNotFound => StatusCodes.Status403Forbidden,
         Conflict => StatusCodes.Status409Conflict,
+        GrantUnreadable => StatusCodes.Status403Forbidden,
         MethodNotAllowed => StatusCodes.Status405MethodNotAllowed,
         _ => StatusCodes.Status403Forbidden,
     };
@@ -97,6 +104,7 @@ public static class ReasonCodes
         OriginMismatch => "Assurance bound to another origin",
         RequestMismatch => "Assurance bound to another request",
         Replayed => "Assurance already used",
+        GrantUnreadable => "Assurance record unreadable",
         TooManyPending => "Too many pending assurances",
         StoreUnavailable => "Assurance store unavailable",
         UpstreamFailed => "Upstream request failed",

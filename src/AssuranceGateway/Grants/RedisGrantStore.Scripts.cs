@@ -185,6 +185,14 @@ internal sealed partial class RedisGrantStore
               return bit.band(check, flag) ~= 0 and (bound == nil or bound ~= value)
             end
 
+            -- A record this version cannot read (an unknown status, a count or time that is not a number) is never
+            -- used, and nothing is written to it.
+            if (g.status ~= '{{StatusActive}}' and g.status ~= '{{StatusConsumed}}' and g.status ~= '{{StatusPending}}'
+                and g.status ~= '{{StatusRevoked}}') or not tonumber(g.expiresAt) or not tonumber(g.uses)
+                or (g.notBefore and not tonumber(g.notBefore)) then
+              return {'{{ReasonCodes.GrantUnreadable}}'}
+            end
+
             local reason
             local mismatch = {}
             if g.status == '{{StatusPending}}' then

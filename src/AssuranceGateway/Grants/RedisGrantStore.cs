@@ -289,7 +289,15 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     {
         ArgumentNullException.ThrowIfNull(id);
         var result = await EvaluateAsync(Scripts.Get, _keys.GrantAndEvents(id), [], "get", id, cancellationToken).ConfigureAwait(false);
-        return ReadGrant(result);
+        try
+        {
+            return ReadGrant(result);
+        }
+        catch (Exception e) when (e is FormatException or OverflowException or InvalidDataException or KeyNotFoundException or InvalidCastException
+            or System.Text.Json.JsonException)
+        {
+            throw new GrantUnreadableException($"the grant's record in the store cannot be read: {e.Message}", e);
+        }
     }
 
     public Task<GrantChange> RevokeAsync(string id, GrantEvent revoked, CancellationToken cancellationToken) =>

@@ -1,3 +1,4 @@
+using AssuranceGateway.Grants;
 using System.Diagnostics;
 using System.Net;
 using System.Text.Json.Nodes;
@@ -109,6 +110,37 @@ public sealed class RedisGatewayTests : IAsyncLifetime
 
         Assert.Empty(missing);
         Assert.Equal(0, gateway.Upstream.Count);
+    }
+
+    /// <summary>
+    /// A status this gateway does not know (an operator's hand-written "suspended" during an incident, a newer version's
+    /// write during a rolling upgrade) or a count that is not a number: the grant is never used, nothing is written to
+    /// it, and both the proxy and the API say so in problem+json instead of forwarding or failing with a bare 500.
+    /// </summary>
+    [Theory]
+    [InlineData("status", "suspended")]
+    [InlineData("uses", "abc")]
+    [InlineData("expiresAt", "")]
+    public async Task GrantRecordTheGatewayCannotRead_NeverUsedNothingWritten_ProxyAndApiSaySo(string field, string value)
+    {
+        await using var gateway = await GatewayHarness.StartAsync(redis: Connection);
+        var token = gateway.Idp.Token();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token, maxUses: 2));
+        var key = (string)new GrantKeys(gateway.Config.Current.Settings.Store.KeyPrefix).Grant(id)!;
+        await _redis.ExecuteAsync("HSET", key, field, value);
+        var before = await _redis.ExecuteAsync("HGETALL", key);
+
+        using var response = await gateway.Proxy.SendAsync(DeployRequest(token, gateway.WorkloadIssuer.Svid(), id, out _));
+        using var read = new HttpRequestMessage(HttpMethod.Get, $"/assurance/v1/grants/{id}");
+        read.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", gateway.Idp.ApiToken());
+        using var shown = await gateway.Api.SendAsync(read);
+
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+        Assert.Equal("grant_unreadable", await response.ReasonAsync());
+        Assert.Equal(0, gateway.Upstream.Count);
+        Assert.Equal(before, await _redis.ExecuteAsync("HGETALL", key));
+        Assert.Equal(HttpStatusCode.Conflict, shown.StatusCode);
+        Assert.Equal("grant_unreadable", await shown.ReasonAsync());
     }
 
     [Fact]
