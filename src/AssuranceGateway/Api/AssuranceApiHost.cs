@@ -90,13 +90,16 @@ internal static class HealthEndpoints
 {
     public static void Map(WebApplication app)
     {
-        app.MapGet("/healthz", () => Results.Text("ok"));
+        // HEAD as well as GET (RFC 9110 §9.3.2): load balancers and uptime checks often probe with HEAD; the server
+        // sends the same status and headers without the body.
+        string[] probe = [HttpMethods.Get, HttpMethods.Head];
+        app.MapMethods("/healthz", probe, () => Results.Text("ok"));
         // The signer publishes, as it alone knows which keys signed evidence that has not expired yet (a key rotated
         // out by a reload stays until then). Without a signer nothing is signed: an empty set.
         app.MapGet("/.well-known/jwks.json", (GatewayConfigState config, HttpContext context) =>
             Results.Json(context.RequestServices.GetService<IEvidenceSigner>()?.PublicJwks(config.Current.Settings)
                 ?? new Dictionary<string, object> { ["keys"] = Array.Empty<object>() }));
-        app.MapGet("/readyz", async (IGrantStore store, GatewayConfigState config, HttpContext context) =>
+        app.MapMethods("/readyz", probe, async (IGrantStore store, GatewayConfigState config, HttpContext context) =>
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted);
             timeout.CancelAfter(config.Current.Settings.Store.Timeout * 4);

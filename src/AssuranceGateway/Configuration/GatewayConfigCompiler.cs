@@ -94,6 +94,8 @@ public static class GatewayConfigCompiler
 
         CrossCheck(reader, assurance, routePolicies, tokens, workload, api);
         CheckListeners(reader, configuration, api);
+        CheckLogging(reader, configuration.GetSection("Logging"));
+        CheckTelemetryExport(reader, configuration);
 
         errors = list;
         routesRead = routes;
@@ -967,6 +969,53 @@ public static class GatewayConfigCompiler
                     reader.Error($"{ReverseProxySection}:Routes:{route.RouteId}:Transforms[{i}]",
                         $"{problem}, which the gateway sets for the upstream on every request policy '{policy.Name}' allows (Assurance:Evidence:SigningKeyFile is set)");
                 }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Every <c>LogLevel</c> value under <c>Logging</c> (the default's, a category's, a provider's): the host would
+    /// otherwise fail at its first log line with an unhandled exception and a stack trace ("Verbose" is Serilog's word,
+    /// not a level here), and a reload would be applied only for the next start to fail. Read as the logging options
+    /// read them: a level name in any case, or its number.
+    /// </summary>
+    private static void CheckLogging(ConfigReader reader, IConfigurationSection logging)
+    {
+        foreach (var section in logging.AsEnumerable(makePathsRelative: false))
+        {
+            if (section.Value is not { Length: > 0 } value)
+            {
+                continue;
+            }
+
+            var parts = section.Key.Split(':');
+            var underLevels = Array.FindLastIndex(parts, p => string.Equals(p, "LogLevel", StringComparison.OrdinalIgnoreCase));
+            if (underLevels > 0 && underLevels < parts.Length - 1 && !Enum.TryParse<Microsoft.Extensions.Logging.LogLevel>(value, ignoreCase: true, out _))
+            {
+                reader.Error(section.Key, $"'{value}' is not a log level (Trace, Debug, Information, Warning, Error, Critical, None)");
+            }
+        }
+    }
+
+    /// <summary>
+    /// The standard OTLP exporter variables (SPEC §6), read here as configuration keys (the environment is part of it).
+    /// A malformed endpoint made the exporter send nothing, without a word: the evidence an SRE needs in an incident was
+    /// missing, and nobody knew until then.
+    /// </summary>
+    private static void CheckTelemetryExport(ConfigReader reader, IConfiguration configuration)
+    {
+        foreach (var signal in (string[])["", "TRACES_", "METRICS_", "LOGS_"])
+        {
+            var endpoint = $"OTEL_EXPORTER_OTLP_{signal}ENDPOINT";
+            if (configuration[endpoint] is { Length: > 0 } url && !IsHttpUrl(url.Trim()))
+            {
+                reader.Error(endpoint, $"'{url}' is not an absolute http(s) URL (e.g. http://collector:4318)");
+            }
+
+            var protocol = $"OTEL_EXPORTER_OTLP_{signal}PROTOCOL";
+            if (configuration[protocol] is { Length: > 0 } name && name.Trim() is not ("grpc" or "http/protobuf"))
+            {
+                reader.Error(protocol, $"'{name}' is not an OTLP protocol this gateway exports with (grpc, http/protobuf)");
             }
         }
     }

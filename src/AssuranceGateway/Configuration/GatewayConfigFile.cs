@@ -19,7 +19,9 @@ public sealed class GatewayConfigFile
     public string FullPath { get; }
 
     /// <summary>Why the last (re)load of the file failed, or null when it parsed.</summary>
-    public string? LoadError => File.Exists(FullPath) ? _loadError : $"'{FullPath}' does not exist";
+    public string? LoadError => File.Exists(FullPath) ? _loadError
+        : Directory.Exists(FullPath) ? $"'{FullPath}' is a directory: name the configuration file in it"
+        : $"'{FullPath}' does not exist";
 
     /// <summary>
     /// Adds the file so that it sits below environment variables and command-line arguments (which override single

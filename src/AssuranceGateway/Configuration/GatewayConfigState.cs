@@ -98,6 +98,22 @@ public sealed partial class GatewayConfigState : IDisposable
     /// <summary>The <c>Kestrel</c> section of the configuration in force: what Kestrel binds and reloads from.</summary>
     public ListenerConfiguration Listeners { get; }
 
+    /// <summary>The file the configuration is read from (environment and command-line keys override single keys).</summary>
+    public string? FilePath => _file?.FullPath;
+
+    /// <summary>
+    /// What is in force, in one line for the start-up log: each route with its policy and mode, and whether evidence is
+    /// signed. An SRE greps it to check that a pod runs the intended file and policies.
+    /// </summary>
+    public string Summary()
+    {
+        var settings = Current.Settings;
+        var routes = settings.Routes.Select(r => settings.PolicyForRoute(r.RouteId) is { } p
+            ? $"{r.RouteId} → {p.Name}{(p.Mode == PolicyMode.Shadow ? " (shadow)" : string.Empty)}"
+            : $"{r.RouteId} → (no policy)");
+        return $"{settings.Routes.Count} route(s): {string.Join(", ", routes)}; signed evidence {(settings.Evidence.SigningKey is null ? "off" : "on")}";
+    }
+
     /// <summary>The configuration in force now. Read it once per request and use that value throughout.</summary>
     public GatewayRuntime Current => _current;
 

@@ -84,6 +84,9 @@ public static partial class GatewayHostingExtensions
         app.Services.GetRequiredService<GatewayTelemetry>();
         var store = app.Services.GetRequiredService<IGrantStore>();
         Log.StoreSelected(app.Logger, store.Description);
+        var config = app.Services.GetRequiredService<GatewayConfigState>();
+        var inForce = config.Summary();
+        Log.ConfigurationInForce(app.Logger, config.FilePath ?? "(no file)", inForce);
 
         app.MapReverseProxy(proxy =>
         {
@@ -99,5 +102,8 @@ public static partial class GatewayHostingExtensions
     {
         [LoggerMessage(EventId = 1, Level = LogLevel.Information, Message = "Grant store: {Store}")]
         public static partial void StoreSelected(ILogger logger, string store);
+
+        [LoggerMessage(EventId = 2, Level = LogLevel.Information, Message = "Configuration {File}: {InForce}")]
+        public static partial void ConfigurationInForce(ILogger logger, string file, string inForce);
     }
 }

@@ -117,6 +117,63 @@ public sealed class HostStartupTests : IDisposable
     }
 
     [Fact]
+    public async Task Host_ConfigIsADirectory_Exit2SayingSo()
+    {
+        // A mount point named instead of the file in it: "does not exist" would send the operator looking for a mount.
+        var run = await RunHostAsync(["--config", _directory]);
+
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal([Header, $"{_directory}: '{_directory}' is a directory: name the configuration file in it"], run.StderrLines);
+    }
+
+    /// <summary>
+    /// "Verbose" is Serilog's word, not a level here: the host died at its first log line with an unhandled exception,
+    /// a stack trace and exit 134 (a crash loop in Kubernetes), from the file or the environment alike.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Host_LogLevelThatIsNoLevel_Exit2NamingTheKey(bool inFile)
+    {
+        var config = ValidConfig();
+        Dictionary<string, string> environment = [];
+        if (inFile)
+        {
+            config["Logging"] = new JsonObject { ["LogLevel"] = new JsonObject { ["Default"] = "Information", ["Yarp"] = "Verbose" } };
+        }
+        else
+        {
+            environment["Logging__Console__LogLevel__Default"] = "Verbose";
+        }
+
+        var run = await RunHostAsync(["--config", WriteConfig(config)], environment);
+
+        Assert.Equal(2, run.ExitCode);
+        var key = inFile ? "Logging:LogLevel:Yarp" : "Logging:Console:LogLevel:Default";
+        Assert.Equal([Header, $"{key}: 'Verbose' is not a log level (Trace, Debug, Information, Warning, Error, Critical, None)"], run.StderrLines);
+    }
+
+    /// <summary>An OTLP endpoint without a scheme made the exporter send nothing, without a word (SPEC §6: evidence).</summary>
+    [Fact]
+    public async Task Host_OtlpEndpointOrProtocolInvalid_Exit2NamingTheVariables()
+    {
+        var run = await RunHostAsync(["--config", WriteConfig(ValidConfig())], new()
+        {
+            ["OTEL_EXPORTER_OTLP_ENDPOINT"] = "collector:4318",
+            ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/json",
+        });
+
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal(
+            [
+                Header,
+                "OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4318' is not an absolute http(s) URL (e.g. http://collector:4318)",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/json' is not an OTLP protocol this gateway exports with (grpc, http/protobuf)",
+            ],
+            run.StderrLines);
+    }
+
+    [Fact]
     public async Task Host_ConfigFileNotJson_Exit2NamingTheFile()
     {
         var path = Path.Combine(_directory, "broken.json");
@@ -135,10 +192,17 @@ public sealed class HostStartupTests : IDisposable
     public async Task Host_ValidConfigFromEnvironmentVariable_StartsListening()
     {
         // Positive control: the same host, the same way of naming the file, and a valid file: it serves.
-        using var process = Start([], new() { ["GATEWAY_CONFIG"] = WriteConfig(ValidConfig()) });
+        var path = WriteConfig(ValidConfig());
+        using var process = Start([], new() { ["GATEWAY_CONFIG"] = path });
         var listening = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var lines = new System.Collections.Concurrent.ConcurrentQueue<string>();
         process.OutputDataReceived += (_, e) =>
         {
+            if (e.Data is { } line)
+            {
+                lines.Enqueue(line);
+            }
+
             if (e.Data?.Contains("Now listening on", StringComparison.Ordinal) == true)
             {
                 listening.TrySetResult();
@@ -151,6 +215,12 @@ public sealed class HostStartupTests : IDisposable
             var exited = process.WaitForExitAsync();
             var first = await Task.WhenAny(listening.Task, exited, Task.Delay(ExitTimeout));
             Assert.True(first == listening.Task, exited.IsCompleted ? $"the host exited with {process.ExitCode}" : "the host did not start listening in time");
+
+            // The start-up log says which file is in force and what it protects: an SRE greps it to check a pod.
+            var inForce = Assert.Single(lines, l => l.Contains($"Configuration {path}: ", StringComparison.Ordinal));
+            Assert.Contains("deploy → single-use-approval", inForce, StringComparison.Ordinal);
+            Assert.Contains("status → token-only", inForce, StringComparison.Ordinal);
+            Assert.Contains("public → passthrough", inForce, StringComparison.Ordinal);
         }
         finally
         {
@@ -344,7 +414,8 @@ public sealed class HostStartupTests : IDisposable
 
         // Only what the test sets: nothing inherited may name a config file or override a key.
         psi.Environment.Remove("GATEWAY_CONFIG");
-        foreach (var key in psi.Environment.Keys.Where(k => k.StartsWith("Assurance__", StringComparison.OrdinalIgnoreCase) || k.StartsWith("ReverseProxy__", StringComparison.OrdinalIgnoreCase)).ToList())
+        foreach (var key in psi.Environment.Keys.Where(k => k.StartsWith("Assurance__", StringComparison.OrdinalIgnoreCase) || k.StartsWith("ReverseProxy__", StringComparison.OrdinalIgnoreCase)
+            || k.StartsWith("Logging__", StringComparison.OrdinalIgnoreCase) || k.StartsWith("OTEL_", StringComparison.OrdinalIgnoreCase)).ToList())
         {
             psi.Environment.Remove(key);
         }

@@ -396,6 +396,19 @@ public sealed class HotReloadTests : IAsyncLifetime
         await AssertOriginalConfigurationInForceAsync();
     }
 
+    [Fact]
+    public async Task Reload_LogLevelThatIsNoLevel_RefusedAsAStartWouldBe()
+    {
+        // Applied, it would be in force until the next restart or rollout, which then could not start.
+        var config = _gateway.DefaultConfig();
+        config["Logging"] = new JsonObject { ["LogLevel"] = new JsonObject { ["Default"] = "Verbose" } };
+
+        Assert.False(await _gateway.ReloadAsync(config));
+
+        Assert.Contains("Logging:LogLevel:Default: 'Verbose' is not a log level", Assert.Single(_gateway.RefusedReloads()), StringComparison.Ordinal);
+        await AssertOriginalConfigurationInForceAsync();
+    }
+
     /// <summary>The start-up configuration: /status needs a token, which passes; nothing else got through.</summary>
     private async Task AssertOriginalConfigurationInForceAsync()
     {

@@ -76,4 +76,16 @@ public sealed class PolicyRoutingTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.OK, (await _gateway.Api.GetAsync("/healthz")).StatusCode);
         Assert.Equal(HttpStatusCode.OK, (await _gateway.Api.GetAsync("/readyz")).StatusCode);
     }
+
+    /// <summary>Load balancers and uptime checks often probe with HEAD (RFC 9110 §9.3.2): the GET status, no body.</summary>
+    [Theory]
+    [InlineData("/healthz")]
+    [InlineData("/readyz")]
+    public async Task HealthEndpoints_AnswerHeadLikeGetWithoutABody(string path)
+    {
+        using var head = await _gateway.Api.SendAsync(new HttpRequestMessage(HttpMethod.Head, path));
+
+        Assert.Equal(HttpStatusCode.OK, head.StatusCode);
+        Assert.Empty(await head.Content.ReadAsByteArrayAsync());
+    }
 }
