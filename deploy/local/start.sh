@@ -28,7 +28,8 @@ dotnet src/Gateway.Cli/bin/Release/net10.0/agw.dll upstream --urls http://127.0.
 children+=($!)
 cat <<'TXT'
 
-  Assurance Gateway: proxy http://127.0.0.1:8080, assurance API http://127.0.0.1:8081, sample upstream :5001.
+  Assurance Gateway: sample upstream :5001; the proxy and the assurance API listen where the gateway's log says below
+  (http://127.0.0.1:8080 and http://127.0.0.1:8081 unless --Urls or --Assurance:Api:Url say otherwise).
   In another shell:  alias agw='dotnet src/Gateway.Cli/bin/Release/net10.0/agw.dll'  and follow the README quickstart.
 
 TXT

@@ -116,6 +116,22 @@ public sealed partial class DeployFilesTests
     }
 
     [Fact]
+    public void GrantStore_ReachableOnlyFromTheGatewaysPods()
+    {
+        // A pod that can write to Redis can mint approvals: its password must not be the only thing in the way.
+        var policy = Read("k8s/networkpolicy.yaml");
+
+        Assert.Matches(@"name: assurance-redis\s+spec:\s+podSelector:\s+matchLabels:\s+app.kubernetes.io/name: assurance-redis\s+policyTypes: \[""Ingress""\]\s+ingress:\s+- from:\s+- podSelector:\s+matchLabels:\s+app.kubernetes.io/name: assurance-gateway\s+ports:\s+- port: 6379", policy);
+    }
+
+    [Fact]
+    public void Systemd_InvalidConfiguration_NotRestartedInALoop()
+    {
+        // Exit code 2 is an invalid configuration: a restart every 2 s until the start limit cannot fix it.
+        Assert.Matches(@"(?m)^RestartPreventExitStatus=2$", Read("systemd/assurance-gateway.service"));
+    }
+
+    [Fact]
     public void K8sGatewayConfig_NoProxyInFront_TrustsNoForwardedHeaders()
     {
         using var config = JsonDocument.Parse(Read("k8s/gateway.json"));
