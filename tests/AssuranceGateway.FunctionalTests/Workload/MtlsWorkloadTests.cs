@@ -18,25 +18,11 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        var harness = await GatewayHarness.CreateAsync();
         _ca = TestCertificates.Ca();
         // Two CAs that name their trust domains, as SPIRE's do: a federated partner's next to prod's.
         _prodCa = TestCertificates.Ca("spiffe://prod.test");
         _partnerCa = TestCertificates.Ca("spiffe://partner.test");
-        var caPem = Path.Combine(harness.Directory, "client-ca.pem");
-        await File.WriteAllTextAsync(caPem, string.Join('\n', _ca.ExportCertificatePem(), _prodCa.ExportCertificatePem(), _partnerCa.ExportCertificatePem()));
-        using var server = TestCertificates.Server();
-        _serverThumbprint = server.Thumbprint;
-        var pfx = Path.Combine(harness.Directory, "server.pfx");
-        await File.WriteAllBytesAsync(pfx, server.Export(X509ContentType.Pfx, "pw"));
-
-        var config = harness.DefaultConfig();
-        config["Urls"] = "https://127.0.0.1:0";
-        config["Kestrel"] = new JsonObject { ["Certificates"] = new JsonObject { ["Default"] = new JsonObject { ["Path"] = pfx, ["Password"] = "pw" } } };
-        config["Assurance"]!["Workload"]!["Sources"] = new JsonArray("mtls");
-        config["Assurance"]!["Workload"]!["ClientCaFile"] = caPem;
-        await harness.StartWithAsync(config);
-        _gateway = harness;
+        (_gateway, _serverThumbprint) = await TlsGateway.StartAsync([_ca, _prodCa, _partnerCa], w => w["Sources"] = new JsonArray("mtls"));
     }
 
     public async Task DisposeAsync()
@@ -75,30 +61,8 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
         Assert.Equal(1, _gateway.Upstream.Count); // only the sanity request
     }
 
-    private HttpClient ClientWith(X509Certificate2? certificate, bool evenIfNotValidNow = false, X509Certificate2[]? sending = null)
-    {
-        var handler = new SocketsHttpHandler();
-        // The test's own self-signed server certificate, pinned by thumbprint.
-        handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, _, _) =>
-            certificate is not null && string.Equals(certificate.GetCertHashString(), _serverThumbprint, StringComparison.OrdinalIgnoreCase);
-        if (sending is not null)
-        {
-            // The certificate and the chain the client sends after it in the handshake.
-            handler.SslOptions.ClientCertificateContext = System.Net.Security.SslStreamCertificateContext.Create(certificate!, [.. sending], offline: true);
-        }
-        else if (certificate is not null)
-        {
-            handler.SslOptions.ClientCertificates = [certificate];
-        }
-
-        if (evenIfNotValidNow)
-        {
-            // The client stack would not offer a certificate outside its validity on its own: an attacker's would.
-            handler.SslOptions.LocalCertificateSelectionCallback = (_, _, _, _, _) => certificate!;
-        }
-
-        return new HttpClient(handler) { BaseAddress = new Uri(_gateway.ProxyAddress) };
-    }
+    private HttpClient ClientWith(X509Certificate2? certificate, bool evenIfNotValidNow = false, X509Certificate2[]? sending = null) =>
+        TlsGateway.Client(_gateway, _serverThumbprint, certificate, evenIfNotValidNow, sending);
 
     [Fact]
     public async Task CaSignedSpiffeCertificate_IdentifiesWorkload_GrantBoundToItIsUsed()
@@ -244,24 +208,13 @@ public sealed class MtlsBehindTrustedProxyTests : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        var harness = await GatewayHarness.CreateAsync();
         _ca = TestCertificates.Ca("spiffe://prod.test");
         _proxyCertificate = TestCertificates.Client(Envoy, _ca);
-        var caPem = Path.Combine(harness.Directory, "client-ca.pem");
-        await File.WriteAllTextAsync(caPem, _ca.ExportCertificatePem());
-        using var server = TestCertificates.Server();
-        _serverThumbprint = server.Thumbprint;
-        var pfx = Path.Combine(harness.Directory, "server.pfx");
-        await File.WriteAllBytesAsync(pfx, server.Export(X509ContentType.Pfx, "pw"));
-
-        var config = harness.DefaultConfig();
-        config["Urls"] = "https://127.0.0.1:0";
-        config["Kestrel"] = new JsonObject { ["Certificates"] = new JsonObject { ["Default"] = new JsonObject { ["Path"] = pfx, ["Password"] = "pw" } } };
-        config["Assurance"]!["Workload"]!["Sources"] = new JsonArray("mtls", "xfcc", "header");
-        config["Assurance"]!["Workload"]!["TrustedProxies"] = new JsonArray("127.0.0.1/32");
-        config["Assurance"]!["Workload"]!["ClientCaFile"] = caPem;
-        await harness.StartWithAsync(config);
-        _gateway = harness;
+        (_gateway, _serverThumbprint) = await TlsGateway.StartAsync([_ca], w =>
+        {
+            w["Sources"] = new JsonArray("mtls", "xfcc", "header");
+            w["TrustedProxies"] = new JsonArray("127.0.0.1/32");
+        });
     }
 
     public async Task DisposeAsync()
@@ -271,14 +224,7 @@ public sealed class MtlsBehindTrustedProxyTests : IAsyncLifetime
         _proxyCertificate.Dispose();
     }
 
-    private HttpClient ProxyClient()
-    {
-        var handler = new SocketsHttpHandler();
-        handler.SslOptions.RemoteCertificateValidationCallback = (_, certificate, _, _) =>
-            certificate is not null && string.Equals(certificate.GetCertHashString(), _serverThumbprint, StringComparison.OrdinalIgnoreCase);
-        handler.SslOptions.ClientCertificates = [_proxyCertificate];
-        return new HttpClient(handler) { BaseAddress = new Uri(_gateway.ProxyAddress) };
-    }
+    private HttpClient ProxyClient() => TlsGateway.Client(_gateway, _serverThumbprint, _proxyCertificate);
 
     /// <summary>The proxy's certificate names the hop: the workload is the one it forwards, not "sources disagree".</summary>
     [Fact]
@@ -322,5 +268,56 @@ public sealed class MtlsBehindTrustedProxyTests : IAsyncLifetime
         using var disagreeing = await http.SendAsync(request);
         Assert.Equal("workload_invalid", await disagreeing.ReasonAsync());
         Assert.Equal(0, _gateway.Upstream.Count);
+    }
+}
+
+/// <summary>A gateway whose proxy listens on HTTPS with a test server certificate, and clients that pin it.</summary>
+internal static class TlsGateway
+{
+    /// <summary>Starts it with <paramref name="clientCas"/> as <c>Workload:ClientCaFile</c>; returns it and its certificate's thumbprint.</summary>
+    public static async Task<(GatewayHarness Gateway, string ServerThumbprint)> StartAsync(X509Certificate2[] clientCas, Action<JsonNode> workload)
+    {
+        var harness = await GatewayHarness.CreateAsync();
+        var caPem = Path.Combine(harness.Directory, "client-ca.pem");
+        await File.WriteAllTextAsync(caPem, string.Join('\n', clientCas.Select(ca => ca.ExportCertificatePem())));
+        using var server = TestCertificates.Server();
+        var pfx = Path.Combine(harness.Directory, "server.pfx");
+        await File.WriteAllBytesAsync(pfx, server.Export(X509ContentType.Pfx, "pw"));
+
+        var config = harness.DefaultConfig();
+        config["Urls"] = "https://127.0.0.1:0";
+        config["Kestrel"] = new JsonObject { ["Certificates"] = new JsonObject { ["Default"] = new JsonObject { ["Path"] = pfx, ["Password"] = "pw" } } };
+        config["Assurance"]!["Workload"]!["ClientCaFile"] = caPem;
+        workload(config["Assurance"]!["Workload"]!);
+        await harness.StartWithAsync(config);
+        return (harness, server.Thumbprint);
+    }
+
+    /// <summary>
+    /// A client that trusts only the test server certificate and presents <paramref name="certificate"/> (with the chain
+    /// in <paramref name="sending"/>, when given, sent after it in the handshake).
+    /// </summary>
+    public static HttpClient Client(
+        GatewayHarness gateway, string serverThumbprint, X509Certificate2? certificate, bool evenIfNotValidNow = false, X509Certificate2[]? sending = null)
+    {
+        var handler = new SocketsHttpHandler();
+        handler.SslOptions.RemoteCertificateValidationCallback = (_, presented, _, _) =>
+            presented is not null && string.Equals(presented.GetCertHashString(), serverThumbprint, StringComparison.OrdinalIgnoreCase);
+        if (sending is not null)
+        {
+            handler.SslOptions.ClientCertificateContext = System.Net.Security.SslStreamCertificateContext.Create(certificate!, [.. sending], offline: true);
+        }
+        else if (certificate is not null)
+        {
+            handler.SslOptions.ClientCertificates = [certificate];
+        }
+
+        if (evenIfNotValidNow)
+        {
+            // The client stack would not offer a certificate outside its validity on its own: an attacker's would.
+            handler.SslOptions.LocalCertificateSelectionCallback = (_, _, _, _, _) => certificate!;
+        }
+
+        return new HttpClient(handler) { BaseAddress = new Uri(gateway.ProxyAddress) };
     }
 }
