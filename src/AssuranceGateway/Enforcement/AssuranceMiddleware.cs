@@ -725,7 +725,7 @@ public sealed partial class AssuranceMiddleware
     /// </summary>
     private static (string Name, string Bound)? BoundHeaderAlias(IHeaderDictionary headers, IReadOnlyList<string> boundHeaders)
     {
-        foreach (var name in headers.Keys)
+        foreach (var (name, _) in headers)
         {
             foreach (var bound in boundHeaders)
             {
@@ -826,7 +826,7 @@ public sealed partial class AssuranceMiddleware
     private static void RemoveUnderscoreAliases(IHeaderDictionary headers)
     {
         List<string>? aliases = null;
-        foreach (var name in headers.Keys)
+        foreach (var (name, _) in headers)
         {
             if (name.Contains('_', StringComparison.Ordinal) && Aliased.Contains(name.Replace('_', '-')))
             {
