@@ -832,7 +832,10 @@ public static class GatewayConfigCompiler
                 CheckTransforms(reader, route, policy);
             }
 
-            if (route.ClusterId is not null && !clusters.Any(c => string.Equals(c.ClusterId, route.ClusterId, StringComparison.OrdinalIgnoreCase)))
+            // Against the cluster sections, not the clusters read: one that could not be read is reported once, above,
+            // not again for every route that uses it.
+            if (route.ClusterId is not null
+                && !proxy.GetSection("Clusters").GetChildren().Any(c => string.Equals(c.Key, route.ClusterId, StringComparison.OrdinalIgnoreCase)))
             {
                 reader.Error($"{ReverseProxySection}:Routes:{route.RouteId}:ClusterId", $"unknown cluster '{route.ClusterId}'");
             }

@@ -542,6 +542,16 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     }
 
     [Fact]
+    public void Compile_ClusterThatCannotBeRead_ReportedOnceNotForEveryRouteUsingIt()
+    {
+        var errors = CompileErrors(c =>
+            ((JsonObject)((JsonObject)c["ReverseProxy"]!["Clusters"]!).First().Value!)["HttpClient"] = new JsonObject { ["MaxConnectionsPerServer"] = "abc" });
+
+        var line = Assert.Single(errors);
+        Assert.Contains("cannot be read as a YARP cluster", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Compile_FiveProblems_AllReportedAtOnce()
     {
         AssertProblems(
