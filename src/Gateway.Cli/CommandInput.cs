@@ -111,6 +111,43 @@ internal static class CommandInput
             : throw new UsageException($"AGW_HTTP_TIMEOUT '{text}': expected whole seconds from 1 to 3600");
     }
 
+    /// <summary>
+    /// A grant id argument, escaped for the URL path. An id is 1-64 characters of [A-Za-z0-9_-] (SPEC §4.1): anything
+    /// else is refused before any call, as HttpClient removes dot segments and "x/../&lt;id&gt;" acted on &lt;id&gt;. An empty
+    /// id is most often the output of an earlier <c>ID=$(agw grant create -q …)</c> that failed.
+    /// </summary>
+    public static string GrantId(string? id)
+    {
+        if (string.IsNullOrEmpty(id))
+        {
+            throw new UsageException("grant id is empty: give the id that 'agw grant create -q' printed (did that command fail?)");
+        }
+
+        if (!Grants.GrantIds.IsWellFormed(id))
+        {
+            throw new UsageException($"grant id '{id}': expected 1 to {Grants.GrantIds.MaxLength} characters of A-Z, a-z, 0-9, '-' and '_', as 'agw grant create' prints it");
+        }
+
+        return Uri.EscapeDataString(id);
+    }
+
+    /// <summary>
+    /// The method of <c>--method</c>: an HTTP token (RFC 9110 §9.1, tchar of §5.6.2). A hash or grant for an empty method
+    /// or one with a space could never be used: no request has it.
+    /// </summary>
+    public static string Method(string method)
+    {
+        if (method.Length == 0 || method.AsSpan().ContainsAnyExcept(TokenChars))
+        {
+            throw new UsageException($"--method '{method}': not an HTTP method (a token of letters, digits and !#$%&'*+-.^_`|~, e.g. POST)");
+        }
+
+        return method;
+    }
+
+    private static readonly System.Buffers.SearchValues<char> TokenChars =
+        System.Buffers.SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~");
+
     /// <summary>The assurance API base address of <c>--api</c> / AGW_API.</summary>
     public static Uri ApiAddress(string text)
     {

@@ -155,7 +155,10 @@ internal static class DevKeys
         }
     }
 
-    /// <summary>The keys directory is created owner-only (0700); an existing directory is left as its owner set it.</summary>
+    /// <summary>
+    /// The keys directory is created owner-only (0700); an existing directory is left as its owner set it. A --dir that
+    /// names a file, or lies under one, is a usage error (once an IOException with a stack trace).
+    /// </summary>
     private static void CreateOwnerOnlyDirectory(string directory)
     {
         if (Directory.Exists(directory))
@@ -163,13 +166,25 @@ internal static class DevKeys
             return;
         }
 
-        if (OperatingSystem.IsWindows())
+        if (File.Exists(directory))
         {
-            Directory.CreateDirectory(directory);
+            throw new UsageException($"--dir '{directory}' is a file, not a directory: give a directory for the keys");
         }
-        else
+
+        try
         {
-            Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            if (OperatingSystem.IsWindows())
+            {
+                Directory.CreateDirectory(directory);
+            }
+            else
+            {
+                Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UsageException($"--dir '{directory}': cannot create the directory ({e.Message})");
         }
     }
 

@@ -69,6 +69,17 @@ internal static class GrantCommands
 
             // Parsed even without --method, so that a malformed --header is refused rather than silently dropped.
             var given = CommandInput.Headers(r.GetValue(header));
+            if (r.GetValue(method) is null)
+            {
+                // The bound request is sent only with its method: without it these were dropped, and the API answered
+                // "request: required" about options that were given.
+                var orphans = new Option[] { path, query, header, body }.Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList();
+                if (orphans.Count > 0)
+                {
+                    throw new UsageException($"{string.Join(", ", orphans)} {(orphans.Count == 1 ? "needs" : "need")} --method: they describe the bound request, sent only with its method");
+                }
+            }
+
             if (r.GetValue(method) is { } m)
             {
                 // Every value of a repeated header, as an array: the API hashes them joined with "," (SPEC §4.2), as the
@@ -87,7 +98,7 @@ internal static class GrantCommands
 
                 json["request"] = new JsonObject
                 {
-                    ["method"] = m,
+                    ["method"] = CommandInput.Method(m),
                     ["path"] = r.GetValue(path) ?? "/",
                     ["query"] = r.GetValue(query) ?? string.Empty,
                     ["headers"] = headers,
@@ -105,15 +116,15 @@ internal static class GrantCommands
 
         var id = new Argument<string>("id") { Description = "Grant id" };
         var show = new Command("show", "Show a grant with its bindings and events") { api, bearer, id };
-        show.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Get, $"/assurance/v1/grants/{r.GetValue(id)}", null, null, ct));
+        show.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Get, $"/assurance/v1/grants/{CommandInput.GrantId(r.GetValue(id))}", null, null, ct));
         var list = new Command("list", "List grants waiting for approval") { api, bearer };
         list.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Get, "/assurance/v1/grants?status=pending", null, null, ct));
         var approve = new Command("approve", "Approve a pending grant") { api, bearer, id };
-        approve.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Post, $"/assurance/v1/grants/{r.GetValue(id)}/approve", null, null, ct));
+        approve.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Post, $"/assurance/v1/grants/{CommandInput.GrantId(r.GetValue(id))}/approve", null, null, ct));
         var deny = new Command("deny", "Deny (revoke) a pending grant") { api, bearer, id };
-        deny.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Post, $"/assurance/v1/grants/{r.GetValue(id)}/deny", null, null, ct));
+        deny.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Post, $"/assurance/v1/grants/{CommandInput.GrantId(r.GetValue(id))}/deny", null, null, ct));
         var revoke = new Command("revoke", "Revoke a grant") { api, bearer, id };
-        revoke.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Delete, $"/assurance/v1/grants/{r.GetValue(id)}", null, null, ct));
+        revoke.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Delete, $"/assurance/v1/grants/{CommandInput.GrantId(r.GetValue(id))}", null, null, ct));
 
         root.Subcommands.Add(new Command("grant", "Grants on the assurance API") { create, show, list, approve, deny, revoke });
     }
@@ -154,8 +165,18 @@ internal static class GrantCommands
 
         using var _ = response;
         var text = await response.Content.ReadAsStringAsync(ct);
+        // A login page of an ingress, the proxy listener, another service on that port: not the assurance API.
+        Task NotTheApiAsync(string what) => Console.Error.WriteLineAsync(
+            $"unexpected answer from {client.BaseAddress}: {(int)response.StatusCode} {response.Content.Headers.ContentType?.MediaType ?? "(no content type)"}, {what} (is --api / AGW_API the assurance API?)");
         if (!response.IsSuccessStatusCode)
         {
+            // Every error of the API is problem+json; anything else (the proxy's bare 404) would print as just "404 ".
+            if (!string.Equals(response.Content.Headers.ContentType?.MediaType, "application/problem+json", StringComparison.OrdinalIgnoreCase))
+            {
+                await NotTheApiAsync("not a problem+json error of the API");
+                return 1;
+            }
+
             await Console.Error.WriteLineAsync($"{(int)response.StatusCode} {text}");
             return 1;
         }
@@ -178,8 +199,7 @@ internal static class GrantCommands
 
         if (node is not JsonObject and not JsonArray)
         {
-            // A login page of an ingress, another service on that port: not the assurance API.
-            await Console.Error.WriteLineAsync($"unexpected answer from {client.BaseAddress}: {(int)response.StatusCode} {response.Content.Headers.ContentType?.MediaType ?? "(no content type)"}, not a JSON object (is --api / AGW_API the assurance API?)");
+            await NotTheApiAsync("not a JSON object");
             return 1;
         }
 

@@ -20,6 +20,7 @@ hash.SetAction(result =>
         .Distinct().OrderBy(n => n, StringComparer.Ordinal).ToList();
     var body = CommandInput.ReadBody(result.GetValue(bodyFile));
     // A hash the gateway would never accept a request for is a usage error, not a hash.
+    var requestMethod = CommandInput.Method(result.GetValue(method)!);
     if (CanonicalRequest.PathProblem(result.GetValue(path)!) is { } pathProblem)
     {
         throw new UsageException($"--path {pathProblem}");
@@ -35,7 +36,7 @@ hash.SetAction(result =>
         throw new UsageException($"--header '{empty.Key}' is empty: the gateway refuses a bound header sent empty (it hashes like an absent one); leave it out");
     }
 
-    var computed = CanonicalRequest.Compute(result.GetValue(method)!, result.GetValue(path)!, result.GetValue(query) ?? string.Empty, names,
+    var computed = CanonicalRequest.Compute(requestMethod, result.GetValue(path)!, result.GetValue(query) ?? string.Empty, names,
         n => headers.TryGetValue(n, out var v) ? new StringValues([.. v]) : StringValues.Empty, body);
     Console.WriteLine(computed.Hash);
     return 0;

@@ -13,6 +13,16 @@ internal static class SampleUpstream
 
     public static async Task<int> RunAsync(string urls, CancellationToken cancellationToken)
     {
+        // Kestrel takes only URLs with their scheme ("127.0.0.1:5001" was a FormatException with a stack trace); each
+        // of a ';'-separated list is checked here, so that the mistake is one usage line naming it.
+        var addresses = urls.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var bad = addresses.Length == 0 ? urls : addresses.FirstOrDefault(a => !a.StartsWith("http://", StringComparison.OrdinalIgnoreCase)
+            && !a.StartsWith("https://", StringComparison.OrdinalIgnoreCase));
+        if (bad is not null)
+        {
+            throw new UsageException($"--urls '{bad}': expected a URL with its scheme, e.g. http://127.0.0.1:5001");
+        }
+
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseUrls(urls);
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
@@ -42,6 +52,11 @@ internal static class SampleUpstream
         try
         {
             await app.StartAsync(cancellationToken);
+        }
+        catch (FormatException e)
+        {
+            // A URL with its scheme that Kestrel still cannot parse (a port that is not a number).
+            throw new UsageException($"--urls '{urls}': {e.Message}");
         }
         catch (IOException e)
         {

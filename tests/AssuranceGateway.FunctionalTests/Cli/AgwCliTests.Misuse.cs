@@ -278,4 +278,102 @@ public sealed partial class AgwCliTests
         Assert.DoesNotContain("   at ", error, StringComparison.Ordinal);
         Assert.DoesNotContain("unexpected error", error, StringComparison.Ordinal);
     }
+
+    // The grant id went into the URL unescaped, and HttpClient removes dot segments: `agw grant revoke "x/../<id>"`
+    // revoked <id> (exit 0) while the operator believed to act on another grant. An id that is not 1-64 characters of
+    // [A-Za-z0-9_-] (SPEC §4.1) is a usage error before any call.
+    [Theory]
+    [InlineData("not-this-one/../{0}")]
+    [InlineData("./{0}")]
+    public async Task GrantRevoke_IdNotAGrantId_ExitsTwoNamingTheIdAndRevokesNothing(string format)
+    {
+        var id = await _gateway.CreateGrantAsync(DeployGrant(_gateway.Idp.Token()));
+        var given = string.Format(format, id);
+
+        var result = await AgwAsync("grant", "revoke", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(), given);
+
+        Assert.Equal("active", (await _gateway.GetGrantAsync(id)).GetProperty("status").GetString()); // was "revoked"
+        AssertUsageError(result, $"grant id '{given}': expected 1 to 64 characters");
+    }
+
+    // ID=$(agw grant create -q ...) failed earlier in a script: `agw grant show "$ID"` listed pending grants' refusal
+    // ("only 'pending' can be listed"), approve said unknown_route, revoke method_not_allowed, none naming the empty id.
+    [Theory]
+    [InlineData("show")]
+    [InlineData("approve")]
+    [InlineData("deny")]
+    [InlineData("revoke")]
+    public async Task Grant_EmptyId_ExitsTwoSayingTheIdIsEmpty(string command)
+    {
+        var result = await AgwAsync("grant", command, "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(), "");
+
+        AssertUsageError(result, "grant id is empty");
+    }
+
+    // --api / AGW_API pointed at the proxy listener (the likeliest slip): its bare 404 (no problem+json) was printed as
+    // "404 ", without the address asked nor that the answer is not from the assurance API.
+    [Fact]
+    public async Task GrantShow_ErrorAnswerNotFromTheApi_SaysWhichAddressAnsweredAndThatItIsNotTheApi()
+    {
+        var (code, output, error) = await AgwAsync("grant", "show", "--api", _gateway.ProxyAddress, "--as", _gateway.Idp.ApiToken(), "some-grant");
+
+        Assert.Equal(1, code);
+        Assert.Empty(output);
+        Assert.StartsWith($"unexpected answer from {new Uri(_gateway.ProxyAddress)}: 404", error, StringComparison.Ordinal);
+        Assert.Contains("is --api / AGW_API the assurance API?", error, StringComparison.Ordinal);
+        Assert.DoesNotContain('\n', error);
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    // Mistyped local-setup commands of the quickstart ended in "agw: unexpected error" with a stack trace (IOException:
+    // the --dir is a file, or lies under one; FormatException: --urls without a scheme): one usage line naming it instead.
+    [Theory]
+    [InlineData("keys-dir-is-a-file")]
+    [InlineData("keys-dir-under-a-file")]
+    [InlineData("upstream-urls-without-scheme")]
+    public async Task LocalSetupCommands_DirectoryOrUrlUnusable_ExitTwoWithOneLineNamingIt(string mistake)
+    {
+        var file = Path.Combine(_gateway.Directory, "a-file.json");
+        await File.WriteAllTextAsync(file, "{}");
+        var (args, named) = mistake switch
+        {
+            "keys-dir-is-a-file" => (new[] { "keys", "init", "--dir", file }, $"--dir '{file}'"),
+            "keys-dir-under-a-file" => (["keys", "init", "--dir", Path.Combine(file, "keys")], $"--dir '{Path.Combine(file, "keys")}'"),
+            _ => (["upstream", "--urls", "127.0.0.1:5001"], "--urls '127.0.0.1:5001'"),
+        };
+
+        var result = await AgwAsync(args);
+
+        AssertUsageError(result, named);
+        Assert.Equal("{}", await File.ReadAllTextAsync(file));
+    }
+
+    // A method no request can have (empty, with a space): agw hash printed a hash (exit 0) that no request matches.
+    [Theory]
+    [InlineData("")]
+    [InlineData("P OST")]
+    [InlineData("POST\r")]
+    public async Task Hash_MethodNotAnHttpToken_ExitsTwo(string method)
+    {
+        var result = await AgwAsync("hash", "--method", method, "--path", "/deploy/v1/releases");
+
+        AssertUsageError(result, $"--method '{method}'");
+    }
+
+    // --path, --query, --header and --body describe the bound request, which is sent only with --method: without it they
+    // were dropped silently, and the API answered "request: required" about an option that was given.
+    [Theory]
+    [InlineData("--path", "/deploy/v1/releases")]
+    [InlineData("--query", "dry_run=true")]
+    [InlineData("--header", "content-type: application/json")]
+    [InlineData("--body", "{body}")]
+    public async Task GrantCreate_RequestOptionWithoutMethod_ExitsTwoSayingMethodIsNeeded(string option, string value)
+    {
+        var given = value == "{body}" ? await ReleaseFileAsync() : value;
+
+        var result = await AgwAsync("grant", "create", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(), "-q",
+            "--route", "deploy", "--subject", "alice", "--token", _gateway.Idp.Token(), "--workload", Deployer, option, given);
+
+        AssertUsageError(result, $"{option} needs --method");
+    }
 }
