@@ -12,6 +12,27 @@ internal sealed class ConfigReader(List<string> errors)
 {
     public List<string> Errors { get; } = errors;
 
+    /// <summary>
+    /// Compiling a change to a running gateway rather than a start: a few things that would stop a start (a mistake
+    /// there) are what an operator does on purpose at run time, and are then warnings (<see cref="Warnings"/>).
+    /// </summary>
+    public bool Reloading { get; init; }
+
+    public List<string> Warnings { get; } = [];
+
+    /// <summary>An error at start, a warning on reload (<see cref="Reloading"/>).</summary>
+    public void ErrorAtStart(IConfigurationSection section, string message)
+    {
+        if (Reloading)
+        {
+            Warnings.Add($"{section.Path}: {message}");
+        }
+        else
+        {
+            Error(section, message);
+        }
+    }
+
     public void Error(IConfigurationSection section, string message) => Error(section.Path, message);
 
     /// <summary>

@@ -71,12 +71,15 @@ public static class GatewayConfigCompiler
     /// clusters as read even when something else is invalid, so that YARP's validator can judge them in the same pass
     /// and one run names every problem.
     /// </summary>
+    /// <param name="reloading">A change to a running gateway: what an operator does on purpose at run time (emptying a
+    /// JWKS file to revoke an issuer's only key) is then a warning in <paramref name="warnings"/>, not a refusal.</param>
     internal static GatewaySettings? Compile(
         IConfiguration configuration, string baseDirectory, out IReadOnlyList<string> errors,
-        out IReadOnlyList<RouteConfig> routesRead, out IReadOnlyList<ClusterConfig> clustersRead)
+        out IReadOnlyList<RouteConfig> routesRead, out IReadOnlyList<ClusterConfig> clustersRead,
+        bool reloading = false, List<string>? warnings = null)
     {
         var list = new List<string>();
-        var reader = new ConfigReader(list);
+        var reader = new ConfigReader(list) { Reloading = reloading };
         var assurance = configuration.GetSection(AssuranceSection);
         reader.RejectUnknownKeys(assurance, "DefaultPolicy", "Policies", "Tokens", "Workload", "Store", "Api", "Evidence");
 
@@ -100,6 +103,7 @@ public static class GatewayConfigCompiler
         errors = list;
         routesRead = routes;
         clustersRead = clusters;
+        warnings?.AddRange(reader.Warnings);
         if (list.Count > 0)
         {
             return null;
@@ -419,13 +423,15 @@ public static class GatewayConfigCompiler
             if (set is not null)
             {
                 var issuerKeys = IssuerKeys.From(set);
+                // At start a mistake; at run time the way to revoke an issuer's only (compromised) key: applied, and
+                // every token of the issuer is then refused.
                 if (issuerKeys.Count == 0)
                 {
-                    reader.Error(s.GetSection("JwksFile"), $"'{file}' holds no signing key");
+                    reader.ErrorAtStart(s.GetSection("JwksFile"), $"'{file}' holds no signing key: every token of this issuer is refused");
                 }
                 else if (!algorithms.Any(a => issuerKeys.ByKid.Values.Append(issuerKeys.OnlyKey).OfType<JsonWebKey>().Any(k => Fits(k, a))))
                 {
-                    reader.Error(s.GetSection("JwksFile"), $"no key in '{file}' fits the algorithms {string.Join(", ", algorithms)}");
+                    reader.ErrorAtStart(s.GetSection("JwksFile"), $"no key in '{file}' fits the algorithms {string.Join(", ", algorithms)}: every token of this issuer is refused");
                 }
 
                 keys = new StaticKeySource(issuerKeys);

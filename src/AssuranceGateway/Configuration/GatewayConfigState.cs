@@ -78,7 +78,7 @@ public sealed partial class GatewayConfigState : IDisposable
         var settings = initial;
         if (settings is null)
         {
-            (settings, var problems) = CompileAsync().AsTask().GetAwaiter().GetResult();
+            (settings, var problems) = CompileAsync(reloading: false).AsTask().GetAwaiter().GetResult();
             if (settings is null)
             {
                 throw new GatewayConfigurationException(problems);
@@ -151,7 +151,7 @@ public sealed partial class GatewayConfigState : IDisposable
             IReadOnlyList<string> problems;
             try
             {
-                (settings, problems) = await CompileAsync().ConfigureAwait(false);
+                (settings, problems) = await CompileAsync(reloading: true).ConfigureAwait(false);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
@@ -267,7 +267,7 @@ public sealed partial class GatewayConfigState : IDisposable
         await ReloadAsync().ConfigureAwait(false);
     }
 
-    private async ValueTask<(GatewaySettings? Settings, IReadOnlyList<string> Problems)> CompileAsync()
+    private async ValueTask<(GatewaySettings? Settings, IReadOnlyList<string> Problems)> CompileAsync(bool reloading)
     {
         if (_file?.LoadError is { } loadError)
         {
@@ -275,7 +275,8 @@ public sealed partial class GatewayConfigState : IDisposable
         }
 
         // YARP judges the routes and clusters even when our part failed: an operator fixes everything in one pass.
-        var settings = GatewayConfigCompiler.Compile(_configuration, _baseDirectory, out var problems, out var routes, out var clusters);
+        var warnings = new List<string>();
+        var settings = GatewayConfigCompiler.Compile(_configuration, _baseDirectory, out var problems, out var routes, out var clusters, reloading, warnings);
         var all = new List<string>(problems);
         foreach (var route in routes)
         {
@@ -299,6 +300,14 @@ public sealed partial class GatewayConfigState : IDisposable
         {
             all.Add($"Assurance:Evidence:SigningKeyFile: '{settings.Evidence.SigningKeyFile}' holds another key under kid '{kid}', which this gateway "
                 + "has already published for a different key: upstreams pick the verification key by kid (and may cache it), so a new key needs a new kid");
+        }
+
+        if (all.Count == 0)
+        {
+            foreach (var warning in warnings)
+            {
+                Log.ReloadWarning(_logger, warning);
+            }
         }
 
         return all.Count > 0 ? (null, all) : (settings, all);
@@ -387,6 +396,9 @@ public sealed partial class GatewayConfigState : IDisposable
         [LoggerMessage(EventId = 101, Level = LogLevel.Information,
             Message = "Configuration change applied: {Routes} routes, {Policies} policies")]
         public static partial void ReloadApplied(ILogger logger, int routes, int policies);
+
+        [LoggerMessage(EventId = 103, Level = LogLevel.Warning, Message = "Configuration change applied with a warning: {Warning}")]
+        public static partial void ReloadWarning(ILogger logger, string warning);
 
         [LoggerMessage(EventId = 102, Level = LogLevel.Warning,
             Message = "Changed {Settings}: Urls, Assurance:Store and Assurance:Api take a change only at a restart; the rest is applied")]

@@ -105,7 +105,9 @@ public sealed class IssuerKeys
     {
         try
         {
-            return Base64UrlEncoder.DecodeBytes(n).AsSpan().TrimStart((byte)0).Length * 8;
+            // Whole bytes less the leading zero bits of the first: a 256-byte modulus starting 0x01 is a 2041-bit key.
+            var modulus = Base64UrlEncoder.DecodeBytes(n).AsSpan().TrimStart((byte)0);
+            return modulus.IsEmpty ? 0 : (modulus.Length * 8) - System.Numerics.BitOperations.LeadingZeroCount((uint)modulus[0]) + 24;
         }
         catch (FormatException)
         {
@@ -155,6 +157,12 @@ internal sealed class RemoteKeySource : IIssuerKeySource
     // caller after another) nor be hit once per request.
     private static readonly TimeSpan ColdWait = TimeSpan.FromSeconds(2);
     private static readonly TimeSpan ColdRetry = TimeSpan.FromSeconds(5);
+
+    // Once keys are known, IdentityModel is asked at most this often. It moves its next automatic refresh only when a
+    // fetch succeeds: with the IdP down when the 12-hourly refresh fell due, every call started another fetch, and
+    // the gateway hit the failing IdP once per request (cache hits included, as they re-read the keys).
+    private static readonly TimeSpan Recheck = TimeSpan.FromSeconds(1);
+    private long _askedAt;
 
     // Key material is small and comes from where it was configured: bounded size and time, no redirects (RequireHttps
     // only checks the first address).
@@ -237,6 +245,17 @@ internal sealed class RemoteKeySource : IIssuerKeySource
     /// last good keys once it has some, so this only happens before the first successful fetch).</exception>
     public async ValueTask<IssuerKeys> GetKeysAsync(CancellationToken cancellationToken)
     {
+        if (_cached is { } known)
+        {
+            var asked = Volatile.Read(ref _askedAt);
+            if (asked != 0 && System.Diagnostics.Stopwatch.GetElapsedTime(asked) < Recheck)
+            {
+                return known.Keys;
+            }
+
+            Volatile.Write(ref _askedAt, System.Diagnostics.Stopwatch.GetTimestamp());
+        }
+
         JsonWebKeySet set;
         try
         {

@@ -329,6 +329,24 @@ public sealed class HotReloadTests : IAsyncLifetime
         Assert.Equal(2, _gateway.Upstream.Count);
     }
 
+    /// <summary>
+    /// The issuer's only key is compromised and the operator empties its JWKS file: refused at start (a mistake there),
+    /// but at run time it is the revocation, applied with a warning, and every token of the issuer is refused.
+    /// </summary>
+    [Fact]
+    public async Task Reload_JwksFileEmptiedToRevokeTheOnlyKey_AppliedWithAWarningAndItsTokensRefused()
+    {
+        var token = _gateway.Idp.Token();
+        Assert.Equal(HttpStatusCode.OK, await SendAsync("/status", token));
+
+        Assert.True(await _gateway.ReplaceKeyFileAsync(_gateway.Idp.JwksPath, """{"keys":[]}"""), "the revocation was refused; " + Refusals());
+
+        Assert.Equal(HttpStatusCode.Unauthorized, await SendAsync("/status", token));
+        Assert.Equal(HttpStatusCode.Unauthorized, await SendAsync("/status", _gateway.Idp.Token()));
+        Assert.Equal(1, _gateway.Upstream.Count);
+        Assert.Contains(_gateway.Logs.Lines, l => l.Contains("[103]", StringComparison.Ordinal) && l.Contains("holds no signing key", StringComparison.Ordinal));
+    }
+
     [Fact]
     public async Task Reload_JwksFileBrokenThenFixed_RefusedLoggedThenApplied()
     {

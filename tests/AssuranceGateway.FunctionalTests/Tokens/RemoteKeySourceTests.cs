@@ -357,6 +357,66 @@ public sealed class RemoteKeySourceTests : IAsyncLifetime
 
     // ---------- helpers ----------
 
+    /// <summary>
+    /// Keys are known, the automatic refresh (12-hourly) falls due, and the IdP is down at that moment. IdentityModel
+    /// moves its next refresh only on success, so each call into it started another fetch: the gateway hit the failing
+    /// IdP at its own request rate (cache hits too, which re-read the keys). Now at most once a second; requests are
+    /// still answered from the last good keys.
+    /// </summary>
+    [Fact]
+    public async Task AutomaticRefreshDueWhileIdpDown_IdpNotHitOncePerRequest_LastGoodKeysServe()
+    {
+        var down = false;
+        _idp.Handler = c =>
+        {
+            if (Volatile.Read(ref down))
+            {
+                c.Response.StatusCode = 500;
+                return Task.CompletedTask;
+            }
+
+            return c.Response.WriteAsync(Jwks(EcJwk(_gateway.Idp.Key, _gateway.Idp.Kid)));
+        };
+        var uri = _idp.Address + "/jwks.json";
+        await StartAsync("JwksUri", uri);
+        var token = _gateway.Idp.Token();
+        Assert.Equal(HttpStatusCode.OK, await SendAsync(token));
+
+        Volatile.Write(ref down, true);
+        MakeAutomaticRefreshDue("jwks " + uri);
+        var before = _idp.Hits("/jwks.json");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        const int Requests = 40;
+        for (var i = 0; i < Requests; i++)
+        {
+            Assert.Equal(HttpStatusCode.OK, await SendAsync(i % 2 == 0 ? token : _gateway.Idp.Token()));
+            await Task.Delay(25);
+        }
+
+        var hits = _idp.Hits("/jwks.json") - before;
+        Assert.True(hits <= (int)Math.Ceiling(clock.Elapsed.TotalSeconds) + 1, $"{hits} fetches of a failing JWKS in {clock.Elapsed.TotalSeconds:F1} s of {Requests} requests");
+        Assert.Equal(Requests + 1, _gateway.Upstream.Count);
+    }
+
+    /// <summary>Makes IdentityModel's next automatic refresh of a shared source due now (its private schedule).</summary>
+    private static void MakeAutomaticRefreshDue(string sharedKey)
+    {
+        const System.Reflection.BindingFlags Any = System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Static
+            | System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Public;
+        var shared = (System.Collections.IDictionary)typeof(AssuranceGateway.Tokens.RemoteKeySource).GetField("Shared", Any)!.GetValue(null)!;
+        var fetch = (Delegate)shared[sharedKey]!.GetType().GetField("_fetch", Any)!.GetValue(shared[sharedKey])!;
+        var manager = fetch.Target!.GetType().GetFields(Any).Select(f => f.GetValue(fetch.Target)).First(v => v is BaseConfigurationManager)!;
+        System.Reflection.FieldInfo? field = null;
+        for (var t = manager.GetType(); t is not null && field is null; t = t.BaseType)
+        {
+            field = t.GetField("_syncAfter", Any);
+        }
+
+        Assert.True(field is not null, "IdentityModel no longer keeps its schedule in _syncAfter: update this test");
+        field!.SetValue(manager, field.FieldType == typeof(DateTimeOffset) ? DateTimeOffset.UtcNow.AddMinutes(-1)
+            : field.FieldType == typeof(DateTime) ? DateTime.UtcNow.AddMinutes(-1) : (object)DateTimeOffset.UtcNow.AddMinutes(-1).UtcTicks);
+    }
+
     private async Task StartAsync(string keySource, string value, params string[] algorithms)
     {
         var config = _gateway.DefaultConfig();

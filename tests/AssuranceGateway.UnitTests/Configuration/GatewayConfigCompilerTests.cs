@@ -305,7 +305,7 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         var errors = CompileErrors(c => Issuer(c)["JwksFile"] = path);
 
         // Symmetric keys are never used to verify access tokens (HMAC would let anyone holding the secret mint them).
-        Assert.Equal([$"{IssuerPath}:JwksFile: '{path}' holds no signing key"], errors);
+        Assert.Equal([$"{IssuerPath}:JwksFile: '{path}' holds no signing key: every token of this issuer is refused"], errors);
     }
 
     [Fact]
@@ -313,7 +313,7 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     {
         AssertProblems(
             c => Issuer(c)["Algorithms"] = new JsonArray("RS256"),
-            $"{IssuerPath}:JwksFile: no key in '{_idp.JwksPath}' fits the algorithms RS256");
+            $"{IssuerPath}:JwksFile: no key in '{_idp.JwksPath}' fits the algorithms RS256: every token of this issuer is refused");
     }
 
     [Fact]
@@ -1308,7 +1308,7 @@ public sealed class GatewayConfigCompilerTests : IDisposable
             ["keys"] = new JsonArray(new JsonObject { ["kty"] = "EC", ["crv"] = curve, ["kid"] = "k1", ["x"] = garbage, ["y"] = garbage, ["use"] = "sig" }),
         }.ToJsonString());
 
-        AssertProblems(c => Issuer(c)["JwksFile"] = jwks, $"{IssuerPath}:JwksFile: '{jwks}' holds no signing key");
+        AssertProblems(c => Issuer(c)["JwksFile"] = jwks, $"{IssuerPath}:JwksFile: '{jwks}' holds no signing key: every token of this issuer is refused");
     }
 
     private static string[] RouteKeys() =>

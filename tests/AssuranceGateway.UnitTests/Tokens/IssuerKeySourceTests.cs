@@ -71,4 +71,24 @@ public sealed class IssuerKeySourceTests
 
     private static IssuerKeys From(params string[] jwks) =>
         IssuerKeys.From(new JsonWebKeySet("{\"keys\":[" + string.Join(',', jwks) + "]}"));
+
+    /// <summary>
+    /// "At least 2048 bits" counts bits, not bytes: a 256-byte modulus whose first byte is 0x01 is a 2041-bit key, and
+    /// one whose first byte has its top bit set is a 2048-bit key.
+    /// </summary>
+    [Theory]
+    [InlineData(0x01, false)]
+    [InlineData(0x7F, false)]
+    [InlineData(0x80, true)]
+    public void From_RsaKeySize_CountedInBitsNotBytes(byte firstByte, bool used)
+    {
+        var modulus = new byte[256];
+        Array.Fill(modulus, (byte)0xC5);
+        modulus[0] = firstByte;
+        var jwk = $$"""{"kty":"RSA","kid":"r1","use":"sig","n":"{{Base64UrlEncoder.Encode(modulus)}}","e":"AQAB"}""";
+
+        var keys = IssuerKeys.From(new JsonWebKeySet($$"""{"keys":[{{jwk}}]}"""));
+
+        Assert.Equal(used ? 1 : 0, keys.Count);
+    }
 }
