@@ -103,7 +103,7 @@ public static partial class GatewayHostingExtensions
         [LoggerMessage(EventId = 1, Level = LogLevel.Information, Message = "Grant store: {Store}")]
         public static partial void StoreSelected(ILogger logger, string store);
 
-        [LoggerMessage(EventId = 2, Level = LogLevel.Information, Message = "Configuration {File}: {InForce}")]
+        [LoggerMessage(EventId = 3, Level = LogLevel.Information, Message = "Configuration {File}: {InForce}")]
         public static partial void ConfigurationInForce(ILogger logger, string file, string inForce);
     }
 }
