@@ -5,6 +5,7 @@ using AssuranceGateway.Configuration;
 using AssuranceGateway.Diagnostics;
 using AssuranceGateway.Enforcement;
 using AssuranceGateway.Grants;
+using AssuranceGateway.Workload;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
@@ -62,7 +63,7 @@ internal static class GrantEndpoints
             return;
         }
 
-        var created = new GrantEvent { Type = GrantEvent.Created, TraceId = TraceId(), Actor = caller.Subject };
+        var created = ApiEvent(context, runtime, GrantEvent.Created, caller);
         var (ok, outcome) = await StoreCallAsync(context, "create", ct => store.CreateAsync(grant, created, int.MaxValue, ct)).ConfigureAwait(false);
         if (!ok)
         {
@@ -146,7 +147,7 @@ internal static class GrantEndpoints
             return;
         }
 
-        if (await RevokeAsActorAsync(context, store, id, caller, "revoked_by_api").ConfigureAwait(false))
+        if (await RevokeAsActorAsync(context, runtime, store, id, caller, "revoked_by_api").ConfigureAwait(false))
         {
             context.Response.StatusCode = StatusCodes.Status204NoContent;
         }
@@ -178,7 +179,7 @@ internal static class GrantEndpoints
 
         // Pending when read above, but another approver may have completed the quorum since: the store decides again,
         // in the same operation as the revocation.
-        var denied = new GrantEvent { Type = GrantEvent.Revoked, TraceId = TraceId(), Actor = caller.Subject, Reason = "denied_by_approver" };
+        var denied = ApiEvent(context, runtime, GrantEvent.Revoked, caller, "denied_by_approver");
         var (ok, outcome) = await StoreCallAsync(context, "deny", ct => store.DenyPendingAsync(id, denied, ct), found: o => o != GrantChange.NotFound)
             .ConfigureAwait(false);
         if (!ok)
@@ -215,7 +216,7 @@ internal static class GrantEndpoints
             return;
         }
 
-        var approved = new GrantEvent { Type = GrantEvent.Approved, TraceId = TraceId(), Actor = caller.Subject };
+        var approved = ApiEvent(context, runtime, GrantEvent.Approved, caller);
         // Once active, a grant is usable for at most the policy's MaxTtl from approval (or from its notBefore), like one
         // the API issues active: a challenge grant waits PendingTtl for approvers, not MaxTtl.
         // The quorum too is the policy's in force now: a reload that raised Approvals holds for grants already waiting.
@@ -274,12 +275,27 @@ internal static class GrantEndpoints
             ?? (grant.Policy is not null && runtime.Settings.Policies.TryGetValue(grant.Policy, out var named) ? named : null);
 
     /// <summary>Revokes the grant with the caller as actor; false once a problem has been written (not found, store down).</summary>
-    private static async Task<bool> RevokeAsActorAsync(HttpContext context, IGrantStore store, string id, ApiCaller caller, string reason)
+    private static async Task<bool> RevokeAsActorAsync(HttpContext context, GatewayRuntime runtime, IGrantStore store, string id, ApiCaller caller, string reason)
     {
-        var revoked = new GrantEvent { Type = GrantEvent.Revoked, TraceId = TraceId(), Actor = caller.Subject, Reason = reason };
+        var revoked = ApiEvent(context, runtime, GrantEvent.Revoked, caller, reason);
         var (ok, _) = await StoreCallAsync(context, "revoke", ct => store.RevokeAsync(id, revoked, ct), found: o => o != GrantChange.NotFound).ConfigureAwait(false);
         return ok;
     }
+
+    /// <summary>
+    /// An event the API writes on a grant (SPEC §5.2): the caller as actor, the caller's address as origin (resolved and
+    /// normalised as the proxy resolves a client's: behind a trusted proxy the client it forwards for, IPv4-mapped IPv6 as
+    /// IPv4), and the trace and span of this API request, so "who did this, from where, in which request" is on the record.
+    /// </summary>
+    private static GrantEvent ApiEvent(HttpContext context, GatewayRuntime runtime, string type, ApiCaller caller, string? reason = null) => new()
+    {
+        Type = type,
+        TraceId = TraceId(),
+        SpanId = Activity.Current?.SpanId.ToHexString(),
+        Actor = caller.Subject,
+        Origin = OriginResolver.Resolve(context, runtime.Settings.Workload.TrustedProxies)?.ToString(),
+        Reason = reason,
+    };
 
     private static (GatewayRuntime Runtime, IGrantStore Store, TimeProvider Time) Services(HttpContext context)
     {

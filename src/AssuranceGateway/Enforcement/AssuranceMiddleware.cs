@@ -405,6 +405,9 @@ public sealed partial class AssuranceMiddleware
         {
             decision.Reason = ReasonCodes.TokenInvalid;
             decision.Detail = check.Failure;
+            // The hash of a well-formed token that failed (expired, wrong key...): it ties the refusal to a grant's tokenHash
+            // and groups a burst of one token. Never the token itself.
+            decision.TokenHash = check.TokenHash;
             return null;
         }
 
@@ -497,7 +500,11 @@ public sealed partial class AssuranceMiddleware
             CreatedBy = "gateway",
         };
 
-        var created = new GrantEvent { Type = GrantEvent.Created, TraceId = activity?.TraceId.ToHexString(), Actor = "gateway", Workload = workload?.Id, Origin = origin?.ToString() };
+        var created = new GrantEvent
+        {
+            Type = GrantEvent.Created, TraceId = activity?.TraceId.ToHexString(), SpanId = decision.SpanId, Actor = "gateway",
+            Workload = workload?.Id, Origin = origin?.ToString(),
+        };
         var storeStart = Stopwatch.GetTimestamp();
         GrantChange outcome;
         try
@@ -587,9 +594,14 @@ public sealed partial class AssuranceMiddleware
     private async Task ForwardFailedAsync(HttpContext context, AssuranceDecision decision, ForwarderError error)
     {
         var what = JsonNamingPolicy.SnakeCaseLower.ConvertName(error.ToString());
-        Log.ForwardFailed(_logger, decision.GrantId, decision.Route, what, decision.TraceId);
-        // No time of ours: the store stamps it, so it follows the used event the store stamped (clocks differ by ms).
-        var failed = new GrantEvent { Type = GrantEvent.ForwardFailed, TraceId = decision.TraceId, SpanId = decision.SpanId, Reason = what };
+        Log.ForwardFailed(_logger, decision.GrantId, decision.Route, what, decision.TraceId, decision.SpanId);
+        // No time of ours: the store stamps it, so it follows the used event the store stamped (clocks differ by ms). The
+        // workload and origin are the used event's (SPEC §5.2: every event carries them where known).
+        var failed = new GrantEvent
+        {
+            Type = GrantEvent.ForwardFailed, TraceId = decision.TraceId, SpanId = decision.SpanId, Reason = what,
+            Workload = decision.WorkloadId, Origin = decision.Origin,
+        };
         try
         {
             await _store.AppendEventAsync(decision.GrantId!, failed, CancellationToken.None).ConfigureAwait(false);

@@ -226,20 +226,62 @@ internal static class JwtInspector
     /// printable ASCII only and short, so that a name or alg carrying CR/LF cannot forge log lines (CWE-117) and a
     /// long one cannot bloat them.
     /// </summary>
-    internal static string Printable(string value)
+    internal static string Printable(string value) => Printable(value, 32, asciiOnly: true);
+
+    /// <summary>
+    /// <paramref name="value"/> made safe to write into a log line, at most <paramref name="max"/> characters (then
+    /// "..."). With <paramref name="asciiOnly"/> every character outside printable ASCII becomes '?'. Without it (an
+    /// identifier from a signed claim, such as a token's sub or a workload id: any script is legible) only the characters
+    /// that can forge a line or drive a terminal are escaped, as <c>\uXXXX</c> so that the evidence still shows them:
+    /// C0 and C1 controls (CR, LF, ESC, NEL), DEL, the Unicode line and paragraph separators and the bidirectional
+    /// overrides and isolates. A value with nothing to do is returned as it is, after one vectorised scan.
+    /// </summary>
+    internal static string Printable(string value, int max, bool asciiOnly)
     {
-        const int Max = 32;
-        var length = Math.Min(value.Length, Max);
-        var text = string.Create(length, value, (span, source) =>
+        var unsafeAt = asciiOnly ? value.AsSpan().IndexOfAnyExceptInRange(' ', '~') : value.AsSpan().IndexOfAny(LogUnsafe);
+        if (unsafeAt < 0 && value.Length <= max)
         {
-            for (var i = 0; i < span.Length; i++)
+            return value;
+        }
+
+        var text = new System.Text.StringBuilder(Math.Min(value.Length, max) + 8);
+        var i = 0;
+        for (; i < value.Length && text.Length < max; i++)
+        {
+            var c = value[i];
+            if (asciiOnly ? c is >= ' ' and <= '~' : !LogUnsafe.Contains(c))
             {
-                var c = source[i];
-                span[i] = c is >= ' ' and <= '~' ? c : '?';
+                text.Append(c);
             }
-        });
-        return value.Length > Max ? text + "..." : text;
+            else if (asciiOnly)
+            {
+                text.Append('?');
+            }
+            else
+            {
+                text.Append("\\u").Append(((int)c).ToString("X4", System.Globalization.CultureInfo.InvariantCulture));
+            }
+        }
+
+        if (i < value.Length)
+        {
+            if (text.Length > 0 && char.IsHighSurrogate(text[^1]))
+            {
+                text.Length--; // no half of a surrogate pair before the ellipsis
+            }
+
+            text.Append("...");
+        }
+
+        return text.ToString();
     }
+
+    private static readonly SearchValues<char> LogUnsafe = SearchValues.Create(
+        "\u0000\u0001\u0002\u0003\u0004\u0005\u0006\u0007\u0008\u0009\u000A\u000B\u000C\u000D\u000E\u000F"
+        + "\u0010\u0011\u0012\u0013\u0014\u0015\u0016\u0017\u0018\u0019\u001A\u001B\u001C\u001D\u001E\u001F"
+        + "\u007F\u0080\u0081\u0082\u0083\u0084\u0085\u0086\u0087\u0088\u0089\u008A\u008B\u008C\u008D\u008E\u008F"
+        + "\u0090\u0091\u0092\u0093\u0094\u0095\u0096\u0097\u0098\u0099\u009A\u009B\u009C\u009D\u009E\u009F"
+        + "\u2028\u2029\u202A\u202B\u202C\u202D\u202E\u2066\u2067\u2068\u2069");
 
     private static bool Fail(string part, ref string failure)
     {

@@ -6,12 +6,16 @@ using Microsoft.IdentityModel.Tokens;
 
 namespace AssuranceGateway.Tokens;
 
-/// <summary>The outcome of validating one access token: either a token or a reason (never logged with the token).</summary>
-public readonly record struct TokenCheck(ValidatedToken? Token, string? Failure)
+/// <summary>
+/// The outcome of validating one access token: either a token or a reason (never logged with the token). A refused token
+/// that is a well-formed compact JWS within MaxTokenBytes carries its hash (<see cref="TokenHash"/>, as a grant binds it),
+/// so the evidence of the refusal can name the token without holding it.
+/// </summary>
+public readonly record struct TokenCheck(ValidatedToken? Token, string? Failure, string? TokenHash = null)
 {
     public bool IsValid => Token is not null;
 
-    public static TokenCheck Fail(string failure) => new(null, failure);
+    public static TokenCheck Fail(string failure, string? tokenHash = null) => new(null, failure, tokenHash);
 }
 
 /// <summary>
@@ -101,48 +105,52 @@ public sealed class TokenValidator
             return TokenCheck.Fail("not a compact JWS (characters outside base64url)");
         }
 
+        // From here on the token is a well-formed compact JWS: a refusal names it by its hash (never by its text), the one
+        // a grant binds and a verified token carries.
+        var hash = digest.ToHash();
+
         if (shape.Issuer is null || !_issuers.TryGetValue(shape.Issuer, out var entry))
         {
-            return TokenCheck.Fail("issuer not trusted");
+            return TokenCheck.Fail("issuer not trusted", hash);
         }
 
         if (!entry.Issuer.Algorithms.Contains(shape.Algorithm))
         {
-            return TokenCheck.Fail($"algorithm '{JwtInspector.Printable(shape.Algorithm)}' not allowed for this issuer");
+            return TokenCheck.Fail($"algorithm '{JwtInspector.Printable(shape.Algorithm)}' not allowed for this issuer", hash);
         }
 
         // RFC 8725 §3.11: explicit typing keeps an ID token, a workload JWT or a DPoP proof from passing as an access token.
         if (shape.Type is null ? !_typeOptional : !_types.Contains(NormalizeType(shape.Type)))
         {
-            return TokenCheck.Fail("typ not accepted");
+            return TokenCheck.Fail("typ not accepted", hash);
         }
 
         var now = _time.GetUtcNow().ToUnixTimeSeconds();
         var skew = (long)_settings.ClockSkew.TotalSeconds;
         if (shape.Expires!.Value + skew <= now)
         {
-            return TokenCheck.Fail("token expired");
+            return TokenCheck.Fail("token expired", hash);
         }
 
         if (shape.NotBefore is { } nbf && nbf - skew > now)
         {
-            return TokenCheck.Fail("token not yet valid");
+            return TokenCheck.Fail("token not yet valid", hash);
         }
 
         if (shape.NotBefore is { } notBefore && notBefore > shape.Expires.Value)
         {
-            return TokenCheck.Fail("nbf after exp");
+            return TokenCheck.Fail("nbf after exp", hash);
         }
 
         if (shape.IssuedAt is { } iat && iat - skew > now)
         {
-            return TokenCheck.Fail("iat in the future");
+            return TokenCheck.Fail("iat in the future", hash);
         }
 
         var lifetimeStart = shape.IssuedAt ?? shape.NotBefore ?? now;
         if (shape.Expires.Value - lifetimeStart > (long)_settings.MaxLifetime.TotalSeconds)
         {
-            return TokenCheck.Fail("lifetime exceeds MaxLifetime");
+            return TokenCheck.Fail("lifetime exceeds MaxLifetime", hash);
         }
 
         IssuerKeys keys;
@@ -154,7 +162,7 @@ public sealed class TokenValidator
         {
             // Fail closed: a token that cannot be verified is not accepted. The source bounds the wait and backs off
             // after a failure, so a failing IdP is neither waited for nor hit once per request.
-            return TokenCheck.Fail("signing keys of this issuer are unavailable");
+            return TokenCheck.Fail("signing keys of this issuer are unavailable", hash);
         }
 
         var key = keys.Find(shape.KeyId);
@@ -162,13 +170,13 @@ public sealed class TokenValidator
         {
             // The issuer may have rotated: ask for a refresh (rate-limited), but do not hold this request for it.
             entry.Issuer.Keys.RequestRefresh();
-            return TokenCheck.Fail(shape.KeyId is null ? "kid missing" : "unknown kid");
+            return TokenCheck.Fail(shape.KeyId is null ? "kid missing" : "unknown kid", hash);
         }
 
         // A key published for one algorithm verifies tokens of that algorithm only (RFC 7517 §4.4).
         if (key is JsonWebKey { Alg.Length: > 0 } published && !string.Equals(published.Alg, shape.Algorithm, StringComparison.Ordinal))
         {
-            return TokenCheck.Fail("the signing key is published for another algorithm");
+            return TokenCheck.Fail("the signing key is published for another algorithm", hash);
         }
 
         // RFC 7518 §3.4: ES256 is P-256 with SHA-256, ES384 P-384, ES512 P-521. An issuer allowed both ES256 and ES384
@@ -176,7 +184,7 @@ public sealed class TokenValidator
         if (key is JsonWebKey { Kty: "EC" } ec && shape.Algorithm is { Length: > 0 } alg && alg.StartsWith("ES", StringComparison.Ordinal)
             && !string.Equals(ec.Crv, alg switch { "ES256" => "P-256", "ES384" => "P-384", "ES512" => "P-521", _ => null }, StringComparison.Ordinal))
         {
-            return TokenCheck.Fail("the signing key's curve does not belong to the token's algorithm");
+            return TokenCheck.Fail("the signing key's curve does not belong to the token's algorithm", hash);
         }
 
         // The library is stricter about some claim types than the inspector (an "aud" or "sub" that is a number or an
@@ -195,23 +203,23 @@ public sealed class TokenValidator
         }
         catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException or System.Text.Json.JsonException)
         {
-            return TokenCheck.Fail("token malformed (a claim of an unexpected type)");
+            return TokenCheck.Fail("token malformed (a claim of an unexpected type)", hash);
         }
 
         if (!result.IsValid)
         {
-            return TokenCheck.Fail(Describe(result.Exception));
+            return TokenCheck.Fail(Describe(result.Exception), hash);
         }
 
         if (string.IsNullOrEmpty(jwt.Subject))
         {
-            return TokenCheck.Fail("sub missing");
+            return TokenCheck.Fail("sub missing", hash);
         }
 
         var acr = ClaimReader.StringValue(jwt, _settings.AalClaim);
         var aal = acr is not null && _settings.AalMap.TryGetValue(acr, out var level) ? level : 0;
         var session = ClaimReader.StringValue(jwt, _settings.SessionClaim);
-        var validated = new ValidatedToken(jwt, digest.ToHash(), aal, acr, session);
+        var validated = new ValidatedToken(jwt, hash, aal, acr, session);
         _cache.Add(digest, new CachedToken(validated, entry, shape.KeyId, key, shape.Expires.Value), shape.Expires.Value + skew, now);
         return new TokenCheck(validated, null);
     }

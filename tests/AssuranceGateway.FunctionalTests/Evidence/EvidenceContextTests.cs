@@ -106,4 +106,90 @@ public sealed class EvidenceContextTests(ITestOutputHelper output)
         var client = Assert.Single(gateway.Spans.All, s => s.TraceId.ToHexString() == traceId && s.Source.Name == "System.Net.Http");
         Assert.Equal("Yarp.ReverseProxy", Assert.Single(gateway.Spans.All, s => s.SpanId == client.ParentSpanId).Source.Name);
     }
+
+    /// <summary>
+    /// The trace id is the caller's (W3C traceparent), so a caller can file any number of denials under a victim's trace
+    /// id. The deny log line (200) carried only the trace id: without a trace backend nobody could tell which line was
+    /// which decision. Each line names the span id of its own decision, the one its problem response gives.
+    /// </summary>
+    [Fact]
+    public async Task DenyLogLine_TraceIdReusedByTheCaller_EachLineNamesTheSpanOfItsDecision()
+    {
+        await using var gateway = await GatewayHarness.StartAsync();
+        var traceId = ActivityTraceId.CreateRandom().ToHexString();
+        var spanIds = new List<string>();
+        foreach (var grant in new[] { "firstUnknown", "secondUnknown" })
+        {
+            using var request = DeployRequest(gateway.Idp.Token(), gateway.WorkloadIssuer.Svid(), grant, out _);
+            request.Headers.Remove("traceparent");
+            request.Headers.TryAddWithoutValidation("traceparent", $"00-{traceId}-{ActivitySpanId.CreateRandom().ToHexString()}-01");
+            using var response = await gateway.Proxy.SendAsync(request);
+            spanIds.Add((await response.ProblemAsync()).GetProperty("spanId").GetString()!);
+        }
+
+        Assert.Equal(0, gateway.Upstream.Count);
+        var lines = gateway.Logs.Lines.Where(l => l.Contains("[200]", StringComparison.Ordinal) && l.Contains(traceId, StringComparison.Ordinal)).ToList();
+        Assert.Equal(2, lines.Count);
+        Assert.NotEqual(spanIds[0], spanIds[1]);
+        foreach (var spanId in spanIds)
+        {
+            Assert.Single(lines, l => l.Contains($"traceId={traceId} spanId={spanId}", StringComparison.Ordinal));
+        }
+    }
+
+    /// <summary>
+    /// SPEC §5.2: events carry, where known, workload, origin and actor. The API knows its caller's address and its own
+    /// span, but the created, approved and revoked events it writes (create, approve, deny, DELETE) recorded the actor and
+    /// trace id only, and the gateway's challenge-created event had no span id: "who approved this, from where, in which
+    /// request" could not be answered from the grant's record.
+    /// </summary>
+    [Fact]
+    public async Task ApiAndChallengeWrittenEvents_CarryTheCallersOriginAndTheSpanId()
+    {
+        await using var gateway = await GatewayHarness.StartAsync();
+        async Task<(string Id, string SpanId)> ChallengeAsync()
+        {
+            using var request = GatewayHarness.Request(HttpMethod.Post, "/agent/tools/exec", gateway.Idp.Token(acr: "urn:aal1"), out _);
+            request.Content = new StringContent("""{"tool":"kubectl"}""", Encoding.UTF8, "application/json");
+            request.Headers.TryAddWithoutValidation("Workload-Identity", gateway.WorkloadIssuer.Svid());
+            using var response = await gateway.Proxy.SendAsync(request);
+            var problem = await response.ProblemAsync();
+            return (problem.GetProperty("grantId").GetString()!, problem.GetProperty("spanId").GetString()!);
+        }
+
+        async Task CallAsync(HttpMethod method, string path, string caller)
+        {
+            using var call = new HttpRequestMessage(method, path);
+            call.Headers.Authorization = new("Bearer", gateway.Idp.ApiToken(caller));
+            using var answer = await gateway.Api.SendAsync(call);
+            Assert.True(answer.IsSuccessStatusCode, $"{method} {path}: {(int)answer.StatusCode} {await answer.Content.ReadAsStringAsync()}");
+        }
+
+        var (approvedId, challengeSpan) = await ChallengeAsync();
+        var (deniedId, _) = await ChallengeAsync();
+        var deletedId = await gateway.CreateGrantAsync(DeployGrant(gateway.Idp.Token()));
+        await CallAsync(HttpMethod.Post, $"/assurance/v1/grants/{approvedId}/approve", "lead-2");
+        await CallAsync(HttpMethod.Post, $"/assurance/v1/grants/{deniedId}/deny", "lead-2");
+        await CallAsync(HttpMethod.Delete, $"/assurance/v1/grants/{deletedId}", "security-officer");
+
+        Assert.Equal(0, gateway.Upstream.Count);
+        var approvedEvents = (await gateway.GetGrantAsync(approvedId)).GetProperty("events").EnumerateArray().ToList();
+        var challengeCreated = Assert.Single(approvedEvents, e => e.GetProperty("type").GetString() == "created");
+        Assert.True(challengeCreated.TryGetProperty("spanId", out var createdSpan) && createdSpan.GetString() == challengeSpan, "challenge created: " + challengeCreated.GetRawText());
+        var apiEvents = approvedEvents.Where(e => e.GetProperty("type").GetString() == "approved")
+            .Concat((await gateway.GetGrantAsync(deniedId)).GetProperty("events").EnumerateArray().Where(e => e.GetProperty("type").GetString() == "revoked"))
+            .Concat((await gateway.GetGrantAsync(deletedId)).GetProperty("events").EnumerateArray().Where(e => e.GetProperty("type").GetString() != "approved"))
+            .ToList();
+        // (The creator's own approval of the deleted grant is written by the store from the created event: not checked here.)
+        Assert.Equal(["approved", "revoked", "created", "revoked"], apiEvents.Select(e => e.GetProperty("type").GetString()));
+        foreach (var e in apiEvents)
+        {
+            output.WriteLine(e.GetRawText());
+            Assert.True(e.TryGetProperty("origin", out var origin) && origin.GetString() == "127.0.0.1", "no origin: " + e.GetRawText());
+            Assert.True(e.TryGetProperty("spanId", out var span) && span.GetString() is { Length: 16 }, "no span id: " + e.GetRawText());
+        }
+
+        // Three API requests, three spans: the approval, the denial and the revocation each name their own.
+        Assert.Equal(3, new[] { apiEvents[0], apiEvents[1], apiEvents[3] }.Select(e => e.GetProperty("spanId").GetString()).Distinct().Count());
+    }
 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Text;
+using System.Text.Json;
 using AssuranceGateway.Testing;
 using static AssuranceGateway.Testing.GrantHelpers;
 
@@ -196,4 +197,85 @@ public sealed class EvidenceSpanTests : IAsyncLifetime
         Assert.Contains("Mismatch=body", line, StringComparison.Ordinal);
         Assert.DoesNotContain("6.0", line, StringComparison.Ordinal);
     }
+
+    /// <summary>
+    /// CWE-117: the deny line wrote the token's sub and sid, a claim-sourced workload and the approver (an API caller's
+    /// sub) as they were, so a CR/LF in a signed claim started a forged log line and an ESC sequence rewrote the
+    /// operator's terminal. They are escaped (\uXXXX, still readable as evidence) and capped in length.
+    /// </summary>
+    [Fact]
+    public async Task DenyLogLine_ClaimsAndApproverWithLineBreaksOrEscapes_AreEscapedAndCapped()
+    {
+        const string Forged = "\r\nWarning AssuranceGateway.Enforcement.AssuranceMiddleware[200] Denied ok route=deploy subject=root";
+        var id = await _gateway.CreateGrantAsync(DeployGrant(_gateway.Idp.Token()), _gateway.Idp.ApiToken("lead\nforged"));
+        var token = _gateway.Idp.Token(subject: "alice" + Forged + new string('x', 400), sid: "s-1\u001b[2J\u0085",
+            edit: c => c["azp"] = "spiffe://prod.test/ci\nforged");
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, null, id, out var trace));
+
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+        Assert.Equal(0, _gateway.Upstream.Count);
+        var line = Assert.Single(_gateway.Logs.Lines, l => l.Contains("[200]", StringComparison.Ordinal) && l.Contains(trace, StringComparison.Ordinal));
+        Assert.False(line.AsSpan().ContainsAnyInRange('\0', '\x1f') || line.AsSpan().ContainsAnyInRange('\x7f', '\x9f'), "control characters in: " + line);
+        Assert.Contains(@"subject=alice\u000D\u000AWarning AssuranceGateway", line, StringComparison.Ordinal);
+        Assert.Contains(@"session=s-1\u001B[2J\u0085 ", line, StringComparison.Ordinal);
+        Assert.Contains(@"workload=spiffe://prod.test/ci\u000Aforged ", line, StringComparison.Ordinal);
+        Assert.Contains(@"approver=lead\u000Aforged ", line, StringComparison.Ordinal);
+        Assert.Contains("xx... ", line, StringComparison.Ordinal);
+        Assert.DoesNotContain(new string('x', 300), line, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// SPEC §5.2: an event carries, where known, workload and origin. forward_failed is written by the gateway with both
+    /// at hand (the used event just before it has them), yet recorded neither; and its log line (201) named only the
+    /// trace id, which the caller chooses, not the span of the decision.
+    /// </summary>
+    [Fact]
+    public async Task ForwardFailed_EventCarriesWorkloadOriginAndSpan_AndTheLogLineNamesTheSpan()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        await _gateway.Upstream.DisposeAsync();
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out var trace));
+
+        Assert.Equal("upstream_failed", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        var events = (await _gateway.GetGrantAsync(id)).GetProperty("events").EnumerateArray().ToList();
+        var used = Assert.Single(events, e => e.GetProperty("type").GetString() == "used");
+        var failed = Assert.Single(events, e => e.GetProperty("type").GetString() == "forward_failed");
+        var spanId = used.GetProperty("spanId").GetString();
+        Assert.Equal(spanId, failed.GetProperty("spanId").GetString());
+        Assert.Equal(Deployer, Property(failed, "workload"));
+        Assert.Equal("127.0.0.1", Property(failed, "origin"));
+        var line = Assert.Single(_gateway.Logs.Lines, l => l.Contains("[201]", StringComparison.Ordinal) && l.Contains(trace, StringComparison.Ordinal));
+        Assert.Contains("spanId=" + spanId, line, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// SPEC §6 assurance.token.hash: a well-formed token that fails validation (here the very token a grant is bound to,
+    /// used after it expired) was hashed by the validator (its cache key), but the span and the deny line dropped the hash,
+    /// so the refused token could not be matched to the grant's tokenHash or a burst of one stolen token grouped. A hash of
+    /// what the client sent is no secret; the token itself stays out.
+    /// </summary>
+    [Fact]
+    public async Task TokenInvalid_WellFormedTokenThatFailed_SpanAndLogCarryItsHashNotTheToken()
+    {
+        var expired = _gateway.Idp.Token(edit: c =>
+        {
+            var past = DateTimeOffset.UtcNow.AddMinutes(-10).ToUnixTimeSeconds();
+            (c["iat"], c["nbf"], c["exp"]) = (past - 300, past - 300, past);
+        });
+
+        using var response = await _gateway.Proxy.SendAsync(DeployRequest(expired, _gateway.WorkloadIssuer.Svid(), "grantOfThatToken", out var trace));
+
+        Assert.Equal("token_invalid", await response.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        Assert.Equal(TokenHash(expired), Assert.Single(_gateway.Spans.Enforce(trace)).GetTagItem("assurance.token.hash"));
+        var line = Assert.Single(_gateway.Logs.Lines, l => l.Contains("[200]", StringComparison.Ordinal) && l.Contains(trace, StringComparison.Ordinal));
+        Assert.Contains("TokenHash=" + TokenHash(expired) + " ", line, StringComparison.Ordinal);
+        Assert.DoesNotContain(expired, line, StringComparison.Ordinal);
+    }
+
+    private static string? Property(JsonElement element, string name) => element.TryGetProperty(name, out var value) ? value.GetString() : null;
 }
