@@ -45,7 +45,10 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
             var events = new List<GrantEvent> { created with { At = now } };
             if (grant.Approvers.Count > 0)
             {
-                events.Add(new GrantEvent { Type = GrantEvent.Approved, At = now, TraceId = created.TraceId, Actor = grant.Approvers[0] });
+                events.Add(new GrantEvent
+                {
+                    Type = GrantEvent.Approved, At = now, TraceId = created.TraceId, SpanId = created.SpanId, Origin = created.Origin, Actor = grant.Approvers[0],
+                });
             }
 
             _grants[grant.Id] = grant with { CreatedAt = now, Events = events };

@@ -14,7 +14,7 @@ internal sealed partial class RedisGrantStore
     private static RedisValue[] CreateArguments(GrantRecord grant, GrantEvent created, long keyExpiresAtMs)
     {
         var approved = grant.Approvers.Count > 0
-            ? EventJson(new GrantEvent { Type = GrantEvent.Approved, TraceId = created.TraceId, Actor = grant.Approvers[0] }, includeAt: false)
+            ? EventJson(new GrantEvent { Type = GrantEvent.Approved, TraceId = created.TraceId, SpanId = created.SpanId, Origin = created.Origin, Actor = grant.Approvers[0] }, includeAt: false)
             : string.Empty;
         var args = new List<RedisValue>(64)
         {
