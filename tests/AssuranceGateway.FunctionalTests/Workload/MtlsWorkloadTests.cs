@@ -113,14 +113,8 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
         using var rogueCa = which == "own CA" ? TestCertificates.Ca("spiffe://prod.test") : TestCertificates.Ca("spiffe://partner.test", issuer: _prodCa);
         using var client = TestCertificates.Client(Deployer, rogueCa);
         using var http = ClientWith(client, sending: [rogueCa]);
-        var token = _gateway.Idp.Token();
-        var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
 
-        using var response = await http.SendAsync(DeployRequest(token, svid: null, id, out _));
-
-        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
-        Assert.Equal("workload_invalid", await response.ReasonAsync());
-        Assert.Equal(0, _gateway.Upstream.Count);
+        await AssertDeployRefusedAsWorkloadInvalidAsync(http);
     }
 
     [Fact]
@@ -128,6 +122,13 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
     {
         using var rogue = TestCertificates.Client(Deployer, issuer: null);
         using var http = ClientWith(rogue);
+
+        await AssertDeployRefusedAsWorkloadInvalidAsync(http);
+    }
+
+    /// <summary>A deploy with a grant for <see cref="Deployer"/>, sent over <paramref name="http"/>: workload_invalid, nothing forwarded.</summary>
+    private async Task AssertDeployRefusedAsWorkloadInvalidAsync(HttpClient http)
+    {
         var token = _gateway.Idp.Token();
         var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
 
