@@ -137,16 +137,13 @@ internal static class CommandInput
     /// </summary>
     public static string Method(string method)
     {
-        if (method.Length == 0 || method.AsSpan().ContainsAnyExcept(TokenChars))
+        if (!CanonicalRequest.IsToken(method))
         {
             throw new UsageException($"--method '{method}': not an HTTP method (a token of letters, digits and !#$%&'*+-.^_`|~, e.g. POST)");
         }
 
         return method;
     }
-
-    private static readonly System.Buffers.SearchValues<char> TokenChars =
-        System.Buffers.SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~");
 
     /// <summary>The assurance API base address of <c>--api</c> / AGW_API.</summary>
     public static Uri ApiAddress(string text)

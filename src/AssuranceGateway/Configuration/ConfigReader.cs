@@ -13,17 +13,15 @@ internal sealed class ConfigReader(List<string> errors)
     public List<string> Errors { get; } = errors;
 
     /// <summary>
-    /// Compiling a change to a running gateway rather than a start: a few things that would stop a start (a mistake
-    /// there) are what an operator does on purpose at run time, and are then warnings (<see cref="Warnings"/>).
+    /// Set when compiling a change to a running gateway rather than a start: a few things that would stop a start (a
+    /// mistake there) are what an operator does on purpose at run time, and are collected here as warnings instead.
     /// </summary>
-    public bool Reloading { get; init; }
+    public List<string>? Warnings { get; init; }
 
-    public List<string> Warnings { get; } = [];
-
-    /// <summary>An error at start, a warning on reload (<see cref="Reloading"/>).</summary>
+    /// <summary>An error at start, a warning on reload (<see cref="Warnings"/>).</summary>
     public void ErrorAtStart(IConfigurationSection section, string message)
     {
-        if (Reloading)
+        if (Warnings is not null)
         {
             Warnings.Add($"{section.Path}: {message}");
         }

@@ -71,15 +71,14 @@ public static class GatewayConfigCompiler
     /// clusters as read even when something else is invalid, so that YARP's validator can judge them in the same pass
     /// and one run names every problem.
     /// </summary>
-    /// <param name="reloading">A change to a running gateway: what an operator does on purpose at run time (emptying a
-    /// JWKS file to revoke an issuer's only key) is then a warning in <paramref name="warnings"/>, not a refusal.</param>
+    /// <param name="warnings">Given when compiling a change to a running gateway: what an operator does on purpose at run
+    /// time (emptying a JWKS file to revoke an issuer's only key) is then a warning added here, not a refusal.</param>
     internal static GatewaySettings? Compile(
         IConfiguration configuration, string baseDirectory, out IReadOnlyList<string> errors,
-        out IReadOnlyList<RouteConfig> routesRead, out IReadOnlyList<ClusterConfig> clustersRead,
-        bool reloading = false, List<string>? warnings = null)
+        out IReadOnlyList<RouteConfig> routesRead, out IReadOnlyList<ClusterConfig> clustersRead, List<string>? warnings = null)
     {
         var list = new List<string>();
-        var reader = new ConfigReader(list) { Reloading = reloading };
+        var reader = new ConfigReader(list) { Warnings = warnings };
         var assurance = configuration.GetSection(AssuranceSection);
         reader.RejectUnknownKeys(assurance, "DefaultPolicy", "Policies", "Tokens", "Workload", "Store", "Api", "Evidence");
 
@@ -103,7 +102,6 @@ public static class GatewayConfigCompiler
         errors = list;
         routesRead = routes;
         clustersRead = clusters;
-        warnings?.AddRange(reader.Warnings);
         if (list.Count > 0)
         {
             return null;
@@ -203,7 +201,7 @@ public static class GatewayConfigCompiler
         foreach (var header in reader.List(s, "BoundHeaders"))
         {
             var name = header.ToLowerInvariant();
-            if (!IsHeaderToken(name))
+            if (!Requests.CanonicalRequest.IsToken(name))
             {
                 reader.Error(s.GetSection("BoundHeaders"), $"'{header}' is not a valid header name");
             }
@@ -831,6 +829,7 @@ public static class GatewayConfigCompiler
             }
         }
 
+        var clusterIds = proxy.GetSection("Clusters").GetChildren().Select(c => c.Key).ToHashSet(StringComparer.OrdinalIgnoreCase);
         foreach (var route in routes)
         {
             if (routePolicies.TryGetValue(route.RouteId, out var policy) && (policy.Bind & Bindings.Request) != 0)
@@ -840,8 +839,7 @@ public static class GatewayConfigCompiler
 
             // Against the cluster sections, not the clusters read: one that could not be read is reported once, above,
             // not again for every route that uses it.
-            if (route.ClusterId is not null
-                && !proxy.GetSection("Clusters").GetChildren().Any(c => string.Equals(c.Key, route.ClusterId, StringComparison.OrdinalIgnoreCase)))
+            if (route.ClusterId is not null && !clusterIds.Contains(route.ClusterId))
             {
                 reader.Error($"{ReverseProxySection}:Routes:{route.RouteId}:ClusterId", $"unknown cluster '{route.ClusterId}'");
             }
@@ -887,22 +885,17 @@ public static class GatewayConfigCompiler
                 return $"'{key}' changes the method, path or query";
             }
 
-            if (RequestHeaderTransforms.Contains(key))
+            if (HeaderEffect(key, value, boundHeaders) is { } effect)
             {
-                if (Bound(value) is { } header)
-                {
-                    return $"'{key}' {(string.Equals(key, "RequestHeaderRemove", StringComparison.OrdinalIgnoreCase) ? "drops" : "changes")} the bound header '{header}'";
-                }
+                return $"'{key}' {effect.What} the bound header '{effect.Header}'";
             }
-            else if (string.Equals(key, "RequestHeadersAllowed", StringComparison.OrdinalIgnoreCase))
+
+            if (IsRequestHeaderTransform(key))
             {
-                var allowed = value.Split(';', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
-                if (boundHeaders.FirstOrDefault(b => !allowed.Contains(b, StringComparer.OrdinalIgnoreCase)) is { } header)
-                {
-                    return $"'{key}' drops the bound header '{header}'";
-                }
+                continue;
             }
-            else if (string.Equals(key, "X-Forwarded", StringComparison.OrdinalIgnoreCase))
+
+            if (string.Equals(key, "X-Forwarded", StringComparison.OrdinalIgnoreCase))
             {
                 // It writes <prefix>For, Proto, Host and Prefix itself (the default prefix is never bindable).
                 var prefix = transform.FirstOrDefault(t => string.Equals(t.Key, "HeaderPrefix", StringComparison.OrdinalIgnoreCase)).Value ?? "X-Forwarded-";
@@ -920,13 +913,6 @@ public static class GatewayConfigCompiler
                     return $"'{key}' with '{hostAction}' lets the client's own {prefix}Host reach the upstream, which the bound host does not cover (use Set)";
                 }
             }
-            else if (string.Equals(key, "RequestHeadersCopy", StringComparison.OrdinalIgnoreCase))
-            {
-                if ((!bool.TryParse(value, out var copy) || !copy) && boundHeaders.Count > 0)
-                {
-                    return $"'{key}' drops the bound header '{boundHeaders[0]}'";
-                }
-            }
             else if (!UnchangingTransforms.Contains(key))
             {
                 return $"'{key}' is not a transform the gateway knows to leave the request unchanged";
@@ -936,6 +922,36 @@ public static class GatewayConfigCompiler
         return named ? null : $"'{string.Join(", ", transform.Keys)}' names no transform the gateway knows to leave the request unchanged";
     }
 
+    private static bool IsRequestHeaderTransform(string key) =>
+        RequestHeaderTransforms.Contains(key) || string.Equals(key, "RequestHeadersAllowed", StringComparison.OrdinalIgnoreCase)
+        || string.Equals(key, "RequestHeadersCopy", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// Whether the request-header transform entry <paramref name="key"/>: <paramref name="value"/> drops or changes one of
+    /// <paramref name="headers"/> (names compared in any case): which, and how; null when it leaves them all alone.
+    /// </summary>
+    private static (string What, string Header)? HeaderEffect(string key, string value, IReadOnlyList<string> headers)
+    {
+        if (RequestHeaderTransforms.Contains(key))
+        {
+            var named = headers.FirstOrDefault(h => string.Equals(h, value?.Trim(), StringComparison.OrdinalIgnoreCase));
+            return named is null ? null : (string.Equals(key, "RequestHeaderRemove", StringComparison.OrdinalIgnoreCase) ? "drops" : "changes", named);
+        }
+
+        if (string.Equals(key, "RequestHeadersAllowed", StringComparison.OrdinalIgnoreCase))
+        {
+            var allowed = value.Split(';', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+            return headers.FirstOrDefault(h => !allowed.Contains(h, StringComparer.OrdinalIgnoreCase)) is { } dropped ? ("drops", dropped) : null;
+        }
+
+        if (string.Equals(key, "RequestHeadersCopy", StringComparison.OrdinalIgnoreCase) && (!bool.TryParse(value, out var copy) || !copy))
+        {
+            return headers.Count > 0 ? ("drops", headers[0]) : null;
+        }
+
+        return null;
+    }
+
     /// <summary>
     /// With an evidence key, every request a token-checking policy allows reaches the upstream with
     /// <c>Assurance-Evidence</c> (SPEC §5.6), set on the request before YARP copies its headers. A transform that copies
@@ -943,9 +959,10 @@ public static class GatewayConfigCompiler
     /// without its evidence (or with another value): an upstream that requires evidence then refuses an approved request
     /// whose single use is already spent.
     /// </summary>
+    private static readonly string[] Evidence = [AssuranceMiddleware.EvidenceHeader];
+
     private static void CheckEvidenceForwarding(ConfigReader reader, List<RouteConfig> routes, Dictionary<string, AssurancePolicy> routePolicies)
     {
-        var header = AssuranceMiddleware.EvidenceHeader;
         foreach (var route in routes)
         {
             if (!routePolicies.TryGetValue(route.RouteId, out var policy) || !policy.RequiresToken)
@@ -958,18 +975,9 @@ public static class GatewayConfigCompiler
                 string? problem = null;
                 foreach (var (key, value) in route.Transforms![i])
                 {
-                    if (string.Equals(key, "RequestHeadersCopy", StringComparison.OrdinalIgnoreCase) && (!bool.TryParse(value, out var copy) || !copy))
+                    if (HeaderEffect(key, value, Evidence) is { } effect)
                     {
-                        problem = $"'{key}: {value}' drops {header}";
-                    }
-                    else if (string.Equals(key, "RequestHeadersAllowed", StringComparison.OrdinalIgnoreCase)
-                        && !value.Split(';', StringSplitOptions.TrimEntries).Contains(header, StringComparer.OrdinalIgnoreCase))
-                    {
-                        problem = $"'{key}' does not list {header}, so it drops it";
-                    }
-                    else if (RequestHeaderTransforms.Contains(key) && string.Equals(value?.Trim(), header, StringComparison.OrdinalIgnoreCase))
-                    {
-                        problem = $"'{key}' {(string.Equals(key, "RequestHeaderRemove", StringComparison.OrdinalIgnoreCase) ? "drops" : "writes")} {header}";
+                        problem = $"'{key}' {effect.What} {effect.Header}";
                     }
                 }
 
@@ -1229,23 +1237,4 @@ public static class GatewayConfigCompiler
         [WorkloadResolver.WorkloadIdentityHeader.ToLowerInvariant()] = "the gateway removes it before forwarding",
         [AssuranceMiddleware.EvidenceHeader.ToLowerInvariant()] = "the gateway removes it before forwarding",
     };
-
-    private static bool IsHeaderToken(string name)
-    {
-        if (name.Length == 0)
-        {
-            return false;
-        }
-
-        foreach (var c in name)
-        {
-            // RFC 9110 §5.6.2 tchar
-            if (!(char.IsAsciiLetterOrDigit(c) || "!#$%&'*+-.^_`|~".Contains(c, StringComparison.Ordinal)))
-            {
-                return false;
-            }
-        }
-
-        return true;
-    }
 }

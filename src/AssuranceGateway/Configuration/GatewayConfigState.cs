@@ -78,7 +78,7 @@ public sealed partial class GatewayConfigState : IDisposable
         var settings = initial;
         if (settings is null)
         {
-            (settings, var problems) = CompileAsync(reloading: false).AsTask().GetAwaiter().GetResult();
+            (settings, var problems) = CompileAsync(warnings: null).AsTask().GetAwaiter().GetResult();
             if (settings is null)
             {
                 throw new GatewayConfigurationException(problems);
@@ -149,9 +149,10 @@ public sealed partial class GatewayConfigState : IDisposable
         {
             GatewaySettings? settings;
             IReadOnlyList<string> problems;
+            var warnings = new List<string>();
             try
             {
-                (settings, problems) = await CompileAsync(reloading: true).ConfigureAwait(false);
+                (settings, problems) = await CompileAsync(warnings).ConfigureAwait(false);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
@@ -182,6 +183,11 @@ public sealed partial class GatewayConfigState : IDisposable
             }
 
             Log.ReloadApplied(_logger, settings.Routes.Count, settings.Policies.Count);
+            foreach (var warning in warnings)
+            {
+                Log.ReloadWarning(_logger, warning);
+            }
+
             return [];
         }
         finally
@@ -212,7 +218,7 @@ public sealed partial class GatewayConfigState : IDisposable
         Listeners.Publish(settings);
         if (settings.Evidence.SigningKey is { Kid: { Length: > 0 } kid } key)
         {
-            _evidenceKeys[kid] = EvidenceKeyPoint(key);
+            _evidenceKeys[kid] = Evidence.EvidenceKeyHistory.PublicPoint(key);
         }
 
         Generation = generation;
@@ -267,7 +273,8 @@ public sealed partial class GatewayConfigState : IDisposable
         await ReloadAsync().ConfigureAwait(false);
     }
 
-    private async ValueTask<(GatewaySettings? Settings, IReadOnlyList<string> Problems)> CompileAsync(bool reloading)
+    /// <param name="warnings">Given for a reload (see <see cref="GatewayConfigCompiler.Compile(IConfiguration, string, out IReadOnlyList{string}, out IReadOnlyList{RouteConfig}, out IReadOnlyList{ClusterConfig}, List{string})"/>).</param>
+    private async ValueTask<(GatewaySettings? Settings, IReadOnlyList<string> Problems)> CompileAsync(List<string>? warnings)
     {
         if (_file?.LoadError is { } loadError)
         {
@@ -275,8 +282,7 @@ public sealed partial class GatewayConfigState : IDisposable
         }
 
         // YARP judges the routes and clusters even when our part failed: an operator fixes everything in one pass.
-        var warnings = new List<string>();
-        var settings = GatewayConfigCompiler.Compile(_configuration, _baseDirectory, out var problems, out var routes, out var clusters, reloading, warnings);
+        var settings = GatewayConfigCompiler.Compile(_configuration, _baseDirectory, out var problems, out var routes, out var clusters, warnings);
         var all = new List<string>(problems);
         foreach (var route in routes)
         {
@@ -296,24 +302,14 @@ public sealed partial class GatewayConfigState : IDisposable
 
         if (settings?.Evidence.SigningKey is { Kid: { Length: > 0 } kid } key
             && _evidenceKeys.TryGetValue(kid, out var published)
-            && !string.Equals(published, EvidenceKeyPoint(key), StringComparison.Ordinal))
+            && !string.Equals(published, Evidence.EvidenceKeyHistory.PublicPoint(key), StringComparison.Ordinal))
         {
             all.Add($"Assurance:Evidence:SigningKeyFile: '{settings.Evidence.SigningKeyFile}' holds another key under kid '{kid}', which this gateway "
                 + "has already published for a different key: upstreams pick the verification key by kid (and may cache it), so a new key needs a new kid");
         }
 
-        if (all.Count == 0)
-        {
-            foreach (var warning in warnings)
-            {
-                Log.ReloadWarning(_logger, warning);
-            }
-        }
-
         return all.Count > 0 ? (null, all) : (settings, all);
     }
-
-    private static string EvidenceKeyPoint(Microsoft.IdentityModel.Tokens.JsonWebKey key) => $"{key.Crv}|{key.X}|{key.Y}";
 
     private void WarnAboutRestartOnlyChanges(GatewaySettings before, GatewaySettings after)
     {
@@ -397,7 +393,7 @@ public sealed partial class GatewayConfigState : IDisposable
             Message = "Configuration change applied: {Routes} routes, {Policies} policies")]
         public static partial void ReloadApplied(ILogger logger, int routes, int policies);
 
-        [LoggerMessage(EventId = 103, Level = LogLevel.Warning, Message = "Configuration change applied with a warning: {Warning}")]
+        [LoggerMessage(EventId = 103, Level = LogLevel.Warning, Message = "Configuration change applied, with a warning: {Warning}")]
         public static partial void ReloadWarning(ILogger logger, string warning);
 
         [LoggerMessage(EventId = 102, Level = LogLevel.Warning,

@@ -122,7 +122,10 @@ internal sealed class EvidenceKeyHistory
         return null;
     }
 
-    private static string Identity(JsonWebKey key) => $"{key.Kid}|{key.Crv}|{key.X}|{key.Y}";
+    private static string Identity(JsonWebKey key) => $"{key.Kid}|{PublicPoint(key)}";
+
+    /// <summary>The public point of an EC key, as text: two keys are the same key when these are equal.</summary>
+    internal static string PublicPoint(JsonWebKey key) => $"{key.Crv}|{key.X}|{key.Y}";
 
     private sealed class UsedKey(JsonWebKey key)
     {

@@ -15,6 +15,12 @@ public readonly record struct RequestHash(string Hash, RequestDigests Digests);
 /// </summary>
 public static class CanonicalRequest
 {
+    private static readonly System.Buffers.SearchValues<char> TokenChars =
+        System.Buffers.SearchValues.Create("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~");
+
+    /// <summary>An HTTP token (RFC 9110 §5.6.2, tchar): what a method or a header name must be.</summary>
+    public static bool IsToken(ReadOnlySpan<char> value) => !value.IsEmpty && !value.ContainsAnyExcept(TokenChars);
+
     public const string Version = "AGW-REQUEST-V1";
 
     /// <param name="method">Any case; upper-cased here.</param>

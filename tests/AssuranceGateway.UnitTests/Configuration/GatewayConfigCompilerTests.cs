@@ -1051,10 +1051,10 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     }
 
     [Theory]
-    [InlineData("""{"RequestHeadersCopy":"false"}""", "'RequestHeadersCopy: false' drops Assurance-Evidence")]
-    [InlineData("""{"RequestHeadersAllowed":"accept;x-tenant"}""", "'RequestHeadersAllowed' does not list Assurance-Evidence, so it drops it")]
+    [InlineData("""{"RequestHeadersCopy":"false"}""", "'RequestHeadersCopy' drops Assurance-Evidence")]
+    [InlineData("""{"RequestHeadersAllowed":"accept;x-tenant"}""", "'RequestHeadersAllowed' drops Assurance-Evidence")]
     [InlineData("""{"RequestHeaderRemove":"assurance-evidence"}""", "'RequestHeaderRemove' drops Assurance-Evidence")]
-    [InlineData("""{"RequestHeader":"Assurance-Evidence","Set":"eyJhbGciOiJub25lIn0.e30."}""", "'RequestHeader' writes Assurance-Evidence")]
+    [InlineData("""{"RequestHeader":"Assurance-Evidence","Set":"eyJhbGciOiJub25lIn0.e30."}""", "'RequestHeader' changes Assurance-Evidence")]
     public void Compile_TransformLosingEvidenceOnTokenRoute_Refused(string transform, string problem)
     {
         // The grant would be consumed and the request forwarded without the evidence that vouches for it (or with a value
