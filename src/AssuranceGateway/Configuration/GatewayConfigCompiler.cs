@@ -427,7 +427,7 @@ public static class GatewayConfigCompiler
                 {
                     reader.ErrorAtStart(s.GetSection("JwksFile"), $"'{file}' holds no signing key: every token of this issuer is refused");
                 }
-                else if (!algorithms.Any(a => issuerKeys.ByKid.Values.Append(issuerKeys.OnlyKey).OfType<JsonWebKey>().Any(k => Fits(k, a))))
+                else if (!algorithms.Any(a => issuerKeys.Usable.Any(k => IssuerKeys.Fits(k, a))))
                 {
                     reader.ErrorAtStart(s.GetSection("JwksFile"), $"no key in '{file}' fits the algorithms {string.Join(", ", algorithms)}: every token of this issuer is refused");
                 }
@@ -530,13 +530,6 @@ public static class GatewayConfigCompiler
             return null;
         }
     }
-
-    private static bool Fits(JsonWebKey key, string algorithm) => key.Kty switch
-    {
-        JsonWebAlgorithmsKeyTypes.EllipticCurve => algorithm.StartsWith("ES", StringComparison.Ordinal),
-        JsonWebAlgorithmsKeyTypes.RSA => algorithm.StartsWith("RS", StringComparison.Ordinal) || algorithm.StartsWith("PS", StringComparison.Ordinal),
-        _ => false,
-    };
 
     private static WorkloadSettings ReadWorkload(ConfigReader reader, IConfigurationSection s, string baseDirectory)
     {

@@ -6,27 +6,35 @@ using Microsoft.IdentityModel.Tokens;
 
 namespace AssuranceGateway.Tokens;
 
-/// <summary>The signing keys of one issuer, indexed by <c>kid</c>.</summary>
+/// <summary>
+/// The signing keys of one issuer, indexed by <c>kid</c>. RFC 7517 §4.5 lets keys of different types share a <c>kid</c>
+/// (an issuer moving from RSA to EC may publish both under one name): a token's key is the one under its <c>kid</c> that
+/// fits its algorithm.
+/// </summary>
 public sealed class IssuerKeys
 {
-    public static readonly IssuerKeys Empty = new(FrozenDictionary<string, SecurityKey>.Empty, null);
+    public static readonly IssuerKeys Empty = new(FrozenDictionary<string, SecurityKey[]>.Empty, []);
 
-    private IssuerKeys(FrozenDictionary<string, SecurityKey> byKid, SecurityKey? onlyKey)
+    private readonly FrozenDictionary<string, SecurityKey[]> _byKid;
+
+    private IssuerKeys(FrozenDictionary<string, SecurityKey[]> byKid, SecurityKey[] all)
     {
-        ByKid = byKid;
-        OnlyKey = onlyKey;
+        _byKid = byKid;
+        OnlyKey = all.Length == 1 ? all[0] : null;
+        Usable = OnlyKey is not null ? all : [.. byKid.Values.SelectMany(k => k)];
     }
 
-    public FrozenDictionary<string, SecurityKey> ByKid { get; }
+    /// <summary>The keys a token can reach: those under a <c>kid</c>, or the only key (a token may then omit <c>kid</c>).</summary>
+    public IReadOnlyList<SecurityKey> Usable { get; }
 
     /// <summary>The issuer's only key, when it has exactly one: then a token may omit <c>kid</c>.</summary>
     public SecurityKey? OnlyKey { get; }
 
-    public int Count => ByKid.Count + (OnlyKey is not null && ByKid.Count == 0 ? 1 : 0);
+    public int Count => Usable.Count;
 
     public static IssuerKeys From(JsonWebKeySet set)
     {
-        var byKid = new Dictionary<string, SecurityKey>(StringComparer.Ordinal);
+        var byKid = new Dictionary<string, List<SecurityKey>>(StringComparer.Ordinal);
         var all = new List<SecurityKey>();
         foreach (var jwk in set.Keys)
         {
@@ -38,12 +46,51 @@ public sealed class IssuerKeys
             all.Add(jwk);
             if (!string.IsNullOrEmpty(jwk.Kid))
             {
-                byKid[jwk.Kid] = jwk;
+                if (!byKid.TryGetValue(jwk.Kid, out var named))
+                {
+                    byKid[jwk.Kid] = named = [];
+                }
+
+                named.Add(jwk);
             }
         }
 
-        return new IssuerKeys(byKid.ToFrozenDictionary(StringComparer.Ordinal), all.Count == 1 ? all[0] : null);
+        return new IssuerKeys(byKid.ToFrozenDictionary(p => p.Key, p => p.Value.ToArray(), StringComparer.Ordinal), [.. all]);
     }
+
+    /// <summary>
+    /// Whether <paramref name="key"/> can verify a signature of <paramref name="algorithm"/>: an EC key only the
+    /// algorithm of its curve (RFC 7518 §3.4: ES256 is P-256, ES384 P-384, ES512 P-521), an RSA key RS* and PS*, and a key
+    /// published with an <c>alg</c> only that one (RFC 7517 §4.4).
+    /// </summary>
+    public static bool Fits(SecurityKey key, string algorithm)
+    {
+        if (key is not JsonWebKey jwk)
+        {
+            return true;
+        }
+
+        if (jwk.Alg is { Length: > 0 } published && !string.Equals(published, algorithm, StringComparison.Ordinal))
+        {
+            return false;
+        }
+
+        return jwk.Kty switch
+        {
+            JsonWebAlgorithmsKeyTypes.EllipticCurve => string.Equals(jwk.Crv, CurveOf(algorithm), StringComparison.Ordinal),
+            JsonWebAlgorithmsKeyTypes.RSA => algorithm.StartsWith("RS", StringComparison.Ordinal) || algorithm.StartsWith("PS", StringComparison.Ordinal),
+            _ => false,
+        };
+    }
+
+    /// <summary>The curve an ECDSA algorithm signs on, or null for any other algorithm.</summary>
+    public static string? CurveOf(string algorithm) => algorithm switch
+    {
+        "ES256" => "P-256",
+        "ES384" => "P-384",
+        "ES512" => "P-521",
+        _ => null,
+    };
 
     /// <summary>
     /// A signing key as its members describe it. Not: a key for another use (encryption, a SPIFFE bundle's X.509
@@ -115,14 +162,32 @@ public sealed class IssuerKeys
         }
     }
 
-    public SecurityKey? Find(string? kid)
+    /// <summary>
+    /// The key a token with <paramref name="kid"/> and <paramref name="algorithm"/> is verified with: among the keys under
+    /// that <c>kid</c> (or the only key, for a token without one), the first that fits the algorithm; failing that the
+    /// first of them, so that the caller can say why it does not fit. Never a key under another <c>kid</c>.
+    /// </summary>
+    public SecurityKey? Find(string? kid, string algorithm)
     {
         if (kid is null)
         {
             return OnlyKey;
         }
 
-        return ByKid.TryGetValue(kid, out var key) ? key : null;
+        if (!_byKid.TryGetValue(kid, out var named))
+        {
+            return null;
+        }
+
+        foreach (var key in named)
+        {
+            if (Fits(key, algorithm))
+            {
+                return key;
+            }
+        }
+
+        return named[0];
     }
 }
 

@@ -165,7 +165,7 @@ public sealed class TokenValidator
             return TokenCheck.Fail("signing keys of this issuer are unavailable", hash);
         }
 
-        var key = keys.Find(shape.KeyId);
+        var key = keys.Find(shape.KeyId, shape.Algorithm);
         if (key is null)
         {
             // The issuer may have rotated: ask for a refresh (rate-limited), but do not hold this request for it.
@@ -181,8 +181,8 @@ public sealed class TokenValidator
 
         // RFC 7518 §3.4: ES256 is P-256 with SHA-256, ES384 P-384, ES512 P-521. An issuer allowed both ES256 and ES384
         // would otherwise accept an "ES384" token signed with its P-256 key: not a forgery, but not the algorithm either.
-        if (key is JsonWebKey { Kty: "EC" } ec && shape.Algorithm is { Length: > 0 } alg && alg.StartsWith("ES", StringComparison.Ordinal)
-            && !string.Equals(ec.Crv, alg switch { "ES256" => "P-256", "ES384" => "P-384", "ES512" => "P-521", _ => null }, StringComparison.Ordinal))
+        if (key is JsonWebKey { Kty: "EC" } ec && shape.Algorithm.StartsWith("ES", StringComparison.Ordinal)
+            && !string.Equals(ec.Crv, IssuerKeys.CurveOf(shape.Algorithm), StringComparison.Ordinal))
         {
             return TokenCheck.Fail("the signing key's curve does not belong to the token's algorithm", hash);
         }
@@ -220,7 +220,7 @@ public sealed class TokenValidator
         var aal = acr is not null && _settings.AalMap.TryGetValue(acr, out var level) ? level : 0;
         var session = ClaimReader.StringValue(jwt, _settings.SessionClaim);
         var validated = new ValidatedToken(jwt, hash, aal, acr, session);
-        _cache.Add(digest, new CachedToken(validated, entry, shape.KeyId, key, shape.Expires.Value), shape.Expires.Value + skew, now);
+        _cache.Add(digest, new CachedToken(validated, entry, shape.KeyId, shape.Algorithm, key, shape.Expires.Value), shape.Expires.Value + skew, now);
         return new TokenCheck(validated, null);
     }
 
@@ -242,7 +242,7 @@ public sealed class TokenValidator
         try
         {
             var keys = await cached.Entry.Issuer.Keys.GetKeysAsync(cancellationToken).ConfigureAwait(false);
-            return ReferenceEquals(keys.Find(cached.KeyId), cached.Key);
+            return ReferenceEquals(keys.Find(cached.KeyId, cached.Algorithm), cached.Key);
         }
         catch (IssuerKeysUnavailableException)
         {
@@ -250,7 +250,7 @@ public sealed class TokenValidator
         }
     }
 
-    private sealed record CachedToken(ValidatedToken Token, IssuerEntry Entry, string? KeyId, SecurityKey Key, long Expires);
+    private sealed record CachedToken(ValidatedToken Token, IssuerEntry Entry, string? KeyId, string Algorithm, SecurityKey Key, long Expires);
 
     private static TokenValidationParameters Parameters(TokenIssuer issuer, string[] audiences, TokenSettings settings, TimeProvider time) => new()
     {

@@ -228,6 +228,44 @@ public sealed class RemoteKeySourceTests : IAsyncLifetime
         Assert.Equal(0, _gateway.Upstream.Count);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Jwks_RsaAndEcKeyUnderOneKid_EachVerifiesTokensOfItsOwnAlgorithm(bool rsaFirst)
+    {
+        // RFC 7517 §4.5 lets keys of different types share a kid (an issuer moving from RSA to EC publishes both).
+        // The last one published used to win the kid, so the other key's valid tokens were refused.
+        using var rsa = RSA.Create(2048);
+        var keys = new[] { RsaJwk(rsa, "k1"), EcJwk(_gateway.Idp.Key, "k1") };
+        _idp.Handler = c => c.Response.WriteAsync(Jwks(rsaFirst ? keys : [keys[1], keys[0]]));
+        await StartAsync("JwksUri", _idp.Address + "/jwks.json", "RS256", "ES256");
+
+        var byRsa = await SendAsync(RsaToken(rsa, "k1", "RS256"));
+        var byEc = await SendAsync(_gateway.Idp.Token());
+        var byRsaAgain = await SendAsync(RsaToken(rsa, "k1", "RS256"));
+
+        Assert.Equal((HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.OK), (byRsa, byEc, byRsaAgain));
+        Assert.Equal(3, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task Jwks_EcKeyOfAnotherCurveUnderTheTokensKid_Refused()
+    {
+        // Two EC keys under one kid: only the one on the algorithm's curve verifies; a P-384 key is never tried for ES256.
+        using var p384 = ECDsa.Create(ECCurve.NamedCurves.nistP384);
+        var other = EcJwk(p384, "k1");
+        other["crv"] = "P-384";
+        other.Remove("alg");
+        _idp.Handler = c => c.Response.WriteAsync(Jwks(other));
+        await StartAsync("JwksUri", _idp.Address + "/jwks.json", "ES256", "ES384");
+
+        var (status, detail) = await SendForDetailAsync(_gateway.Idp.Token());
+
+        Assert.Equal(HttpStatusCode.Unauthorized, status);
+        Assert.Contains("curve", detail, StringComparison.Ordinal);
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
     [Fact]
     public async Task Jwks_KeyAlgDiffersFromTokenAlg_NotUsed()
     {

@@ -317,6 +317,15 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     }
 
     [Fact]
+    public void Compile_JwksEcKeyOnAnotherCurveThanTheAlgorithms_Refused()
+    {
+        // ES384 signs on P-384: the issuer's P-256 key could never verify one of its tokens.
+        AssertProblems(
+            c => Issuer(c)["Algorithms"] = new JsonArray("ES384"),
+            $"{IssuerPath}:JwksFile: no key in '{_idp.JwksPath}' fits the algorithms ES384: every token of this issuer is refused");
+    }
+
+    [Fact]
     public void Compile_IssuerWithoutName_Refused()
     {
         AssertProblems(c => Issuer(c).Remove("Issuer"), $"{IssuerPath}:Issuer: missing");

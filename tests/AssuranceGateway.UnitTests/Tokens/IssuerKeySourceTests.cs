@@ -16,25 +16,42 @@ public sealed class IssuerKeySourceTests
     {
         var keys = From(Ec1, Ec2);
 
-        Assert.Equal("k1", keys.Find("k1")?.KeyId);
-        Assert.Equal("k2", keys.Find("k2")?.KeyId);
-        Assert.Null(keys.Find("k3"));
-        Assert.Null(keys.Find("K1"));
+        Assert.Equal("k1", keys.Find("k1", "ES256")?.KeyId);
+        Assert.Equal("k2", keys.Find("k2", "ES256")?.KeyId);
+        Assert.Null(keys.Find("k3", "ES256"));
+        Assert.Null(keys.Find("K1", "ES256"));
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Find_KeysOfTwoTypesUnderOneKid_TheOneThatFitsTheAlgorithm(bool rsaFirst)
+    {
+        using var rsa = System.Security.Cryptography.RSA.Create(2048);
+        var p = rsa.ExportParameters(false);
+        var rsaJwk = $$"""{"kty":"RSA","kid":"k1","n":"{{Base64UrlEncoder.Encode(p.Modulus)}}","e":"{{Base64UrlEncoder.Encode(p.Exponent)}}"}""";
+        var keys = rsaFirst ? From(rsaJwk, Ec1) : From(Ec1, rsaJwk);
+
+        Assert.Equal("EC", (keys.Find("k1", "ES256") as JsonWebKey)?.Kty);
+        Assert.Equal("RSA", (keys.Find("k1", "RS256") as JsonWebKey)?.Kty);
+        Assert.Equal("RSA", (keys.Find("k1", "PS256") as JsonWebKey)?.Kty);
+        Assert.Equal(2, keys.Count);
+        Assert.Null(keys.Find(null, "ES256"));
     }
 
     [Fact]
     public void Find_NoKidWithOneKey_ThatKey()
     {
-        Assert.Equal("k1", From(Ec1).Find(null)?.KeyId);
-        Assert.NotNull(From(EcNoKid).Find(null));
+        Assert.Equal("k1", From(Ec1).Find(null, "ES256")?.KeyId);
+        Assert.NotNull(From(EcNoKid).Find(null, "ES256"));
     }
 
     [Fact]
     public void Find_NoKidWithTwoKeys_NoKey()
     {
         // Trying each key in turn is what SPEC §3.1 forbids; without a kid there is no choice to make.
-        Assert.Null(From(Ec1, Ec2).Find(null));
-        Assert.Null(From(Ec1, EcNoKid).Find(null));
+        Assert.Null(From(Ec1, Ec2).Find(null, "ES256"));
+        Assert.Null(From(Ec1, EcNoKid).Find(null, "ES256"));
     }
 
     [Fact]
@@ -42,10 +59,10 @@ public sealed class IssuerKeySourceTests
     {
         var keys = From(Ec1, EcEnc, Oct);
 
-        Assert.Null(keys.Find("e1"));
-        Assert.Null(keys.Find("h1"));
+        Assert.Null(keys.Find("e1", "ES256"));
+        Assert.Null(keys.Find("h1", "ES256"));
         Assert.Equal(1, keys.Count);
-        Assert.Equal("k1", keys.Find(null)?.KeyId);
+        Assert.Equal("k1", keys.Find(null, "ES256")?.KeyId);
     }
 
     [Fact]
@@ -54,8 +71,8 @@ public sealed class IssuerKeySourceTests
         var keys = From(Oct);
 
         Assert.Equal(0, keys.Count);
-        Assert.Null(keys.Find(null));
-        Assert.Null(keys.Find("h1"));
+        Assert.Null(keys.Find(null, "ES256"));
+        Assert.Null(keys.Find("h1", "ES256"));
     }
 
     [Fact]

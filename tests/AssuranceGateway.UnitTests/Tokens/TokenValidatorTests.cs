@@ -304,7 +304,7 @@ public sealed class TokenValidatorTests : IDisposable
         var signature = _idp.Key.SignData(Encoding.ASCII.GetBytes(signingInput), HashAlgorithmName.SHA384, DSASignatureFormat.IeeeP1363FixedFieldConcatenation);
 
         // A JWKS key without "alg" (RFC 7517 makes it optional): the curve is then all that ties the key to ES256.
-        var published = Keys((_idp.Key, "k1")).Find("k1") as JsonWebKey;
+        var published = Keys((_idp.Key, "k1")).Find("k1", "ES256") as JsonWebKey;
         published!.Alg = null;
         var keys = IssuerKeys.From(new JsonWebKeySet { Keys = { published } });
 
