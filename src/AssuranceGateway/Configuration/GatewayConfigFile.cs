@@ -49,9 +49,22 @@ public sealed class GatewayConfigFile
             return file; // LoadError reports the missing file; there is nothing to watch.
         }
 
-        source.FileProvider = new Microsoft.Extensions.FileProviders.PhysicalFileProvider(directory);
+        source.FileProvider = new DirectoryFiles(directory);
 
         var sources = builder.Sources;
+
+        // The gateway reads one file. The host's default appsettings.json and appsettings.{Environment}.json in the
+        // working directory would be a second source of routes and policies that neither the start-up line nor an SRE
+        // reading the gateway's file sees. (Their watchers, which cover the working directory recursively, are not
+        // created at all by the gateway's host: see Program.cs.)
+        for (var i = sources.Count - 1; i >= 0; i--)
+        {
+            if (sources[i] is JsonConfigurationSource { Path: { } json } && json.StartsWith("appsettings", StringComparison.OrdinalIgnoreCase))
+            {
+                sources.RemoveAt(i);
+            }
+        }
+
         var index = sources.Count;
         for (var i = 0; i < sources.Count; i++)
         {

@@ -346,13 +346,13 @@ public sealed partial class GatewayConfigState : IDisposable
     /// <summary>Watches a set of files (one provider per directory) and calls back on any change, re-arming itself.</summary>
     private sealed class KeyFileWatch : IDisposable
     {
-        private readonly List<PhysicalFileProvider> _providers = [];
+        private readonly List<DirectoryFiles> _providers = [];
         private readonly IDisposable _registration;
 
         public KeyFileWatch(SortedSet<string> files, Action changed)
         {
             Files = files;
-            var watched = new List<(PhysicalFileProvider Provider, string Name)>();
+            var watched = new List<(DirectoryFiles Provider, string Name)>();
             foreach (var directory in files.GroupBy(Path.GetDirectoryName))
             {
                 if (directory.Key is null || !Directory.Exists(directory.Key))
@@ -360,8 +360,7 @@ public sealed partial class GatewayConfigState : IDisposable
                     continue;
                 }
 
-                // No exclusion filter: a key file may well be a dot file (Kubernetes mounts go through "..data").
-                var provider = new PhysicalFileProvider(directory.Key, ExclusionFilters.None);
+                var provider = new DirectoryFiles(directory.Key);
                 _providers.Add(provider);
                 watched.AddRange(directory.Select(file => (provider, Path.GetFileName(file))));
             }

@@ -193,7 +193,37 @@ public sealed class HostStartupTests : IDisposable
     {
         // Positive control: the same host, the same way of naming the file, and a valid file: it serves.
         var path = WriteConfig(ValidConfig());
-        using var process = Start([], new() { ["GATEWAY_CONFIG"] = path });
+
+        var lines = await StartListeningAsync([], new() { ["GATEWAY_CONFIG"] = path });
+
+        // The start-up log says which file is in force and what it protects: an SRE greps it to check a pod.
+        var inForce = Assert.Single(lines, l => l.Contains($"Configuration {path}: ", StringComparison.Ordinal));
+        Assert.Contains("deploy → single-use-approval", inForce, StringComparison.Ordinal);
+        Assert.Contains("status → token-only", inForce, StringComparison.Ordinal);
+        Assert.Contains("public → passthrough", inForce, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Host_AppsettingsJsonInTheWorkingDirectory_NotRead()
+    {
+        // The host's default appsettings.json would have been a second source of routes that neither the gateway's
+        // file nor its start-up line shows. This one adds a route to a cluster that does not exist: read, it would stop
+        // the gateway (exit 2); ignored, the gateway serves its own file.
+        File.WriteAllText(Path.Combine(_directory, "appsettings.json"), """
+            {"ReverseProxy":{"Routes":{"sneaky":{"ClusterId":"nowhere","Match":{"Path":"/sneaky"}}}}}
+            """);
+        var path = WriteConfig(ValidConfig());
+
+        var lines = await StartListeningAsync(["--config", path], []);
+
+        var inForce = Assert.Single(lines, l => l.Contains($"Configuration {path}: ", StringComparison.Ordinal));
+        Assert.DoesNotContain("sneaky", inForce, StringComparison.Ordinal);
+    }
+
+    /// <summary>Starts the host, waits until it listens (failing if it exits first), stops it, and returns its stdout.</summary>
+    private async Task<string[]> StartListeningAsync(string[] args, Dictionary<string, string> environment)
+    {
+        using var process = Start(args, environment);
         var listening = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var lines = new System.Collections.Concurrent.ConcurrentQueue<string>();
         process.OutputDataReceived += (_, e) =>
@@ -208,19 +238,23 @@ public sealed class HostStartupTests : IDisposable
                 listening.TrySetResult();
             }
         };
+        process.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is { } line)
+            {
+                lines.Enqueue(line);
+            }
+        };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         try
         {
             var exited = process.WaitForExitAsync();
             var first = await Task.WhenAny(listening.Task, exited, Task.Delay(ExitTimeout));
-            Assert.True(first == listening.Task, exited.IsCompleted ? $"the host exited with {process.ExitCode}" : "the host did not start listening in time");
-
-            // The start-up log says which file is in force and what it protects: an SRE greps it to check a pod.
-            var inForce = Assert.Single(lines, l => l.Contains($"Configuration {path}: ", StringComparison.Ordinal));
-            Assert.Contains("deploy → single-use-approval", inForce, StringComparison.Ordinal);
-            Assert.Contains("status → token-only", inForce, StringComparison.Ordinal);
-            Assert.Contains("public → passthrough", inForce, StringComparison.Ordinal);
+            Assert.True(first == listening.Task, exited.IsCompleted
+                ? $"the host exited with {process.ExitCode}: {string.Join('\n', lines)}"
+                : "the host did not start listening in time");
+            return [.. lines];
         }
         finally
         {

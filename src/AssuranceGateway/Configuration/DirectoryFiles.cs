@@ -1,0 +1,103 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.FileProviders;
+using Microsoft.Extensions.FileProviders.Physical;
+using Microsoft.Extensions.Primitives;
+
+namespace AssuranceGateway.Configuration;
+
+/// <summary>
+/// The files directly in one directory, watched without descending into it. <see cref="PhysicalFileProvider"/> watches
+/// its root recursively (on Linux one inotify watch per directory below it): a configuration file at <c>/</c> cost
+/// 42,684 watches and 25 s of start-up, and a key file in <c>/etc</c> would watch all of <c>/etc</c>. Only names in the
+/// directory itself are watched here. A name starting with <c>..</c> counts as a change of every file: that is how the
+/// kubelet updates a mounted ConfigMap or Secret (it swaps the <c>..data</c> symlink the files point through).
+/// With <c>DOTNET_USE_POLLING_FILE_WATCHER</c> set, changes are found by polling, as PhysicalFileProvider does.
+/// </summary>
+internal sealed class DirectoryFiles : IFileProvider, IDisposable
+{
+    private readonly PhysicalFileProvider _files;
+    private readonly FileSystemWatcher? _watcher;
+    private readonly ConcurrentDictionary<string, CancellationTokenSource> _waiting = new(StringComparer.Ordinal);
+
+    public DirectoryFiles(string directory)
+    {
+        // No exclusion filter: a watched file may well be a dot file.
+        _files = new PhysicalFileProvider(directory, ExclusionFilters.None);
+        if (_files.UsePollingFileWatcher)
+        {
+            return;
+        }
+
+        _watcher = new FileSystemWatcher(directory)
+        {
+            IncludeSubdirectories = false,
+            NotifyFilter = NotifyFilters.FileName | NotifyFilters.DirectoryName | NotifyFilters.LastWrite | NotifyFilters.Size
+                | NotifyFilters.CreationTime | NotifyFilters.Attributes,
+        };
+        _watcher.Created += (_, e) => Changed(e.Name);
+        _watcher.Changed += (_, e) => Changed(e.Name);
+        _watcher.Deleted += (_, e) => Changed(e.Name);
+        _watcher.Renamed += (_, e) =>
+        {
+            Changed(e.OldName);
+            Changed(e.Name);
+        };
+
+        // Events were lost (the buffer overflowed) or the directory went away: every file may have changed.
+        _watcher.Error += (_, _) => ChangedAll();
+        _watcher.EnableRaisingEvents = true;
+    }
+
+    public IFileInfo GetFileInfo(string subpath) => _files.GetFileInfo(subpath);
+
+    public IDirectoryContents GetDirectoryContents(string subpath) => _files.GetDirectoryContents(subpath);
+
+    /// <summary>A token that fires once <paramref name="filter"/> (a file name in the directory) changes.</summary>
+    public IChangeToken Watch(string filter)
+    {
+        if (_watcher is null)
+        {
+            return _files.Watch(filter);
+        }
+
+        var waiting = _waiting.GetOrAdd(filter, static _ => new CancellationTokenSource());
+        return new CancellationChangeToken(waiting.Token);
+    }
+
+    private void Changed(string? name)
+    {
+        if (name is null)
+        {
+            return;
+        }
+
+        if (name.StartsWith("..", StringComparison.Ordinal))
+        {
+            ChangedAll();
+        }
+        else if (_waiting.TryRemove(name, out var waiting))
+        {
+            Fire(waiting);
+        }
+    }
+
+    private void ChangedAll()
+    {
+        foreach (var name in _waiting.Keys)
+        {
+            if (_waiting.TryRemove(name, out var waiting))
+            {
+                Fire(waiting);
+            }
+        }
+    }
+
+    // Not disposed after: a consumer may still ask the token it holds whether it has changed.
+    private static void Fire(CancellationTokenSource waiting) => waiting.Cancel();
+
+    public void Dispose()
+    {
+        _watcher?.Dispose();
+        _files.Dispose();
+    }
+}
