@@ -72,7 +72,16 @@ public sealed partial class AssuranceMiddleware
         };
         context.Features.Set(decision);
 
-        if (policy is null)
+        // Refused on every route, whatever its policy or mode: the request would reach another path than the one routed.
+        // (PathBase never ends in '/' and Path starts with one, so no segment spans the two.)
+        var leavesItsRoute = HasDotSegment(context.Request.PathBase.Value) || HasDotSegment(context.Request.Path.Value);
+        if (leavesItsRoute)
+        {
+            decision.Reason = ReasonCodes.RequestAmbiguous;
+            decision.Detail = "the request target decodes to a path with dot segments ('.' or '..'), which the proxy would remove: the "
+                + "upstream would receive another path than the one this route matched; send the target in origin form, as the upstream should receive it";
+        }
+        else if (policy is null)
         {
             // Routed by a configuration generation that is no longer kept (several reloads while this request waited):
             // fail closed rather than guess.
@@ -131,7 +140,7 @@ public sealed partial class AssuranceMiddleware
 
         activity?.Stop();
         Activity.Current = outer; // YARP's span: the forwarded request's client span stays its child
-        if (decision.Allowed || decision.Shadow)
+        if (decision.Allowed || (decision.Shadow && !leavesItsRoute))
         {
             PrepareForwarding(context, runtime.Settings, decision);
             await _next(context).ConfigureAwait(false);
@@ -247,6 +256,16 @@ public sealed partial class AssuranceMiddleware
                     // "name:" is how the hash writes an absent header too: the approver saw no such header.
                     decision.Reason = ReasonCodes.RequestAmbiguous;
                     decision.Detail = $"bound header '{name}' is present but empty, which the request hash cannot tell from absent: leave it out";
+                    return;
+                }
+
+                if (headers[name].Count > 1 && JoinedOtherwise.TryGetValue(name, out var separator))
+                {
+                    // Two Cookie lines "a=1" and "b=2" hash as "a=1,b=2", as one line "a=1,b=2" does, and reach the upstream
+                    // as "a=1; b=2" (two cookies), where the one line stays one cookie whose value holds a comma.
+                    decision.Reason = ReasonCodes.RequestAmbiguous;
+                    decision.Detail = $"bound header '{name}' is sent in {headers[name].Count} field lines, which the proxy joins with '{separator}' "
+                        + "for the upstream while the request hash joins them with ',': send it in one line";
                     return;
                 }
             }
@@ -571,6 +590,31 @@ public sealed partial class AssuranceMiddleware
         return acceptable.ConvertAll(e => e.Key);
     }
 
+    /// <summary>
+    /// True when <paramref name="path"/> (the decoded path routing matched) has a "." or ".." segment. Kestrel removes them
+    /// from an origin-form target, and leaves '%2F' encoded; but it decodes an absolute-form target
+    /// (<c>POST http://host/public/x%2F..%2F..%2Fdeploy HTTP/1.1</c>) with <see cref="Uri"/>, escapes and all, into
+    /// "/public/x/../../deploy": the route of /public matched it, and the forwarder's Uri then removes the dot segments, so
+    /// the upstream received /deploy through a route that checks nothing.
+    /// </summary>
+    internal static bool HasDotSegment(string? path)
+    {
+        var rest = path.AsSpan();
+        while (!rest.IsEmpty)
+        {
+            var slash = rest.IndexOf('/');
+            var segment = slash < 0 ? rest : rest[..slash];
+            if (segment is "." or "..")
+            {
+                return true;
+            }
+
+            rest = slash < 0 ? [] : rest[(slash + 1)..];
+        }
+
+        return false;
+    }
+
     /// <summary>The path and query exactly as they arrived on the wire (SPEC §4.2: percent-encoding untouched).</summary>
     internal static (string Path, string Query) RawTarget(HttpContext context)
     {
@@ -679,6 +723,16 @@ public sealed partial class AssuranceMiddleware
     }
 
     /// <summary>
+    /// Bound headers whose field lines the forwarder's HttpClient joins into one with another separator than the ','
+    /// the request hash joins them with (SPEC §4.2); other headers it joins with ", ", a list the hash's ',' reads alike.
+    /// </summary>
+    private static readonly FrozenDictionary<string, string> JoinedOtherwise = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase)
+    {
+        ["cookie"] = "; ",
+        ["user-agent"] = " ",
+    }.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>
     /// Request headers YARP 2.1 never forwards (hop-by-hop ones it drops) and those the gateway removes. Not Trailer (YARP
     /// copies it) nor Upgrade (YARP sends it again for a WebSocket or SPDY upgrade).
     /// </summary>
@@ -698,6 +752,12 @@ public sealed partial class AssuranceMiddleware
         {
             return $"the header '{JwtInspector.Printable(alias.Name)}' is the bound header '{alias.Bound}' to upstreams that read '_' as '-' "
                 + "(CGI, WSGI, PHP-FPM, Rack), and the hash does not cover it: send the bound header under its own name only";
+        }
+
+        if (MethodOverride(context.Request.Headers, boundHeaders) is { } overriding)
+        {
+            return $"the header '{JwtInspector.Printable(overriding)}' makes upstreams that honour it (ASP.NET Core's HttpMethodOverride, Express, "
+                + $"Rack, Laravel) run another method than the {JwtInspector.Printable(context.Request.Method)} the request hash binds: leave it out, or bind it (BoundHeaders)";
         }
 
         if (rawQuery.StartsWith('?'))
@@ -729,6 +789,28 @@ public sealed partial class AssuranceMiddleware
             || context.Features.Get<IHttpExtendedConnectFeature>()?.IsExtendedConnect == true
             ? "a protocol upgrade cannot be bound to one request: what is sent after it would not be covered"
             : null;
+    }
+
+    /// <summary>
+    /// Headers that ask the upstream to run another method than the request line's. The hash binds the method, not these
+    /// (unless a policy binds one): an approval of "POST /releases" would let its holder have the upstream run DELETE.
+    /// </summary>
+    private static readonly FrozenSet<string> MethodOverrideHeaders = FrozenSet.ToFrozenSet(
+        ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"], StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>A method-override header (any case, '_' read as '-', as CGI-style upstreams read it) that no bound header covers.</summary>
+    private static string? MethodOverride(IHeaderDictionary headers, IReadOnlyList<string> boundHeaders)
+    {
+        foreach (var (name, _) in headers)
+        {
+            if (name.StartsWith("X", StringComparison.OrdinalIgnoreCase) && MethodOverrideHeaders.Contains(name.Replace('_', '-'))
+                && !boundHeaders.Contains(name.ToLowerInvariant()))
+            {
+                return name;
+            }
+        }
+
+        return null;
     }
 
     /// <summary>

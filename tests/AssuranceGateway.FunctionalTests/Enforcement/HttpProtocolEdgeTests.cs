@@ -291,4 +291,186 @@ public sealed class HttpProtocolEdgeTests : IAsyncLifetime
         Assert.Equal(0, _gateway.Upstream.Count);
         Assert.DoesNotContain(_gateway.Logs.Lines, l => l.Contains("An unhandled exception was thrown by the application", StringComparison.Ordinal));
     }
+
+    // Kestrel removes dot segments from an origin-form target and keeps '%2F' encoded, but it decodes an absolute-form
+    // target (which RFC 9112 says a server must accept) with Uri, escapes and all: "/public/x%2F..%2F..%2Fdeploy/..." became
+    // the path "/public/x/../../deploy/...", which the passthrough route matched, and the forwarder's Uri then removed the
+    // dot segments: the upstream received POST /deploy/v1/releases with no token and no grant.
+    [Theory]
+    [InlineData("http://gateway/public/x%2F..%2F..%2Fdeploy/v1/releases")]
+    [InlineData("http://gateway/public/x%2F%2E%2E%2F%2E%2E%2Fdeploy/v1/releases")]
+    [InlineData("http://gateway/public/%2E%2E%2Fdeploy/v1/releases")]
+    public async Task PassthroughRoute_AbsoluteFormTargetWithEscapedDotSegments_NeverReachesAProtectedPath(string target)
+    {
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+        var head = $"POST {target} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: {body.Length}\r\nConnection: close\r\n";
+
+        var (status, content) = await RawHttp.SendAsync(_gateway.ProxyAddress, head, body);
+
+        Assert.Equal(0, _gateway.Upstream.Count);
+        Assert.Equal(400, status);
+        Assert.Contains("\"reason\":\"request_ambiguous\"", content, StringComparison.Ordinal);
+
+        // An absolute-form target that stays where it was routed is forwarded as before.
+        var (plain, _) = await RawHttp.SendAsync(_gateway.ProxyAddress, head.Replace(target, "http://gateway/public/docs", StringComparison.Ordinal), body);
+
+        Assert.Equal(200, plain);
+        Assert.Equal("/public/docs", Assert.Single(_gateway.Upstream.Received).Path);
+    }
+
+    // On a request-bound route the hash covered the decoded "/deploy/v1/x/../releases" and the upstream received
+    // "/deploy/v1/releases": not the request that was hashed (SPEC §7.4), and the normal-form check never saw it.
+    [Fact]
+    public async Task Use_AbsoluteFormTargetWithEscapedDotSegments_RefusedBeforeTheGrantIsUsed()
+    {
+        var token = _gateway.Idp.Token();
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+        var grant = DeployGrant(token);
+        grant.Remove("request");
+        grant["requestHash"] = Requests.CanonicalRequest.Compute("POST", "/deploy/v1/x/../releases", string.Empty, ["content-type"],
+            n => n == "content-type" ? new Microsoft.Extensions.Primitives.StringValues("application/json") : default, body).Hash;
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        var (status, content) = await RawHttp.SendAsync(_gateway.ProxyAddress,
+            Head(token, id, "Content-Type: application/json\r\n", body.Length, "http://gateway/deploy/v1/x%2F..%2Freleases"), body);
+
+        Assert.Equal(400, status);
+        Assert.Contains("\"reason\":\"request_ambiguous\"", content, StringComparison.Ordinal);
+        await AssertUnusedAsync(id);
+
+        // The approved request in absolute form is the approved request.
+        var approved = await _gateway.CreateGrantAsync(DeployGrant(token));
+        var (allowed, _) = await RawHttp.SendAsync(_gateway.ProxyAddress,
+            Head(token, approved, "Content-Type: application/json\r\n", body.Length, "http://gateway/deploy/v1/releases"), body);
+
+        Assert.Equal(200, allowed);
+        Assert.Equal("/deploy/v1/releases", Assert.Single(_gateway.Upstream.Received).Path);
+    }
+
+    // ASP.NET Core's HttpMethodOverride middleware, Express's method-override, Rack and Laravel run the method such a header
+    // names (on a POST): the hash binds POST, and the holder of an approval to create a release had the upstream delete it.
+    [Theory]
+    [InlineData("X-HTTP-Method-Override: DELETE\r\n")]
+    [InlineData("X-HTTP-Method: DELETE\r\n")]
+    [InlineData("x-method-override: DELETE\r\n")]
+    [InlineData("X_HTTP_Method_Override: DELETE\r\n")]
+    public async Task Use_MethodOverrideHeaderNotBound_RefusedBeforeTheGrantIsUsed(string header)
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+
+        var (status, content) = await RawHttp.SendAsync(_gateway.ProxyAddress, Head(token, id, "Content-Type: application/json\r\n" + header, body.Length), body);
+
+        Assert.Equal(400, status);
+        Assert.Contains("\"reason\":\"request_ambiguous\"", content, StringComparison.Ordinal);
+        Assert.Contains("another method", content, StringComparison.Ordinal);
+        await AssertUnusedAsync(id);
+    }
+
+    [Fact]
+    public async Task Use_MethodOverrideHeaderBound_ApprovedValueForwarded()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(configure: c =>
+            c["Assurance"]!["Policies"]!["single-use-approval"]!["BoundHeaders"] = new JsonArray("content-type", "x-http-method-override"));
+        var token = gateway.Idp.Token();
+        var grant = DeployGrant(token);
+        grant["request"]!["headers"]!["x-http-method-override"] = "PUT";
+        var id = await gateway.CreateGrantAsync(grant);
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+        string Send(string value) => $"POST /deploy/v1/releases HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
+            + $"Workload-Identity: {gateway.WorkloadIssuer.Svid()}\r\nAssurance-Id: {id}\r\nContent-Type: application/json\r\n"
+            + $"X-HTTP-Method-Override: {value}\r\nContent-Length: {body.Length}\r\nConnection: close\r\n";
+
+        var (other, _) = await RawHttp.SendAsync(gateway.ProxyAddress, Send("DELETE"), body);
+
+        Assert.Equal(403, other);
+        Assert.Equal(0, gateway.Upstream.Count);
+
+        var (approved, _) = await RawHttp.SendAsync(gateway.ProxyAddress, Send("PUT"), body);
+
+        Assert.Equal(200, approved);
+        Assert.Equal("PUT", Assert.Single(gateway.Upstream.Received).Headers["X-HTTP-Method-Override"]);
+    }
+
+    // The hash joins a bound header's field lines with ',' (SPEC §4.2); the forwarder joins Cookie lines with "; ". Two
+    // lines "role=user" and "tier=gold" hashed as the approved one-line cookie "role=user,tier=gold" and reached the
+    // upstream as two cookies, "role=user; tier=gold".
+    [Fact]
+    public async Task Use_BoundCookieInTwoFieldLines_RefusedAndTheApprovedLineForwardedAsIs()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(configure: c =>
+        {
+            c["ReverseProxy"]!["Routes"]!.AsObject()["sessions"] = TestConfig.Route("/sessions/{**rest}", "cookie-bound");
+            c["Assurance"]!["Policies"]!.AsObject()["cookie-bound"] = new JsonObject
+            {
+                ["Bind"] = new JsonArray("token", "request"),
+                ["BoundHeaders"] = new JsonArray("cookie"),
+                ["MaxUses"] = 2,
+            };
+        });
+        var token = gateway.Idp.Token();
+        var id = await gateway.CreateGrantAsync(new JsonObject
+        {
+            ["route"] = "sessions",
+            ["tokenHash"] = TokenHash(token),
+            ["request"] = new JsonObject
+            {
+                ["method"] = "POST", ["path"] = "/sessions/elevate", ["headers"] = new JsonObject { ["cookie"] = "role=user,tier=gold" },
+            },
+            ["maxUses"] = 2,
+        });
+        string Request(string cookies) =>
+            $"POST /sessions/elevate HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\nAssurance-Id: {id}\r\n{cookies}Content-Length: 0\r\nConnection: close\r\n";
+
+        var (split, content) = await RawHttp.SendAsync(gateway.ProxyAddress, Request("Cookie: role=user\r\nCookie: tier=gold\r\n"), ReadOnlyMemory<byte>.Empty);
+
+        Assert.Equal(400, split);
+        Assert.Contains("\"reason\":\"request_ambiguous\"", content, StringComparison.Ordinal);
+        Assert.Equal(0, gateway.Upstream.Count);
+        Assert.Equal(2, (await gateway.GetGrantAsync(id)).GetProperty("usesRemaining").GetInt32());
+
+        var (oneLine, _) = await RawHttp.SendAsync(gateway.ProxyAddress, Request("Cookie: role=user,tier=gold\r\n"), ReadOnlyMemory<byte>.Empty);
+
+        Assert.Equal(200, oneLine);
+        Assert.Equal("role=user,tier=gold", Assert.Single(gateway.Upstream.Received).Headers["Cookie"]);
+    }
+
+    // HTTP/2 is served wherever Kestrel offers it (ALPN on https listeners, or Protocols "Http2" for h2c): DATA that
+    // disagrees with content-length is refused by Kestrel with the use unspent, and trailers after the DATA are neither
+    // hashed nor forwarded, while the body arrives exact.
+    [Fact]
+    public async Task Use_OverHttp2_DataDisagreeingWithContentLengthSpendsNothingAndTrailersNeverReachTheUpstream()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(configure: c =>
+            c["Kestrel"] = new JsonObject { ["EndpointDefaults"] = new JsonObject { ["Protocols"] = "Http2" } });
+        var token = gateway.Idp.Token();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token));
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+        (string, string)[] Fields(params (string, string)[] extra) =>
+        [
+            (":method", "POST"), (":scheme", "http"), (":authority", "gateway"), (":path", "/deploy/v1/releases"),
+            ("authorization", "Bearer " + token), ("workload-identity", gateway.WorkloadIssuer.Svid()), ("assurance-id", id),
+            ("content-type", "application/json"), .. extra,
+        ];
+
+        foreach (var declared in new[] { 5, body.Length + 100 })
+        {
+            var refused = await RawHttp2.SendAsync(gateway.ProxyAddress, Fields(("content-length", declared.ToString(System.Globalization.CultureInfo.InvariantCulture))), body);
+
+            Assert.True(refused.Reset || refused.Status == 400, $"content-length {declared}: {refused}");
+        }
+
+        Assert.Equal(1, (await gateway.GetGrantAsync(id)).GetProperty("usesRemaining").GetInt32());
+        Assert.Equal(0, gateway.Upstream.Count);
+
+        var allowed = await RawHttp2.SendAsync(gateway.ProxyAddress, Fields(), body, trailers: [("content-type", "text/plain"), ("x-env", "dev")]);
+
+        Assert.Equal(200, allowed.Status);
+        var received = Assert.Single(gateway.Upstream.Received);
+        Assert.Equal(ReleaseBody, Encoding.UTF8.GetString(received.Body));
+        Assert.Equal("application/json", received.Headers["Content-Type"]);
+        Assert.False(received.Headers.ContainsKey("x-env"));
+        Assert.Empty(gateway.Upstream.Trailers);
+    }
 }
