@@ -5,9 +5,20 @@
 # Everything shares this machine's cores: the load generator, Redis, the upstream, YARP and the gateway. Compare the
 # ratios of one round, not absolute numbers across machines.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
 rounds=3; duration=10; warmup=6
-if [ "${1:-}" = "--quick" ]; then rounds=1; duration=3; warmup=3; fi
+# Arguments first, before anything is installed or started: any other word used to start the full run.
+case "${1:-}" in
+  "") ;;
+  --quick) rounds=1; duration=3; warmup=3 ;;
+  -h | --help)
+    printf '%s\n' "usage: deploy/bench/run.sh [--quick]" \
+      "  (none)   3 interleaved rounds of 10 s per scenario (about 14 minutes)" \
+      "  --quick  1 round of 3 s (smoke run)" \
+      "Installs wrk, redis-server and nginx-light with apt-get when missing (as root); BENCH_UPSTREAM=dotnet uses the .NET upstream."
+    exit 0 ;;
+  *) printf 'unknown argument: %s (usage: deploy/bench/run.sh [--quick], or --help)\n' "$1" >&2; exit 2 ;;
+esac
+cd "$(dirname "$0")/../.."
 threads=2; connections=32
 
 missing=()

@@ -15,7 +15,7 @@ public static class ReasonCodes
     public const string BodyTooLarge = "body_too_large";
 
     /// <summary>
-    /// Not in SPEC §6 (an addition): the request target is not in normal form, so the upstream would receive another
+    /// Not in SPEC §4.3 (an addition): the request target is not in normal form, so the upstream would receive another
     /// path or query than the one hashed and bound (dot segments, percent-encoding the proxy decodes or re-encodes).
     /// </summary>
     public const string RequestAmbiguous = "request_ambiguous";

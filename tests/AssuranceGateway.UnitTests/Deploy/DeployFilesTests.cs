@@ -277,6 +277,48 @@ public sealed partial class DeployFilesTests
         }
     }
 
+    // `run.sh --help` went on as a full 14-minute run (after installing packages as root): only --quick was read.
+    // PATH names an empty folder, so the script can start nothing, install nothing, and must answer from bash alone.
+    [Theory]
+    [InlineData("--help", 0, "usage: deploy/bench/run.sh [--quick]")]
+    [InlineData("-h", 0, "--quick  1 round of 3 s")]
+    [InlineData("--quik", 2, "unknown argument: --quik")]
+    public async Task BenchScript_HelpOrUnknownArgument_AnswersBeforeStartingAnything(string argument, int expectedCode, string expectedText)
+    {
+        var empty = Directory.CreateTempSubdirectory("agw-bench-path-");
+        try
+        {
+            var start = new ProcessStartInfo("/bin/bash") { RedirectStandardOutput = true, RedirectStandardError = true };
+            start.ArgumentList.Add(Path.Combine(Deploy, "bench", "run.sh"));
+            start.ArgumentList.Add(argument);
+            start.Environment["PATH"] = empty.FullName;
+
+            using var process = Process.Start(start)!;
+            var stdout = process.StandardOutput.ReadToEndAsync();
+            var stderr = process.StandardError.ReadToEndAsync();
+            using (var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
+            {
+                try
+                {
+                    await process.WaitForExitAsync(timeout.Token);
+                }
+                catch (OperationCanceledException)
+                {
+                    process.Kill(entireProcessTree: true);
+                    await process.WaitForExitAsync();
+                }
+            }
+
+            var output = await stdout + await stderr;
+            Assert.True(process.ExitCode == expectedCode, $"exit {process.ExitCode}:\n{output}");
+            Assert.Contains(expectedText, output, StringComparison.Ordinal);
+        }
+        finally
+        {
+            empty.Delete(recursive: true);
+        }
+    }
+
     private static bool OnPath(string program) =>
         (Environment.GetEnvironmentVariable("PATH") ?? string.Empty).Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries)
             .Any(dir => File.Exists(Path.Combine(dir, program)));
