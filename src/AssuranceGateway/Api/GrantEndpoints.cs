@@ -48,6 +48,19 @@ internal static class GrantEndpoints
             return;
         }
 
+        // The body can take minutes to arrive: a reload applied meanwhile decides the rest, and one that removed the key of
+        // the caller's token from a JWKS file refuses the caller here, before any grant is created.
+        if (Services(context).Runtime is var now && !ReferenceEquals(now, runtime))
+        {
+            runtime = now;
+            if (await ApiCaller.AuthenticateAsync(context, runtime, ApiScopes.Grant).ConfigureAwait(false) is not { } again)
+            {
+                return;
+            }
+
+            caller = again;
+        }
+
         var draft = GrantRequestValidator.Validate(body, caller, runtime.Settings, time.GetUtcNow());
         if (draft.Grant is not { } grant)
         {

@@ -292,6 +292,16 @@ public sealed partial class AssuranceMiddleware
             return;
         }
 
+        // A reload applied since this request was routed (its body can take minutes to arrive) may have revoked what vouched
+        // for it: checked again before any grant is used or requested.
+        if (_config.Current is var now && !ReferenceEquals(now, runtime)
+            && await NoLongerTrustedAsync(context, now, policy, workload, origin, aborted).ConfigureAwait(false) is { } revoked)
+        {
+            decision.Reason = revoked.Reason;
+            decision.Detail = revoked.Detail;
+            return;
+        }
+
         // Step 5: the grant id.
         if (ids.Count == 0)
         {
@@ -370,6 +380,39 @@ public sealed partial class AssuranceMiddleware
                 _ => null,
             };
         }
+    }
+
+    /// <summary>
+    /// Why the configuration in force now (<paramref name="now"/>) no longer accepts the credentials this request was
+    /// decided with, or null. A request is decided by the generation YARP routed it with, and it may wait on its body for
+    /// minutes: a reload applied meanwhile that removed the key of its token or workload JWT from a JWKS file, the CA of
+    /// its certificate from ClientCaFile, or the proxy its origin was taken from from TrustedProxies revokes them for this
+    /// request too, before its grant is used. This can only refuse: the policy stays the request's own generation's.
+    /// </summary>
+    private static async ValueTask<(string Reason, string Detail)?> NoLongerTrustedAsync(
+        HttpContext context, GatewayRuntime now, AssurancePolicy policy, WorkloadIdentity? workload, IPAddress? origin, CancellationToken aborted)
+    {
+        const string Since = "no longer trusted by the configuration applied while this request was read";
+        var check = BearerToken(context.Request, out _) is { } bearer
+            ? await now.AccessTokens.ValidateAsync(bearer, aborted).ConfigureAwait(false)
+            : TokenCheck.Fail("no access token");
+        if (check.Token is not { } token)
+        {
+            return (ReasonCodes.TokenInvalid, $"the access token is {Since}: {check.Failure}");
+        }
+
+        if (policy.NeedsWorkload)
+        {
+            var again = await now.Workloads.ResolveAsync(context, token, aborted).ConfigureAwait(false);
+            if (again.Identity is not { } identity || !string.Equals(identity.Id, workload?.Id, StringComparison.Ordinal))
+            {
+                return (ReasonCodes.WorkloadInvalid, $"the workload identity is {Since}: {again.Detail ?? "it names another workload now"}");
+            }
+        }
+
+        return Equals(OriginResolver.Resolve(context, now.Settings.Workload.TrustedProxies), origin)
+            ? null
+            : (ReasonCodes.OriginMismatch, $"the network origin is {Since} (Workload:TrustedProxies changed)");
     }
 
     /// <summary>

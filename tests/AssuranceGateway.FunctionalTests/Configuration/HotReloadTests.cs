@@ -1,4 +1,5 @@
 using System.Net;
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using AssuranceGateway.Testing;
@@ -345,6 +346,123 @@ public sealed class HotReloadTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.Unauthorized, await SendAsync("/status", _gateway.Idp.Token()));
         Assert.Equal(1, _gateway.Upstream.Count);
         Assert.Contains(_gateway.Logs.Lines, l => l.Contains("[103]", StringComparison.Ordinal) && l.Contains("holds no signing key", StringComparison.Ordinal));
+    }
+
+    // A request is decided by the generation it was routed with, and may wait on its body for minutes. A key removed from
+    // the JWKS file while such a request waited was still trusted for it: its grant was used and it reached the upstream
+    // after the revocation was in force.
+    [Fact]
+    public async Task Reload_KeyRemovedWhileARequestBodyIsRead_GrantNotUsedNothingForwarded()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(GrantHelpers.DeployGrant(token));
+        using var rotated = new TestIssuer(_gateway.Idp.Issuer, _gateway.Directory, "k2");
+        using var client = GatedBody.Client(_gateway.ProxyAddress);
+        using var request = GrantHelpers.DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _);
+
+        using var response = await new GatedBody(Encoding.UTF8.GetBytes(GrantHelpers.ReleaseBody)).SendHeldAsync(client, request, async () =>
+            Assert.True(await _gateway.ReplaceKeyFileAsync(_gateway.Idp.JwksPath, await File.ReadAllTextAsync(rotated.JwksPath)), Refusals()));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal("token_invalid", await response.ReasonAsync());
+        Assert.Empty(_gateway.Upstream.Received);
+        using var read = new HttpRequestMessage(HttpMethod.Get, $"/assurance/v1/grants/{id}");
+        read.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", rotated.ApiToken()); // the old key is gone
+        using var grant = JsonDocument.Parse(await (await _gateway.Api.SendAsync(read)).EnsureSuccessStatusCode().Content.ReadAsStringAsync());
+        Assert.Equal(1, grant.RootElement.GetProperty("usesRemaining").GetInt32());
+    }
+
+    // The same for the API: a caller authenticated before its key was removed, whose grant request body arrives after
+    // the removal is in force, created the grant.
+    [Fact]
+    public async Task Reload_KeyRemovedWhileAGrantRequestBodyIsRead_NoGrantCreated()
+    {
+        using var rotated = new TestIssuer(_gateway.Idp.Issuer, _gateway.Directory, "k2");
+        using var client = GatedBody.Client(_gateway.ApiAddress);
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/assurance/v1/grants");
+        request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", _gateway.Idp.ApiToken());
+        var grant = Encoding.UTF8.GetBytes(GrantHelpers.DeployGrant(_gateway.Idp.Token()).ToJsonString());
+
+        using var response = await new GatedBody(grant).SendHeldAsync(client, request, async () =>
+            Assert.True(await _gateway.ReplaceKeyFileAsync(_gateway.Idp.JwksPath, await File.ReadAllTextAsync(rotated.JwksPath)), Refusals()));
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal("token_invalid", await response.ReasonAsync());
+        Assert.Empty(_gateway.Upstream.Received);
+    }
+
+    [Fact]
+    public async Task Reload_WorkloadKeyRemovedWhileARequestBodyIsRead_GrantNotUsedNothingForwarded()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(GrantHelpers.DeployGrant(token));
+        using var rotated = new TestIssuer(_gateway.WorkloadIssuer.Issuer, _gateway.Directory, "w2");
+        using var client = GatedBody.Client(_gateway.ProxyAddress);
+        using var request = GrantHelpers.DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _);
+
+        using var response = await new GatedBody(Encoding.UTF8.GetBytes(GrantHelpers.ReleaseBody)).SendHeldAsync(client, request, async () =>
+            Assert.True(await _gateway.ReplaceKeyFileAsync(_gateway.WorkloadIssuer.JwksPath, await File.ReadAllTextAsync(rotated.JwksPath)), Refusals()));
+
+        Assert.NotEqual(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal("workload_invalid", await response.ReasonAsync());
+        Assert.Empty(_gateway.Upstream.Received);
+        Assert.Equal(1, (await _gateway.GetGrantAsync(id)).GetProperty("usesRemaining").GetInt32());
+    }
+
+    // Loopback plays the proxy: trusted, its X-Forwarded-For names the client the grant is bound to. Removed from
+    // TrustedProxies while the request waits on its body, the forwarded address it vouched for is no longer believed.
+    [Fact]
+    public async Task Reload_TrustedProxyRemovedWhileARequestBodyIsRead_ForwardedOriginNoLongerBelievedGrantNotUsed()
+    {
+        static JsonObject WithOriginRoute(JsonObject config, params string[] trustedProxies)
+        {
+            config["ReverseProxy"]!["Routes"]!["backup"] = TestConfig.Route("/backup/{**rest}", "origin-bound");
+            config["Assurance"]!["Policies"]!["origin-bound"] = new JsonObject { ["Bind"] = new JsonArray("subject", "origin", "request") };
+            config["Assurance"]!["Workload"]!["TrustedProxies"] = new JsonArray([.. trustedProxies.Select(p => (JsonNode)p)]);
+            return config;
+        }
+
+        Assert.True(await _gateway.ReloadAsync(WithOriginRoute(_gateway.DefaultConfig(), "127.0.0.1/32")), Refusals());
+        var id = await _gateway.CreateGrantAsync(new JsonObject
+        {
+            ["route"] = "backup",
+            ["subject"] = "alice",
+            ["origin"] = new JsonArray("203.0.113.7"),
+            ["request"] = new JsonObject { ["method"] = "POST", ["path"] = "/backup/run", ["body"] = Convert.ToBase64String("{}"u8.ToArray()) },
+            ["maxUses"] = 1,
+        });
+        using var client = GatedBody.Client(_gateway.ProxyAddress);
+        using var request = GatewayHarness.Request(HttpMethod.Post, "/backup/run", _gateway.Idp.Token(), out _);
+        request.Headers.TryAddWithoutValidation("Assurance-Id", id);
+        request.Headers.TryAddWithoutValidation("X-Forwarded-For", "203.0.113.7");
+
+        using var response = await new GatedBody("{}"u8.ToArray()).SendHeldAsync(client, request, async () =>
+            Assert.True(await _gateway.ReloadAsync(WithOriginRoute(_gateway.DefaultConfig())), Refusals()));
+
+        Assert.NotEqual(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal("origin_mismatch", await response.ReasonAsync());
+        Assert.Empty(_gateway.Upstream.Received);
+        Assert.Equal(1, (await _gateway.GetGrantAsync(id)).GetProperty("usesRemaining").GetInt32());
+    }
+
+    // The other side: a reload that revokes nothing this request relies on leaves it alone (it is not refused for
+    // having crossed a reload), and it is decided by the policy it was routed with.
+    [Fact]
+    public async Task Reload_UnrelatedChangeWhileARequestBodyIsRead_RequestAllowedOnce()
+    {
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(GrantHelpers.DeployGrant(token));
+        using var client = GatedBody.Client(_gateway.ProxyAddress);
+        using var request = GrantHelpers.DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _);
+        var config = _gateway.DefaultConfig();
+        config["ReverseProxy"]!["Routes"]!["status"]!["Metadata"]!["AssurancePolicy"] = "passthrough";
+
+        using var response = await new GatedBody(Encoding.UTF8.GetBytes(GrantHelpers.ReleaseBody)).SendHeldAsync(client, request, async () =>
+            Assert.True(await _gateway.ReloadAsync(config), Refusals()));
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal(GrantHelpers.ReleaseBody, Encoding.UTF8.GetString(Assert.Single(_gateway.Upstream.Received).Body));
+        Assert.Equal(0, (await _gateway.GetGrantAsync(id)).GetProperty("usesRemaining").GetInt32());
     }
 
     [Fact]
