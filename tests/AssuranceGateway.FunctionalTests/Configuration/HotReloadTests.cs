@@ -219,6 +219,20 @@ public sealed class HotReloadTests : IAsyncLifetime
         await AssertOriginalConfigurationInForceAsync();
     }
 
+    [Theory]
+    [InlineData("{}")]
+    [InlineData("""{ "ReverseProxy": { "Routes": {} } }""")]
+    public async Task Reload_NoRoutesLeft_RefusedLoggedLastGoodStays(string file)
+    {
+        // A file truncated to "{}" (or emptied by a parse racing a reload) parses and used to be applied: every protected
+        // API a 404, and that the "last good" configuration from then on.
+        Assert.False(await _gateway.ReloadRawAsync(file));
+
+        var refusal = Assert.Single(_gateway.RefusedReloads());
+        Assert.Contains("ReverseProxy:Routes: no routes: the gateway would forward nothing", refusal, StringComparison.Ordinal);
+        await AssertOriginalConfigurationInForceAsync();
+    }
+
     [Fact]
     public async Task Reload_InvalidJson_RefusedLoggedLastGoodStays()
     {

@@ -282,6 +282,10 @@ public sealed partial class ConfigSchemaTests
         ["Assurance:Workload:Issuers:0:Issuer"] = "spiffe://prod.example",
         ["Assurance:Workload:Issuers:0:JwksUri"] = "https://spire.example/jwks.json",
         ["Assurance:Workload:Audience"] = "gateway",
+        ["ReverseProxy:Routes:r:ClusterId"] = "c",
+        ["ReverseProxy:Routes:r:Match:Path"] = "/{**rest}",
+        ["ReverseProxy:Routes:r:Metadata:AssurancePolicy"] = "passthrough",
+        ["ReverseProxy:Clusters:c:Destinations:d:Address"] = "http://127.0.0.1:5001",
     };
 
     /// <summary>

@@ -326,6 +326,14 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     }
 
     [Fact]
+    public void Compile_NoRoutes_Refused()
+    {
+        AssertProblems(
+            c => ((JsonObject)c["ReverseProxy"]!).Remove("Routes"),
+            "ReverseProxy:Routes: no routes: the gateway would forward nothing (is this the gateway's file?)");
+    }
+
+    [Fact]
     public void Compile_IssuerWithoutName_Refused()
     {
         AssertProblems(c => Issuer(c).Remove("Issuer"), $"{IssuerPath}:Issuer: missing");
