@@ -173,6 +173,24 @@ public sealed class ChallengeWorkflowTests : IAsyncLifetime
         Assert.Equal("workload_mismatch", await otherWorkload.ReasonAsync());
     }
 
+    // A challenge-created grant is bound to the subject that asked (the approver is shown who asks, SPEC §5.3), also on a
+    // policy whose Bind does not name subject: another caller with the same workload, claims and request cannot use it.
+    [Fact]
+    public async Task Challenge_ApprovedGrantPresentedByAnotherSubject_SubjectMismatchNothingForwarded()
+    {
+        void Prod(JsonObject c) => c["environment"] = "prod";
+        var grantId = await ChallengeAsync(Call(HttpMethod.Post, "/claimed/run", _gateway.Idp.Token("alice"), null, svidClaims: Prod));
+        await ApproveAsync(grantId);
+
+        using var stolen = await _gateway.Proxy.SendAsync(
+            Call(HttpMethod.Post, "/claimed/run", _gateway.Idp.Token("mallory"), grantId, svidClaims: Prod));
+
+        Assert.Equal(HttpStatusCode.Forbidden, stolen.StatusCode);
+        Assert.Equal("subject_mismatch", await stolen.ReasonAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        Assert.Equal(1, (await _gateway.GetGrantAsync(grantId)).GetProperty("usesRemaining").GetInt32());
+    }
+
     // Policy tightened to two approvers while a challenge waits: the approval is judged against the policy in force now,
     // its quorum as well as the approver's AAL and the active window, so one approver no longer activates it.
     [Fact]

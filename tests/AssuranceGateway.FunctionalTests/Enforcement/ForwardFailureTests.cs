@@ -86,6 +86,40 @@ public sealed class ForwardFailureTests(ITestOutputHelper output) : IAsyncLifeti
     }
 
     /// <summary>
+    /// Shadow mode writes nothing and spends nothing: when the forward of a shadow request that names a grant fails, the
+    /// grant's record gets no forward_failed event (no use was spent to fail) and the client is not told that an
+    /// approval's use was spent: it gets the proxy's own 502.
+    /// </summary>
+    [Fact]
+    public async Task Shadow_UpstreamUnreachable_GrantRecordUntouchedAndNoUseClaimedSpent()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(redis: _redis.ConnectionString, configure: c =>
+        {
+            c["ReverseProxy"]!["Routes"]!.AsObject()["shadowed"] = TestConfig.Route("/shadowed/{**rest}", "shadow-approval");
+            c["Assurance"]!["Policies"]!.AsObject()["shadow-approval"] = new JsonObject
+            {
+                ["Bind"] = new JsonArray("token", "workload", "request"),
+                ["Mode"] = "shadow",
+                ["BoundHeaders"] = new JsonArray("content-type"),
+            };
+        });
+        var token = gateway.Idp.Token();
+        var grant = DeployGrant(token, path: "/shadowed/v1/releases");
+        grant["route"] = "shadowed";
+        var id = await gateway.CreateGrantAsync(grant);
+        await gateway.Upstream.DisposeAsync();
+
+        using var response = await gateway.Proxy.SendAsync(DeployRequest(token, gateway.WorkloadIssuer.Svid(), id, out var trace, path: "/shadowed/v1/releases"));
+
+        Assert.Equal(HttpStatusCode.BadGateway, response.StatusCode);
+        Assert.NotEqual("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        Assert.Equal("allow", Assert.Single(gateway.Spans.Enforce(trace)).GetTagItem("assurance.decision"));
+        var record = JsonNode.Parse((await gateway.GetGrantAsync(id)).GetRawText())!;
+        Assert.Equal(1, (int)record["usesRemaining"]!);
+        Assert.Equal(["created", "approved"], record["events"]!.AsArray().Select(e => (string?)e!["type"]));
+    }
+
+    /// <summary>
     /// The client goes away while its consume is in Redis (a slow store, under Store:Timeout): the consume succeeds (it
     /// is deliberately not cancellable), the forwarder then does not send the aborted request, and the grant's record
     /// said 'used' for an action the upstream never received, with nothing that said otherwise.

@@ -593,6 +593,29 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         Assert.Equal(0, _gateway.Upstream.Count);
     }
 
+    [Fact]
+    public async Task Use_AssuranceIdHeaderRepeated_400AssuranceMalformedAndNoGrantSpent()
+    {
+        // Two Assurance-Id header lines, the first naming a grant that matches this exact request: which one the caller
+        // means is not for the gateway to guess (SPEC §2 step 5), so neither is used.
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
+        var other = await _gateway.CreateGrantAsync(DeployGrant(token));
+
+        var (status, problem) = await SendRawDeployAsync("/deploy/v1/releases", token, id, extraHeaders: $"Assurance-Id: {other}\r\nConnection: close\r\n");
+
+        Assert.Equal(400, status);
+        Assert.Equal("assurance_malformed", problem.GetProperty("reason").GetString());
+        Assert.Equal(0, _gateway.Upstream.Count);
+        // Neither grant was the one named: neither record changes (no use, no denial on either).
+        foreach (var named in new[] { id, other })
+        {
+            var record = await _gateway.GetGrantAsync(named);
+            Assert.Equal(1, record.GetProperty("usesRemaining").GetInt32());
+            Assert.Equal(["created", "approved"], record.GetProperty("events").EnumerateArray().Select(e => e.GetProperty("type").GetString()));
+        }
+    }
+
     /// <summary>HttpClient would normalise the target (dot segments, escapes): this request is written by hand.</summary>
     private async Task<(int Status, System.Text.Json.JsonElement Problem)> SendRawDeployAsync(
         string target, string token, string grantId, string method = "POST", string body = ReleaseBody, string extraHeaders = "", string? chunked = null,

@@ -602,6 +602,19 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         Assert.Equal(ReasonCodes.Ok, (await Store.ConsumeAsync(Matching(grant) with { Session = string.Empty }, default)).Reason);
     }
 
+    [Fact]
+    public async Task ConsumeAsync_SubjectlessGrant_OnlyAnApproverItselfIsSelfApproval()
+    {
+        // SPEC §5.1 four eyes on a grant without a subject: the approver "bobby" may not use it; "bob", whose name is only
+        // a part of an approver's, may.
+        var grant = NewGrant() with { Subject = null, Approvers = ["bobby", "ops-bob"] };
+        await CreateAsync(grant);
+        var request = Matching(grant) with { Required = AllBindings & ~Bindings.Subject };
+
+        Assert.Equal(ReasonCodes.SelfApproval, (await Store.ConsumeAsync(request with { Subject = "bobby" }, default)).Reason);
+        Assert.Equal(ReasonCodes.Ok, (await Store.ConsumeAsync(request with { Subject = "bob" }, default)).Reason);
+    }
+
     // ---------------------------------------------------------------- RevokeOn
 
     [Fact]

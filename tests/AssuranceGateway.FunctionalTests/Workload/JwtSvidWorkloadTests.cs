@@ -1,4 +1,5 @@
 using System.Net;
+using System.Text;
 using System.Text.Json.Nodes;
 using AssuranceGateway.Testing;
 using static AssuranceGateway.Testing.GrantHelpers;
@@ -37,6 +38,7 @@ public sealed class JwtSvidWorkloadTests
     [Theory]
     [InlineData("x509:sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")] // the mtls source's thumbprint identities
     [InlineData("spiffe://prod.test")]                                                             // a trust domain, no workload
+    [InlineData("spiffe://prod.test/")]                                                            // the same with a trailing slash
     [InlineData("deployer")]
     public async Task JwtSvid_SubNotASpiffeIdOfItsTrustDomain_WorkloadInvalid(string subject)
     {
@@ -49,6 +51,27 @@ public sealed class JwtSvidWorkloadTests
         Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
         Assert.Equal("workload_invalid", await response.ReasonAsync());
         Assert.Equal(0, gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task JwtSvid_TwoWorkloadIdentityHeaderLines_WorkloadInvalidNothingForwarded()
+    {
+        // Which of two workload JWTs speaks for the caller is not for the gateway to pick: the first line is the deployer's
+        // own (the one the grant binds), the second another workload's.
+        await using var gateway = await GatewayHarness.StartAsync(configure: c => c["Assurance"]!["Workload"]!["Sources"] = new JsonArray("header"));
+        var token = gateway.Idp.Token();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token));
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+        var head = $"POST /deploy/v1/releases HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\n"
+            + $"Workload-Identity: {gateway.WorkloadIssuer.Svid()}\r\nWorkload-Identity: {gateway.WorkloadIssuer.Svid(OtherWorkload)}\r\n"
+            + $"Assurance-Id: {id}\r\nContent-Type: application/json\r\nContent-Length: {body.Length}\r\nConnection: close\r\n";
+
+        var (status, content) = await RawHttp.SendAsync(gateway.ProxyAddress, head, body);
+
+        Assert.Equal(401, status);
+        Assert.Contains("\"reason\":\"workload_invalid\"", content, StringComparison.Ordinal);
+        Assert.Equal(0, gateway.Upstream.Count);
+        Assert.Equal(1, (await gateway.GetGrantAsync(id)).GetProperty("usesRemaining").GetInt32());
     }
 
     [Fact]

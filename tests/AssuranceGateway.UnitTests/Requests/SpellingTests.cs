@@ -36,6 +36,7 @@ public sealed class SpellingTests
     [InlineData("env=prod")]
     [InlineData("env=prod&v=1;env=staging")]
     [InlineData("v=1;env=staging;env=prod&x=1")]   // one '&' pair: its order is part of the hash
+    [InlineData("env=prod&env=prod")]              // the same pair twice: either order is the one request the hash stands for
     public void RepeatedNameOutOfOrder_CanonicalOrder_Accepted(string query) =>
         Assert.Null(CanonicalRequest.RepeatedNameOutOfOrder(query));
 
