@@ -31,26 +31,6 @@ public sealed class GatewayConfigFile
     {
         var path = current["config"] ?? current[EnvironmentVariable] ?? DefaultPath;
         var file = new GatewayConfigFile(Path.GetFullPath(path, contentRoot));
-        var source = new JsonConfigurationSource
-        {
-            Path = Path.GetFileName(file.FullPath),
-            Optional = true,
-            ReloadOnChange = true,
-            ReloadDelay = 200,
-            OnLoadException = context =>
-            {
-                file._loadError = Describe(context.Exception);
-                context.Ignore = true;
-            },
-        };
-        var directory = Path.GetDirectoryName(file.FullPath)!;
-        if (!Directory.Exists(directory))
-        {
-            return file; // LoadError reports the missing file; there is nothing to watch.
-        }
-
-        source.FileProvider = new DirectoryFiles(directory);
-
         var sources = builder.Sources;
 
         // The gateway reads one file. The host's default appsettings.json and appsettings.{Environment}.json in the
@@ -65,6 +45,12 @@ public sealed class GatewayConfigFile
             }
         }
 
+        var directory = Path.GetDirectoryName(file.FullPath)!;
+        if (!Directory.Exists(directory))
+        {
+            return file; // LoadError reports the missing file; there is nothing to watch.
+        }
+
         var index = sources.Count;
         for (var i = 0; i < sources.Count; i++)
         {
@@ -75,7 +61,7 @@ public sealed class GatewayConfigFile
         }
 
         // Insert before the last environment-variable source, so env vars and then the command line still win.
-        sources.Insert(index, new TrackingSource(source, file));
+        sources.Insert(index, new TrackingSource(file, directory));
         return file;
     }
 
@@ -95,10 +81,27 @@ public sealed class GatewayConfigFile
         return ReferenceEquals(innermost, outer) ? outer.Message : $"{outer.Message.TrimEnd('.')}: {innermost.Message}";
     }
 
-    /// <summary>Clears the recorded error after each successful parse so a fixed file is accepted again.</summary>
-    private sealed class TrackingSource(JsonConfigurationSource inner, GatewayConfigFile file) : IConfigurationSource
+    /// <summary>
+    /// The file as a JSON source that clears the recorded error after each successful parse, so a fixed file is accepted
+    /// again. Each provider built (the configuration rebuilds them when its sources change) watches the directory with a
+    /// watcher of its own and closes it when the configuration is disposed: an inotify instance is a per-user resource
+    /// (128 by default), and a watcher left open outlives everything that used it.
+    /// </summary>
+    private sealed class TrackingSource(GatewayConfigFile file, string directory) : IConfigurationSource
     {
-        public IConfigurationProvider Build(IConfigurationBuilder builder) => new TrackingProvider(inner, file);
+        public IConfigurationProvider Build(IConfigurationBuilder builder) => new TrackingProvider(new JsonConfigurationSource
+        {
+            Path = Path.GetFileName(file.FullPath),
+            Optional = true,
+            ReloadOnChange = true,
+            ReloadDelay = 200,
+            OnLoadException = context =>
+            {
+                file._loadError = Describe(context.Exception);
+                context.Ignore = true;
+            },
+            FileProvider = new DirectoryFiles(directory),
+        }, file);
     }
 
     private sealed class TrackingProvider(JsonConfigurationSource source, GatewayConfigFile file) : JsonConfigurationProvider(source)
@@ -112,6 +115,15 @@ public sealed class GatewayConfigFile
         {
             base.Load(stream);
             file._loadError = null;
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+            base.Dispose(disposing);
+            if (disposing)
+            {
+                (Source.FileProvider as IDisposable)?.Dispose();
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 using System.Globalization;
 using AssuranceGateway.Configuration;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Primitives;
 
 namespace AssuranceGateway.UnitTests.Configuration;
@@ -103,6 +104,25 @@ public sealed class DirectoryFilesTests : IDisposable
         var watched = WatchedInodes();
         Assert.Contains(Inodes([_directory]).Single(), watched);
         Assert.Empty(inodes.Intersect(watched));
+    }
+
+    [Fact]
+    public void ConfigFile_ConfigurationDisposed_DirectoryNoLongerWatched()
+    {
+        // Each watcher is an inotify instance, of which a user has 128 by default: one left open per configuration that
+        // was built (every test gateway, every host) exhausted them within one test run.
+        var path = Path.Combine(_directory, "gateway.json");
+        File.WriteAllText(path, "{}");
+        var builder = new ConfigurationBuilder();
+        var arguments = new ConfigurationBuilder().AddInMemoryCollection([new("config", path)]).Build();
+        GatewayConfigFile.Add(builder, arguments, _directory);
+        var configuration = (ConfigurationRoot)builder.Build();
+        var inode = Inodes([_directory]).Single();
+        Assert.Contains(inode, WatchedInodes());
+
+        configuration.Dispose();
+
+        Assert.DoesNotContain(inode, WatchedInodes());
     }
 
     private static async Task<bool> FiredAsync(IChangeToken token)
