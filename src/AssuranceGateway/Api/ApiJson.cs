@@ -16,6 +16,11 @@ internal static class ApiJson
         // Unknown members are refused: a misspelt binding must not silently produce an unbound grant.
         options.UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow;
         options.AllowDuplicateProperties = false;
+        // The JSON is camelCase with numbers as numbers, and read as written: the Web defaults took "MaxUses": 20 or
+        // "maxUses": "20" too, which another reader of the same request (a change ticket, a policy check on the body)
+        // sees as no maxUses at all, one use, while the gateway issued twenty.
+        options.PropertyNameCaseInsensitive = false;
+        options.NumberHandling = JsonNumberHandling.Strict;
         options.Converters.Add(new InstantConverter());
     }
 

@@ -81,9 +81,18 @@ public sealed record GrantView(
         g.DroppedEvents);
 }
 
-/// <summary>One entry of GET /assurance/v1/grants?status=pending: what an approver must see to decide.</summary>
+/// <summary>
+/// One entry of GET /assurance/v1/grants?status=pending: what an approver must see to decide, the breadth the first
+/// approver gave an API grant included (its uses, the window's opening, the networks it may be used from).
+/// </summary>
 public sealed record PendingGrantView(
     string Id, string Route, string? Method, string? Path, string? Query, string? Subject, string? Workload, string? Reason, string? RequestHash,
-    int ApprovalsRemaining, IReadOnlyList<string> Approvers, DateTimeOffset CreatedAt, DateTimeOffset ExpiresAt);
+    int ApprovalsRemaining, IReadOnlyList<string> Approvers, DateTimeOffset CreatedAt, DateTimeOffset ExpiresAt,
+    int MaxUses, DateTimeOffset? NotBefore, IReadOnlyList<string> Origin)
+{
+    public static PendingGrantView From(GrantRecord g) => new(
+        g.Id, g.Route, g.Method, g.Path, g.Query, g.Subject, g.Workload, g.Reason, g.RequestHash,
+        Math.Max(0, g.ApprovalsRequired - g.Approvers.Count), g.Approvers, g.CreatedAt, g.ExpiresAt, g.MaxUses, g.NotBefore, g.Origins);
+}
 
 public sealed record ApproveResponse(string Id, GrantStatus Status, int ApprovalsRemaining);

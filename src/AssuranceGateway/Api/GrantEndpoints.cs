@@ -146,8 +146,7 @@ internal static class GrantEndpoints
             return;
         }
 
-        var views = pending.Take(limit).Select(g => new PendingGrantView(g.Id, g.Route, g.Method, g.Path, g.Query, g.Subject, g.Workload, g.Reason, g.RequestHash,
-            Math.Max(0, g.ApprovalsRequired - g.Approvers.Count), g.Approvers, g.CreatedAt, g.ExpiresAt)).ToList();
+        var views = pending.Take(limit).Select(PendingGrantView.From).ToList();
         await WriteJsonAsync(context, new Dictionary<string, object> { ["grants"] = views, ["truncated"] = pending.Count > limit }).ConfigureAwait(false);
     }
 
@@ -226,6 +225,18 @@ internal static class GrantEndpoints
 
         if (!await StrongEnoughAsync(context, runtime, caller, grant).ConfigureAwait(false))
         {
+            return;
+        }
+
+        // The approvals already given count towards the quorum only if they too meet the policy in force (a reload may have
+        // raised MinimumApprovalAal while the grant waited): the approval AAL is judged when the grant becomes active. The
+        // grant keeps the weakest approval's AAL, not each one's, so it cannot become active: it is issued again.
+        if (grant.Status == GrantStatus.Pending && grant.Approvers.Count > 0 && !grant.Approvers.Contains(caller.Subject)
+            && PolicyOf(runtime, grant)?.MinimumApprovalAal is { } minimum && grant.ApprovalAal < minimum)
+        {
+            await ApiProblems.WriteAsync(context, ReasonCodes.Conflict,
+                $"an approval already given was at AAL {grant.ApprovalAal}, below the {minimum} the policy now requires of approvers: "
+                + "this grant cannot become active; deny it and issue it again").ConfigureAwait(false);
             return;
         }
 

@@ -417,6 +417,119 @@ public sealed class GrantApiTests : IAsyncLifetime
         Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{(int)response.StatusCode}, stored subject '{stored}'");
     }
 
+    // Another reading of the same JSON: a change ticket, a policy check or an approval UI that reads the body as written
+    // (camelCase, numbers as numbers) sees no maxUses (one use) or no number at all, and the gateway issued five uses.
+    // The Web defaults matched member names ignoring case and read numbers from strings.
+    [Theory]
+    [InlineData("MaxUses", "5", "MaxUses: unknown member")]
+    [InlineData("MAXUSES", "5", "MAXUSES: unknown member")]
+    [InlineData("maxUses", "\"5\"", "maxUses: malformed JSON or wrong type")]
+    [InlineData("TtlSeconds", "300", "TtlSeconds: unknown member")]
+    [InlineData("ttlSeconds", "\"300\"", "ttlSeconds: malformed JSON or wrong type")]
+    public async Task Create_MemberSpelledOtherThanCamelCaseOrNumberAsString_400NotReadAnyway(string member, string value, string detail)
+    {
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant.Remove("maxUses");
+        grant.Remove("ttlSeconds");
+        grant[member] = JsonNode.Parse(value);
+
+        using var response = await _gateway.PostGrantAsync(grant);
+
+        var issued = response.StatusCode == HttpStatusCode.Created
+            ? $", issued with {(await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("usesRemaining").GetInt32()} uses"
+            : string.Empty;
+        Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{(int)response.StatusCode}{issued}");
+        Assert.Equal(detail, (await response.ProblemAsync()).GetProperty("detail").GetString());
+    }
+
+    // The pending list is what a second approver decides from (README: agw grant list, then agw grant approve). It named
+    // the action, its subject and its expiry, but not how broad the first approver made it: twenty uses instead of one,
+    // a window that opens in a week, the networks it may be used from.
+    [Fact]
+    public async Task ListPending_GrantAwaitingASecondApprover_ShowsItsUsesWindowAndOrigins()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(configure: c =>
+        {
+            c["ReverseProxy"]!["Routes"]!.AsObject()["breakglass"] = TestConfig.Route("/breakglass/{**rest}", "two-person");
+            c["Assurance"]!["Policies"]!.AsObject()["two-person"] = new JsonObject
+            {
+                ["Bind"] = new JsonArray("subject", "origin", "request"),
+                ["Approvals"] = 2,
+                ["MinimumApprovalAal"] = 2,
+                ["MaxUses"] = 20,
+                ["MaxTtl"] = "01:00:00",
+            };
+        });
+        var opens = new DateTimeOffset(DateTime.UtcNow.Date.AddDays(7).AddHours(9), TimeSpan.Zero);
+        var id = await gateway.CreateGrantAsync(new JsonObject
+        {
+            ["route"] = "breakglass",
+            ["subject"] = "oncall",
+            ["origin"] = new JsonArray("10.20.0.0/16"),
+            ["request"] = new JsonObject { ["method"] = "POST", ["path"] = "/breakglass/db-7/shell" },
+            ["maxUses"] = 20,
+            ["ttlSeconds"] = 3600,
+            ["notBefore"] = opens.ToString("O", System.Globalization.CultureInfo.InvariantCulture),
+            ["reason"] = "INC-42",
+        }, gateway.Idp.ApiToken("lead-1"));
+        using var list = new HttpRequestMessage(HttpMethod.Get, "/assurance/v1/grants?status=pending");
+        list.Headers.Authorization = new AuthenticationHeaderValue("Bearer", gateway.Idp.ApiToken("lead-2"));
+
+        using var response = await gateway.Api.SendAsync(list);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var entry = Assert.Single((await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("grants").EnumerateArray());
+        Assert.Equal(id, entry.GetProperty("id").GetString());
+        Assert.True(entry.TryGetProperty("maxUses", out var uses), entry.GetRawText());
+        Assert.Equal(20, uses.GetInt32());
+        Assert.True(entry.TryGetProperty("notBefore", out var notBefore), entry.GetRawText());
+        Assert.Equal(opens, notBefore.GetDateTimeOffset());
+        Assert.True(entry.TryGetProperty("origin", out var origin), entry.GetRawText());
+        Assert.Equal(["10.20.0.0/16"], origin.EnumerateArray().Select(o => o.GetString()!).ToArray());
+    }
+
+    // MinimumApprovalAal raised at reload while a two-person grant waits. The second approver is judged by the policy in
+    // force, but the creator's approval at AAL 2 still counted: the grant became active, approvalAal 2, under a policy
+    // that demands 3 of "the approver's token when the grant became active" (SPEC §3), and the break-glass shell ran.
+    [Fact]
+    public async Task Approve_AfterReloadRaisedMinimumApprovalAal_EarlierWeakerApprovalDoesNotActivate()
+    {
+        static void TwoPerson(JsonObject c, int approvalAal)
+        {
+            c["ReverseProxy"]!["Routes"]!.AsObject()["breakglass"] = TestConfig.Route("/breakglass/{**rest}", "two-person");
+            c["Assurance"]!["Policies"]!.AsObject()["two-person"] = new JsonObject
+            {
+                ["Bind"] = new JsonArray("subject", "request"),
+                ["Approvals"] = 2,
+                ["MinimumApprovalAal"] = approvalAal,
+            };
+        }
+
+        await using var gateway = await GatewayHarness.StartAsync(configure: c => TwoPerson(c, 2));
+        var id = await gateway.CreateGrantAsync(new JsonObject
+        {
+            ["route"] = "breakglass",
+            ["subject"] = "oncall",
+            ["request"] = new JsonObject { ["method"] = "POST", ["path"] = "/breakglass/db-7/shell" },
+        }, gateway.Idp.ApiToken("lead-1", acr: "urn:aal2"));
+        var config = gateway.DefaultConfig();
+        TwoPerson(config, 3);
+        Assert.True(await gateway.ReloadAsync(config), string.Join(Environment.NewLine, gateway.RefusedReloads()));
+        using var approve = new HttpRequestMessage(HttpMethod.Post, $"/assurance/v1/grants/{id}/approve");
+        approve.Headers.Authorization = new AuthenticationHeaderValue("Bearer", gateway.Idp.ApiToken("lead-2", acr: "urn:aal3"));
+
+        using var approved = await gateway.Api.SendAsync(approve);
+        using var shell = GatewayHarness.Request(HttpMethod.Post, "/breakglass/db-7/shell", gateway.Idp.Token("oncall"), out _);
+        shell.Headers.TryAddWithoutValidation("Assurance-Id", id);
+        using var used = await gateway.Proxy.SendAsync(shell);
+
+        Assert.Equal(0, gateway.Upstream.Count);
+        Assert.Equal("grant_pending", await used.ReasonAsync());
+        Assert.Equal(HttpStatusCode.Conflict, approved.StatusCode);
+        Assert.Contains("AAL 2", (await approved.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+        Assert.Equal("pending", (await gateway.GetGrantAsync(id)).GetProperty("status").GetString());
+    }
+
     [Fact]
     public async Task Challenge_ApprovedGrant_LivesNoLongerThanPolicyMaxTtl()
     {
