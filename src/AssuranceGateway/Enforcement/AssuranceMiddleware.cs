@@ -33,6 +33,7 @@ public sealed partial class AssuranceMiddleware
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
     private readonly IEvidenceSigner? _signer;
+    private readonly Microsoft.AspNetCore.Routing.IInlineConstraintResolver _constraints;
 
     public AssuranceMiddleware(
         RequestDelegate next,
@@ -40,8 +41,10 @@ public sealed partial class AssuranceMiddleware
         IGrantStore store,
         TimeProvider time,
         ILogger<AssuranceMiddleware> logger,
+        Microsoft.AspNetCore.Routing.IInlineConstraintResolver constraints,
         IEvidenceSigner? signer = null)
     {
+        _constraints = constraints;
         _next = next;
         _config = config;
         _store = store;
@@ -72,14 +75,13 @@ public sealed partial class AssuranceMiddleware
         };
         context.Features.Set(decision);
 
-        // Refused on every route, whatever its policy or mode: the request would reach another path than the one routed.
-        // (PathBase never ends in '/' and Path starts with one, so no segment spans the two.)
-        var leavesItsRoute = HasDotSegment(context.Request.PathBase.Value) || HasDotSegment(context.Request.Path.Value);
+        // Refused on every route, whatever its policy or mode: the upstream would act on another path than the one routed.
+        var neverForwarded = TargetNeverForwarded(context, runtime.Settings.Routes, route.RouteId);
+        var leavesItsRoute = neverForwarded is not null;
         if (leavesItsRoute)
         {
             decision.Reason = ReasonCodes.RequestAmbiguous;
-            decision.Detail = "the request target decodes to a path with dot segments ('.' or '..'), which the proxy would remove: the "
-                + "upstream would receive another path than the one this route matched; send the target in origin form, as the upstream should receive it";
+            decision.Detail = neverForwarded;
         }
         else if (policy is null)
         {
@@ -634,28 +636,40 @@ public sealed partial class AssuranceMiddleware
     }
 
     /// <summary>
-    /// True when <paramref name="path"/> (the decoded path routing matched) has a "." or ".." segment. Kestrel removes them
-    /// from an origin-form target, and leaves '%2F' encoded; but it decodes an absolute-form target
+    /// Why the request's target is never forwarded, on any route whatever its policy or mode, or null. The one place that
+    /// says so (README, "How a request is decided"); each case is a path that the gateway routes one way and that the
+    /// upstream, or a common upstream, would serve as another:
+    /// <list type="bullet">
+    /// <item>a segment that some upstream reads as "." or ".." (<see cref="UpstreamPaths.HasDotSegment"/>). Kestrel removes
+    /// dot segments from an origin-form target, but it decodes an absolute-form one
     /// (<c>POST http://host/public/x%2F..%2F..%2Fdeploy HTTP/1.1</c>) with <see cref="Uri"/>, escapes and all, into
-    /// "/public/x/../../deploy": the route of /public matched it, and the forwarder's Uri then removes the dot segments, so
-    /// the upstream received /deploy through a route that checks nothing.
+    /// "/public/x/../../deploy": the route of /public matched it, and the forwarder's Uri then removed the dot segments, so the
+    /// upstream received /deploy through a route that checks nothing. "/public/..;/deploy" (Tomcat, Jetty, Spring),
+    /// "/public/..\deploy" or "/public/..%20/deploy" (IIS) reach /deploy on the upstream the same way;</item>
+    /// <item>a path that common upstreams read as one some other route matches (<see cref="UpstreamPaths.Read"/>): with a
+    /// passthrough catch-all next to /deploy/{**rest}, "/deploy;x=1/v1", "//deploy/v1", "/deploy\v1" or "/deploy./v1" were
+    /// routed to the catch-all and served as /deploy/v1. A path that is read differently but stays with the same routes
+    /// ("/public/cart;jsessionid=1", "/public//docs", "//catalog/items" under the catch-all) is forwarded as it came.</item>
+    /// </list>
     /// </summary>
-    internal static bool HasDotSegment(string? path)
+    private string? TargetNeverForwarded(HttpContext context, IReadOnlyList<Yarp.ReverseProxy.Configuration.RouteConfig> routes, string routeId)
     {
-        var rest = path.AsSpan();
-        while (!rest.IsEmpty)
+        // The upstream receives PathBase and Path (PathBase never ends in '/', and is empty: a listener has no path); routes
+        // match Path.
+        if (UpstreamPaths.HasDotSegment(context.Request.PathBase.Value) || UpstreamPaths.HasDotSegment(context.Request.Path.Value))
         {
-            var slash = rest.IndexOf('/');
-            var segment = slash < 0 ? rest : rest[..slash];
-            if (segment is "." or "..")
-            {
-                return true;
-            }
-
-            rest = slash < 0 ? [] : rest[(slash + 1)..];
+            return "the request target has a segment that the proxy or the upstream reads as a dot segment ('.' or '..', also "
+                + "'..;param', '..\\', '.. '), which takes the upstream to another path than the one this route matched; send the path "
+                + "without dot segments, as the upstream should act on it";
         }
 
-        return false;
+        var path = context.Request.Path.Value ?? string.Empty;
+        var read = UpstreamPaths.Read(path);
+        return !ReferenceEquals(read, path) && RoutePaths.For(routes, _constraints).RoutesElsewhere(context, routeId, read)
+            ? "the request path has path parameters (';'), repeated slashes, backslashes or segments ending in '.' or ' ' that "
+                + "common upstreams remove, and without them the gateway routes it otherwise than it routed this request; send the path "
+                + "as the upstream should act on it"
+            : null;
     }
 
     /// <summary>The path and query exactly as they arrived on the wire (SPEC §4.2: percent-encoding untouched).</summary>

@@ -139,7 +139,29 @@ public static class CanonicalRequest
             }
         }
 
-        return null;
+        // Decoded as Kestrel decodes it (every escape but %2F), for what an upstream reads as a dot segment.
+        return UpstreamPaths.HasDotSegment(DecodeAsciiEscapes(path))
+            ? "has a segment that some upstreams read as a dot segment ('..;x', '..%5C', '..%20'), which the gateway refuses"
+            : null;
+
+        static string DecodeAsciiEscapes(string path)
+        {
+            var decoded = new StringBuilder(path.Length);
+            for (var i = 0; i < path.Length; i++)
+            {
+                if (path[i] == '%' && i + 2 < path.Length && Convert.ToInt32(path.Substring(i + 1, 2), 16) is var b and < 0x80 and not '/')
+                {
+                    decoded.Append((char)b);
+                    i += 2;
+                }
+                else
+                {
+                    decoded.Append(path[i]);
+                }
+            }
+
+            return decoded.ToString();
+        }
 
         static bool IsUpperHex(char c) => char.IsAsciiDigit(c) || c is >= 'A' and <= 'F';
 

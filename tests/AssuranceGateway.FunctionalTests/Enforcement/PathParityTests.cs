@@ -37,6 +37,8 @@ public sealed class PathParityTests(ITestOutputHelper output)
             "a%EF%BB%BF", "a%F4%90%80%80", "a%E0%80%AF", "%25", "a%2541", "a%252F", "a%25%41",
             "", "/", "//", "a//b", "a/", "a//", "~a", "a~", "a;b=c", "a;b", "a@b:c", ":a", "@", ".a", "a.", "...", ".",
             "..", "a/.", "a/..", "a/./b", "%2E", ".%2E", "a/%2E%2E/b", "a%20b", "a+b", "a%2Bb", "a%7Eb", "a%7Fb", "a%00b", "x/y;v=1/z",
+            "..;", "..;x=1", ".;", "a/..;/b", "..;/..;/public", "..%5Cpublic", "a%5C..%5Cb", "..%20", ".%20", "..%20.", "a.", "a%20",
+            "a;b/c", ";a", "a%5Cb",
         })
         {
             yield return s;

@@ -118,7 +118,8 @@ public sealed class CanonicalRequestTests
     [InlineData("/%E2%82%AC%F0%9F%98%80x%C3%A9")] // several characters, runs of escapes
     [InlineData("/a%25b")] // '%' itself
     [InlineData("/a:b@c!$&'()*+,;=~_-./")]
-    [InlineData("/..x/x../.../")]
+    [InlineData("/..x/x../.x/")]
+    [InlineData("/cart;jsessionid=0A1B/x.;v=1/a%20b/a%5Cb")]
     public void PathProblem_PathsARequestCanHave_None(string path) =>
         Assert.Null(CanonicalRequest.PathProblem(path));
 
@@ -148,6 +149,11 @@ public sealed class CanonicalRequestTests
     [InlineData("/a%00b", "escapes a NUL")]
     [InlineData("/caf%C3%a9", "has a '%' that is not an escape with two upper-case hex digits")] // the escape, not UTF-8, is the problem
     [InlineData("/caf%C3%A", "has a '%' that is not an escape with two upper-case hex digits")]
+    [InlineData("/public/..;/deploy", "has a segment that some upstreams read as a dot segment")] // Tomcat, Jetty, Spring
+    [InlineData("/public/.;x=1/deploy", "has a segment that some upstreams read as a dot segment")]
+    [InlineData("/public/..%5Cdeploy", "has a segment that some upstreams read as a dot segment")] // IIS
+    [InlineData("/public/..%20/deploy", "has a segment that some upstreams read as a dot segment")] // Windows
+    [InlineData("/public/.../deploy", "has a segment that some upstreams read as a dot segment")]
     public void PathProblem_PathsNoRequestTheGatewayForwardsCanHave_Named(string path, string expected) =>
         Assert.StartsWith(expected, CanonicalRequest.PathProblem(path), StringComparison.Ordinal);
 }
