@@ -23,20 +23,11 @@ public static class UpstreamPaths
         var rest = decodedPath;
         while (!rest.IsEmpty)
         {
-            var end = rest.IndexOfAny('/', '\\');
-            var segment = end < 0 ? rest : rest[..end];
-            var parameters = segment.IndexOf(';');
-            if (parameters >= 0)
-            {
-                segment = segment[..parameters];
-            }
-
+            var segment = NextSegment(ref rest);
             if (segment.Contains('.') && !segment.ContainsAnyExcept('.', ' '))
             {
                 return true;
             }
-
-            rest = end < 0 ? [] : rest[(end + 1)..];
         }
 
         return false;
@@ -58,21 +49,11 @@ public static class UpstreamPaths
         var rest = decodedPath.AsSpan();
         while (!rest.IsEmpty)
         {
-            var end = rest.IndexOfAny('/', '\\');
-            var segment = end < 0 ? rest : rest[..end];
-            var parameters = segment.IndexOf(';');
-            if (parameters >= 0)
-            {
-                segment = segment[..parameters];
-            }
-
-            segment = segment.TrimEnd(". ");
+            var segment = NextSegment(ref rest).TrimEnd(". ");
             if (!segment.IsEmpty)
             {
                 read.Append('/').Append(segment);
             }
-
-            rest = end < 0 ? [] : rest[(end + 1)..];
         }
 
         if (read.Length == 0 || decodedPath[^1] is '/' or '\\')
@@ -81,6 +62,16 @@ public static class UpstreamPaths
         }
 
         return read.ToString();
+    }
+
+    /// <summary>The segment <paramref name="rest"/> starts with ('/' or '\\' ends it), its path parameters cut; rest moves past it.</summary>
+    private static ReadOnlySpan<char> NextSegment(ref ReadOnlySpan<char> rest)
+    {
+        var end = rest.IndexOfAny('/', '\\');
+        var segment = end < 0 ? rest : rest[..end];
+        rest = end < 0 ? [] : rest[(end + 1)..];
+        var parameters = segment.IndexOf(';');
+        return parameters >= 0 ? segment[..parameters] : segment;
     }
 
     private static bool NeedsReading(string path)

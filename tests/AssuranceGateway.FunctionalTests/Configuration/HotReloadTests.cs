@@ -371,11 +371,8 @@ public sealed class HotReloadTests : IAsyncLifetime
         var token = _gateway.Idp.Token();
         var id = await _gateway.CreateGrantAsync(GrantHelpers.DeployGrant(token));
         using var rotated = new TestIssuer(_gateway.Idp.Issuer, _gateway.Directory, "k2");
-        using var client = GatedBody.Client(_gateway.ProxyAddress);
-        using var request = GrantHelpers.DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _);
 
-        using var response = await new GatedBody(Encoding.UTF8.GetBytes(GrantHelpers.ReleaseBody)).SendHeldAsync(client, request, async () =>
-            Assert.True(await _gateway.ReplaceKeyFileAsync(_gateway.Idp.JwksPath, await File.ReadAllTextAsync(rotated.JwksPath)), Refusals()));
+        using var response = await DeployWhileKeyFileIsReplacedAsync(token, id, _gateway.Idp.JwksPath, rotated);
 
         Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
         Assert.Equal("token_invalid", await response.ReasonAsync());
@@ -384,6 +381,18 @@ public sealed class HotReloadTests : IAsyncLifetime
         read.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", rotated.ApiToken()); // the old key is gone
         using var grant = JsonDocument.Parse(await (await _gateway.Api.SendAsync(read)).EnsureSuccessStatusCode().Content.ReadAsStringAsync());
         Assert.Equal(1, grant.RootElement.GetProperty("usesRemaining").GetInt32());
+    }
+
+    /// <summary>
+    /// Sends the deploy request with grant <paramref name="id"/> and holds its body until <paramref name="jwksPath"/> holds
+    /// only <paramref name="rotated"/>'s key and that change is applied.
+    /// </summary>
+    private async Task<HttpResponseMessage> DeployWhileKeyFileIsReplacedAsync(string token, string id, string jwksPath, TestIssuer rotated)
+    {
+        using var client = GatedBody.Client(_gateway.ProxyAddress);
+        using var request = GrantHelpers.DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _);
+        return await new GatedBody(Encoding.UTF8.GetBytes(GrantHelpers.ReleaseBody)).SendHeldAsync(client, request, async () =>
+            Assert.True(await _gateway.ReplaceKeyFileAsync(jwksPath, await File.ReadAllTextAsync(rotated.JwksPath)), Refusals()));
     }
 
     // The same for the API: a caller authenticated before its key was removed, whose grant request body arrives after
@@ -411,11 +420,8 @@ public sealed class HotReloadTests : IAsyncLifetime
         var token = _gateway.Idp.Token();
         var id = await _gateway.CreateGrantAsync(GrantHelpers.DeployGrant(token));
         using var rotated = new TestIssuer(_gateway.WorkloadIssuer.Issuer, _gateway.Directory, "w2");
-        using var client = GatedBody.Client(_gateway.ProxyAddress);
-        using var request = GrantHelpers.DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _);
 
-        using var response = await new GatedBody(Encoding.UTF8.GetBytes(GrantHelpers.ReleaseBody)).SendHeldAsync(client, request, async () =>
-            Assert.True(await _gateway.ReplaceKeyFileAsync(_gateway.WorkloadIssuer.JwksPath, await File.ReadAllTextAsync(rotated.JwksPath)), Refusals()));
+        using var response = await DeployWhileKeyFileIsReplacedAsync(token, id, _gateway.WorkloadIssuer.JwksPath, rotated);
 
         Assert.NotEqual(HttpStatusCode.OK, response.StatusCode);
         Assert.Equal("workload_invalid", await response.ReasonAsync());
