@@ -745,14 +745,15 @@ public static class GatewayConfigCompiler
 
         var routes = new List<RouteConfig>();
         var routePolicies = new Dictionary<string, AssurancePolicy>(StringComparer.OrdinalIgnoreCase);
-        if (!proxy.GetSection("Routes").GetChildren().Any())
+        var routeSections = proxy.GetSection("Routes").GetChildren().ToList();
+        if (routeSections.Count == 0)
         {
             // A gateway that forwards nothing is a wrong or truncated file far more often than an intent, and applied as a
             // change it would turn every protected API into a 404 (and stay the "last good" configuration).
             reader.Error($"{ReverseProxySection}:Routes", "no routes: the gateway would forward nothing (is this the gateway's file?)");
         }
 
-        foreach (var child in proxy.GetSection("Routes").GetChildren())
+        foreach (var child in routeSections)
         {
             RouteConfig route;
             try

@@ -440,6 +440,7 @@ public sealed class GrantApiTests : IAsyncLifetime
             : string.Empty;
         Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{(int)response.StatusCode}{issued}");
         Assert.Equal(detail, (await response.ProblemAsync()).GetProperty("detail").GetString());
+        Assert.Equal(0, _gateway.Upstream.Count);
     }
 
     // The pending list is what a second approver decides from (README: agw grant list, then agw grant approve). It named
