@@ -145,6 +145,14 @@ public sealed class StoreReadinessTests
 
         Assert.Equal("store_unavailable", denied.Reason);
         Assert.Equal(HttpStatusCode.ServiceUnavailable, ready.Status);
+        Assert.Equal(0, gateway.Upstream.Count);
+        // The client reports the failed connection from its own thread, which a loaded machine may run late (a fixed 1.5 s
+        // wait failed under CI load): wait for the line, within a bound.
+        for (var deadline = DateTime.UtcNow.AddSeconds(15); !OperatorLog(gateway).Contains("AuthenticationFailure", StringComparison.Ordinal) && DateTime.UtcNow < deadline;)
+        {
+            await Task.Delay(100);
+        }
+
         Assert.Contains("AuthenticationFailure", OperatorLog(gateway), StringComparison.Ordinal);
         Assert.DoesNotContain("s3cret-pw", string.Join('\n', gateway.Logs.Lines), StringComparison.Ordinal);
     }
