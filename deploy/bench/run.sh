@@ -2,22 +2,28 @@
 # The benchmark: the gateway against plain YARP (same YARP version and settings) on this machine, same run.
 #   deploy/bench/run.sh            3 interleaved rounds of 10 s per scenario (about 14 minutes)
 #   deploy/bench/run.sh --quick    1 round of 3 s (smoke run)
-# Everything shares this machine's cores: the load generator, Redis, the upstream, YARP and the gateway. Compare the
-# ratios of one round, not absolute numbers across machines.
+#   deploy/bench/run.sh --pinned   the proxy measured alone on CPU 1, the load generator, Redis and the upstream on CPU 0
+# By default everything shares this machine's cores: the load generator, Redis, the upstream, YARP and the gateway.
+# Compare the ratios of one round, not absolute numbers across machines.
 set -euo pipefail
-rounds=3; duration=10; warmup=6
+rounds=3; duration=10; warmup=6; pinned=0
 # Arguments first, before anything is installed or started: any other word used to start the full run.
-case "${1:-}" in
-  "") ;;
-  --quick) rounds=1; duration=3; warmup=3 ;;
-  -h | --help)
-    printf '%s\n' "usage: deploy/bench/run.sh [--quick]" \
-      "  (none)   3 interleaved rounds of 10 s per scenario (about 14 minutes)" \
-      "  --quick  1 round of 3 s (smoke run)" \
-      "Installs wrk, redis-server and nginx-light with apt-get when missing (as root); BENCH_UPSTREAM=dotnet uses the .NET upstream."
-    exit 0 ;;
-  *) printf 'unknown argument: %s (usage: deploy/bench/run.sh [--quick], or --help)\n' "$1" >&2; exit 2 ;;
-esac
+usage() {
+  printf '%s\n' "usage: deploy/bench/run.sh [--quick] [--pinned]" \
+    "  (none)    3 interleaved rounds of 10 s per scenario (about 14 minutes)" \
+    "  --quick   1 round of 3 s (smoke run)" \
+    "  --pinned  the proxies (plain YARP and the gateways) on CPU 1, everything else (wrk, Redis, the upstream) on CPU 0:" \
+    "            the proxy's own cost, as on a host where the clients and Redis have cores of their own" \
+    "Installs wrk, redis-server and nginx-light with apt-get when missing (as root); BENCH_UPSTREAM=dotnet uses the .NET upstream."
+}
+for arg in "$@"; do
+  case "$arg" in
+    --quick) rounds=1; duration=3; warmup=3 ;;
+    --pinned) pinned=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) printf 'unknown argument: %s (usage: deploy/bench/run.sh [--quick] [--pinned], or --help)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/../.."
 threads=2; connections=32
 
@@ -37,6 +43,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+# --pinned: prefixes for the processes measured (the proxies) and for everything that serves or loads them.
+on_proxy=(); on_rest=()
+if [ "$pinned" = 1 ]; then
+  [ "$(nproc)" -ge 2 ] || { echo "--pinned needs two CPUs" >&2; exit 1; }
+  command -v taskset >/dev/null || { echo "--pinned needs taskset (util-linux)" >&2; exit 1; }
+  on_proxy=(taskset -c 1); on_rest=(taskset -c 0)
+fi
 dotnet build Gateway.sln -c Release -nologo -v quiet >/dev/null
 bench="dotnet tests/AssuranceGateway.Benchmarks/bin/Release/net10.0/AssuranceGateway.Benchmarks.dll"
 agw="dotnet src/Gateway.Cli/bin/Release/net10.0/agw.dll"
@@ -54,7 +67,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 wait_http() { for _ in $(seq 1 150); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; echo "not up: $1" >&2; exit 1; }
 
 redis_port=$(port); up=$(port); plain=$(port); gw=$(port); api=$(port); gws=$(port); apis=$(port); gwe=$(port); apie=$(port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$work/redis.log" 2>&1 & pids+=($!)
+"${on_rest[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$work/redis.log" 2>&1 & pids+=($!)
 if [ "$upstream_kind" = nginx ]; then
   mkdir -p "$work/nginx"
   cat >"$work/nginx/nginx.conf" <<NGINX
@@ -75,12 +88,12 @@ http {
   server { listen 127.0.0.1:$up; location / { return 200 "ok"; } }
 }
 NGINX
-  PATH="$PATH:/usr/sbin" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
+  PATH="$PATH:/usr/sbin" "${on_rest[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" & pids+=($!)
   nginx_master=$!
 else
-  $bench upstream --urls "http://127.0.0.1:$up" & pids+=($!)
+  "${on_rest[@]}" $bench upstream --urls "http://127.0.0.1:$up" & pids+=($!)
 fi
-$bench plain-yarp --urls "http://127.0.0.1:$plain" --upstream "http://127.0.0.1:$up" & pids+=($!)
+"${on_proxy[@]}" $bench plain-yarp --urls "http://127.0.0.1:$plain" --upstream "http://127.0.0.1:$up" & pids+=($!)
 $agw keys init --dir "$work/keys" >/dev/null
 cat >"$work/gateway.json" <<JSON
 {
@@ -108,7 +121,7 @@ cat >"$work/gateway.json" <<JSON
   }
 }
 JSON
-dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --config "$work/gateway.json" >"$work/gateway.log" 2>&1 & pids+=($!)
+"${on_proxy[@]}" dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --config "$work/gateway.json" >"$work/gateway.log" 2>&1 & pids+=($!)
 gateway_pid=$!
 # The same gateway with signed evidence (Assurance-Evidence, one ES256 signature per allowed request), as in
 # config/gateway.json: a second process, so that both are measured in the same rounds.
@@ -128,9 +141,9 @@ c["Assurance"]["Api"]["Url"] = f"http://127.0.0.1:{eapi}"
 del c["Assurance"]["Store"]
 json.dump(c, open(f"{work}/gateway-embedded.json", "w"), indent=2)
 PY
-dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --config "$work/gateway-signed.json" >"$work/gateway-signed.log" 2>&1 & pids+=($!)
+"${on_proxy[@]}" dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --config "$work/gateway-signed.json" >"$work/gateway-signed.log" 2>&1 & pids+=($!)
 signed_pid=$!
-dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --config "$work/gateway-embedded.json" >"$work/gateway-embedded.log" 2>&1 & pids+=($!)
+"${on_proxy[@]}" dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --config "$work/gateway-embedded.json" >"$work/gateway-embedded.log" 2>&1 & pids+=($!)
 embedded_pid=$!
 wait_http "http://127.0.0.1:$up/"; wait_http "http://127.0.0.1:$plain/"
 for a in "$api" "$apis" "$apie"; do wait_http "http://127.0.0.1:$a/readyz"; done
@@ -156,17 +169,19 @@ if [ "$upstream_kind" = nginx ]; then upstream_pid=$(pgrep -P "$nginx_master" | 
 else upstream_pid=$(pgrep -f "Benchmarks.dll upstream --urls http://127.0.0.1:$up" | head -1); fi
 plain_pid=$(pgrep -f "Benchmarks.dll plain-yarp --urls http://127.0.0.1:$plain" | head -1)
 cpu_ticks() { for p in "$gateway_pid" "$signed_pid" "$plain_pid" "$upstream_pid" "$redis_pid" "$embedded_pid"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd' '; }
-run() { # run NAME URL [env...]: one wrk run, prints "NAME RESULT ... cpu=<ticks before>/<ticks after>"
+# Busy and total ticks of CPU 0 and CPU 1 (/proc/stat): whether the proxy's core, or the other, was the limit.
+core_ticks() { awk '$1 == "cpu0" || $1 == "cpu1" {print $2+$3+$4+$7+$8 "," $2+$3+$4+$5+$6+$7+$8}' /proc/stat | paste -sd,; }
+run() { # run NAME URL [env...]: one wrk run, prints "NAME RESULT ... cpu=<ticks before>/<ticks after> cores=<before>/<after>"
   local name=$1 url=$2; shift 2
-  local out before
-  before=$(cpu_ticks)
-  out=$(env "$@" BENCH_BODY_FILE="$work/body.json" wrk -t"$threads" -c"$connections" -d"${duration}s" --latency -s deploy/bench/scenario.lua "$url" | grep '^RESULT')
-  echo "$name $out cpu=${before// /,}/$(cpu_ticks | tr ' ' ',')"
+  local out before cores
+  before=$(cpu_ticks); cores=$(core_ticks)
+  out=$("${on_rest[@]}" env "$@" BENCH_BODY_FILE="$work/body.json" wrk -t"$threads" -c"$connections" -d"${duration}s" --latency -s deploy/bench/scenario.lua "$url" | grep '^RESULT')
+  echo "$name $out cpu=${before// /,}/$(cpu_ticks | tr ' ' ',') cores=$cores/$(core_ticks)"
 }
 evalsha() { redis-cli -p "$redis_port" info commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p'; }
 
 echo "warming up" >&2
-warm() { env "$@" BENCH_BODY_FILE="$work/body.json" wrk -t2 -c16 -d"${warmup}s" -s deploy/bench/scenario.lua "${url}" >/dev/null; }
+warm() { "${on_rest[@]}" env "$@" BENCH_BODY_FILE="$work/body.json" wrk -t2 -c16 -d"${warmup}s" -s deploy/bench/scenario.lua "${url}" >/dev/null; }
 url="http://127.0.0.1:$plain/bound/bench"; warm BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
 url="http://127.0.0.1:$gw/pass/bench"; warm
 url="http://127.0.0.1:$gw/token/bench"; warm BENCH_TOKEN="$token"
@@ -225,16 +240,16 @@ LUA
 # What one round trip to this Redis costs by itself, from a C client: back to back (redis-benchmark, one connection), and
 # when Redis idles 10 ms between commands (redis-cli --latency), as between the consumes of a single slow caller.
 { echo "ROUND redis"
-  echo "redis-busy $(redis-benchmark -p "$redis_port" -c 1 -n 20000 -t ping_mbulk --csv | tr -d '"' | awk -F, '$1 == "PING_MBULK" {print "p50_ms=" $5}')"
-  echo "redis-idle $(timeout -s INT 5 redis-cli -p "$redis_port" --latency --raw 2>/dev/null | tail -1 | awk '{print "avg_ms=" $3}')"
+  echo "redis-busy $("${on_rest[@]}" redis-benchmark -p "$redis_port" -c 1 -n 20000 -t ping_mbulk --csv | tr -d '"' | awk -F, '$1 == "PING_MBULK" {print "p50_ms=" $5}')"
+  echo "redis-idle $("${on_rest[@]}" timeout -s INT 5 redis-cli -p "$redis_port" --latency --raw 2>/dev/null | tail -1 | awk '{print "avg_ms=" $3}')"
 } >>"$results"
 { echo "ROUND api"
-  echo "issuance $(wrk -t2 -c32 -d"${duration}s" --latency -s "$work/issue.lua" "http://127.0.0.1:$api/assurance/v1/grants" | grep '^RESULT')"
+  echo "issuance $("${on_rest[@]}" wrk -t2 -c32 -d"${duration}s" --latency -s "$work/issue.lua" "http://127.0.0.1:$api/assurance/v1/grants" | grep '^RESULT')"
 } >>"$results"
 
-python3 - "$results" "$(nproc)" "$(uptime | sed 's/.*load average: //')" "$(getconf CLK_TCK)" "$upstream_kind" <<'PY'
+python3 - "$results" "$(nproc)" "$(uptime | sed 's/.*load average: //')" "$(getconf CLK_TCK)" "$upstream_kind" "$pinned" <<'PY'
 import statistics, sys
-path, cores, load, tick, upstream = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+path, cores, load, tick, upstream, pinned = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
 processes = ["gateway", "gateway-signed", "plain-yarp", "upstream", "redis", "gateway-embedded"]
 rounds, current = {}, None
 for line in open(path):
@@ -253,11 +268,16 @@ for line in open(path):
         if "cpu" in kv:
             before, after = ([int(x) for x in half.split(",")] for half in kv["cpu"].split("/"))
             row["cpu"] = [(a - b) / tick * 1e6 / max(int(kv["requests"]), 1) for a, b in zip(after, before)]
+        if "cores" in kv:
+            before, after = ([int(x) for x in half.split(",")] for half in kv["cores"].split("/"))
+            row["busy"] = [100 * (after[i] - before[i]) / max(after[i + 1] - before[i + 1], 1) for i in (0, 2)]
         current[parts[0]] = row
 load_rounds = [r for k, r in rounds.items() if k.isdigit()]
 names = ["plain", "passthrough", "token-only", "full-binding", "fresh-token", "full-binding-signed", "full-binding-embedded"]
-print(f"\nAssurance Gateway vs plain YARP: {len(load_rounds)} round(s), {cores} cores, upstream {upstream}, load average after: {load}")
-print(f"{'scenario':<23}{'rps':>8}{'p50 µs':>8}{'p99 µs':>8}{'× plain':>9}{'non-2xx':>8}   CPU µs per request: " + " ".join(f"{p:>8}" for p in ["proxy", "upstream", "redis"]))
+placement = ("pinned: the proxy alone on CPU 1; wrk, Redis and the upstream on CPU 0" if pinned
+             else "everything shares the cores")
+print(f"\nAssurance Gateway vs plain YARP: {len(load_rounds)} round(s), {cores} cores, upstream {upstream}, {placement}, load average after: {load}")
+print(f"{'scenario':<23}{'rps':>8}{'p50 µs':>8}{'p99 µs':>8}{'× plain':>9}{'non-2xx':>8}  {'busy % cpu0':>13}{'cpu1':>5}   CPU µs per request: " + " ".join(f"{p:>8}" for p in ["proxy", "upstream", "redis"]))
 for name in names:
     rows = [r[name] for r in load_rounds]
     ratios = [r[name]["rps"] / r["plain"]["rps"] for r in load_rounds]
@@ -265,7 +285,8 @@ for name in names:
     cpu = [statistics.median(x["cpu"][i] for x in rows) for i in (proxy, 3, 4)]
     print(f"{name:<23}{statistics.median(x['rps'] for x in rows):>8.0f}{statistics.median(x['p50'] for x in rows):>8.0f}"
           f"{statistics.median(x['p99'] for x in rows):>8.0f}{statistics.median(ratios):>9.2f}{sum(x['non2xx'] for x in rows):>8}"
-          f"   {'':<20}" + " ".join(f"{c:>8.0f}" for c in cpu))
+          f"  {'':<8}" + "".join(f"{statistics.median(x['busy'][i] for x in rows):>5.0f}" for i in (0, 1))
+          + f"   {'':<20}" + " ".join(f"{c:>8.0f}" for c in cpu))
 print("per round (× plain): " + "; ".join(
     f"{n} " + " ".join(f"{r[n]['rps'] / r['plain']['rps']:.2f}" for r in load_rounds) for n in names[1:]))
 per = [r["evalsha"] / r["full-binding"]["ok"] for r in load_rounds if r["full-binding"]["ok"]]

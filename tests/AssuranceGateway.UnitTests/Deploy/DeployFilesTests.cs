@@ -280,17 +280,24 @@ public sealed partial class DeployFilesTests
     // `run.sh --help` went on as a full 14-minute run (after installing packages as root): only --quick was read.
     // PATH names an empty folder, so the script can start nothing, install nothing, and must answer from bash alone.
     [Theory]
-    [InlineData("--help", 0, "usage: deploy/bench/run.sh [--quick]")]
-    [InlineData("-h", 0, "--quick  1 round of 3 s")]
+    // Every argument is read, not only the first: `--quick --pinnd` must not start a run that is not pinned.
+    [InlineData("--help", 0, "usage: deploy/bench/run.sh [--quick] [--pinned]")]
+    [InlineData("-h", 0, "--pinned  the proxies")]
     [InlineData("--quik", 2, "unknown argument: --quik")]
-    public async Task BenchScript_HelpOrUnknownArgument_AnswersBeforeStartingAnything(string argument, int expectedCode, string expectedText)
+    [InlineData("--quick --pinnd", 2, "unknown argument: --pinnd")]
+    [InlineData("--pinned --help", 0, "--quick   1 round of 3 s")]
+    public async Task BenchScript_HelpOrUnknownArgument_AnswersBeforeStartingAnything(string arguments, int expectedCode, string expectedText)
     {
         var empty = Directory.CreateTempSubdirectory("agw-bench-path-");
         try
         {
             var start = new ProcessStartInfo("/bin/bash") { RedirectStandardOutput = true, RedirectStandardError = true };
             start.ArgumentList.Add(Path.Combine(Deploy, "bench", "run.sh"));
-            start.ArgumentList.Add(argument);
+            foreach (var argument in arguments.Split(' '))
+            {
+                start.ArgumentList.Add(argument);
+            }
+
             start.Environment["PATH"] = empty.FullName;
 
             using var process = Process.Start(start)!;
