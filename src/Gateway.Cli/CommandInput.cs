@@ -125,7 +125,7 @@ internal static class CommandInput
 
         if (!Grants.GrantIds.IsWellFormed(id))
         {
-            throw new UsageException($"grant id '{id}': expected 1 to {Grants.GrantIds.MaxLength} characters of A-Z, a-z, 0-9, '-' and '_', as 'agw grant create' prints it");
+            throw new UsageException($"grant id '{UsageException.Shown(id)}': expected 1 to {Grants.GrantIds.MaxLength} characters of A-Z, a-z, 0-9, '-' and '_', as 'agw grant create' prints it");
         }
 
         return Uri.EscapeDataString(id);

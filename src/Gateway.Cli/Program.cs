@@ -149,7 +149,7 @@ try
 }
 catch (UsageException e)
 {
-    Console.Error.WriteLine(e.Message);
+    Console.Error.WriteLine(e.Printable);
     return 2;
 }
 catch (Exception e) when (e is not OperationCanceledException)

@@ -296,6 +296,23 @@ public sealed partial class AgwCliTests
         AssertUsageError(result, $"grant id '{given}': expected 1 to 64 characters");
     }
 
+    // An id read from a file with CRLF line ends, or pasted with an escape sequence, was echoed as it came: the carriage
+    // return moved the cursor back and the terminal showed "': expected 1 to 64 characters…" over the id, and an escape
+    // sequence reached the operator's terminal. The id is shown escaped, and a long one cut.
+    [Fact]
+    public async Task GrantRevoke_IdWithControlCharacters_IsShownEscapedAndRevokesNothing()
+    {
+        var id = await _gateway.CreateGrantAsync(DeployGrant(_gateway.Idp.Token()));
+
+        var result = await AgwAsync("grant", "revoke", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(), id + "\r\u001b[2J" + new string('x', 200));
+
+        Assert.Equal("active", (await _gateway.GetGrantAsync(id)).GetProperty("status").GetString());
+        AssertUsageError(result, $"grant id '{id}\\r\\u001B[2Jxxxxxxxxxx");
+        Assert.DoesNotContain('\r', result.Err);
+        Assert.DoesNotContain('\u001b', result.Err);
+        Assert.DoesNotContain(new string('x', 100), result.Err, StringComparison.Ordinal);
+    }
+
     // ID=$(agw grant create -q ...) failed earlier in a script: `agw grant show "$ID"` listed pending grants' refusal
     // ("only 'pending' can be listed"), approve said unknown_route, revoke method_not_allowed, none naming the empty id.
     [Theory]
