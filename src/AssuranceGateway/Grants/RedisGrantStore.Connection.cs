@@ -98,6 +98,7 @@ internal sealed partial class RedisGrantStore
             if (ReferenceEquals(link, _shared))
             {
                 await EnsurePipeAsync(link, connection, stopping).ConfigureAwait(false);
+                await CheckEvictionAsync(connection, stopping).ConfigureAwait(false);
             }
 
             return null;
@@ -183,6 +184,8 @@ internal sealed partial class RedisGrantStore
             Interlocked.CompareExchange(ref link.ScriptsLoadedOn, null, sender as ConnectionMultiplexer);
         }
 
+        // A server that came back may be another one, or the same one restarted with another configuration.
+        Volatile.Write(ref _evictionCheckedOn, null);
         Volatile.Write(ref _lastConnectionFailure, null);
         Log.ConnectionRestored(_logger, Description);
     }
@@ -252,6 +255,89 @@ internal sealed partial class RedisGrantStore
                 Log.PipeUnavailable(_logger, Description, e.Message);
             }
         }
+    }
+
+    /// <summary>
+    /// Reads <c>INFO memory</c> on a new or restored connection and every
+    /// <see cref="EvictionCheckInterval"/> after (an operator can change the policy at run time with CONFIG SET). INFO
+    /// rather than CONFIG GET: managed services (ElastiCache, Azure Cache, Memorystore) refuse CONFIG but answer INFO.
+    /// A server whose answer says nothing (no such field, no answer in time) leaves the last judgement in force.
+    /// </summary>
+    private async Task CheckEvictionAsync(ConnectionMultiplexer connection, CancellationToken stopping)
+    {
+        var now = _time.GetTimestamp();
+        if (ReferenceEquals(Volatile.Read(ref _evictionCheckedOn), connection) && _time.GetElapsedTime(_evictionCheckedAt, now) < EvictionCheckInterval)
+        {
+            return;
+        }
+
+        string? risk = null;
+        try
+        {
+            // Through the database, as readiness reads INFO replication: IServer.Info needs the client's admin mode, which
+            // would also unlock FLUSHALL and the like. On a cluster this reaches one node per round, a different one as
+            // the rounds go on.
+            var info = (string?)await connection.GetDatabase().ExecuteAsync("INFO", "memory").WaitAsync(_settings.Timeout, _time, stopping).ConfigureAwait(false);
+            if (EvictionRisk(info) is { } found)
+            {
+                risk = $"evicts keys (maxmemory-policy {found.Policy} with maxmemory {found.MaxMemory} bytes): when it is full it drops grants and their evidence; set maxmemory-policy noeviction";
+            }
+        }
+        catch (Exception e) when (e is TimeoutException or RedisException or ObjectDisposedException)
+        {
+            // Judged again on the next round; the last judgement stays meanwhile.
+            Log.EvictionCheckFailed(_logger, Description, e);
+            return;
+        }
+
+        _evictionCheckedAt = now;
+        Volatile.Write(ref _evictionCheckedOn, connection);
+        var before = Interlocked.Exchange(ref _evictionRisk, risk);
+        if (risk is not null && !string.Equals(before, risk, StringComparison.Ordinal))
+        {
+            Log.Evicting(_logger, Description, risk);
+        }
+        else if (risk is null && before is not null)
+        {
+            Log.NoLongerEvicting(_logger, Description);
+        }
+    }
+
+    /// <summary>
+    /// The policy and limit of an <c>INFO memory</c> reply when they let Redis evict keys: a memory limit (maxmemory 0 is
+    /// none, so nothing is ever evicted) with any policy but noeviction. Every key of the gateway has a TTL, so the
+    /// volatile-* policies evict them as surely as the allkeys-* ones. Null when nothing is evicted or the reply does not say.
+    /// </summary>
+    internal static (string Policy, long MaxMemory)? EvictionRisk(string? info)
+    {
+        var policy = InfoField(info, "maxmemory_policy");
+        var limit = InfoField(info, "maxmemory");
+        if (policy is null || limit is null || !long.TryParse(limit, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var maxMemory))
+        {
+            return null;
+        }
+
+        return maxMemory > 0 && !string.Equals(policy, "noeviction", StringComparison.Ordinal) ? (policy, maxMemory) : null;
+    }
+
+    /// <summary>The value of "name:value" on a line of its own in an INFO reply; null when absent.</summary>
+    private static string? InfoField(string? info, string name)
+    {
+        if (info is null)
+        {
+            return null;
+        }
+
+        foreach (var line in info.Split('\n'))
+        {
+            var text = line.TrimEnd('\r');
+            if (text.Length > name.Length && text[name.Length] == ':' && text.StartsWith(name, StringComparison.Ordinal))
+            {
+                return text[(name.Length + 1)..];
+            }
+        }
+
+        return null;
     }
 
     private async Task LoadScriptsAsync(Link link, ConnectionMultiplexer connection, CancellationToken stopping)

@@ -5,7 +5,7 @@ namespace AssuranceGateway.Grants;
 internal sealed partial class RedisGrantStore
 {
     // Event ids 3100-3199: the Redis grant store, each used once (operators alert on them; LoggerMessageTests checks
-    // the whole assembly). Next free: 3119. Only store names, grant ids and operation names are logged: the store
+    // the whole assembly). Next free: 3122. Only store names, grant ids and operation names are logged: the store
     // never sees a raw token or body, and the connection string may hold a password.
     private static partial class Log
     {
@@ -62,6 +62,15 @@ internal sealed partial class RedisGrantStore
 
         [LoggerMessage(3118, LogLevel.Warning, "Grant store {Store}: Redis answers but {Refusal}; requests that need the store are denied (store_unavailable). Said at most once a minute while it lasts")]
         public static partial void Refused(ILogger logger, string store, string refusal);
+
+        [LoggerMessage(3119, LogLevel.Error, "Grant store {Store}: Redis {Risk}. Uses, new grants and approvals are denied (store_unavailable) and /readyz is 503 until it does not")]
+        public static partial void Evicting(ILogger logger, string store, string risk);
+
+        [LoggerMessage(3120, LogLevel.Information, "Grant store {Store}: Redis no longer evicts keys (maxmemory-policy noeviction, or no maxmemory); serving again")]
+        public static partial void NoLongerEvicting(ILogger logger, string store);
+
+        [LoggerMessage(3121, LogLevel.Debug, "Grant store {Store}: reading INFO memory failed; the eviction check runs again on the next round")]
+        public static partial void EvictionCheckFailed(ILogger logger, string store, Exception exception);
 
         [LoggerMessage(3117, LogLevel.Warning, "Grant store {Store}: the dedicated consume connection is unavailable ({Why}); consumes use the shared connection meanwhile")]
         public static partial void PipeUnavailable(ILogger logger, string store, string why);

@@ -53,6 +53,17 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     private const int PendingPageSize = 100;
     private const string OperationPing = "ping";
     private static readonly TimeSpan RefusalLogInterval = TimeSpan.FromMinutes(1);
+    private static readonly TimeSpan EvictionCheckInterval = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Why Redis may evict the gateway's keys (an evicting maxmemory-policy under a memory limit), null when it cannot;
+    /// set by the watchdog (<see cref="CheckEvictionAsync"/>). While set, uses, new grants and approvals fail closed.
+    /// </summary>
+    private string? _evictionRisk;
+
+    /// <summary>The connection the eviction check last ran on (null: check on the next healthy round), and when.</summary>
+    private ConnectionMultiplexer? _evictionCheckedOn;
+    private long _evictionCheckedAt;
     private long _lastRefusalLogged;
 
     /// <summary>How the last connection attempt failed (AuthenticationFailure, SocketFailure…); null once connected.</summary>
@@ -141,6 +152,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     {
         ArgumentNullException.ThrowIfNull(grant);
         ArgumentNullException.ThrowIfNull(created);
+        RefuseWhileEvicting("create", grant.Id);
         var keys = _keys.GrantAndEvents(grant.Id);
         var result = (RedisResult[])await EvaluateAsync(
             Scripts.Create, keys, CreateArguments(grant, created, KeyExpiresAtMs(grant.ExpiresAt)), "create", grant.Id, cancellationToken).ConfigureAwait(false);
@@ -171,6 +183,12 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     public async Task<ConsumeResult> ConsumeAsync(ConsumeRequest request, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
+        if (!request.DryRun)
+        {
+            // A dry run (shadow mode) writes nothing that eviction could take away.
+            RefuseWhileEvicting("consume", request.GrantId);
+        }
+
         string?[] reply;
         try
         {
@@ -335,6 +353,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         ArgumentNullException.ThrowIfNull(id);
         ArgumentNullException.ThrowIfNull(approver);
         ArgumentNullException.ThrowIfNull(approved);
+        RefuseWhileEvicting("approve", id);
         var result = (RedisResult[])await EvaluateAsync(
             Scripts.Approve, _keys.GrantAndEvents(id), [approver, approverAal, EventJson(approved, includeAt: false), GrantRules.MaxEventsAnyKind, activeFor is { } window ? (long)(window.Ticks / 10) : -1, minimumApprovals], "approve", id, cancellationToken)
             .ConfigureAwait(false);
@@ -437,6 +456,11 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     /// </summary>
     public async Task<string?> NotReadyAsync(CancellationToken cancellationToken)
     {
+        if (Volatile.Read(ref _evictionRisk) is { } risk)
+        {
+            return risk;
+        }
+
         try
         {
             foreach (var link in _links)
@@ -478,6 +502,22 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         catch (ObjectDisposedException)
         {
             return "closed";
+        }
+    }
+
+    /// <summary>
+    /// Fails closed while Redis may evict the gateway's keys. An evicted grant is only ever refused (grant_not_found),
+    /// but what goes with it is the record SPEC §1 keeps for post-incident reconstruction (who used it, from where, the
+    /// denials, the revocation of a leaked id) and approvals just given; and anyone with a valid token can fill the store
+    /// (denials on a grant id they hold, pending grants in challenge mode), so eviction would let a caller erase the
+    /// evidence of their own use. As with a Redis out of memory under noeviction: no write that a grant's record depends
+    /// on, nothing sent, the outcome known. Revocations, reads and records of events go on.
+    /// </summary>
+    private void RefuseWhileEvicting(string operation, string grantId)
+    {
+        if (Volatile.Read(ref _evictionRisk) is { } risk)
+        {
+            throw Unavailable(operation, grantId, risk, outcomeUnknown: false, null);
         }
     }
 

@@ -94,6 +94,68 @@ public sealed class StoreReadinessTests
         Assert.Equal(HttpStatusCode.OK, (await DeployAsync(gateway, token, id)).Status);
     }
 
+    /// <summary>
+    /// A Redis with a memory limit and an evicting policy (allkeys-*, volatile-*: every key of the gateway has a TTL)
+    /// drops grants and their event lists when it is full: a used grant's record, the evidence of who used it, a
+    /// revoked grant's state, an approval just given. Anyone with a valid token can fill it (denials on a grant id they
+    /// hold, pending grants in challenge mode), so eviction is also a way to erase the evidence of one's own use. The
+    /// gateway fails closed on such a store, as on one out of memory under noeviction: no use and no new grant until the
+    /// policy is noeviction again, /readyz and the operator's log name the policy.
+    /// </summary>
+    [Theory]
+    [InlineData("allkeys-lru")]
+    [InlineData("volatile-ttl")]
+    public async Task EvictingMaxmemoryPolicy_UsesAndGrants503_ReadyzAndLogNameThePolicy_ServesAgainUnderNoeviction(string policy)
+    {
+        await using var redis = await RedisServer.StartAsync("--maxmemory", "100mb", "--maxmemory-policy", "noeviction");
+        await using var gateway = await GatewayHarness.StartAsync(redis: redis.ConnectionString);
+        var token = gateway.Idp.Token();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token, maxUses: 3));
+        Assert.Equal(HttpStatusCode.OK, (await DeployAsync(gateway, token, id)).Status);
+
+        await redis.ExecuteAsync("CONFIG", "SET", "maxmemory-policy", policy);
+        var ready = await ReadyAsync(gateway);
+        for (var deadline = DateTime.UtcNow.AddSeconds(20); ready.Status == HttpStatusCode.OK && DateTime.UtcNow < deadline;)
+        {
+            await Task.Delay(200);
+            ready = await ReadyAsync(gateway);
+        }
+
+        gateway.Upstream.Clear();
+        var denied = await DeployAsync(gateway, token, id);
+        using var create = await gateway.PostGrantAsync(DeployGrant(token));
+        AssertDeniedAndNamed(gateway, denied, create.StatusCode, ready, "maxmemory-policy " + policy);
+
+        await redis.ExecuteAsync("CONFIG", "SET", "maxmemory-policy", "noeviction");
+        for (var deadline = DateTime.UtcNow.AddSeconds(20); (await ReadyAsync(gateway)).Status != HttpStatusCode.OK && DateTime.UtcNow < deadline;)
+        {
+            await Task.Delay(200);
+        }
+
+        Assert.Equal(HttpStatusCode.OK, (await ReadyAsync(gateway)).Status);
+        Assert.Equal(HttpStatusCode.OK, (await DeployAsync(gateway, token, id)).Status);
+    }
+
+    [Fact]
+    public async Task EvictingMaxmemoryPolicyAtStart_NotReadyAndNothingForwarded_NoLimitMeansNoEviction()
+    {
+        await using var evicting = await RedisServer.StartAsync("--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru");
+        await using var gateway = await GatewayHarness.StartAsync(redis: evicting.ConnectionString);
+        var token = gateway.Idp.Token();
+        using var create = await gateway.PostGrantAsync(DeployGrant(token));
+        var denied = await DeployAsync(gateway, token, "someGrant");
+
+        AssertDeniedAndNamed(gateway, denied, create.StatusCode, await ReadyAsync(gateway), "maxmemory-policy allkeys-lru");
+
+        // Without a memory limit nothing is ever evicted, whatever the policy says: served.
+        await using var unlimited = await RedisServer.StartAsync("--maxmemory", "0", "--maxmemory-policy", "allkeys-lru");
+        await using var served = await GatewayHarness.StartAsync(redis: unlimited.ConnectionString);
+        var servedToken = served.Idp.Token();
+        var id = await served.CreateGrantAsync(DeployGrant(servedToken));
+        Assert.Equal(HttpStatusCode.OK, (await ReadyAsync(served)).Status);
+        Assert.Equal(HttpStatusCode.OK, (await DeployAsync(served, servedToken, id)).Status);
+    }
+
     [Fact]
     public async Task RequireReplicaAcks_ReplicaGone_Uses503AndNotReady()
     {
