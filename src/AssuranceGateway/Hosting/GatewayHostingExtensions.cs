@@ -59,6 +59,8 @@ public static partial class GatewayHostingExtensions
         });
 
         var services = builder.Services;
+        // Before anything can log: Kestrel's bad-request log would write raw credential lines at Debug (SPEC §6).
+        KestrelBadRequestLog.Hold(services);
         services.TryAddSingleton(TimeProvider.System);
         services.AddReverseProxy().LoadFromMemory([], []);
         services.TryAddSingleton(sp => new GatewayConfigState(
@@ -87,6 +89,12 @@ public static partial class GatewayHostingExtensions
         var config = app.Services.GetRequiredService<GatewayConfigState>();
         var inForce = config.Summary();
         Log.ConfigurationInForce(app.Logger, config.FilePath ?? "(no file)", inForce);
+        // Read the logging configuration now (the logger factory applies it lazily) so the line below reflects it.
+        _ = app.Services.GetRequiredService<Microsoft.Extensions.Options.IOptionsMonitor<LoggerFilterOptions>>().CurrentValue;
+        if (app.Services.GetRequiredService<KestrelBadRequestLog>().Overridden)
+        {
+            Log.BadRequestLogHeld(app.Logger, KestrelBadRequestLog.Category);
+        }
 
         app.MapReverseProxy(proxy =>
         {
@@ -105,5 +113,9 @@ public static partial class GatewayHostingExtensions
 
         [LoggerMessage(EventId = 3, Level = LogLevel.Information, Message = "Configuration {File}: {InForce}")]
         public static partial void ConfigurationInForce(ILogger logger, string file, string inForce);
+
+        [LoggerMessage(EventId = 4, Level = LogLevel.Warning, Message = "Logging: {Category} is held at Information although the configuration asks for "
+            + "Debug or Trace: at those levels Kestrel writes the raw lines of the requests it refuses, credentials included")]
+        public static partial void BadRequestLogHeld(ILogger logger, string category);
     }
 }
