@@ -46,7 +46,11 @@ public static class TestCertificates
     }
 
     /// <summary>A client certificate (clientAuth), with a SPIFFE ID when given, signed by <paramref name="issuer"/> or self-signed.</summary>
-    public static X509Certificate2 Client(string? spiffeId, X509Certificate2? issuer)
+    /// <remarks>
+    /// <paramref name="fetchFrom"/> and <paramref name="crlAt"/> add an Authority Information Access (caIssuers) and a
+    /// CRL distribution point extension: URLs a verifier could be made to fetch.
+    /// </remarks>
+    public static X509Certificate2 Client(string? spiffeId, X509Certificate2? issuer, Uri? fetchFrom = null, Uri? crlAt = null)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest("CN=workload", key, HashAlgorithmName.SHA256);
@@ -57,6 +61,16 @@ public static class TestCertificates
             var san = new SubjectAlternativeNameBuilder();
             san.AddUri(new Uri(spiffeId));
             request.CertificateExtensions.Add(san.Build());
+        }
+
+        if (fetchFrom is not null)
+        {
+            request.CertificateExtensions.Add(new X509AuthorityInformationAccessExtension(null, [fetchFrom.AbsoluteUri]));
+        }
+
+        if (crlAt is not null)
+        {
+            request.CertificateExtensions.Add(CertificateRevocationListBuilder.BuildCrlDistributionPointExtension([crlAt.AbsoluteUri]));
         }
 
         var notBefore = DateTimeOffset.UtcNow.AddMinutes(-1);

@@ -10,6 +10,11 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
 {
     private readonly Lock _lock = new();
     private readonly Dictionary<string, GrantRecord> _grants = new(StringComparer.Ordinal);
+
+    // The ids of grants created pending, by subject, as the Redis store keeps them: counting a subject's pending grants
+    // (each challenge does, under the lock every consume takes) costs what that subject holds, not the whole store. An
+    // id whose grant has left pending (approved, denied, revoked, expired, swept) is dropped when its subject is counted.
+    private readonly Dictionary<string, List<string>> _pendingBySubject = new(StringComparer.Ordinal);
     private DateTimeOffset _nextSweep;
 
     public string Description => "in-process (single instance only)";
@@ -27,19 +32,19 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
 
             if (grant.Status == GrantStatus.Pending && grant.Subject is not null)
             {
-                var pending = 0;
-                foreach (var other in _grants.Values)
+                if (!_pendingBySubject.TryGetValue(grant.Subject, out var pending))
                 {
-                    if (other.Status == GrantStatus.Pending && other.ExpiresAt > now && other.Subject == grant.Subject)
-                    {
-                        pending++;
-                    }
+                    pending = [];
+                    _pendingBySubject[grant.Subject] = pending;
                 }
 
-                if (pending >= maxPendingPerSubject)
+                pending.RemoveAll(id => !_grants.TryGetValue(id, out var other) || other.Status != GrantStatus.Pending || other.ExpiresAt <= now);
+                if (pending.Count >= maxPendingPerSubject)
                 {
                     return Task.FromResult(GrantChange.TooMany);
                 }
+
+                pending.Add(grant.Id);
             }
 
             var events = new List<GrantEvent> { created with { At = now } };
@@ -264,6 +269,16 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
             if (grant.ExpiresAt + retention < now)
             {
                 _grants.Remove(id);
+            }
+        }
+
+        // Subjects whose pending grants have all left pending: an index entry per subject ever challenged would grow for good.
+        foreach (var (subject, pending) in _pendingBySubject)
+        {
+            pending.RemoveAll(id => !_grants.TryGetValue(id, out var grant) || grant.Status != GrantStatus.Pending || grant.ExpiresAt <= now);
+            if (pending.Count == 0)
+            {
+                _pendingBySubject.Remove(subject);
             }
         }
     }

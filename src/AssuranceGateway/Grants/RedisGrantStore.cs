@@ -576,9 +576,12 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         _stopping.Dispose();
     }
 
-    /// <summary>Evidence outlives the grant by the retention period: the keys expire at expiresAt + retention.</summary>
+    /// <summary>
+    /// Evidence outlives the grant by the retention period: the keys expire at expiresAt + retention. Rounded up to the
+    /// millisecond (PEXPIREAT's unit), so that with no retention the keys never go before the grant does.
+    /// </summary>
     private long KeyExpiresAtMs(DateTimeOffset expiresAt) =>
-        (ToMicros(expiresAt) / 1000) + (long)_settings.EvidenceRetention.TotalMilliseconds;
+        ((ToMicros(expiresAt) + 999) / 1000) + (long)_settings.EvidenceRetention.TotalMilliseconds;
 
     /// <summary>Takes one of the subject's pending slots; false when the subject already has the maximum.</summary>
     private async Task<bool> ReservePendingAsync(string id, string subject, long expiresAt, int limit, CancellationToken cancellationToken)

@@ -35,9 +35,10 @@ public sealed class TokenValidator
 
     /// <summary>
     /// Verified tokens by their SHA-256. Real clients reuse a token for minutes, and the signature check is most of the
-    /// cost of a request (ES256 ~50 µs here). A hit is a token byte-identical to one whose every check passed; expiry
-    /// is judged again on each hit, and an entry dies when its issuer no longer has the key that verified it. A reload
-    /// builds a new validator, so a changed key file or policy never meets an old entry.
+    /// cost of a request (ES256 ~50 µs here). A hit is a token byte-identical to one whose every check passed; its time
+    /// rules (exp, and nbf/iat for a clock set back) are judged again on each hit, and an entry dies when its issuer no
+    /// longer has the key that verified it. A reload builds a new validator, so a changed key file or policy never meets
+    /// an old entry.
     /// </summary>
     private readonly VerifiedTokenCache<CachedToken> _cache = new(CacheCapacity);
 
@@ -142,6 +143,13 @@ public sealed class TokenValidator
             return TokenCheck.Fail("nbf after exp", hash);
         }
 
+        // Like nbf after exp: a token issued after it expired is malformed. exp - iat is then negative, so the lifetime
+        // rule below would not catch it.
+        if (shape.IssuedAt is { } issued && issued > shape.Expires.Value)
+        {
+            return TokenCheck.Fail("iat after exp", hash);
+        }
+
         if (shape.IssuedAt is { } iat && iat - skew > now)
         {
             return TokenCheck.Fail("iat in the future", hash);
@@ -220,7 +228,10 @@ public sealed class TokenValidator
         var aal = acr is not null && _settings.AalMap.TryGetValue(acr, out var level) ? level : 0;
         var session = ClaimReader.StringValue(jwt, _settings.SessionClaim);
         var validated = new ValidatedToken(jwt, hash, aal, acr, session);
-        _cache.Add(digest, new CachedToken(validated, entry, shape.KeyId, shape.Algorithm, key, shape.Expires.Value), shape.Expires.Value + skew, now);
+        // The start of the token's validity (its nbf, or its iat when later: both are refused beyond the skew) is kept
+        // with it, so that a hit after the clock was set back is judged as a fresh validation would judge it.
+        var validFrom = Math.Max(shape.NotBefore ?? 0, shape.IssuedAt ?? 0);
+        _cache.Add(digest, new CachedToken(validated, entry, shape.KeyId, shape.Algorithm, key, validFrom, shape.Expires.Value), shape.Expires.Value + skew, now);
         return new TokenCheck(validated, null);
     }
 
@@ -234,7 +245,11 @@ public sealed class TokenValidator
 
     private async ValueTask<bool> StillValidAsync(CachedToken cached, CancellationToken cancellationToken)
     {
-        if (cached.Expires + (long)_settings.ClockSkew.TotalSeconds <= _time.GetUtcNow().ToUnixTimeSeconds())
+        // Both ends, as on the first validation: the clock can be corrected backwards (NTP step, VM restored from a
+        // snapshot) to before the token's nbf or iat, and a cache hit must not accept what a fresh check refuses.
+        var now = _time.GetUtcNow().ToUnixTimeSeconds();
+        var skew = (long)_settings.ClockSkew.TotalSeconds;
+        if (cached.Expires + skew <= now || cached.ValidFrom - skew > now)
         {
             return false;
         }
@@ -250,7 +265,7 @@ public sealed class TokenValidator
         }
     }
 
-    private sealed record CachedToken(ValidatedToken Token, IssuerEntry Entry, string? KeyId, string Algorithm, SecurityKey Key, long Expires);
+    private sealed record CachedToken(ValidatedToken Token, IssuerEntry Entry, string? KeyId, string Algorithm, SecurityKey Key, long ValidFrom, long Expires);
 
     private static TokenValidationParameters Parameters(TokenIssuer issuer, string[] audiences, TokenSettings settings, TimeProvider time) => new()
     {

@@ -26,13 +26,29 @@ public sealed class ClientCertificateChain
 
     public X509Certificate2Collection Intermediates { get; } = [];
 
-    /// <summary>Kestrel's <c>OnAuthenticate</c>: a new, empty chain for this connection, filled by its handshake.</summary>
+    /// <summary>
+    /// Kestrel's <c>OnAuthenticate</c>: a new, empty chain for this connection, filled by its handshake, and a chain policy
+    /// that never goes to the network. The handshake builds a chain for the client's certificate before
+    /// <see cref="Accept"/> is called, and by default (.NET 10, Kestrel's <c>CheckCertificateRevocation</c>) it would
+    /// download a missing issuer from the certificate's AIA URL and its CRL from the URLs the certificate names: URLs of
+    /// the client's choosing, fetched synchronously before any token is seen, so that anyone who can open a TLS connection
+    /// could make the gateway send requests where they like and hold a thread on each for as long as that server is slow.
+    /// The outcome of that chain is not used (the workload resolver builds its own, offline too), so nothing is lost.
+    /// </summary>
     public static void BeginHandshake(ConnectionContext connection, SslServerAuthenticationOptions options)
     {
         ArgumentNullException.ThrowIfNull(connection);
+        ArgumentNullException.ThrowIfNull(options);
         var chain = new ClientCertificateChain();
         connection.Features.Set(chain);
         Handshake.Value = chain;
+
+        // One policy per connection: SslStream adds what the client sent to its ExtraStore.
+        options.CertificateChainPolicy = new X509ChainPolicy
+        {
+            DisableCertificateDownloads = true,
+            RevocationMode = X509RevocationMode.NoCheck,
+        };
     }
 
     /// <summary>

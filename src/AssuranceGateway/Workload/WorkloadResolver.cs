@@ -164,7 +164,7 @@ public sealed class WorkloadResolver
             }
         }
 
-        if (spiffe is not null && ChainProblem(certificate, trustedCas, intermediates, spiffe) is { } problem)
+        if (spiffe is not null && ChainProblem(certificate, trustedCas, intermediates, spiffe, now) is { } problem)
         {
             return WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, problem);
         }
@@ -181,7 +181,8 @@ public sealed class WorkloadResolver
     /// a federated partner's CA in the same file cannot name this domain's workloads. A CA that names no trust domain
     /// vouches for every SPIFFE ID it signs: such a file should hold one trust domain (README, workload identity).
     /// </summary>
-    private static string? ChainProblem(X509Certificate2 certificate, X509Certificate2Collection? trustedCas, X509Certificate2Collection? intermediates, string spiffe)
+    private static string? ChainProblem(
+        X509Certificate2 certificate, X509Certificate2Collection? trustedCas, X509Certificate2Collection? intermediates, string spiffe, DateTimeOffset now)
     {
         const string NoChain = "client certificate names a SPIFFE ID but does not chain to Workload:ClientCaFile";
         if (trustedCas is null || trustedCas.Count == 0)
@@ -198,6 +199,12 @@ public sealed class WorkloadResolver
         }
 
         chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        // The CAs are judged at the same clock as the leaf above (X509Chain would read the machine's): a CA's dates need
+        // not contain its leaves', and the gateway's TimeProvider is the one clock of every time rule.
+        chain.ChainPolicy.VerificationTime = now.UtcDateTime;
+        // Never fetch a missing issuer from the URL the certificate names (AIA): the client chose it, and the download is
+        // synchronous on a request thread. Only the intermediates the client sent and the CA file build the chain.
+        chain.ChainPolicy.DisableCertificateDownloads = true;
         chain.ChainPolicy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid("1.3.6.1.5.5.7.3.2")); // clientAuth
         if (!chain.Build(certificate))
         {

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using AssuranceGateway.Enforcement;
 using AssuranceGateway.Grants;
 
@@ -39,5 +40,62 @@ public sealed class InMemoryGrantStoreTests : GrantStoreConformanceTests
         _clock.Advance(TimeSpan.FromMinutes(1));
 
         Assert.Equal(ReasonCodes.Ok, (await Store.ConsumeAsync(Matching(grant), default)).Reason);
+    }
+    /// <summary>
+    /// One hostile subject at its pending cap keeps challenging (each attempt is a valid token and workload, refused
+    /// too_many_pending). The count of its pending grants must cost what that subject holds, not what the whole store
+    /// holds: every consume of every caller waits on the same lock. Scanning every grant made each refused challenge
+    /// cost milliseconds with a large store, so a few hundred attempts a second held the lock all the time.
+    /// </summary>
+    [Fact]
+    public async Task CreateAsync_SubjectAtPendingCap_CostDoesNotGrowWithOtherGrants()
+    {
+        for (var i = 0; i < 150_000; i++)
+        {
+            Assert.Equal(GrantChange.Done, await Store.CreateAsync(
+                NewGrant() with { Subject = "user-" + (i % 5000) }, Created(), 100, default));
+        }
+
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
+        }
+
+        var watch = Stopwatch.StartNew();
+        for (var i = 0; i < 500; i++)
+        {
+            Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
+        }
+
+        // Generous (a loaded 2-core machine): a per-subject count does 500 refusals in about a millisecond; scanning the
+        // 150,000 grants each time took ~11 ms per refusal here, under the lock every consume needs.
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(1), $"500 refused challenges took {watch.Elapsed.TotalMilliseconds:F0} ms");
+    }
+
+    /// <summary>Pending grants that were approved, revoked or expired no longer count against their subject's cap.</summary>
+    [Fact]
+    public async Task CreateAsync_PendingCap_CountsOnlyGrantsStillPending()
+    {
+        var approved = NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending, ApprovalsRequired = 1 };
+        var revoked = NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending };
+        var expiring = NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending, ExpiresAt = Now.AddMinutes(1) };
+        foreach (var grant in new[] { approved, revoked, expiring })
+        {
+            Assert.Equal(GrantChange.Done, await Store.CreateAsync(grant, Created(), 3, default));
+        }
+
+        Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
+
+        await Store.ApproveAsync(approved.Id, "carol", 2, new GrantEvent { Type = GrantEvent.Approved }, null, 1, default);
+        Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
+        Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
+
+        await Store.RevokeAsync(revoked.Id, new GrantEvent { Type = GrantEvent.Revoked }, default);
+        Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
+        Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
+
+        _clock.Advance(TimeSpan.FromMinutes(2));
+        Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending, ExpiresAt = Now.AddMinutes(5) }, Created(), 3, default));
+        Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending, ExpiresAt = Now.AddMinutes(5) }, Created(), 3, default));
     }
 }

@@ -163,6 +163,24 @@ public sealed class RedisGrantStoreTests(RedisServer redis) : GrantStoreConforma
     }
 
     [Fact]
+    public async Task CreateAsync_NoRetention_KeysLiveUntilExpiresAtNotAMillisecondLess()
+    {
+        // EvidenceRetention may be zero: then the keys must still live to the grant's expiresAt (microseconds), not up to
+        // a millisecond short of it, when a use the store would still allow would find no grant.
+        var settings = RedisStores.Settings(redis, retention: TimeSpan.Zero);
+        using var store = await RedisStores.StartAsync(settings);
+        var grant = NewGrant() with { ExpiresAt = Now.AddMinutes(5).AddTicks(9990) }; // ...x.999 ms
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+
+        var keys = new GrantKeys(settings.KeyPrefix);
+        var expiresAtMs = (RedisGrantStore.ToMicros(grant.ExpiresAt) + 999) / 1000;
+        foreach (var key in new[] { (string)keys.Grant(grant.Id)!, (string)keys.Events(grant.Id)! })
+        {
+            Assert.True((long)(await redis.ExecuteAsync("PEXPIRETIME", key))! >= expiresAtMs, key);
+        }
+    }
+
+    [Fact]
     public async Task CreateAsync_SubjectIndexHoldsStaleMembers_CountsOnlyLivePendingGrants()
     {
         var subject = "alice-" + NewId();

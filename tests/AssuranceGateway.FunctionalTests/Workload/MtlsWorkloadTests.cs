@@ -117,6 +117,42 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
         await AssertDeployRefusedAsWorkloadInvalidAsync(http);
     }
 
+    /// <summary>
+    /// A client certificate names where its issuer and its revocation list can be fetched (AIA caIssuers, CRL distribution
+    /// point): URLs of the client's choosing. Fetching them during the handshake or the workload check would let anyone who
+    /// can open a TLS connection make the gateway send requests where they like and hold a thread on each (a synchronous
+    /// download that a slow server keeps waiting for seconds). Only what the client sent and the CA file count.
+    /// </summary>
+    [Fact]
+    public async Task CertificateNamingAnIssuerOrCrlUrl_NothingFetched_WorkloadInvalid()
+    {
+        var fetched = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var (fetchServer, address) = await LoopbackServer.StartAsync(async context =>
+        {
+            fetched.Enqueue(context.Request.Path);
+            await Task.Delay(TimeSpan.FromSeconds(2)); // a slow server: each fetch would hold the gateway this long
+            context.Response.StatusCode = 404;
+        });
+        await using var _ = fetchServer;
+
+        // Signed by an intermediate of the trusted root that the client does not send, but names where to fetch it.
+        using var intermediate = TestCertificates.Ca("spiffe://prod.test", issuer: _prodCa);
+        using var client = TestCertificates.Client(Deployer, intermediate, fetchFrom: new Uri(address + "/issuer.cer"), crlAt: new Uri(address + "/ca.crl"));
+        using var http = ClientWith(client, sending: []); // offline: the test's own client stack fetches nothing either
+
+        // Unauthenticated: the handshake alone, then token_missing.
+        using (var anonymous = await http.PostAsync(new Uri("/deploy/v1/releases", UriKind.Relative), null))
+        {
+            Assert.Equal("token_missing", await anonymous.ReasonAsync());
+        }
+
+        Assert.Empty(fetched);
+
+        // Authenticated: the workload check builds the certificate's chain.
+        await AssertDeployRefusedAsWorkloadInvalidAsync(http);
+        Assert.Empty(fetched);
+    }
+
     [Fact]
     public async Task SelfSignedCertificateClaimingTheSameSpiffeId_WorkloadInvalid()
     {

@@ -166,6 +166,18 @@ public sealed class TokenValidatorTests : IDisposable
     }
 
     [Fact]
+    public async Task ValidateAsync_IatAfterExp_Rejected()
+    {
+        // Like nbf after exp: a token issued after it expired is malformed, not a short-lived one. iat inside the skew
+        // and exp + skew still ahead, so no other rule refuses it, and exp - iat is negative, below any MaxLifetime.
+        var token = Sign(Claims(iat: 20, nbf: null, exp: 10));
+
+        var check = await Validator().ValidateAsync(token, default);
+
+        Assert.Equal("iat after exp", check.Failure);
+    }
+
+    [Fact]
     public async Task ValidateAsync_ClockMovesPastExpiry_SameTokenRejected()
     {
         var token = Sign(Claims(iat: 0, nbf: 0, exp: 60));
@@ -175,6 +187,37 @@ public sealed class TokenValidatorTests : IDisposable
         _time.Now = _time.Now.AddSeconds(60 + Skew);
 
         Assert.Equal("token expired", (await validator.ValidateAsync(token, default)).Failure);
+    }
+
+    [Theory]
+    [InlineData(0, null, "token not yet valid")]
+    [InlineData(null, 0, "iat in the future")]
+    public async Task ValidateAsync_CachedTokenAfterClockSetBackBeforeItsStart_RejectedAsAFreshOneWouldBe(int? nbf, int? iat, string failure)
+    {
+        // The machine's clock corrected backwards after the token was cached: a fresh validation would refuse it, and a
+        // cache hit must not answer otherwise.
+        var token = Sign(Claims(iat: iat, nbf: nbf, exp: 300));
+        var validator = Validator();
+        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+
+        _time.Now = _time.Now.AddSeconds(-(Skew + 1));
+
+        Assert.Equal(failure, (await validator.ValidateAsync(token, default)).Failure);
+        Assert.Equal(failure, (await Validator().ValidateAsync(token, default)).Failure);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_CachedTokenClockBackInsideSkew_StillServedFromCache()
+    {
+        var token = Sign(Claims(iat: 0, nbf: 0, exp: 300));
+        var validator = Validator();
+        var first = await validator.ValidateAsync(token, default);
+
+        _time.Now = _time.Now.AddSeconds(-Skew);
+
+        var second = await validator.ValidateAsync(token, default);
+        Assert.True(second.IsValid, second.Failure);
+        Assert.Same(first.Token, second.Token);
     }
 
     [Fact]
