@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net.Sockets;
 using StackExchange.Redis;
 
@@ -258,7 +259,7 @@ internal sealed partial class RedisGrantStore
     }
 
     /// <summary>
-    /// Reads <c>INFO memory</c> on a new or restored connection and every
+    /// Reads <c>INFO</c> on a new or restored connection and every
     /// <see cref="EvictionCheckInterval"/> after (an operator can change the policy at run time with CONFIG SET). INFO
     /// rather than CONFIG GET: managed services (ElastiCache, Azure Cache, Memorystore) refuse CONFIG but answer INFO.
     /// A server whose answer says nothing (no such field, no answer in time) leaves the last judgement in force.
@@ -277,7 +278,10 @@ internal sealed partial class RedisGrantStore
             // Through the database, as readiness reads INFO replication: IServer.Info needs the client's admin mode, which
             // would also unlock FLUSHALL and the like. On a cluster this reaches one node per round, a different one as
             // the rounds go on.
-            var info = (string?)await connection.GetDatabase().ExecuteAsync("INFO", "memory").WaitAsync(_settings.Timeout, _time, stopping).ConfigureAwait(false);
+            // The default sections: memory for the policy, server for the clock (server_time_usec).
+            var sent = _time.GetUtcNow();
+            var info = (string?)await connection.GetDatabase().ExecuteAsync("INFO").WaitAsync(_settings.Timeout, _time, stopping).ConfigureAwait(false);
+            CheckClock(info, sent, _time.GetUtcNow());
             if (EvictionRisk(info) is { } found)
             {
                 risk = $"evicts keys (maxmemory-policy {found.Policy} with maxmemory {found.MaxMemory} bytes): when it is full it drops grants and their evidence; set maxmemory-policy noeviction";
@@ -304,7 +308,38 @@ internal sealed partial class RedisGrantStore
     }
 
     /// <summary>
-    /// The policy and limit of an <c>INFO memory</c> reply when they let Redis evict keys: a memory limit (maxmemory 0 is
+    /// Compares Redis's clock with this gateway's (<c>server_time_usec</c> of the eviction check's INFO). Two clocks
+    /// judge a grant's window: this gateway's sets it at creation (expiresAt = max(now, notBefore) + ttl, also what
+    /// <c>MaxTtl</c> bounds) and judges tokens, Redis's decides it at every use (the scripts read TIME, so that all
+    /// gateways sharing the store agree). A gateway whose clock is ahead of Redis's by X gives each grant X more than its
+    /// ttl by the store's clock; behind by more than a ttl, it creates grants already expired. Said once when the offset
+    /// goes beyond <see cref="ClockOffsetWarning"/> (plus half the round trip, which is how far the reading can be off),
+    /// and once when it is back within.
+    /// </summary>
+    private void CheckClock(string? info, DateTimeOffset sent, DateTimeOffset received)
+    {
+        if (!long.TryParse(InfoField(info, "server_time_usec"), NumberStyles.None, CultureInfo.InvariantCulture, out var micros))
+        {
+            return; // before Redis 7.0: not said
+        }
+
+        var halfTrip = (received - sent) / 2;
+        var offset = DateTimeOffset.UnixEpoch.AddTicks(micros * 10) - (sent + halfTrip);
+        var off = offset.Duration() > ClockOffsetWarning + halfTrip;
+        if (off && !_clockOffReported)
+        {
+            Log.ClockOffset(_logger, Description, Math.Round(offset.Duration().TotalSeconds, 1), offset > TimeSpan.Zero ? "ahead of" : "behind");
+        }
+        else if (!off && _clockOffReported)
+        {
+            Log.ClockAgrees(_logger, Description);
+        }
+
+        _clockOffReported = off;
+    }
+
+    /// <summary>
+    /// The policy and limit of an <c>INFO</c> reply when they let Redis evict keys: a memory limit (maxmemory 0 is
     /// none, so nothing is ever evicted) with any policy but noeviction. Every key of the gateway has a TTL, so the
     /// volatile-* policies evict them as surely as the allkeys-* ones. Null when nothing is evicted or the reply does not say.
     /// </summary>

@@ -5,7 +5,7 @@ namespace AssuranceGateway.Grants;
 internal sealed partial class RedisGrantStore
 {
     // Event ids 3100-3199: the Redis grant store, each used once (operators alert on them; LoggerMessageTests checks
-    // the whole assembly). Next free: 3122. Only store names, grant ids and operation names are logged: the store
+    // the whole assembly). Next free: 3124. Only store names, grant ids and operation names are logged: the store
     // never sees a raw token or body, and the connection string may hold a password.
     private static partial class Log
     {
@@ -69,8 +69,14 @@ internal sealed partial class RedisGrantStore
         [LoggerMessage(3120, LogLevel.Information, "Grant store {Store}: Redis no longer evicts keys (maxmemory-policy noeviction, or no maxmemory); serving again")]
         public static partial void NoLongerEvicting(ILogger logger, string store);
 
-        [LoggerMessage(3121, LogLevel.Debug, "Grant store {Store}: reading INFO memory failed; the eviction check runs again on the next round")]
+        [LoggerMessage(3121, LogLevel.Debug, "Grant store {Store}: reading INFO failed; the eviction and clock checks run again on the next round")]
         public static partial void EvictionCheckFailed(ILogger logger, string store, Exception exception);
+
+        [LoggerMessage(3122, LogLevel.Warning, "Grant store {Store}: Redis's clock is {Seconds} s {Direction} this gateway's. Grants get their window (ttl, notBefore, MaxTtl) from this gateway's clock and are judged by Redis's at every use, so each lasts that much longer or shorter; synchronise the clocks (NTP)")]
+        public static partial void ClockOffset(ILogger logger, string store, double seconds, string direction);
+
+        [LoggerMessage(3123, LogLevel.Information, "Grant store {Store}: Redis's clock agrees with this gateway's again")]
+        public static partial void ClockAgrees(ILogger logger, string store);
 
         [LoggerMessage(3117, LogLevel.Warning, "Grant store {Store}: the dedicated consume connection is unavailable ({Why}); consumes use the shared connection meanwhile")]
         public static partial void PipeUnavailable(ILogger logger, string store, string why);

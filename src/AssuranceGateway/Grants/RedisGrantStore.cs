@@ -64,6 +64,10 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     /// <summary>The connection the eviction check last ran on (null: check on the next healthy round), and when.</summary>
     private ConnectionMultiplexer? _evictionCheckedOn;
     private long _evictionCheckedAt;
+
+    /// <summary>Whether the last clock comparison found Redis's clock off by more than <see cref="ClockOffsetWarning"/>.</summary>
+    private bool _clockOffReported;
+    private static readonly TimeSpan ClockOffsetWarning = TimeSpan.FromSeconds(2);
     private long _lastRefusalLogged;
 
     /// <summary>How the last connection attempt failed (AuthenticationFailure, SocketFailure…); null once connected.</summary>

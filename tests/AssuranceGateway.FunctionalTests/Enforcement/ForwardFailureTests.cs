@@ -245,9 +245,4 @@ public sealed class ForwardFailureTests(ITestOutputHelper output) : IAsyncLifeti
         Assert.Contains("the upstream received the request and answered", body, StringComparison.Ordinal);
         Assert.Equal(["response_body_destination"], failed);
     }
-
-    private sealed class SkewedTime(TimeSpan offset) : TimeProvider
-    {
-        public override DateTimeOffset GetUtcNow() => System.GetUtcNow() + offset;
-    }
 }

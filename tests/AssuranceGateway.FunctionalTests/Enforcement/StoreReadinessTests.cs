@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using AssuranceGateway.Testing;
+using Microsoft.Extensions.DependencyInjection;
 using static AssuranceGateway.Testing.GrantHelpers;
 
 namespace AssuranceGateway.FunctionalTests.Enforcement;
@@ -154,6 +155,43 @@ public sealed class StoreReadinessTests
         var id = await served.CreateGrantAsync(DeployGrant(servedToken));
         Assert.Equal(HttpStatusCode.OK, (await ReadyAsync(served)).Status);
         Assert.Equal(HttpStatusCode.OK, (await DeployAsync(served, servedToken, id)).Status);
+    }
+
+    // Two clocks judge a grant's window: the creating gateway's sets expiresAt, Redis's decides it at each use. A gateway
+    // 30 s ahead gave every grant 30 s more than its ttl by the store's clock, and nothing said so. Now the watchdog's
+    // INFO (server_time_usec) is compared with the gateway's clock: said once with how far and which way, and once when
+    // the clocks agree again (NTP corrected the host). It is a warning, not a refusal: requests are still served.
+    [Fact]
+    public async Task GatewayClockApartFromRedis_SaidOnceWithHowFarAndWhichWay_AndWhenCorrected()
+    {
+        await using var redis = await RedisServer.StartAsync();
+        var clock = new SkewedTime(TimeSpan.FromSeconds(30));
+        await using var skewed = await GatewayHarness.StartAsync(redis: redis.ConnectionString, services: s => s.AddSingleton<TimeProvider>(clock));
+        await using var agreeing = await GatewayHarness.StartAsync(redis: redis.ConnectionString);
+        string[] Said(GatewayHarness gateway, int eventId) => [.. gateway.Logs.Lines.Where(l => l.Contains($"[{eventId}]", StringComparison.Ordinal))];
+
+        var watch = Stopwatch.StartNew();
+        while (Said(skewed, 3122).Length == 0 && watch.Elapsed < TimeSpan.FromSeconds(15))
+        {
+            await Task.Delay(50);
+        }
+
+        var warning = Assert.Single(Said(skewed, 3122));
+        Assert.StartsWith("Warning ", warning, StringComparison.Ordinal);
+        Assert.Matches(@"Redis's clock is (29\.\d|30(\.0)?) s behind this gateway's", warning);
+        Assert.Empty(Said(agreeing, 3122));
+        var token = skewed.Idp.Token();
+        var id = await skewed.CreateGrantAsync(DeployGrant(token));
+        Assert.Equal(HttpStatusCode.OK, (await DeployAsync(skewed, token, id)).Status);
+
+        clock.Offset = TimeSpan.Zero;
+        while (Said(skewed, 3123).Length == 0 && watch.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            await Task.Delay(50);
+        }
+
+        Assert.Single(Said(skewed, 3123));
+        Assert.Single(Said(skewed, 3122)); // said once, not every 5 s while it lasted
     }
 
     [Fact]
