@@ -117,8 +117,10 @@ internal static class GrantCommands
         var id = new Argument<string>("id") { Description = "Grant id" };
         var show = new Command("show", "Show a grant with its bindings and events") { api, bearer, id };
         show.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Get, $"/assurance/v1/grants/{CommandInput.GrantId(r.GetValue(id))}", null, null, ct));
-        var list = new Command("list", "List grants waiting for approval") { api, bearer };
-        list.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Get, "/assurance/v1/grants?status=pending", null, null, ct));
+        var listRoute = new Option<string?>("--route") { Description = "Only the grants of this route (a route the gateway does not have is an error, not an empty list)" };
+        var list = new Command("list", "List grants waiting for approval, oldest first") { api, bearer, listRoute };
+        list.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Get,
+            "/assurance/v1/grants?status=pending" + (r.GetValue(listRoute) is { } only ? "&route=" + Uri.EscapeDataString(only) : string.Empty), null, null, ct));
         var approve = new Command("approve", "Approve a pending grant") { api, bearer, id };
         approve.SetAction((r, ct) => SendAsync(r, api, bearer, HttpMethod.Post, $"/assurance/v1/grants/{CommandInput.GrantId(r.GetValue(id))}/approve", null, null, ct));
         var deny = new Command("deny", "Deny (revoke) a pending grant") { api, bearer, id };

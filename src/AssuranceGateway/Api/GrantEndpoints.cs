@@ -139,8 +139,21 @@ internal static class GrantEndpoints
             return;
         }
 
+        // An approver who owns one route sees its requests, however many other routes' wait before them. A route that is
+        // not configured is refused: an empty list for a misspelt name would read as "nothing waits".
+        string? route = null;
+        if (context.Request.Query.TryGetValue("route", out var named))
+        {
+            route = named.ToString();
+            if (named.Count != 1 || runtime.Settings.PolicyForRoute(route) is null)
+            {
+                await ApiProblems.WriteAsync(context, ReasonCodes.InvalidRequest, $"route: unknown route '{route}'").ConfigureAwait(false);
+                return;
+            }
+        }
+
         // One more than shown: an approver must know when the list is not all there is (oldest first).
-        var (ok, pending) = await StoreCallAsync(context, "list", ct => store.ListPendingAsync(limit + 1, ct)).ConfigureAwait(false);
+        var (ok, pending) = await StoreCallAsync(context, "list", ct => store.ListPendingAsync(limit + 1, route, ct)).ConfigureAwait(false);
         if (!ok)
         {
             return;

@@ -34,7 +34,8 @@ public interface IGrantStore
     /// many (a reload that raised Approvals also holds for grants already waiting); never fewer than its own.</param>
     Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, TimeSpan? activeFor, int minimumApprovals, CancellationToken cancellationToken);
 
-    Task<IReadOnlyList<GrantRecord>> ListPendingAsync(int limit, CancellationToken cancellationToken);
+    /// <summary>Live pending grants, oldest first, up to <paramref name="limit"/>; only those of <paramref name="route"/> when given.</summary>
+    Task<IReadOnlyList<GrantRecord>> ListPendingAsync(int limit, string? route, CancellationToken cancellationToken);
 
     /// <summary>
     /// Appends an event without changing state (unknown outcomes once the store is back, a forward that failed). An event

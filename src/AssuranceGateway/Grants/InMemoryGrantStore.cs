@@ -227,13 +227,13 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
         }
     }
 
-    public Task<IReadOnlyList<GrantRecord>> ListPendingAsync(int limit, CancellationToken cancellationToken)
+    public Task<IReadOnlyList<GrantRecord>> ListPendingAsync(int limit, string? route, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
             var now = time.GetUtcNow();
             IReadOnlyList<GrantRecord> pending = _grants.Values
-                .Where(g => g.Status == GrantStatus.Pending && g.ExpiresAt > now)
+                .Where(g => g.Status == GrantStatus.Pending && g.ExpiresAt > now && (route is null || g.Route == route))
                 .OrderBy(g => g.CreatedAt)
                 .Take(limit)
                 .ToList();

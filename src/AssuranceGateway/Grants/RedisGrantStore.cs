@@ -377,7 +377,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         return new ApproveResult(GrantChange.Done, ParseStatus((string)result[1]), (int)result[2]);
     }
 
-    public async Task<IReadOnlyList<GrantRecord>> ListPendingAsync(int limit, CancellationToken cancellationToken)
+    public async Task<IReadOnlyList<GrantRecord>> ListPendingAsync(int limit, string? route, CancellationToken cancellationToken)
     {
         var found = new List<GrantRecord>(Math.Clamp(limit, 0, PendingPageSize));
         var stale = new List<RedisValue>();
@@ -406,7 +406,8 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             {
                 if (grants[i] is { Status: GrantStatus.Pending } grant && grant.ExpiresAt > now)
                 {
-                    if (found.Count < limit)
+                    // Another route's grant stays indexed; the index is one for all routes (its pages bound each read).
+                    if (found.Count < limit && (route is null || string.Equals(grant.Route, route, StringComparison.Ordinal)))
                     {
                         found.Add(grant);
                     }

@@ -374,7 +374,7 @@ public sealed partial class AgwCliTests
     {
         var result = await AgwAsync("hash", "--method", method, "--path", "/deploy/v1/releases");
 
-        AssertUsageError(result, $"--method '{method}'");
+        AssertUsageError(result, $"--method '{method.Replace("\r", "\\r", StringComparison.Ordinal)}'"); // shown escaped: one printable line
     }
 
     // --path, --query, --header and --body describe the bound request, which is sent only with --method: without it they

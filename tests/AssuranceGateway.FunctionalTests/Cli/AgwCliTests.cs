@@ -139,6 +139,31 @@ public sealed partial class AgwCliTests : IAsyncLifetime
         Assert.Equal(0, revoked.Code);
     }
 
+    // `agw grant list --route` asks for one route's pending grants; a route the gateway lacks is an error, not "nothing".
+    [Fact]
+    public async Task GrantList_ByRoute_OnlyThatRoutesPendingGrants_UnknownRouteFails()
+    {
+        var agentToken = _gateway.Idp.Token("carol", acr: "urn:aal1", sid: "agent-session-3");
+        using var call = GatewayHarness.Request(HttpMethod.Post, "/agent/tools/exec", agentToken, out _);
+        call.Headers.TryAddWithoutValidation("Workload-Identity", _gateway.WorkloadIssuer.Svid());
+        call.Content = new StringContent("{}");
+        using var challenged = await _gateway.Proxy.SendAsync(call);
+        var pending = (await challenged.ProblemAsync()).GetProperty("grantId").GetString()!;
+        var reader = _gateway.Idp.ApiToken(scope: "assurance:read");
+
+        var agent = await AgwAsync("grant", "list", "--api", _gateway.ApiAddress, "--as", reader, "--route", "agent");
+        var deploy = await AgwAsync("grant", "list", "--api", _gateway.ApiAddress, "--as", reader, "--route", "deploy");
+        var misspelt = await AgwAsync("grant", "list", "--api", _gateway.ApiAddress, "--as", reader, "--route", "agnet");
+
+        Assert.Equal(0, agent.Code);
+        Assert.Equal([pending], JsonDocument.Parse(agent.Out).RootElement.GetProperty("grants").EnumerateArray().Select(g => g.GetProperty("id").GetString()!));
+        Assert.Equal(0, deploy.Code);
+        Assert.Equal(0, JsonDocument.Parse(deploy.Out).RootElement.GetProperty("grants").GetArrayLength());
+        Assert.NotEqual(0, misspelt.Code);
+        Assert.Contains("unknown route 'agnet'", misspelt.Out + misspelt.Err, StringComparison.Ordinal);
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
     [Fact]
     public async Task GrantCreate_RepeatedHeader_BindsTheHashOfAgwHashAndTheRealRequestIsAllowed()
     {

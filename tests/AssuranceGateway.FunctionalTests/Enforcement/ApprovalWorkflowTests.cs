@@ -103,6 +103,55 @@ public sealed class ApprovalWorkflowTests : IAsyncLifetime
         }
     }
 
+    // The list was one queue for every route, oldest first, at most 500: an approver who owns one route could not see its
+    // requests behind other routes' (a burst of challenges elsewhere pushed them past the limit). `route` narrows it; a
+    // route the gateway does not have is refused, since an empty list for a misspelt name would read as "nothing waits".
+    [Fact]
+    public async Task ListPending_ByRoute_OnlyThatRoutesOldestFirst_UnknownRouteRefused()
+    {
+        var older = await _gateway.CreateGrantAsync(new JsonObject
+        {
+            ["route"] = "breakglass",
+            ["subject"] = "oncall",
+            ["request"] = new JsonObject { ["method"] = "POST", ["path"] = "/breakglass/db-7/shell" },
+            ["reason"] = "INC-43",
+        }, _gateway.Idp.ApiToken("lead-1"));
+        var agentToken = _gateway.Idp.Token("carol", acr: "urn:aal1", sid: "agent-session-9");
+        var agent = new List<string>();
+        for (var i = 0; i < 2; i++)
+        {
+            using var challenged = await _gateway.Proxy.SendAsync(AgentCall(agentToken, null, out _));
+            agent.Add((await challenged.ProblemAsync()).GetProperty("grantId").GetString()!);
+        }
+
+        var bob = _gateway.Idp.ApiToken("bob");
+        async Task<(string[] Ids, bool Truncated)> ListAsync(string query)
+        {
+            using var response = await ApiAsync(HttpMethod.Get, "/assurance/v1/grants?status=pending" + query, bob);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            var page = await response.Content.ReadFromJsonAsync<JsonElement>();
+            return ([.. page.GetProperty("grants").EnumerateArray().Select(g => g.GetProperty("id").GetString()!)], page.GetProperty("truncated").GetBoolean());
+        }
+
+        Assert.Equal(older, (await ListAsync("&limit=1")).Ids.Single()); // all routes: the breakglass grant is the oldest
+        Assert.Equal((agent[0], true), ((await ListAsync("&route=agent&limit=1")).Ids.Single(), (await ListAsync("&route=agent&limit=1")).Truncated));
+        Assert.Equal(agent, (await ListAsync("&route=agent")).Ids);
+        Assert.False((await ListAsync("&route=agent")).Truncated);
+        Assert.Equal([older], (await ListAsync("&route=breakglass")).Ids);
+        Assert.Empty((await ListAsync("&route=status")).Ids);
+
+        foreach (var bad in new[] { "&route=agnet", "&route=", "&route=agent&route=breakglass" })
+        {
+            using var refused = await ApiAsync(HttpMethod.Get, "/assurance/v1/grants?status=pending" + bad, bob);
+            Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+            Assert.Equal("invalid_request", await refused.ReasonAsync());
+        }
+
+        using var misspelt = await ApiAsync(HttpMethod.Get, "/assurance/v1/grants?status=pending&route=agnet", bob);
+        Assert.Contains("unknown route 'agnet'", (await misspelt.ProblemAsync()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
     [Fact]
     public async Task AgentToolCall_ChallengedApprovedByHumanThenUsedOnceWithRefreshedToken()
     {

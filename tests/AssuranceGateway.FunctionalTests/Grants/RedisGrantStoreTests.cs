@@ -215,7 +215,7 @@ public sealed class RedisGrantStoreTests(RedisServer redis) : GrantStoreConforma
             await redis.ExecuteAsync("ZADD", (string)keys.PendingByExpiry!, later, id);
         }
 
-        var listed = await Store.ListPendingAsync(10, default);
+        var listed = await Store.ListPendingAsync(10, null, default);
 
         Assert.Equal([pending.Id], listed.Select(g => g.Id));
         Assert.Equal(1L, await redis.ExecuteAsync("ZCARD", (string)keys.PendingByCreation!));

@@ -41,7 +41,7 @@ public sealed class RedisPendingIndexTests
             await redis.ExecuteAsync("ZADD", index, "XX", micros, id);
         }
 
-        var listed = (await store.ListPendingAsync(500, default)).Select(g => g.Id).ToList();
+        var listed = (await store.ListPendingAsync(500, null, default)).Select(g => g.Id).ToList();
 
         Assert.Equal(listed.Count, listed.Distinct().Count());
         Assert.Equal(ids.Order(StringComparer.Ordinal), listed.Order(StringComparer.Ordinal));
