@@ -132,7 +132,7 @@ internal sealed partial class RedisGrantStore
     /// The consume script's ARGV as text: the dedicated connection encodes it straight into the command, the multiplexer
     /// takes it as <see cref="RedisValue"/>s (<see cref="AsValues"/>).
     /// </summary>
-    private static string[] ConsumeArguments(ConsumeRequest request)
+    private static string[] ConsumeArguments(ConsumeRequest request, string tag)
     {
         var presented = Presented.None;
         if (request.Subject is not null)
@@ -208,12 +208,21 @@ internal sealed partial class RedisGrantStore
             request.SpanId ?? string.Empty,
             request.DryRun ? "1" : "0",
             MaxEventsText,
+            tag,
         ];
     }
 
     private static readonly string MaxEventsText = GrantRules.MaxEvents.ToString(CultureInfo.InvariantCulture);
 
     private static RedisValue[] AsValues(string[] args) => Array.ConvertAll(args, static a => (RedisValue)a);
+
+    /// <summary>
+    /// The consume script's reply without its last element, the call's tag, after checking that the tag is
+    /// <paramref name="tag"/>: a reply matched to the wrong command (a connection out of step) is another request's
+    /// decision, and must decide nothing. Null when the tag is not this call's.
+    /// </summary>
+    private static string?[]? ConsumeReply(string?[] reply, string tag) =>
+        reply.Length >= 2 && string.Equals(reply[^1], tag, StringComparison.Ordinal) ? reply[..^1] : null;
 
     /// <summary>The consume script's reply as text, whichever connection carried it (nil is null).</summary>
     private static string?[] ConsumeReply(RedisResult result) => Array.ConvertAll((RedisResult[])result, static r => (string?)r);

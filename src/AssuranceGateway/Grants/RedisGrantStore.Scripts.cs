@@ -115,10 +115,11 @@ internal sealed partial class RedisGrantStore
         /// ARGV[9] origin as text (for the record), ARGV[10] request hash,
         /// ARGV[11..15] request digests: method, path, query, headers, body,
         /// ARGV[16] reasons that revoke, space-separated, ARGV[17] trace id, ARGV[18] span id,
-        /// ARGV[19] "1" for a dry run, ARGV[20] the list length up to which a denied event is kept (GrantRules.MaxEvents).
-        /// Returns {reason} when the grant does not exist, else {reason, status, usesRemaining, mismatch
-        /// (space-separated), revoked (0|1), firstUse JSON|nil, approvers JSON|nil, approvalAal, subject|nil,
-        /// workload|nil, requestHash|nil}.
+        /// ARGV[19] "1" for a dry run, ARGV[20] the list length up to which a denied event is kept (GrantRules.MaxEvents),
+        /// ARGV[21] the call's tag, echoed as the reply's last element (the caller checks that the reply is its own).
+        /// Returns {reason, tag} when the grant does not exist (or cannot be read), else {reason, status, usesRemaining,
+        /// mismatch (space-separated), revoked (0|1), firstUse JSON|nil, approvers JSON|nil, approvalAal, subject|nil,
+        /// workload|nil, requestHash|nil, tag}.
         /// </summary>
         private const string ConsumeText = Common + $$"""
             -- Only the fields a decision reads (the request digests only on a request mismatch), named in place: a
@@ -127,7 +128,7 @@ internal sealed partial class RedisGrantStore
             local v = redis.call('HMGET', KEYS[1], 'status', 'expiresAt', 'notBefore', 'routeKey', 'bound', 'subject',
               'session', 'token', 'workload', 'originNets', 'request', 'digests', 'uses', 'firstUse', 'approvers', 'approvalAal')
             if not v[1] then
-              return not_found('{{ReasonCodes.GrantNotFound}}')
+              return {not_found('{{ReasonCodes.GrantNotFound}}')[1], ARGV[21]}
             end
             local g = {
               status = v[1], expiresAt = v[2], notBefore = v[3], routeKey = v[4], bound = v[5], subject = v[6],
@@ -190,7 +191,7 @@ internal sealed partial class RedisGrantStore
             if (g.status ~= '{{StatusActive}}' and g.status ~= '{{StatusConsumed}}' and g.status ~= '{{StatusPending}}'
                 and g.status ~= '{{StatusRevoked}}') or not tonumber(g.expiresAt) or not tonumber(g.uses)
                 or (g.notBefore and not tonumber(g.notBefore)) then
-              return {'{{ReasonCodes.GrantUnreadable}}'}
+              return {'{{ReasonCodes.GrantUnreadable}}', ARGV[21]}
             end
 
             local reason
@@ -296,6 +297,7 @@ internal sealed partial class RedisGrantStore
             return {
               reason, status, fmt(uses), table.concat(mismatch, ' '), revoke and 1 or 0, first or false,
               g.approvers or false, g.approvalAal or '0', g.subject or false, g.workload or false, g.request or false,
+              ARGV[21],
             }
             """;
 

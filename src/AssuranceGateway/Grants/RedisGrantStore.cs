@@ -67,6 +67,9 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
     /// <summary>Whether the last clock comparison found Redis's clock off by more than <see cref="ClockOffsetWarning"/>.</summary>
     private bool _clockOffReported;
+
+    /// <summary>The last consume tag handed out (<see cref="NextConsumeTag"/>).</summary>
+    private long _consumeTags;
     private static readonly TimeSpan ClockOffsetWarning = TimeSpan.FromSeconds(2);
     private long _lastRefusalLogged;
 
@@ -200,9 +203,10 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             // that was sent would turn a known outcome into an unknown one.
             var started = _time.GetTimestamp();
             var grantKey = _keys.GrantText(request.GrantId);
-            var text = ConsumeArguments(request);
+            var tag = NextConsumeTag();
+            var text = ConsumeArguments(request, tag);
             if (_acked is null && Volatile.Read(ref _pipe) is { Broken: null } pipe
-                && await ConsumeThroughPipeAsync(pipe, grantKey, text, request.GrantId).ConfigureAwait(false) is { } fast)
+                && await ConsumeThroughPipeAsync(pipe, grantKey, text, tag, request.GrantId).ConfigureAwait(false) is { } fast)
             {
                 return ReadConsumeResult(fast);
             }
@@ -210,9 +214,11 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             var keys = GrantKeys.KeysOf(grantKey);
             var args = AsValues(text);
 
-            reply = ConsumeReply(_acked is null || request.DryRun
-                ? await RunAsync(_shared, db => EvaluateAsync(db, Scripts.Consume, keys, args), "consume", request.GrantId, CancellationToken.None, started).ConfigureAwait(false)
-                : await ConsumeAcknowledgedAsync(_acked, keys, args, request.GrantId).ConfigureAwait(false));
+            reply = ConsumeReply(
+                ConsumeReply(_acked is null || request.DryRun
+                    ? await RunAsync(_shared, db => EvaluateAsync(db, Scripts.Consume, keys, args), "consume", request.GrantId, CancellationToken.None, started).ConfigureAwait(false)
+                    : await ConsumeAcknowledgedAsync(_acked, keys, args, request.GrantId).ConfigureAwait(false)),
+                tag) ?? throw Unavailable("consume", request.GrantId, "reply to another command", outcomeUnknown: true, null);
         }
         catch (StoreUnavailableException e) when (e.OutcomeUnknown && !request.DryRun)
         {
@@ -228,7 +234,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     /// The consume over the dedicated connection (<see cref="RespPipe"/>). Null when it provably did not run there
     /// (the command never left, or Redis did not know the script): the caller then takes the shared connection.
     /// </summary>
-    private async Task<string?[]?> ConsumeThroughPipeAsync(RespPipe pipe, string grantKey, string[] args, string grantId)
+    private async Task<string?[]?> ConsumeThroughPipeAsync(RespPipe pipe, string grantKey, string[] args, string tag, string grantId)
     {
         object? reply;
         try
@@ -274,13 +280,26 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                     };
                 }
 
-                return text;
+                if (ConsumeReply(text, tag) is not { } own)
+                {
+                    // Another command's reply: the connection is out of step (a reply lost, one too many), so every
+                    // reply still to come on it may be someone else's. Nothing on it is trusted any more, and what
+                    // this consume did is unknown.
+                    pipe.Abandon("out of step: a consume reply carried another command's tag");
+                    Log.PipeUnavailable(_logger, Description, "a consume reply carried another command's tag");
+                    throw Unavailable("consume", grantId, "reply to another command", outcomeUnknown: true, null);
+                }
+
+                return own;
             default:
                 throw UnexpectedReply();
         }
 
         StoreUnavailableException UnexpectedReply() => Unavailable("consume", grantId, "unexpected reply", outcomeUnknown: true, null);
     }
+
+    /// <summary>A tag no other consume of this store carries (the consume script echoes it in its reply).</summary>
+    private string NextConsumeTag() => Interlocked.Increment(ref _consumeTags).ToString(CultureInfo.InvariantCulture);
 
     /// <summary>
     /// The consume's EVALSHA in RESP2 (keys: the grant's hash and its event list), encoded from the text in one pass

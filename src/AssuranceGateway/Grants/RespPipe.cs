@@ -189,6 +189,12 @@ internal sealed class RespPipe : IDisposable
     public void Dispose() => Break("closed");
 
     /// <summary>
+    /// Closes at once because a reply could not be trusted (a reply that was not the one its caller asked for): every
+    /// command in flight fails with an unknown outcome, none is matched to another reply.
+    /// </summary>
+    public void Abandon(string why) => Break(why);
+
+    /// <summary>
     /// Takes no more commands (they fail as never sent) but lets those in flight get their replies, then closes. For a
     /// server that answered "not the primary": the commands behind that one get the same answer, a known outcome,
     /// where closing at once would leave each of them unknown. The deadline still bounds the wait.
@@ -454,9 +460,11 @@ internal sealed class RespPipe : IDisposable
                 CloseIfRetiredAndIdle();
             }
         }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException or FormatException)
+#pragma warning disable CA1031 // Whatever ends the reader must break the pipe: a reader gone quiet leaves its callers waiting.
+        catch (Exception e)
+#pragma warning restore CA1031
         {
-            var why = e is FormatException ? $"malformed reply ({e.Message})" : "receive failed";
+            var why = e is FormatException ? $"malformed reply ({e.Message})" : e is SocketException or ObjectDisposedException ? "receive failed" : $"reader failed ({e.GetType().Name})";
             Break(why);
             last?.Fail(new StoreUnavailableException($"Grant store {_description}: {why}.", outcomeUnknown: true));
         }
@@ -530,6 +538,11 @@ internal sealed class RespPipe : IDisposable
             return false;
         }
 
+        if (lineEnd == 0)
+        {
+            throw new FormatException("empty line");
+        }
+
         var type = data[position];
         var line = data.Slice(position + 1, lineEnd - 1);
         var next = position + lineEnd + 2;
@@ -546,6 +559,11 @@ internal sealed class RespPipe : IDisposable
                 break;
             case (byte)'$':
                 var length = ParseInteger(line);
+                if (length < -1)
+                {
+                    throw new FormatException("bad length");
+                }
+
                 if (length >= 0)
                 {
                     if (length > MaxReplyBytes)
@@ -558,6 +576,12 @@ internal sealed class RespPipe : IDisposable
                         return false;
                     }
 
+                    if (!data.Slice(next + (int)length, 2).SequenceEqual("\r\n"u8))
+                    {
+                        // Not where its length says it ends: whatever comes next would be read out of step.
+                        throw new FormatException("bulk string not terminated");
+                    }
+
                     value = Encoding.UTF8.GetString(data.Slice(next, (int)length));
                     next += (int)length + 2;
                 }
@@ -565,6 +589,11 @@ internal sealed class RespPipe : IDisposable
                 break;
             case (byte)'*':
                 var count = ParseInteger(line);
+                if (count < -1)
+                {
+                    throw new FormatException("bad length");
+                }
+
                 if (count >= 0)
                 {
                     if (depth >= MaxDepth || count > MaxReplyBytes / 4)

@@ -170,6 +170,8 @@ public sealed class RespPipeTests(RedisServer redis) : IClassFixture<RedisServer
     [Theory]
     [InlineData("+one\r\n+two\r\n+three\r\n")] // one reply more than was asked for
     [InlineData("+one\r\n?garbage\r\n")] // a reply that is not RESP
+    [InlineData("+one\r\n\r\n")] // an empty line (the reader used to die on it, leaving "one"'s caller waiting)
+    [InlineData("+one\r\n$3\r\ntwoXY")] // a bulk string that does not end where its length says
     public async Task SendAsync_ServerOutOfStepInTheMiddleOfARead_NoCallerLeftWaiting(string replies)
     {
         // Not Redis: a server that misbehaves on cue. A reply already taken off the in-flight queue when the read fails
