@@ -56,6 +56,25 @@ public sealed class GatewayProcess : IAsyncDisposable
         return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
+    /// <summary>
+    /// The real host with <paramref name="harness"/>'s configuration on free ports, ready, and clients for both listeners
+    /// (the caller disposes the clients).
+    /// </summary>
+    public static async Task<(GatewayProcess Gateway, HttpClient Proxy, HttpClient Api)> StartAsync(GatewayHarness harness, IReadOnlyDictionary<string, string> environment)
+    {
+        ArgumentNullException.ThrowIfNull(harness);
+        var proxyPort = FreePort();
+        var apiPort = FreePort();
+        var config = harness.DefaultConfig();
+        config["Urls"] = $"http://127.0.0.1:{proxyPort}";
+        config["Assurance"]!["Api"]!["Url"] = $"http://127.0.0.1:{apiPort}";
+        var configPath = Path.Combine(harness.Directory, "gateway.json");
+        await File.WriteAllTextAsync(configPath, config.ToJsonString());
+        var gateway = Start(["--config", configPath], environment);
+        await gateway.WaitReadyAsync($"http://127.0.0.1:{apiPort}/healthz", TimeSpan.FromSeconds(30));
+        return (gateway, new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{proxyPort}") }, new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{apiPort}") });
+    }
+
     public static GatewayProcess Start(IEnumerable<string> arguments, IReadOnlyDictionary<string, string>? environment = null, string? workingDirectory = null)
     {
         var start = new ProcessStartInfo(DotnetHost())

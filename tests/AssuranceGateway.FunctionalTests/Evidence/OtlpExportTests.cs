@@ -19,7 +19,7 @@ public sealed class OtlpExportTests
     {
         await using var harness = await GatewayHarness.CreateAsync();
         await using var collector = await OtlpReceiver.StartAsync();
-        var (gateway, proxy, api) = await StartHostAsync(harness, new Dictionary<string, string>
+        var (gateway, proxy, api) = await GatewayProcess.StartAsync(harness, new Dictionary<string, string>
         {
             ["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector.Address,
             ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf",
@@ -72,7 +72,7 @@ public sealed class OtlpExportTests
         await using var harness = await GatewayHarness.CreateAsync();
 
         // Nothing listens there (a port just freed), and spans are due for export every 100 ms.
-        var (gateway, proxy, api) = await StartHostAsync(harness, new Dictionary<string, string>
+        var (gateway, proxy, api) = await GatewayProcess.StartAsync(harness, new Dictionary<string, string>
         {
             ["OTEL_EXPORTER_OTLP_ENDPOINT"] = $"http://127.0.0.1:{GatewayProcess.FreePort()}",
             ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf",
@@ -96,21 +96,6 @@ public sealed class OtlpExportTests
         Assert.True(slowest < TimeSpan.FromSeconds(1), $"slowest request {slowest}");
         Assert.Equal(20, harness.Upstream.Count);
         Assert.Equal(0, await gateway.StopGracefullyAsync(TimeSpan.FromSeconds(30)));
-    }
-
-    /// <summary>The real host process with the harness's configuration on free ports, ready, and clients for both listeners.</summary>
-    private static async Task<(GatewayProcess Gateway, HttpClient Proxy, HttpClient Api)> StartHostAsync(GatewayHarness harness, Dictionary<string, string> environment)
-    {
-        var proxyPort = GatewayProcess.FreePort();
-        var apiPort = GatewayProcess.FreePort();
-        var config = harness.DefaultConfig();
-        config["Urls"] = $"http://127.0.0.1:{proxyPort}";
-        config["Assurance"]!["Api"]!["Url"] = $"http://127.0.0.1:{apiPort}";
-        var configPath = Path.Combine(harness.Directory, "gateway.json");
-        await File.WriteAllTextAsync(configPath, config.ToJsonString());
-        var gateway = GatewayProcess.Start(["--config", configPath], environment);
-        await gateway.WaitReadyAsync($"http://127.0.0.1:{apiPort}/healthz", TimeSpan.FromSeconds(30));
-        return (gateway, new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{proxyPort}") }, new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{apiPort}") });
     }
 
     private static bool Contains(byte[] haystack, string needle) => Contains(haystack, Encoding.UTF8.GetBytes(needle));

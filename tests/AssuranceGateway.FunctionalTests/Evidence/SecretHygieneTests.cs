@@ -233,21 +233,15 @@ public sealed class SecretHygieneTests
     {
         // The real host with its default console log, turned to Trace the way an operator does: by environment.
         await using var harness = await GatewayHarness.CreateAsync();
-        var proxyPort = GatewayProcess.FreePort();
-        var apiPort = GatewayProcess.FreePort();
-        var config = harness.DefaultConfig();
-        config["Urls"] = $"http://127.0.0.1:{proxyPort}";
-        config["Assurance"]!["Api"]!["Url"] = $"http://127.0.0.1:{apiPort}";
-        var configPath = Path.Combine(harness.Directory, "gateway.json");
-        await File.WriteAllTextAsync(configPath, config.ToJsonString());
-        await using var gateway = GatewayProcess.Start(["--config", configPath], new Dictionary<string, string>
+        var (gateway, client, api) = await GatewayProcess.StartAsync(harness, new Dictionary<string, string>
         {
             ["Logging__LogLevel__Default"] = "Trace",
             ["Logging__Console__LogLevel__Microsoft.AspNetCore.Server.Kestrel.BadRequests"] = "Trace",
         });
-        await gateway.WaitReadyAsync($"http://127.0.0.1:{apiPort}/healthz", TimeSpan.FromSeconds(30));
-        var proxy = $"http://127.0.0.1:{proxyPort}";
-        using var client = new HttpClient { BaseAddress = new Uri(proxy) };
+        await using var host = gateway;
+        using var proxyClient = client;
+        using var apiClient = api;
+        var proxy = client.BaseAddress!.ToString().TrimEnd('/');
         var token = harness.Idp.Token();
         var svid = harness.WorkloadIssuer.Svid();
         var tokenSignature = token[(token.LastIndexOf('.') + 1)..];
