@@ -220,6 +220,19 @@ public sealed partial class AssuranceMiddleware
             return;
         }
 
+        // A protocol upgrade turns the connection into a tunnel as soon as the upstream agrees: what flows through it is
+        // covered by no grant, counts as no further use, and outlives the grant's expiry and any revocation. A grant approves
+        // one request, whether or not the policy binds its content, so a route that needs one never forwards an upgrade
+        // (one that should carry tunnels takes a token-only policy). Refused before the body is read or a grant is used or
+        // requested; a grant named in Assurance-Id records the denial.
+        if (IsProtocolUpgrade(context))
+        {
+            decision.Reason = ReasonCodes.RequestAmbiguous;
+            decision.Detail = "a protocol upgrade (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT) would open a tunnel whose traffic no approval covers "
+                + "and that outlives it: a route that requires a grant never forwards one";
+            return;
+        }
+
         // Step 4: the canonical request, read once and kept to be forwarded byte for byte.
         RequestHash? requestHash = null;
         if ((policy.Bind & Bindings.Request) != 0)
@@ -801,7 +814,8 @@ public sealed partial class AssuranceMiddleware
     /// <summary>
     /// Why the request the upstream would receive is not the one hashed, or null when it is. The hash covers the target
     /// as it arrived (SPEC §4.2) and upper-cases the method; YARP forwards the path Kestrel decoded and normalised,
-    /// re-encoded, and a method it does not know as sent; what follows a protocol upgrade is covered by no hash.
+    /// re-encoded, and a method it does not know as sent. (A protocol upgrade is refused before this, on every route that
+    /// requires a grant.)
     /// </summary>
     private static string? Ambiguity(HttpContext context, string rawPath, string rawQuery, IReadOnlyList<string> boundHeaders)
     {
@@ -842,11 +856,17 @@ public sealed partial class AssuranceMiddleware
             return "the method is not in upper case: the upstream would receive another method than the one bound";
         }
 
-        return context.Features.Get<IHttpUpgradeFeature>()?.IsUpgradableRequest == true
-            || context.Features.Get<IHttpExtendedConnectFeature>()?.IsExtendedConnect == true
-            ? "a protocol upgrade cannot be bound to one request: what is sent after it would not be covered"
-            : null;
+        return null;
     }
+
+    /// <summary>
+    /// A request the forwarder may turn into a tunnel: an HTTP/1.1 request Kestrel reads as upgradable (any
+    /// <c>Connection: upgrade</c> without a body, whatever the Upgrade token: YARP tunnels WebSocket and SPDY, and
+    /// relays any 101), or an HTTP/2 extended CONNECT (RFC 8441, which Kestrel accepts by default on an HTTP/2 listener).
+    /// </summary>
+    private static bool IsProtocolUpgrade(HttpContext context) =>
+        context.Features.Get<IHttpUpgradeFeature>()?.IsUpgradableRequest == true
+        || context.Features.Get<IHttpExtendedConnectFeature>()?.IsExtendedConnect == true;
 
     /// <summary>
     /// Headers that ask the upstream to run another method than the request line's. The hash binds the method, not these

@@ -172,27 +172,20 @@ public sealed class RequestSpellingTests
     }
 
     /// <summary>
-    /// Trailer is hop-by-hop in RFC 9110 but YARP 2.1 copies it, and YARP sends Upgrade again for a SPDY or WebSocket
-    /// upgrade (on a grant route that does not bind the request, where upgrades are allowed): a value beyond ASCII in
-    /// either reached HttpClient after the use was consumed, and the client got a 502.
+    /// Trailer is hop-by-hop in RFC 9110 but YARP 2.1 copies it: a value beyond ASCII reached HttpClient after the use was
+    /// consumed, and the client got a 502. (YARP also sends Upgrade again for a SPDY or WebSocket upgrade, but no route
+    /// that requires a grant forwards an upgrade: UpgradeTunnelTests.)
     /// </summary>
-    [Theory]
-    [InlineData("POST /deploy/v1/releases", "Content-Type: application/json\r\nTrailer: caf\u00e9\r\n", true)]
-    [InlineData("GET /ops/shell", "Connection: Upgrade\r\nUpgrade: SPDY/caf\u00e9\r\n", false)]
-    public async Task Use_ForwardedHopByHopHeaderBeyondAscii_RefusedBeforeTheGrantIsUsed(string requestLine, string headers, bool bound)
+    [Fact]
+    public async Task Use_ForwardedHopByHopHeaderBeyondAscii_RefusedBeforeTheGrantIsUsed()
     {
-        await using var gateway = await GatewayHarness.StartAsync(configure: c =>
-        {
-            c["ReverseProxy"]!["Routes"]!.AsObject()["ops"] = TestConfig.Route("/ops/{**rest}", "subject-only");
-            c["Assurance"]!["Policies"]!.AsObject()["subject-only"] = new JsonObject { ["Bind"] = new JsonArray("subject") };
-        });
+        await using var gateway = await GatewayHarness.StartAsync();
         var token = gateway.Idp.Token();
-        var id = bound
-            ? await gateway.CreateGrantAsync(DeployGrant(token))
-            : await gateway.CreateGrantAsync(new JsonObject { ["route"] = "ops", ["subject"] = "alice" });
-        var body = bound ? Encoding.UTF8.GetBytes(ReleaseBody) : [];
-        var head = $"{requestLine} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\nAssurance-Id: {id}\r\n"
-            + (bound ? $"Workload-Identity: {gateway.WorkloadIssuer.Svid()}\r\nContent-Length: {body.Length}\r\n" : string.Empty) + headers;
+        var id = await gateway.CreateGrantAsync(DeployGrant(token));
+        var body = Encoding.UTF8.GetBytes(ReleaseBody);
+        var head = $"POST /deploy/v1/releases HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {token}\r\nAssurance-Id: {id}\r\n"
+            + $"Workload-Identity: {gateway.WorkloadIssuer.Svid()}\r\nContent-Length: {body.Length}\r\n"
+            + "Content-Type: application/json\r\nTrailer: caf\u00e9\r\n";
 
         var (status, content) = await RawHttp.SendAsync(gateway.ProxyAddress, head, body, Encoding.UTF8);
 
