@@ -24,6 +24,11 @@ for arg in "$@"; do
     *) printf 'unknown argument: %s (usage: deploy/bench/run.sh [--quick] [--pinned], or --help)\n' "$arg" >&2; exit 2 ;;
   esac
 done
+# --pinned needs what it needs before anything is installed (as root) or built, like the arguments themselves.
+if [ "$pinned" = 1 ]; then
+  command -v taskset >/dev/null && command -v nproc >/dev/null || { echo "--pinned needs taskset and nproc (util-linux, coreutils)" >&2; exit 1; }
+  [ "$(nproc)" -ge 2 ] || { echo "--pinned needs two CPUs" >&2; exit 1; }
+fi
 cd "$(dirname "$0")/../.."
 threads=2; connections=32
 
@@ -46,8 +51,6 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 # --pinned: prefixes for the processes measured (the proxies) and for everything that serves or loads them.
 on_proxy=(); on_rest=()
 if [ "$pinned" = 1 ]; then
-  [ "$(nproc)" -ge 2 ] || { echo "--pinned needs two CPUs" >&2; exit 1; }
-  command -v taskset >/dev/null || { echo "--pinned needs taskset (util-linux)" >&2; exit 1; }
   on_proxy=(taskset -c 1); on_rest=(taskset -c 0)
 fi
 dotnet build Gateway.sln -c Release -nologo -v quiet >/dev/null
@@ -170,7 +173,9 @@ else upstream_pid=$(pgrep -f "Benchmarks.dll upstream --urls http://127.0.0.1:$u
 plain_pid=$(pgrep -f "Benchmarks.dll plain-yarp --urls http://127.0.0.1:$plain" | head -1)
 cpu_ticks() { for p in "$gateway_pid" "$signed_pid" "$plain_pid" "$upstream_pid" "$redis_pid" "$embedded_pid"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd' '; }
 # Busy and total ticks of CPU 0 and CPU 1 (/proc/stat): whether the proxy's core, or the other, was the limit.
-core_ticks() { awk '$1 == "cpu0" || $1 == "cpu1" {print $2+$3+$4+$7+$8 "," $2+$3+$4+$5+$6+$7+$8}' /proc/stat | paste -sd,; }
+# Always both (a one-CPU machine has no cpu1 line: 0,0, so the report does not fail on a missing field).
+core_ticks() { awk '$1 == "cpu0" || $1 == "cpu1" {t[$1] = $2+$3+$4+$7+$8 "," $2+$3+$4+$5+$6+$7+$8}
+  END {print (("cpu0" in t) ? t["cpu0"] : "0,0") "," (("cpu1" in t) ? t["cpu1"] : "0,0")}' /proc/stat; }
 run() { # run NAME URL [env...]: one wrk run, prints "NAME RESULT ... cpu=<ticks before>/<ticks after> cores=<before>/<after>"
   local name=$1 url=$2; shift 2
   local out before cores

@@ -134,9 +134,11 @@ if (parsed.Errors.Count > 0)
 {
     // A malformed option is a usage error like any other: stderr and exit 2, and nothing on stdout, where a script
     // capturing `ID=$(agw grant create -q …)` would otherwise take the help text for an id.
+    // The parser quotes the argument it could not place: escaped like a usage error's (an id list read from a CRLF file
+    // gives arguments ending in a carriage return, a pasted one may hold an escape sequence).
     foreach (var error in parsed.Errors)
     {
-        Console.Error.WriteLine(error.Message);
+        Console.Error.WriteLine(UsageException.Escape(error.Message));
     }
 
     Console.Error.WriteLine($"see: {string.Join(' ', ["agw", .. CommandPath(parsed.CommandResult), "--help"])}");

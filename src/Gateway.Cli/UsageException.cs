@@ -20,7 +20,8 @@ internal sealed class UsageException(string message) : Exception(message)
     public static string Shown(string value, int max = 80) =>
         value.Length <= max ? value : string.Concat(value.AsSpan(0, max), $"… ({value.Length} characters)");
 
-    private static string Escape(string text)
+    /// <summary>Any text for the terminal as one printable line (the parser's own errors quote what the user gave too).</summary>
+    public static string Escape(string text)
     {
         if (!text.Any(char.IsControl))
         {

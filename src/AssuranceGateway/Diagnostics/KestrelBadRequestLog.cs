@@ -15,57 +15,53 @@ internal sealed class KestrelBadRequestLog : IPostConfigureOptions<LoggerFilterO
 {
     public const string Category = "Microsoft.AspNetCore.Server.Kestrel.BadRequests";
 
+    /// <summary>
+    /// The category pattern of the hold's rules: the name as prefix and as suffix around the one wildcard allowed. It
+    /// matches the category (and no other that exists) and, at 97 characters, no rule that matches the category can be
+    /// longer (its prefix and its suffix are each at most the name): LoggerFactory takes the longest matching category,
+    /// then the last rule, so the hold's rules, added last, always decide. A longer wildcard whose prefix and suffix
+    /// overlap in the name (<c>Microsoft.AspNetCore.Server.Kestrel.*.BadRequests</c>) would beat a rule for the plain name.
+    /// </summary>
+    internal const string Pattern = Category + "*" + Category;
+
     /// <summary>True when the last logging configuration would have enabled Debug or Trace for the category.</summary>
     public bool Overridden { get; private set; }
 
     public void PostConfigure(string? name, LoggerFilterOptions options)
     {
-        Overridden = false;
-        var providers = new HashSet<string?>(StringComparer.OrdinalIgnoreCase) { null };
+        ArgumentNullException.ThrowIfNull(options);
+        var providers = new HashSet<string?>(StringComparer.Ordinal) { null };
         foreach (var rule in options.Rules)
         {
             providers.Add(rule.ProviderName);
         }
 
-        foreach (var provider in providers)
+        // Each level as the configuration selects it, before any rule is added; then one rule per provider name that any
+        // rule uses, and one for all providers, keeping that level when it is Information or above (None stays None), so
+        // that nothing but this category's Debug and Trace changes. Other categories' rules are left as they are.
+        var held = providers.Select(provider => (provider, level: EffectiveLevel(options, provider))).ToList();
+        Overridden = held.Exists(h => h.level < LogLevel.Information);
+        foreach (var (provider, level) in held)
         {
-            if (EffectiveLevel(options, provider) < LogLevel.Information)
-            {
-                Overridden = true;
-            }
-        }
-
-        // A rule naming a sub-category (or a wildcard beyond the name) would be more specific than the ones added here.
-        for (var i = 0; i < options.Rules.Count; i++)
-        {
-            var rule = options.Rules[i];
-            if (rule.CategoryName is { } category && category.Length > Category.Length
-                && category.StartsWith(Category, StringComparison.OrdinalIgnoreCase) && rule.LogLevel is null or < LogLevel.Information)
-            {
-                options.Rules[i] = new LoggerFilterRule(rule.ProviderName, category, LogLevel.Information, rule.Filter);
-            }
-        }
-
-        // Last among equally specific rules wins: one per provider name that any rule uses, and one for all providers.
-        foreach (var provider in providers)
-        {
-            options.Rules.Add(new LoggerFilterRule(provider, Category, LogLevel.Information, null));
+            options.Rules.Add(new LoggerFilterRule(provider, Pattern, level < LogLevel.Information ? LogLevel.Information : level, null));
         }
     }
 
-    /// <summary>The level the configuration selects for the category (as LoggerFactory selects: provider, then longest category, then last).</summary>
+    /// <summary>
+    /// The level the configuration selects for the category, as LoggerFactory selects: a rule for this provider before
+    /// one for all, then the longest category pattern that matches (a prefix, or a prefix and a suffix around one <c>*</c>), then the last.
+    /// </summary>
     private static LogLevel EffectiveLevel(LoggerFilterOptions options, string? provider)
     {
         LoggerFilterRule? best = null;
         foreach (var rule in options.Rules)
         {
-            if (rule.ProviderName is not null && !string.Equals(rule.ProviderName, provider, StringComparison.OrdinalIgnoreCase))
+            if (rule.ProviderName is not null && !string.Equals(rule.ProviderName, provider, StringComparison.Ordinal))
             {
                 continue;
             }
 
-            var prefix = rule.CategoryName?.Split('*')[0];
-            if (prefix is not null && !Category.StartsWith(prefix, StringComparison.OrdinalIgnoreCase))
+            if (rule.CategoryName is { } pattern && !Matches(pattern))
             {
                 continue;
             }
@@ -78,7 +74,17 @@ internal sealed class KestrelBadRequestLog : IPostConfigureOptions<LoggerFilterO
             }
         }
 
-        return best?.LogLevel ?? options.MinLevel;
+        // A rule with a filter and no level lets every level through to its filter.
+        return best is null ? options.MinLevel : best.LogLevel ?? LogLevel.Trace;
+    }
+
+    private static bool Matches(string pattern)
+    {
+        var star = pattern.IndexOf('*', StringComparison.Ordinal);
+        return star < 0
+            ? Category.StartsWith(pattern, StringComparison.OrdinalIgnoreCase)
+            : Category.StartsWith(pattern[..star], StringComparison.OrdinalIgnoreCase)
+                && Category.EndsWith(pattern[(star + 1)..], StringComparison.OrdinalIgnoreCase);
     }
 
     public static void Hold(IServiceCollection services)

@@ -34,7 +34,7 @@ public interface IGrantStore
     /// many (a reload that raised Approvals also holds for grants already waiting); never fewer than its own.</param>
     Task<ApproveResult> ApproveAsync(string id, string approver, int approverAal, GrantEvent approved, TimeSpan? activeFor, int minimumApprovals, CancellationToken cancellationToken);
 
-    /// <summary>Live pending grants, oldest first, up to <paramref name="limit"/>; only those of <paramref name="route"/> when given.</summary>
+    /// <summary>Live pending grants, oldest first, up to <paramref name="limit"/>; only those of <paramref name="route"/> (ignoring case, as routes compare) when given.</summary>
     Task<IReadOnlyList<GrantRecord>> ListPendingAsync(int limit, string? route, CancellationToken cancellationToken);
 
     /// <summary>

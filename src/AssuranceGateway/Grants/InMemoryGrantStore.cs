@@ -233,7 +233,7 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
         {
             var now = time.GetUtcNow();
             IReadOnlyList<GrantRecord> pending = _grants.Values
-                .Where(g => g.Status == GrantStatus.Pending && g.ExpiresAt > now && (route is null || g.Route == route))
+                .Where(g => g.Status == GrantStatus.Pending && g.ExpiresAt > now && (route is null || string.Equals(g.Route, route, StringComparison.OrdinalIgnoreCase)))
                 .OrderBy(g => g.CreatedAt)
                 .Take(limit)
                 .ToList();

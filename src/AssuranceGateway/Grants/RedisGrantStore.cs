@@ -425,8 +425,9 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             {
                 if (grants[i] is { Status: GrantStatus.Pending } grant && grant.ExpiresAt > now)
                 {
-                    // Another route's grant stays indexed; the index is one for all routes (its pages bound each read).
-                    if (found.Count < limit && (route is null || string.Equals(grant.Route, route, StringComparison.Ordinal)))
+                    // Another route's grant stays indexed; the index is one for all routes (its pages bound each read). Routes compare
+                    // ignoring case, as the route table and the consume script compare them.
+                    if (found.Count < limit && (route is null || string.Equals(grant.Route, route, StringComparison.OrdinalIgnoreCase)))
                     {
                         found.Add(grant);
                     }

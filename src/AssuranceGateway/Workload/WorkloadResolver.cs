@@ -208,7 +208,7 @@ public sealed class WorkloadResolver
         chain.ChainPolicy.ApplicationPolicy.Add(new System.Security.Cryptography.Oid("1.3.6.1.5.5.7.3.2")); // clientAuth
         if (!chain.Build(certificate))
         {
-            return NoChain;
+            return $"{NoChain}: {WhyNoChain(chain)}";
         }
 
         var trustDomain = TrustDomainOf(spiffe);
@@ -231,6 +231,50 @@ public sealed class WorkloadResolver
         }
 
         return null;
+    }
+
+    /// <summary>
+    /// What the chain lacks, for the workload's operator: above all an issuer that the client did not send (one it may
+    /// have counted on the gateway downloading from the URL its certificate names, which it never does).
+    /// </summary>
+    private static string WhyNoChain(X509Chain chain)
+    {
+        var flags = X509ChainStatusFlags.NoError;
+        foreach (var status in chain.ChainStatus)
+        {
+            flags |= status.Status;
+        }
+
+        var why = new List<string>();
+        if ((flags & X509ChainStatusFlags.PartialChain) != 0)
+        {
+            why.Add("its issuing CA is neither in that file nor among the intermediates the client sent in its TLS handshake "
+                + "(an issuer is never downloaded from the URL a certificate names: configure the client to send its chain)");
+        }
+
+        if ((flags & X509ChainStatusFlags.UntrustedRoot) != 0)
+        {
+            why.Add("the chain ends at a root that is not in that file");
+        }
+
+        if ((flags & X509ChainStatusFlags.NotTimeValid) != 0)
+        {
+            why.Add("a CA on the chain is outside its validity dates at the gateway's clock");
+        }
+
+        if ((flags & (X509ChainStatusFlags.NotValidForUsage | X509ChainStatusFlags.InvalidExtension)) != 0)
+        {
+            why.Add("a certificate on the chain is not valid for client authentication");
+        }
+
+        var other = flags & ~(X509ChainStatusFlags.PartialChain | X509ChainStatusFlags.UntrustedRoot | X509ChainStatusFlags.NotTimeValid
+            | X509ChainStatusFlags.NotValidForUsage | X509ChainStatusFlags.InvalidExtension);
+        if (other != X509ChainStatusFlags.NoError || why.Count == 0)
+        {
+            why.Add($"chain status {other}");
+        }
+
+        return string.Join("; ", why);
     }
 
     /// <summary>The trust domain of a SPIFFE ID: "prod.example" for "spiffe://prod.example/ns/ci".</summary>

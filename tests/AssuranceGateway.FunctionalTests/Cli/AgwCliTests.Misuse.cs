@@ -313,6 +313,25 @@ public sealed partial class AgwCliTests
         Assert.DoesNotContain(new string('x', 100), result.Err, StringComparison.Ordinal);
     }
 
+    // `agw grant revoke $(cat ids.txt)` with a CRLF file gives one argument per line, each ending in a carriage return:
+    // the second is an argument too many, and the parser's error quoted it raw, so the carriage return and an escape
+    // sequence reached the terminal as they did for an id before usage errors were escaped.
+    [Fact]
+    public async Task GrantRevoke_ExtraArgumentWithControlCharacters_ParseErrorShownEscapedRevokesNothing()
+    {
+        var id = await _gateway.CreateGrantAsync(DeployGrant(_gateway.Idp.Token()));
+
+        var result = await AgwAsync("grant", "revoke", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(), id, "second\r\u001b]0;owned\u0007\u001b[2J");
+
+        Assert.Equal(2, result.Code);
+        Assert.Empty(result.Out);
+        Assert.Equal("active", (await _gateway.GetGrantAsync(id)).GetProperty("status").GetString());
+        Assert.Contains("second\\r\\u001B]0;owned\\u0007\\u001B[2J", result.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain('\r', result.Err);
+        Assert.DoesNotContain('\u001b', result.Err);
+        Assert.DoesNotContain('\u0007', result.Err);
+    }
+
     // ID=$(agw grant create -q ...) failed earlier in a script: `agw grant show "$ID"` listed pending grants' refusal
     // ("only 'pending' can be listed"), approve said unknown_route, revoke method_not_allowed, none naming the empty id.
     [Theory]

@@ -152,6 +152,30 @@ public sealed class ApprovalWorkflowTests : IAsyncLifetime
         Assert.Equal(0, _gateway.Upstream.Count);
     }
 
+    // The gateway's routes ignore case (a grant may be created for "BreakGlass" on route "breakglass", and is used on
+    // it): the list accepted "BREAKGLASS" as a known route and then answered an empty list, as if nothing waited.
+    [Fact]
+    public async Task ListPending_ByRouteSpeltInAnotherCase_ListsThatRoutesGrants()
+    {
+        var created = await _gateway.CreateGrantAsync(new JsonObject
+        {
+            ["route"] = "BreakGlass",
+            ["subject"] = "oncall",
+            ["request"] = new JsonObject { ["method"] = "POST", ["path"] = "/breakglass/db-7/shell" },
+            ["reason"] = "INC-44",
+        }, _gateway.Idp.ApiToken("lead-1"));
+
+        foreach (var spelling in new[] { "breakglass", "BREAKGLASS", "BreakGlass" })
+        {
+            using var response = await ApiAsync(HttpMethod.Get, "/assurance/v1/grants?status=pending&route=" + spelling, _gateway.Idp.ApiToken("bob"));
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            var page = await response.Content.ReadFromJsonAsync<JsonElement>();
+            Assert.Equal([created], page.GetProperty("grants").EnumerateArray().Select(g => g.GetProperty("id").GetString()!));
+        }
+
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
     [Fact]
     public async Task AgentToolCall_ChallengedApprovedByHumanThenUsedOnceWithRefreshedToken()
     {

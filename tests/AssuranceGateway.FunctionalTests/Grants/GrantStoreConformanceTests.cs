@@ -933,6 +933,22 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         Assert.Equal(100, (await Store.ListPendingAsync(100, "other", default)).Count);
     }
 
+    // Routes compare ignoring case (the gateway's route table, the consume script's routeKey): a grant created for
+    // "Payments" on route "payments" is that route's, and an approver asking for "PAYMENTS" was told nothing waits.
+    [Fact]
+    public async Task ListPendingAsync_ByRoute_IgnoresCaseAsRoutesDo()
+    {
+        var spelt = NewGrant() with { Status = GrantStatus.Pending, Subject = null, Route = "Payments" };
+        await CreateAsync(spelt);
+        await AdvanceAsync();
+        var other = NewGrant() with { Status = GrantStatus.Pending, Subject = null, Route = "payments" };
+        await CreateAsync(other);
+
+        Assert.Equal([spelt.Id, other.Id], (await Store.ListPendingAsync(100, "PAYMENTS", default)).Select(g => g.Id));
+        Assert.Equal([spelt.Id, other.Id], (await Store.ListPendingAsync(100, "payments", default)).Select(g => g.Id));
+        Assert.Empty(await Store.ListPendingAsync(100, "payment", default));
+    }
+
     [Fact]
     public async Task ListPendingAsync_WhileOlderGrantsAreApproved_ListsEveryUntouchedPendingGrant()
     {

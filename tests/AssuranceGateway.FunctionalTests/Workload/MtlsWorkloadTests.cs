@@ -153,6 +153,32 @@ public sealed class MtlsWorkloadTests : IAsyncLifetime
         Assert.Empty(fetched);
     }
 
+    /// <summary>
+    /// A client that relied on the gateway fetching its intermediate from the AIA URL (as the handshake did before
+    /// downloads were turned off) is now refused: the detail must say what is missing and that nothing is downloaded, so
+    /// its operator configures the client to send the chain, instead of a bare "does not chain" that reads as a wrong CA.
+    /// </summary>
+    [Fact]
+    public async Task IntermediateNotSentOnlyNamedByAia_WorkloadInvalidDetailSaysSendTheIntermediate()
+    {
+        using var intermediate = TestCertificates.Ca("spiffe://prod.test", issuer: _prodCa);
+        using var client = TestCertificates.Client(Deployer, intermediate, fetchFrom: new Uri("http://127.0.0.1:9/issuer.cer"));
+        using var http = ClientWith(client, sending: []);
+        var token = _gateway.Idp.Token();
+        var id = await _gateway.CreateGrantAsync(DeployGrant(token, workload: Deployer));
+
+        using var response = await http.SendAsync(DeployRequest(token, svid: null, id, out _));
+
+        var problem = await response.ProblemAsync();
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal("workload_invalid", problem.GetProperty("reason").GetString());
+        var detail = problem.GetProperty("detail").GetString()!;
+        Assert.Contains("does not chain to Workload:ClientCaFile", detail, StringComparison.Ordinal);
+        Assert.Contains("among the intermediates the client sent", detail, StringComparison.Ordinal);
+        Assert.Contains("never downloaded", detail, StringComparison.Ordinal);
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
     [Fact]
     public async Task SelfSignedCertificateClaimingTheSameSpiffeId_WorkloadInvalid()
     {

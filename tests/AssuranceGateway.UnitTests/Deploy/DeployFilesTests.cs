@@ -286,6 +286,9 @@ public sealed partial class DeployFilesTests
     [InlineData("--quik", 2, "unknown argument: --quik")]
     [InlineData("--quick --pinnd", 2, "unknown argument: --pinnd")]
     [InlineData("--pinned --help", 0, "--quick   1 round of 3 s")]
+    // What --pinned needs is checked before packages are installed as root (here: an empty PATH has no taskset), as the
+    // arguments are: it said "install wrk redis-server … first", or installed them and then refused.
+    [InlineData("--pinned", 1, "--pinned needs taskset and nproc")]
     public async Task BenchScript_HelpOrUnknownArgument_AnswersBeforeStartingAnything(string arguments, int expectedCode, string expectedText)
     {
         var empty = Directory.CreateTempSubdirectory("agw-bench-path-");
