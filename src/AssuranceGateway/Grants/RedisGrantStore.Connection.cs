@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Net;
 using System.Net.Sockets;
 using StackExchange.Redis;
 
@@ -98,8 +99,10 @@ internal sealed partial class RedisGrantStore
 
             if (ReferenceEquals(link, _shared))
             {
-                await EnsurePipeAsync(link, connection, stopping).ConfigureAwait(false);
+                // The judgement first: until it is made, uses and new grants wait for it, and the consume connection
+                // can take up to Store:Timeout to open.
                 await CheckEvictionAsync(connection, stopping).ConfigureAwait(false);
+                await EnsurePipeAsync(link, connection, stopping).ConfigureAwait(false);
             }
 
             return null;
@@ -262,7 +265,9 @@ internal sealed partial class RedisGrantStore
     /// Reads <c>INFO</c> on a new or restored connection and every
     /// <see cref="EvictionCheckInterval"/> after (an operator can change the policy at run time with CONFIG SET). INFO
     /// rather than CONFIG GET: managed services (ElastiCache, Azure Cache, Memorystore) refuse CONFIG but answer INFO.
-    /// A server whose answer says nothing (no such field, no answer in time) leaves the last judgement in force.
+    /// No answer in time leaves the last judgement in force (before the first one, uses and new grants wait and then
+    /// fail closed); a refusal (an ACL without INFO) is judged a risk; a reply without the fields (a Redis-compatible
+    /// server that does not report them) is judged no risk.
     /// </summary>
     private async Task CheckEvictionAsync(ConnectionMultiplexer connection, CancellationToken stopping)
     {
@@ -272,26 +277,43 @@ internal sealed partial class RedisGrantStore
             return;
         }
 
-        string? risk = null;
-        try
+        string? risk;
+        var sent = _time.GetUtcNow();
+        if (_shared.IsCluster && !_options.Ssl)
         {
-            // Through the database, as readiness reads INFO replication: IServer.Info needs the client's admin mode, which
-            // would also unlock FLUSHALL and the like. On a cluster this reaches one node per round, a different one as
-            // the rounds go on.
-            // The default sections: memory for the policy, server for the clock (server_time_usec).
-            var sent = _time.GetUtcNow();
-            var info = (string?)await connection.GetDatabase().ExecuteAsync("INFO").WaitAsync(_settings.Timeout, _time, stopping).ConfigureAwait(false);
-            CheckClock(info, sent, _time.GetUtcNow());
-            if (EvictionRisk(info) is { } found)
+            // Every master has its own memory and its own policy, and one that evicts takes its slots' records away.
+            if (await ClusterEvictionRiskAsync(connection, stopping).ConfigureAwait(false) is not { } judged)
             {
-                risk = $"evicts keys (maxmemory-policy {found.Policy} with maxmemory {found.MaxMemory} bytes): when it is full it drops grants and their evidence; set maxmemory-policy noeviction";
+                return; // a master did not answer: judged again on the next round; the last judgement stays meanwhile
             }
+
+            CheckClock(judged.Info, sent, _time.GetUtcNow());
+            risk = judged.Risk;
         }
-        catch (Exception e) when (e is TimeoutException or RedisException or ObjectDisposedException)
+        else
         {
-            // Judged again on the next round; the last judgement stays meanwhile.
-            Log.EvictionCheckFailed(_logger, Description, e);
-            return;
+            try
+            {
+                // Through the database, as readiness reads INFO replication: IServer.Info needs the client's admin mode,
+                // which would also unlock FLUSHALL and the like. On a cluster over TLS (the nodes cannot be reached one
+                // by one here) this reaches one master of the client's choosing per round: README says so.
+                // The default sections: memory for the policy, server for the clock (server_time_usec).
+                var info = (string?)await connection.GetDatabase().ExecuteAsync("INFO").WaitAsync(_settings.Timeout, _time, stopping).ConfigureAwait(false);
+                CheckClock(info, sent, _time.GetUtcNow());
+                risk = RiskOf(info, null);
+            }
+            catch (RedisServerException e)
+            {
+                // Redis answered, with a refusal (an ACL without INFO: -@dangerous takes it away). Whether it evicts
+                // cannot be told, and will not be until the user may read INFO: not "no risk", and said at Error.
+                risk = RefusedInfo(e.Message, null);
+            }
+            catch (Exception e) when (e is TimeoutException or RedisException or ObjectDisposedException)
+            {
+                // No answer: judged again on the next round; the last judgement stays meanwhile (none yet: uses wait, then fail).
+                Log.EvictionCheckFailed(_logger, Description, e);
+                return;
+            }
         }
 
         _evictionCheckedAt = now;
@@ -305,6 +327,8 @@ internal sealed partial class RedisGrantStore
         {
             Log.NoLongerEvicting(_logger, Description);
         }
+
+        _evictionJudged.TrySetResult();
     }
 
     /// <summary>
@@ -336,6 +360,71 @@ internal sealed partial class RedisGrantStore
         }
 
         _clockOffReported = off;
+    }
+
+    private static string? RiskOf(string? info, EndPoint? node) => EvictionRisk(info) is { } found
+        ? $"evicts keys{On(node)} (maxmemory-policy {found.Policy} with maxmemory {found.MaxMemory} bytes): when it is full it drops grants and their evidence; set maxmemory-policy noeviction"
+        : null;
+
+    private static string RefusedInfo(string refusal, EndPoint? node) =>
+        $"refuses INFO{On(node)} ({refusal}), so whether it evicts keys cannot be told; allow INFO to the gateway's Redis user (ACL +info)";
+
+    private static string On(EndPoint? node) => node is null ? string.Empty : " on " + FormatEndPoint(node);
+
+    /// <summary>
+    /// INFO of every master of a cluster, each over a short-lived connection of its own (the multiplexer sends a keyless
+    /// command to one master of its choosing, and the admin mode that would let it address a node also unlocks
+    /// FLUSHALL). The first risk found, naming its node; null when a master did not answer (nothing judged).
+    /// </summary>
+    private async Task<(string? Info, string? Risk)?> ClusterEvictionRiskAsync(ConnectionMultiplexer connection, CancellationToken stopping)
+    {
+        var masters = connection.GetEndPoints()
+            .Select(endPoint => connection.GetServer(endPoint))
+            .Where(server => server.IsConnected && !server.IsSlave)
+            .Select(server => server.EndPoint)
+            .ToList();
+        if (masters.Count == 0)
+        {
+            return null;
+        }
+
+        var replies = await Task.WhenAll(masters.Select(master => NodeInfoAsync(master, stopping))).ConfigureAwait(false);
+        string? first = null;
+        string? risk = null;
+        for (var i = 0; i < masters.Count; i++)
+        {
+            switch (replies[i])
+            {
+                case string info:
+                    first ??= info;
+                    risk ??= RiskOf(info, masters[i]);
+                    break;
+                case RespError error:
+                    risk ??= RefusedInfo(error.Message, masters[i]);
+                    break;
+                default:
+                    return null;
+            }
+        }
+
+        return (first, risk);
+    }
+
+    /// <summary>The INFO reply of one node (a string or a <see cref="RespError"/>); null when it did not answer in time.</summary>
+    private async Task<object?> NodeInfoAsync(EndPoint node, CancellationToken stopping)
+    {
+        try
+        {
+            using var pipe = await RespPipe.ConnectAsync(
+                node, _options.Password, 0, (_options.ClientName ?? "assurance-gateway") + "-info", _settings.Timeout, _time, stopping).ConfigureAwait(false);
+            return await pipe.SendAsync(RespPipe.Encode("INFO")).WaitAsync(_settings.Timeout, _time, stopping).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is SocketException or StoreUnavailableException or TimeoutException or OperationCanceledException)
+        {
+            stopping.ThrowIfCancellationRequested();
+            Log.EvictionCheckFailed(_logger, Description, e);
+            return null;
+        }
     }
 
     /// <summary>

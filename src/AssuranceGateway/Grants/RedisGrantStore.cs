@@ -61,6 +61,12 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     /// </summary>
     private string? _evictionRisk;
 
+    /// <summary>
+    /// Completed at the first judgement of whether Redis may evict (<see cref="CheckEvictionAsync"/>). Until then nothing
+    /// that eviction could take away is written: those calls wait for it (up to Store:Timeout), then fail closed.
+    /// </summary>
+    private readonly TaskCompletionSource _evictionJudged = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
     /// <summary>The connection the eviction check last ran on (null: check on the next healthy round), and when.</summary>
     private ConnectionMultiplexer? _evictionCheckedOn;
     private long _evictionCheckedAt;
@@ -159,7 +165,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     {
         ArgumentNullException.ThrowIfNull(grant);
         ArgumentNullException.ThrowIfNull(created);
-        RefuseWhileEvicting("create", grant.Id);
+        await RefuseWhileEvictingAsync("create", grant.Id, cancellationToken).ConfigureAwait(false);
         var keys = _keys.GrantAndEvents(grant.Id);
         var result = (RedisResult[])await EvaluateAsync(
             Scripts.Create, keys, CreateArguments(grant, created, KeyExpiresAtMs(grant.ExpiresAt)), "create", grant.Id, cancellationToken).ConfigureAwait(false);
@@ -193,7 +199,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         if (!request.DryRun)
         {
             // A dry run (shadow mode) writes nothing that eviction could take away.
-            RefuseWhileEvicting("consume", request.GrantId);
+            await RefuseWhileEvictingAsync("consume", request.GrantId, cancellationToken).ConfigureAwait(false);
         }
 
         string?[] reply;
@@ -250,6 +256,16 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             throw Unavailable("consume", grantId, e.Message, outcomeUnknown: true, e);
         }
 
+        if (reply is RespError { IsNoScript: true } or RespError { IsNotPrimary: true } or RespError { IsOutOfMemory: true } && !await InStepAsync(pipe, tag, reply).ConfigureAwait(false))
+        {
+            // An error carries no tag, and these three say that nothing ran (the consume is sent again, or the caller
+            // told that nothing was written): one that was another command's, on a connection out of step, would run
+            // a consume twice or hide one that ran.
+            pipe.Abandon("out of step: an error reply was not this consume's");
+            Log.PipeUnavailable(_logger, Description, "an error reply was not a consume's own");
+            throw Unavailable("consume", grantId, "reply to another command", outcomeUnknown: true, null);
+        }
+
         switch (reply)
         {
             case RespError { IsNoScript: true }:
@@ -296,6 +312,25 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         }
 
         StoreUnavailableException UnexpectedReply() => Unavailable("consume", grantId, "unexpected reply", outcomeUnknown: true, null);
+    }
+
+    /// <summary>
+    /// Whether the connection is in step after an untagged reply: an ECHO of the consume's tag sent behind it comes back
+    /// as that tag only when the reply before it was the consume's own (replies come in order). Rare (a script cache
+    /// flushed, a failover, a full Redis), so the extra round trip costs nothing on the usual path. An ECHO refused as
+    /// never sent after a "not the primary" means another caller's check retired the connection, having found it in
+    /// step: the answer stands.
+    /// </summary>
+    private static async Task<bool> InStepAsync(RespPipe pipe, string tag, object? reply)
+    {
+        try
+        {
+            return await pipe.SendAsync(RespPipe.Encode("ECHO", tag)).ConfigureAwait(false) is string echoed && string.Equals(echoed, tag, StringComparison.Ordinal);
+        }
+        catch (StoreUnavailableException e)
+        {
+            return !e.OutcomeUnknown && reply is RespError { IsNotPrimary: true } && pipe.RetiredCleanly;
+        }
     }
 
     /// <summary>A tag no other consume of this store carries (the consume script echoes it in its reply).</summary>
@@ -376,7 +411,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         ArgumentNullException.ThrowIfNull(id);
         ArgumentNullException.ThrowIfNull(approver);
         ArgumentNullException.ThrowIfNull(approved);
-        RefuseWhileEvicting("approve", id);
+        await RefuseWhileEvictingAsync("approve", id, cancellationToken).ConfigureAwait(false);
         var result = (RedisResult[])await EvaluateAsync(
             Scripts.Approve, _keys.GrantAndEvents(id), [approver, approverAal, EventJson(approved, includeAt: false), GrantRules.MaxEventsAnyKind, activeFor is { } window ? (long)(window.Ticks / 10) : -1, minimumApprovals], "approve", id, cancellationToken)
             .ConfigureAwait(false);
@@ -516,7 +551,8 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                 }
             }
 
-            return null;
+            // Answers, but has not said yet whether it evicts (the watchdog's first INFO is under way or unanswered).
+            return _evictionJudged.Task.IsCompleted ? null : NotJudgedYet;
         }
         catch (StoreUnavailableException e)
         {
@@ -538,13 +574,47 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     /// evidence of their own use. As with a Redis out of memory under noeviction: no write that a grant's record depends
     /// on, nothing sent, the outcome known. Revocations, reads and records of events go on.
     /// </summary>
-    private void RefuseWhileEvicting(string operation, string grantId)
+    private ValueTask RefuseWhileEvictingAsync(string operation, string grantId, CancellationToken cancellationToken)
     {
+        if (!_evictionJudged.Task.IsCompleted)
+        {
+            return WaitForEvictionJudgementAsync(operation, grantId, cancellationToken);
+        }
+
         if (Volatile.Read(ref _evictionRisk) is { } risk)
         {
             throw Unavailable(operation, grantId, risk, outcomeUnknown: false, null);
         }
+
+        return ValueTask.CompletedTask;
     }
+
+    /// <summary>
+    /// Before the first judgement (a gateway just started, or Redis unreachable since): "no risk" is not known, so the
+    /// call waits for the watchdog's first INFO, and fails closed, nothing sent, when it does not come in time.
+    /// </summary>
+    private async ValueTask WaitForEvictionJudgementAsync(string operation, string grantId, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await _evictionJudged.Task.WaitAsync(_settings.Timeout, _time, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // Most often because Redis cannot be reached at all: then say that, as any other call would.
+            var why = Volatile.Read(ref _shared.Current) switch
+            {
+                null => "still connecting",
+                { IsConnected: false } => Volatile.Read(ref _lastConnectionFailure) is { } failure ? $"not connected: {failure}" : "not connected",
+                _ => NotJudgedYet,
+            };
+            throw Unavailable(operation, grantId, why, outcomeUnknown: false, null);
+        }
+
+        await RefuseWhileEvictingAsync(operation, grantId, cancellationToken).ConfigureAwait(false);
+    }
+
+    private const string NotJudgedYet = "has not yet said whether it evicts keys (INFO not read since the gateway started)";
 
     /// <summary>"connected_slaves:N" of INFO replication (0 when absent).</summary>
     private static int ConnectedReplicas(string? info)

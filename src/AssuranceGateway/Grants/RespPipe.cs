@@ -94,6 +94,12 @@ internal sealed class RespPipe : IDisposable
     /// <summary>Why the pipe is no longer usable (broken or retired), or null while it is.</summary>
     public string? Broken => Volatile.Read(ref _broken) ?? Volatile.Read(ref _retired);
 
+    /// <summary>
+    /// Retired (<see cref="Retire"/>) and not broken otherwise: it closed, or will, only after the replies of what was in
+    /// flight, none of them out of step.
+    /// </summary>
+    public bool RetiredCleanly => Volatile.Read(ref _retired) is { } retired && (Volatile.Read(ref _broken) is not { } broken || ReferenceEquals(broken, retired));
+
     /// <summary>Connects, authenticates and names the connection; throws when any of it fails within the timeout.</summary>
     public static async Task<RespPipe> ConnectAsync(
         EndPoint endPoint, string? password, int database, string clientName, TimeSpan timeout, TimeProvider time, CancellationToken cancellationToken)

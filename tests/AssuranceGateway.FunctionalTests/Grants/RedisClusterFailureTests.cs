@@ -148,6 +148,49 @@ public sealed class RedisClusterFailureTests(ITestOutputHelper output)
             "the unknown_outcome on the grant of the master that answers");
     }
 
+    // The eviction check read INFO through the multiplexer, which sends a keyless command to one master of its choosing:
+    // a master that evicts keys was judged only when INFO happened to reach it (or never), and each round's answer
+    // replaced the last, so uses and grants on every master were served while one of them evicts. Each master in turn
+    // evicts here: the store must say so within a round or two, and go on saying so.
+    [Fact]
+    public async Task OneMasterEvicts_WhicheverItIs_StoreFailsClosedAndStaysClosed()
+    {
+        await using var cluster = await StartClusterAsync();
+        var (store, prefix) = await StartStoreAsync(cluster);
+        using var _ = store;
+        for (var evicting = 0; evicting < cluster.Nodes.Count; evicting++)
+        {
+            foreach (var node in cluster.Nodes)
+            {
+                await node.ExecuteAsync("CONFIG", "SET", "maxmemory", "0");
+                await node.ExecuteAsync("CONFIG", "SET", "maxmemory-policy", "noeviction");
+            }
+
+            await cluster.Nodes[evicting].ExecuteAsync("CONFIG", "SET", "maxmemory", "100mb");
+            await cluster.Nodes[evicting].ExecuteAsync("CONFIG", "SET", "maxmemory-policy", "allkeys-lru");
+            await RedisStores.WaitUntilAsync(
+                async () => await store.NotReadyAsync(default) is { } why && why.Contains("maxmemory-policy allkeys-lru", StringComparison.Ordinal),
+                TimeSpan.FromSeconds(12),
+                $"the store to see master {evicting} evict");
+
+            // Longer than a round of the check: every later round must keep the judgement, whichever master it reads.
+            var held = System.Diagnostics.Stopwatch.StartNew();
+            while (held.Elapsed < TimeSpan.FromSeconds(6))
+            {
+                Assert.Contains("maxmemory-policy allkeys-lru", await store.NotReadyAsync(default), StringComparison.Ordinal);
+                await Task.Delay(100);
+            }
+
+            // A grant on another master is refused too: eviction anywhere in the cluster takes records away.
+            var grant = RedisStores.TokenGrant(await IdOnNodeAsync(cluster, prefix, (evicting + 1) % 3));
+            var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default));
+            Assert.False(failure.OutcomeUnknown);
+        }
+
+        await cluster.Nodes[^1].ExecuteAsync("CONFIG", "SET", "maxmemory", "0");
+        await RedisStores.WaitUntilAsync(async () => await store.NotReadyAsync(default) is null, TimeSpan.FromSeconds(12), "the store to serve again");
+    }
+
     private async Task<(RedisGrantStore Store, string Prefix)> StartStoreAsync(RedisCluster cluster)
     {
         var prefix = RedisStores.NewPrefix();

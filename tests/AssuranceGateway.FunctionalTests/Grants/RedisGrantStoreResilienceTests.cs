@@ -341,6 +341,52 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         Assert.Contains(stored!.Events, e => e.Type == GrantEvent.UnknownOutcome && e.TraceId == owner.TraceId);
     }
 
+    // The eviction judgement used to be made by the watchdog after the connection was already serving (the first
+    // connect released waiting callers, then PING, the consume connection, and only then INFO): the first grants a
+    // gateway created, and the first uses it consumed, on a Redis that evicts keys were written and allowed.
+    [Fact]
+    public async Task EvictingRedis_FirstCallsAfterStart_RefusedBeforeAnythingIsWritten()
+    {
+        await using var redis = await RedisServer.StartAsync("--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru");
+        for (var i = 0; i < 3; i++)
+        {
+            var settings = RedisStores.Settings(redis, timeout: Timeout);
+            using var store = RedisStores.Create(settings, _log);
+            var grant = Grant();
+
+            var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.CreateAsync(grant, Created(), 10, default));
+            Assert.False(failure.OutcomeUnknown, failure.Message);
+            Assert.Contains("maxmemory-policy allkeys-lru", failure.Message, StringComparison.Ordinal);
+            Assert.Equal(0L, await redis.ExecuteAsync("EXISTS", (string)new GrantKeys(settings.KeyPrefix).Grant(grant.Id)!));
+        }
+    }
+
+    // A Redis user without INFO (an ACL with -@dangerous, the usual hardening, takes INFO away) made every eviction
+    // check fail, logged at Debug only, and "no risk" stayed in force for good: grants were created and used on a Redis
+    // that evicts them, and nothing an operator sees said that the check never ran.
+    [Fact]
+    public async Task RedisRefusingInfo_EvictionCannotBeJudged_UsesAndGrantsRefused_ReadinessSaysWhy()
+    {
+        await using var redis = await RedisServer.StartAsync("--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru");
+        await redis.ExecuteAsync("ACL", "SETUSER", "default", "-info");
+        var settings = RedisStores.Settings(redis, timeout: Timeout);
+        using var store = RedisStores.Create(settings, _log);
+        await RedisStores.WaitUntilAsync(async () => await store.NotReadyAsync(default) is { } why && why.Contains("INFO", StringComparison.Ordinal), TimeSpan.FromSeconds(10), "readiness to name INFO");
+
+        var grant = Grant();
+        var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.CreateAsync(grant, Created(), 10, default));
+        Assert.False(failure.OutcomeUnknown, failure.Message);
+        Assert.Equal(0L, await redis.ExecuteAsync("EXISTS", (string)new GrantKeys(settings.KeyPrefix).Grant(grant.Id)!));
+        var consume = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(Matching(grant), default));
+        Assert.False(consume.OutcomeUnknown, consume.Message);
+
+        // INFO allowed again: judged on the next round, and a Redis that does not evict is served.
+        await redis.ExecuteAsync("ACL", "SETUSER", "default", "+info");
+        await redis.ExecuteAsync("CONFIG", "SET", "maxmemory-policy", "noeviction");
+        await RedisStores.WaitUntilAsync(async () => await store.NotReadyAsync(default) is null, TimeSpan.FromSeconds(15), "the store to be ready");
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+    }
+
     private static GrantRecord Grant() => new()
     {
         Id = Guid.NewGuid().ToString("N"),

@@ -75,6 +75,32 @@ public sealed class RespPipeFaultTests(RedisServer redis) : IClassFixture<RedisS
         await AssertStoreAgreesAsync(store, outcomes);
     }
 
+    // An error reply carries no tag, and three of them are read as "the consume did not run": NOSCRIPT and READONLY
+    // send it again over the shared connection, OOM tells the caller nothing was written. Ahead of the real replies (one
+    // too many on the wire), the first caller took one for its own: its consume ran over the dedicated connection and
+    // again over the shared one (a valid request denied as a replay of itself, its grant spent), or was said to be a
+    // known failure while it had spent the grant. Before it is trusted, such an error is now checked to be the
+    // connection's own (an ECHO of a tag right behind it).
+    [Theory]
+    [InlineData("-NOSCRIPT No matching script. Please use EVAL.\r\n")]
+    [InlineData("-READONLY You can't write against a read only replica.\r\n")]
+    [InlineData("-OOM command not allowed when used memory > 'maxmemory'.\r\n")]
+    public async Task Consume_UnsolicitedDidNotRunErrorAheadOfTheReplies_NoConsumeRunsTwiceOrIsSaidNotToHaveRun(string error)
+    {
+        await using var proxy = RespFaultProxy.Start(redis.Port);
+        using var store = await StartAsync(proxy, TimeSpan.FromSeconds(2));
+        var grants = await CreateGrantsAsync(store, i => i % 2 == 0 ? Kind.Valid : Kind.Used);
+
+        var first = proxy.ArrayReplies;
+        proxy.HoldRepliesUntilCommands = proxy.Commands + Calls;
+        proxy.OnArrayReply = (number, reply) => number == first ? [Encoding.ASCII.GetBytes(error), reply] : null;
+        var outcomes = await ConsumeAllAsync(store, grants);
+
+        Assert.All(outcomes.Where(o => o.Reason is not null), o => Assert.Equal(Expected(o.Kind), o.Reason));
+        Assert.All(outcomes.Where(o => o.Failure is { OutcomeUnknown: false }), o => Assert.Fail($"{o.Kind}: a known failure ({o.Failure!.Message})"));
+        await AssertStoreAgreesAsync(store, outcomes);
+    }
+
     [Theory]
     [InlineData("\r\n")] // an empty line: not RESP
     [InlineData("$3\r\nabcXY")] // a bulk string that does not end where its length says
