@@ -2,7 +2,7 @@
 # The benchmark: the gateway against plain YARP (same YARP version and settings) on this machine, same run.
 #   deploy/bench/run.sh            3 interleaved rounds of 10 s per scenario (about 14 minutes)
 #   deploy/bench/run.sh --quick    1 round of 3 s (smoke run)
-#   deploy/bench/run.sh --pinned   the proxy measured alone on CPU 1, the load generator, Redis and the upstream on CPU 0
+#   deploy/bench/run.sh --pinned   the proxy measured alone on one CPU, the load generator, Redis and the upstream on another
 # By default everything shares this machine's cores: the load generator, Redis, the upstream, YARP and the gateway.
 # Compare the ratios of one round, not absolute numbers across machines.
 set -euo pipefail
@@ -12,7 +12,8 @@ usage() {
   printf '%s\n' "usage: deploy/bench/run.sh [--quick] [--pinned]" \
     "  (none)    3 interleaved rounds of 10 s per scenario (about 14 minutes)" \
     "  --quick   1 round of 3 s (smoke run)" \
-    "  --pinned  the proxies (plain YARP and the gateways) on CPU 1, everything else (wrk, Redis, the upstream) on CPU 0:" \
+    "  --pinned  the proxies (plain YARP and the gateways) on the second CPU this may use, everything else (wrk, Redis," \
+    "            the upstream) on the first:" \
     "            the proxy's own cost, as on a host where the clients and Redis have cores of their own" \
     "Installs wrk, redis-server and nginx-light with apt-get when missing (as root); BENCH_UPSTREAM=dotnet uses the .NET upstream."
 }
@@ -27,8 +28,22 @@ done
 # --pinned needs what it needs before anything is installed (as root) or built, like the arguments themselves.
 if [ "$pinned" = 1 ]; then
   command -v taskset >/dev/null && command -v nproc >/dev/null || { echo "--pinned needs taskset and nproc (util-linux, coreutils)" >&2; exit 1; }
-  [ "$(nproc)" -ge 2 ] || { echo "--pinned needs two CPUs" >&2; exit 1; }
 fi
+# The first two CPUs this script may run on (a container may be given CPUs 2 and 3, not 0 and 1): with --pinned the
+# proxy runs on the second and everything else on the first; every run reports how busy both were.
+allowed_cpus() {
+  local part list
+  list=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status)
+  local IFS=,
+  for part in $list; do
+    if [[ $part == *-* ]]; then seq "${part%-*}" "${part#*-}"; else echo "$part"; fi
+  done
+}
+mapfile -t cpus < <(allowed_cpus | head -n 2)
+rest_cpu=${cpus[0]:-0}; proxy_cpu=${cpus[1]:-}
+if [ "$pinned" = 1 ] && [ -z "$proxy_cpu" ]; then echo "--pinned needs two CPUs" >&2; exit 1; fi
+# One CPU for a proxy's threads and its tiered compilation together: it takes about twice as long to warm up.
+if [ "$pinned" = 1 ]; then warmup=$(( warmup * 2 )); fi
 cd "$(dirname "$0")/../.."
 threads=2; connections=32
 
@@ -51,7 +66,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 # --pinned: prefixes for the processes measured (the proxies) and for everything that serves or loads them.
 on_proxy=(); on_rest=()
 if [ "$pinned" = 1 ]; then
-  on_proxy=(taskset -c 1); on_rest=(taskset -c 0)
+  on_proxy=(taskset -c "$proxy_cpu"); on_rest=(taskset -c "$rest_cpu")
 fi
 dotnet build Gateway.sln -c Release -nologo -v quiet >/dev/null
 bench="dotnet tests/AssuranceGateway.Benchmarks/bin/Release/net10.0/AssuranceGateway.Benchmarks.dll"
@@ -172,10 +187,10 @@ if [ "$upstream_kind" = nginx ]; then upstream_pid=$(pgrep -P "$nginx_master" | 
 else upstream_pid=$(pgrep -f "Benchmarks.dll upstream --urls http://127.0.0.1:$up" | head -1); fi
 plain_pid=$(pgrep -f "Benchmarks.dll plain-yarp --urls http://127.0.0.1:$plain" | head -1)
 cpu_ticks() { for p in "$gateway_pid" "$signed_pid" "$plain_pid" "$upstream_pid" "$redis_pid" "$embedded_pid"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd' '; }
-# Busy and total ticks of CPU 0 and CPU 1 (/proc/stat): whether the proxy's core, or the other, was the limit.
-# Always both (a one-CPU machine has no cpu1 line: 0,0, so the report does not fail on a missing field).
-core_ticks() { awk '$1 == "cpu0" || $1 == "cpu1" {t[$1] = $2+$3+$4+$7+$8 "," $2+$3+$4+$5+$6+$7+$8}
-  END {print (("cpu0" in t) ? t["cpu0"] : "0,0") "," (("cpu1" in t) ? t["cpu1"] : "0,0")}' /proc/stat; }
+# Busy and total ticks of the first two allowed CPUs (/proc/stat): whether the proxy's core, or the other, was the limit.
+# Always both (with one CPU there is no second: 0,0, so the report does not fail on a missing field).
+core_ticks() { awk -v a="cpu$rest_cpu" -v b="cpu${proxy_cpu:-none}" '$1 == a || $1 == b {t[$1] = $2+$3+$4+$7+$8 "," $2+$3+$4+$5+$6+$7+$8}
+  END {print ((a in t) ? t[a] : "0,0") "," ((b in t) ? t[b] : "0,0")}' /proc/stat; }
 run() { # run NAME URL [env...]: one wrk run, prints "NAME RESULT ... cpu=<ticks before>/<ticks after> cores=<before>/<after>"
   local name=$1 url=$2; shift 2
   local out before cores
@@ -252,9 +267,10 @@ LUA
   echo "issuance $("${on_rest[@]}" wrk -t2 -c32 -d"${duration}s" --latency -s "$work/issue.lua" "http://127.0.0.1:$api/assurance/v1/grants" | grep '^RESULT')"
 } >>"$results"
 
-python3 - "$results" "$(nproc)" "$(uptime | sed 's/.*load average: //')" "$(getconf CLK_TCK)" "$upstream_kind" "$pinned" <<'PY'
+python3 - "$results" "$(nproc)" "$(uptime | sed 's/.*load average: //')" "$(getconf CLK_TCK)" "$upstream_kind" "$pinned" "$rest_cpu" "${proxy_cpu:--}" <<'PY'
 import statistics, sys
 path, cores, load, tick, upstream, pinned = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
+first_cpu, second_cpu = f"cpu{sys.argv[7]}", f"cpu{sys.argv[8]}"
 processes = ["gateway", "gateway-signed", "plain-yarp", "upstream", "redis", "gateway-embedded"]
 rounds, current = {}, None
 for line in open(path):
@@ -279,10 +295,10 @@ for line in open(path):
         current[parts[0]] = row
 load_rounds = [r for k, r in rounds.items() if k.isdigit()]
 names = ["plain", "passthrough", "token-only", "full-binding", "fresh-token", "full-binding-signed", "full-binding-embedded"]
-placement = ("pinned: the proxy alone on CPU 1; wrk, Redis and the upstream on CPU 0" if pinned
+placement = (f"pinned: the proxy alone on {second_cpu}; wrk, Redis and the upstream on {first_cpu}" if pinned
              else "everything shares the cores")
 print(f"\nAssurance Gateway vs plain YARP: {len(load_rounds)} round(s), {cores} cores, upstream {upstream}, {placement}, load average after: {load}")
-print(f"{'scenario':<23}{'rps':>8}{'p50 µs':>8}{'p99 µs':>8}{'× plain':>9}{'non-2xx':>8}  {'busy % cpu0':>13}{'cpu1':>5}   CPU µs per request: " + " ".join(f"{p:>8}" for p in ["proxy", "upstream", "redis"]))
+print(f"{'scenario':<23}{'rps':>8}{'p50 µs':>8}{'p99 µs':>8}{'× plain':>9}{'non-2xx':>8}  {'busy % ' + first_cpu:>13}{second_cpu:>5}   CPU µs per request: " + " ".join(f"{p:>8}" for p in ["proxy", "upstream", "redis"]))
 for name in names:
     rows = [r[name] for r in load_rounds]
     ratios = [r[name]["rps"] / r["plain"]["rps"] for r in load_rounds]
