@@ -38,7 +38,7 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
                     _pendingBySubject[grant.Subject] = pending;
                 }
 
-                pending.RemoveAll(id => !_grants.TryGetValue(id, out var other) || other.Status != GrantStatus.Pending || other.ExpiresAt <= now);
+                pending.RemoveAll(id => !StillPending(id, now));
                 if (pending.Count >= maxPendingPerSubject)
                 {
                     return Task.FromResult(GrantChange.TooMany);
@@ -275,11 +275,15 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
         // Subjects whose pending grants have all left pending: an index entry per subject ever challenged would grow for good.
         foreach (var (subject, pending) in _pendingBySubject)
         {
-            pending.RemoveAll(id => !_grants.TryGetValue(id, out var grant) || grant.Status != GrantStatus.Pending || grant.ExpiresAt <= now);
+            pending.RemoveAll(id => !StillPending(id, now));
             if (pending.Count == 0)
             {
                 _pendingBySubject.Remove(subject);
             }
         }
     }
+
+    /// <summary>Whether the grant <paramref name="id"/> is still held and pending (for the pending-by-subject index; under the lock).</summary>
+    private bool StillPending(string id, DateTimeOffset now) =>
+        _grants.TryGetValue(id, out var grant) && grant.Status == GrantStatus.Pending && grant.ExpiresAt > now;
 }

@@ -221,7 +221,7 @@ internal sealed partial class RedisGrantStore
     /// <paramref name="tag"/>: a reply matched to the wrong command (a connection out of step) is another request's
     /// decision, and must decide nothing. Null when the tag is not this call's.
     /// </summary>
-    private static string?[]? ConsumeReply(string?[] reply, string tag) =>
+    private static string?[]? OwnReply(string?[] reply, string tag) =>
         reply.Length >= 2 && string.Equals(reply[^1], tag, StringComparison.Ordinal) ? reply[..^1] : null;
 
     /// <summary>The consume script's reply as text, whichever connection carried it (nil is null).</summary>

@@ -220,7 +220,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             var keys = GrantKeys.KeysOf(grantKey);
             var args = AsValues(text);
 
-            reply = ConsumeReply(
+            reply = OwnReply(
                 ConsumeReply(_acked is null || request.DryRun
                     ? await RunAsync(_shared, db => EvaluateAsync(db, Scripts.Consume, keys, args), "consume", request.GrantId, CancellationToken.None, started).ConfigureAwait(false)
                     : await ConsumeAcknowledgedAsync(_acked, keys, args, request.GrantId).ConfigureAwait(false)),
@@ -296,7 +296,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                     };
                 }
 
-                if (ConsumeReply(text, tag) is not { } own)
+                if (OwnReply(text, tag) is not { } own)
                 {
                     // Another command's reply: the connection is out of step (a reply lost, one too many), so every
                     // reply still to come on it may be someone else's. Nothing on it is trusted any more, and what
