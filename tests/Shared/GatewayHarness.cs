@@ -3,6 +3,7 @@ using System.Net.Http.Headers;
 using System.Text.Json.Nodes;
 using AssuranceGateway.Api;
 using AssuranceGateway.Configuration;
+using AssuranceGateway.Grants;
 using AssuranceGateway.Hosting;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -89,6 +90,32 @@ public sealed class GatewayHarness : IAsyncDisposable
         ApiAddress = _app.Services.GetRequiredService<AssuranceApiHost>().Addresses[0];
         Proxy = new HttpClient { BaseAddress = new Uri(ProxyAddress) };
         Api = new HttpClient { BaseAddress = new Uri(ApiAddress) };
+        await AwaitStoreAsync();
+    }
+
+    /// <summary>
+    /// As a deployment's readiness probe does before traffic arrives: a Redis store fails uses and new grants closed
+    /// until its first INFO has said whether Redis evicts, and on a loaded CI machine that can take longer than the
+    /// tests' 250 ms Store:Timeout (a grant created at once got 503 in a fresh-clone run). Waits (up to 10 s) until the
+    /// store has judged, or says it cannot be reached at all (the tests of a Redis that is down go on at once).
+    /// </summary>
+    private async Task AwaitStoreAsync()
+    {
+        if (Services.GetRequiredService<IGrantStore>() is not RedisGrantStore store)
+        {
+            return;
+        }
+
+        var deadline = Stopwatch.StartNew();
+        while (deadline.Elapsed < TimeSpan.FromSeconds(10) && !store.EvictionJudged.IsCompleted)
+        {
+            if (await store.NotReadyAsync(default) is { } why && why.StartsWith("does not answer", StringComparison.Ordinal))
+            {
+                return;
+            }
+
+            await Task.Delay(20);
+        }
     }
 
     /// <summary>Writes a new config file and waits until the gateway has applied it or refused it.</summary>

@@ -67,6 +67,9 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     /// </summary>
     private readonly TaskCompletionSource _evictionJudged = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>Completes at the first eviction judgement (for tests that start a gateway as a readiness probe would).</summary>
+    internal Task EvictionJudged => _evictionJudged.Task;
+
     /// <summary>The connection the eviction check last ran on (null: check on the next healthy round), and when.</summary>
     private ConnectionMultiplexer? _evictionCheckedOn;
     private long _evictionCheckedAt;
