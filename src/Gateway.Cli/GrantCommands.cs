@@ -179,7 +179,7 @@ internal static class GrantCommands
                 return 1;
             }
 
-            await Console.Error.WriteLineAsync($"{(int)response.StatusCode} {text}");
+            await Console.Error.WriteLineAsync($"{(int)response.StatusCode} {TerminalText.Line(text)}");
             return 1;
         }
 
@@ -218,7 +218,7 @@ internal static class GrantCommands
             return 0;
         }
 
-        Console.WriteLine(node.ToJsonString(Indented));
+        Console.WriteLine(TerminalText.Json(node.ToJsonString(Indented)));
         return 0;
     }
 }

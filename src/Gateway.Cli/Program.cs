@@ -138,7 +138,7 @@ if (parsed.Errors.Count > 0)
     // gives arguments ending in a carriage return, a pasted one may hold an escape sequence).
     foreach (var error in parsed.Errors)
     {
-        Console.Error.WriteLine(UsageException.Escape(error.Message));
+        Console.Error.WriteLine(TerminalText.Line(error.Message));
     }
 
     Console.Error.WriteLine($"see: {string.Join(' ', ["agw", .. CommandPath(parsed.CommandResult), "--help"])}");

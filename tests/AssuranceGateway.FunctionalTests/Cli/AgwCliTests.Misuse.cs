@@ -332,6 +332,31 @@ public sealed partial class AgwCliTests
         Assert.DoesNotContain('\u0007', result.Err);
     }
 
+    // The second approver of a quorum reads the grant with `agw grant show` before approving it, and its reason was
+    // written by the creator. JSON escapes C0 controls, but agw printed the rest raw: a right-to-left override (U+202E)
+    // or isolate (U+2066) showed the reason in another order than stored, a C1 CSI (U+009B) reached the terminal as an
+    // escape sequence, and zero-width and tag characters (U+200B, U+E0041) hid text. Each is escaped, and the output is
+    // still JSON with the same reason.
+    [Fact]
+    public async Task GrantShow_ReasonWithBidiAndInvisibleCharacters_IsShownEscaped()
+    {
+        const string Reason = "CHG-1 \u202Eyalp\u2066x\u2069 \u009B2J \u200Bhidden\U000E0041 end";
+        var grant = DeployGrant(_gateway.Idp.Token());
+        grant["reason"] = Reason;
+        var id = await _gateway.CreateGrantAsync(grant);
+
+        var (code, output, _) = await AgwAsync("grant", "show", "--api", _gateway.ApiAddress, "--as", _gateway.Idp.ApiToken(), id);
+
+        Assert.Equal(0, code);
+        foreach (var hidden in new[] { "\u202E", "\u2066", "\u2069", "\u009B", "\u200B", "\U000E0041" })
+        {
+            Assert.DoesNotContain(hidden, output, StringComparison.Ordinal);
+        }
+
+        Assert.Contains("\\u202Eyalp\\u2066x\\u2069 \\u009B2J \\u200Bhidden\\uDB40\\uDC41 end", output, StringComparison.Ordinal);
+        Assert.Equal(Reason, JsonNode.Parse(output)!["reason"]!.GetValue<string>());
+    }
+
     // ID=$(agw grant create -q ...) failed earlier in a script: `agw grant show "$ID"` listed pending grants' refusal
     // ("only 'pending' can be listed"), approve said unknown_route, revoke method_not_allowed, none naming the empty id.
     [Theory]
