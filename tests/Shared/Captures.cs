@@ -50,6 +50,26 @@ public sealed class LogCollector : ILoggerProvider
 
     public void Clear() => _lines.Clear();
 
+    /// <summary>The first line that matches, once one is logged (up to 10 s: background work logs when it gets to it).</summary>
+    public async Task<string> WaitForAsync(Func<string, bool> match, string what)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (true)
+        {
+            if (_lines.FirstOrDefault(match) is { } line)
+            {
+                return line;
+            }
+
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new TimeoutException($"nothing logged: {what}");
+            }
+
+            await Task.Delay(20);
+        }
+    }
+
     public ILogger CreateLogger(string categoryName) => new Logger(this, categoryName);
 
     public void Dispose()

@@ -18,9 +18,13 @@ internal sealed class DirectoryFiles : IFileProvider, IDisposable
     private readonly PhysicalFileProvider _files;
     private readonly FileSystemWatcher? _watcher;
     private readonly ConcurrentDictionary<string, CancellationTokenSource> _waiting = new(StringComparer.Ordinal);
+    private readonly Action<Exception>? _listenerFailed;
 
-    public DirectoryFiles(string directory)
+    /// <param name="directory">The directory whose files are watched.</param>
+    /// <param name="listenerFailed">Told when something that listens for a change throws (see <see cref="Fire"/>).</param>
+    public DirectoryFiles(string directory, Action<Exception>? listenerFailed = null)
     {
+        _listenerFailed = listenerFailed;
         // No exclusion filter: a watched file may well be a dot file.
         _files = new PhysicalFileProvider(directory, ExclusionFilters.None);
         if (_files.UsePollingFileWatcher)
@@ -92,8 +96,26 @@ internal sealed class DirectoryFiles : IFileProvider, IDisposable
         }
     }
 
-    // Not disposed after: a consumer may still ask the token it holds whether it has changed.
-    private static void Fire(CancellationTokenSource waiting) => waiting.Cancel();
+    /// <summary>
+    /// Runs everything that listens for the change, on the watcher's thread: the configuration's reload and, behind it,
+    /// every options monitor of the host. One of those throwing must not end the process. The logging filter throws on a
+    /// level that is no level ("Verbose"), which the gateway refuses as a change but the host's logging reads on its own:
+    /// the watcher handed the exception to its Error event, whose handler fired every token again, threw again, and the
+    /// unhandled exception ended the gateway, every replica at once when a ConfigMap changed. The other listeners have
+    /// run (a token runs all its callbacks before it throws), and the one that threw keeps what it had.
+    /// Not disposed after: a consumer may still ask the token it holds whether it has changed.
+    /// </summary>
+    private void Fire(CancellationTokenSource waiting)
+    {
+        try
+        {
+            waiting.Cancel();
+        }
+        catch (AggregateException e)
+        {
+            _listenerFailed?.Invoke(e);
+        }
+    }
 
     public void Dispose()
     {

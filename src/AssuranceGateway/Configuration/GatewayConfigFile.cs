@@ -18,6 +18,9 @@ public sealed class GatewayConfigFile
 
     public string FullPath { get; }
 
+    /// <summary>Raised when something in the host that listens for a change of the file throws (<see cref="DirectoryFiles"/>).</summary>
+    public event Action<Exception>? ListenerFailed;
+
     /// <summary>Why the last (re)load of the file failed, or null when it parsed.</summary>
     public string? LoadError => File.Exists(FullPath) ? _loadError
         : Directory.Exists(FullPath) ? $"'{FullPath}' is a directory: name the configuration file in it"
@@ -100,7 +103,7 @@ public sealed class GatewayConfigFile
                 file._loadError = Describe(context.Exception);
                 context.Ignore = true;
             },
-            FileProvider = new DirectoryFiles(directory),
+            FileProvider = new DirectoryFiles(directory, e => file.ListenerFailed?.Invoke(e)),
         }, file);
     }
 

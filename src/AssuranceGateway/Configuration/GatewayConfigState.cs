@@ -91,6 +91,11 @@ public sealed partial class GatewayConfigState : IDisposable
         Apply(settings, 0);
         if (watch)
         {
+            if (file is not null)
+            {
+                file.ListenerFailed += ListenerFailed;
+            }
+
             _reloadRegistration = ChangeToken.OnChange(configuration.GetReloadToken, () => _ = ReloadAsync());
         }
     }
@@ -260,7 +265,7 @@ public sealed partial class GatewayConfigState : IDisposable
         }
 
         _keyFiles?.Dispose();
-        _keyFiles = new KeyFileWatch(files, () => _ = ReloadAfterKeyFileChangeAsync());
+        _keyFiles = new KeyFileWatch(files, () => _ = ReloadAfterKeyFileChangeAsync(), ListenerFailed);
     }
 
     /// <summary>
@@ -337,6 +342,11 @@ public sealed partial class GatewayConfigState : IDisposable
 
     public void Dispose()
     {
+        if (_file is not null)
+        {
+            _file.ListenerFailed -= ListenerFailed;
+        }
+
         _reloadRegistration?.Dispose();
         _keyFiles?.Dispose();
         (Listeners.Root as IDisposable)?.Dispose();
@@ -349,7 +359,7 @@ public sealed partial class GatewayConfigState : IDisposable
         private readonly List<DirectoryFiles> _providers = [];
         private readonly IDisposable _registration;
 
-        public KeyFileWatch(SortedSet<string> files, Action changed)
+        public KeyFileWatch(SortedSet<string> files, Action changed, Action<Exception> listenerFailed)
         {
             Files = files;
             var watched = new List<(DirectoryFiles Provider, string Name)>();
@@ -360,7 +370,7 @@ public sealed partial class GatewayConfigState : IDisposable
                     continue;
                 }
 
-                var provider = new DirectoryFiles(directory.Key);
+                var provider = new DirectoryFiles(directory.Key, listenerFailed);
                 _providers.Add(provider);
                 watched.AddRange(directory.Select(file => (provider, Path.GetFileName(file))));
             }
@@ -382,8 +392,35 @@ public sealed partial class GatewayConfigState : IDisposable
         }
     }
 
+    /// <summary>A part of the host that reads the configuration on its own (the logging filter) refused a change.</summary>
+    private void ListenerFailed(Exception failure)
+    {
+        var causes = new List<string>();
+        Collect(failure);
+        Log.ListenerFailed(_logger, string.Join("; ", causes.Distinct(StringComparer.Ordinal)));
+
+        void Collect(Exception e)
+        {
+            if (e is AggregateException aggregate)
+            {
+                foreach (var inner in aggregate.InnerExceptions)
+                {
+                    Collect(inner);
+                }
+            }
+            else
+            {
+                causes.Add($"{e.GetType().Name}: {e.Message}");
+            }
+        }
+    }
+
     private static partial class Log
     {
+        [LoggerMessage(EventId = 104, Level = LogLevel.Warning,
+            Message = "A part of the host failed to take the configuration change and keeps what it had: {Failure}")]
+        public static partial void ListenerFailed(ILogger logger, string failure);
+
         [LoggerMessage(EventId = 100, Level = LogLevel.Error,
             Message = "Configuration change refused ({Count} problems); the last good configuration stays in force: {Problems}")]
         public static partial void ReloadRefused(ILogger logger, int count, string problems);

@@ -3,6 +3,9 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using AssuranceGateway.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
 
 namespace AssuranceGateway.FunctionalTests.Configuration;
 
@@ -562,6 +565,28 @@ public sealed class HotReloadTests : IAsyncLifetime
         Assert.False(await _gateway.ReloadAsync(config));
 
         Assert.Contains("Logging:LogLevel:Default: 'Verbose' is not a log level", Assert.Single(_gateway.RefusedReloads()), StringComparison.Ordinal);
+        await AssertOriginalConfigurationInForceAsync();
+    }
+
+    // The host's logging reads the Logging section on its own and threw on "Verbose" on the file watcher's thread: the
+    // watcher passed the exception to its Error event, whose handler fired the change again, threw again, and the
+    // process ended (every replica at once, when a ConfigMap changes). Refused and said; logging keeps its levels, and
+    // the next good change is applied, logging's included.
+    [Fact]
+    public async Task Reload_LogLevelThatIsNoLevel_TheProcessLivesOnAndTheNextGoodChangeApplies()
+    {
+        var bad = _gateway.DefaultConfig();
+        bad["Logging"] = new JsonObject { ["LogLevel"] = new JsonObject { ["Default"] = "Verbose" } };
+        Assert.False(await _gateway.ReloadAsync(bad));
+        var failed = await _gateway.Logs.WaitForAsync(l => l.Contains("[104]", StringComparison.Ordinal), "event 104");
+        Assert.Contains("Configuration value 'Verbose' is not supported", failed, StringComparison.Ordinal);
+
+        var good = _gateway.DefaultConfig();
+        good["Logging"] = new JsonObject { ["LogLevel"] = new JsonObject { ["Default"] = "Information", ["AssuranceGateway"] = "Warning" } };
+        Assert.True(await _gateway.ReloadAsync(good), Refusals());
+
+        var filters = _gateway.Services.GetRequiredService<IOptionsMonitor<LoggerFilterOptions>>().CurrentValue;
+        Assert.Contains(filters.Rules, r => r.CategoryName == "AssuranceGateway" && r.LogLevel == LogLevel.Warning);
         await AssertOriginalConfigurationInForceAsync();
     }
 
