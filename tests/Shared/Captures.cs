@@ -38,6 +38,26 @@ public sealed class SpanCollector : BaseProcessor<Activity>
         }
     }
 
+    /// <summary>
+    /// The one span <paramref name="match"/> finds, once it has ended. Only the evidence span ends before the response
+    /// is written: the ASP.NET Core server span (and YARP's) end after the client has read the response, so a test that
+    /// looked for them at once failed now and then on a busy machine. Waits up to 10 s; more than one match fails.
+    /// </summary>
+    public async Task<Activity> WaitForSingleAsync(Func<Activity, bool> match, string what)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (true)
+        {
+            var found = _spans.Where(match).ToList();
+            if (found.Count > 0 || DateTime.UtcNow > deadline)
+            {
+                return found.Count == 1 ? found[0] : throw new Xunit.Sdk.XunitException($"{found.Count} spans are {what} (one expected)");
+            }
+
+            await Task.Delay(20);
+        }
+    }
+
     public void Clear() => _spans.Clear();
 }
 

@@ -199,13 +199,21 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         var token = _gateway.Idp.Token();
         var svid = _gateway.WorkloadIssuer.Svid();
         var grant = DeployGrant(token);
-        grant["notBefore"] = DateTimeOffset.UtcNow.AddSeconds(1.5).ToString("O");
+        // Far enough ahead that creating the grant and the early use fit before it on a loaded machine (1.5 s left
+        // little room); GrantClockTests judges the window's edges to the millisecond on a clock the test sets.
+        var opens = DateTimeOffset.UtcNow.AddSeconds(5);
+        grant["notBefore"] = opens.ToString("O");
         var id = await _gateway.CreateGrantAsync(grant);
 
         using var early = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _));
         Assert.Equal("grant_not_yet_valid", await early.ReasonAsync());
         Assert.Equal(0, _gateway.Upstream.Count);
-        await Task.Delay(1700);
+        var wait = opens - DateTimeOffset.UtcNow + TimeSpan.FromMilliseconds(200);
+        if (wait > TimeSpan.Zero)
+        {
+            await Task.Delay(wait);
+        }
+
         using var inWindow = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, id, out _));
 
         Assert.Equal(HttpStatusCode.OK, inWindow.StatusCode);

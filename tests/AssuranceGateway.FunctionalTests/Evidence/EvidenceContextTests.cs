@@ -101,10 +101,11 @@ public sealed class EvidenceContextTests(ITestOutputHelper output)
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
 
         var span = Assert.Single(gateway.Spans.Enforce(traceId));
-        var parent = Assert.Single(gateway.Spans.All, s => s.SpanId == span.ParentSpanId);
+        // The server span and YARP's end after the client has its response: waited for, not read at once.
+        var parent = await gateway.Spans.WaitForSingleAsync(s => s.SpanId == span.ParentSpanId, "the evidence span's parent");
         Assert.Equal("Microsoft.AspNetCore", parent.Source.Name);
-        var client = Assert.Single(gateway.Spans.All, s => s.TraceId.ToHexString() == traceId && s.Source.Name == "System.Net.Http");
-        Assert.Equal("Yarp.ReverseProxy", Assert.Single(gateway.Spans.All, s => s.SpanId == client.ParentSpanId).Source.Name);
+        var client = await gateway.Spans.WaitForSingleAsync(s => s.TraceId.ToHexString() == traceId && s.Source.Name == "System.Net.Http", "the upstream call");
+        Assert.Equal("Yarp.ReverseProxy", (await gateway.Spans.WaitForSingleAsync(s => s.SpanId == client.ParentSpanId, "the upstream call's parent")).Source.Name);
     }
 
     /// <summary>

@@ -79,7 +79,8 @@ public sealed class EvidenceSpanTests : IAsyncLifetime
         using var response = await _gateway.Proxy.SendAsync(request);
 
         var span = Assert.Single(_gateway.Spans.Enforce(traceId));
-        var server = Assert.Single(_gateway.Spans.All, s => s.SpanId == span.ParentSpanId);
+        // The server span ends after the client has its response: waited for, not read at once.
+        var server = await _gateway.Spans.WaitForSingleAsync(s => s.SpanId == span.ParentSpanId, "the evidence span's parent");
         Assert.Equal(ActivityKind.Server, server.Kind);
     }
 
