@@ -250,17 +250,15 @@ internal static class GrantRequestValidator
                 return (null, $"request.headers.{name}: not a bound header of policy '{policy.Name}' (bound: {string.Join(", ", policy.BoundHeaders)})");
             }
 
-            switch (value.ValueKind)
+            // A JsonElement keeps the raw bytes and decodes them only when read: a value that is not UTF-8 (escaped
+            // lone surrogates are decoded to U+FFFD, raw bytes are not) throws here, past the serializer's checks, and
+            // was a 500.
+            if (ReadHeaderValues(value, out var values) is { } problem)
             {
-                case JsonValueKind.String:
-                    headers[lower] = value.GetString();
-                    break;
-                case JsonValueKind.Array when value.EnumerateArray().All(v => v.ValueKind == JsonValueKind.String):
-                    headers[lower] = new StringValues([.. value.EnumerateArray().Select(v => v.GetString())]);
-                    break;
-                default:
-                    return (null, $"request.headers.{name}: must be a string or an array of strings");
+                return (null, $"request.headers.{name}: {problem}");
             }
+
+            headers[lower] = values;
 
             if (CanonicalRequest.PresentButEmpty(headers[lower]))
             {
@@ -305,4 +303,27 @@ internal static class GrantRequestValidator
     };
 
     private static GrantDraft Invalid(string detail) => new(null, ReasonCodes.InvalidRequest, detail);
+
+    /// <summary>A bound header's value or values; null, or what is wrong with them.</summary>
+    private static string? ReadHeaderValues(JsonElement value, out StringValues values)
+    {
+        values = StringValues.Empty;
+        if (value.ValueKind is not JsonValueKind.String
+            && !(value.ValueKind is JsonValueKind.Array && value.EnumerateArray().All(v => v.ValueKind == JsonValueKind.String)))
+        {
+            return "must be a string or an array of strings";
+        }
+
+        try
+        {
+            values = value.ValueKind is JsonValueKind.String
+                ? value.GetString()
+                : new StringValues([.. value.EnumerateArray().Select(v => v.GetString())]);
+            return null;
+        }
+        catch (InvalidOperationException)
+        {
+            return "not valid UTF-8";
+        }
+    }
 }
