@@ -3,6 +3,14 @@
 # store), the sample upstream and the gateway on free ports, then prints each request and the gateway's answer.
 # Everything it starts is stopped on exit.
 set -euo pipefail
+# What a fresh Debian lacks is said before anything is built or started (curl is not in a minimal install; without it
+# the script used to build, start everything, wait 20 s and stop at the first request). python3 is optional.
+missing=()
+for tool in dotnet curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]} > 0)); then
+  echo "deploy/local/demo.sh needs: ${missing[*]} (curl: apt-get install curl; dotnet: the .NET 10 SDK, see the README)" >&2
+  exit 1
+fi
 cd "$(dirname "$0")/../.."
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 dotnet build Gateway.sln -c Release -nologo -v quiet >/dev/null
@@ -31,7 +39,13 @@ pids+=($!)
 dotnet src/Gateway/bin/Release/net10.0/Gateway.dll --Urls "http://127.0.0.1:$proxy" --Assurance:Api:Url "http://127.0.0.1:$api" \
   --ReverseProxy:Clusters:sample:Destinations:d1:Address "http://127.0.0.1:$up" "${store_args[@]}" >"$work/gateway.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$api/readyz" >/dev/null && break; sleep 0.2; done
+ready=0
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$api/readyz" >/dev/null && { ready=1; break; }; sleep 0.2; done
+if [ "$ready" = 0 ]; then
+  echo "the gateway is not ready after 20 s (http://127.0.0.1:$api/readyz); its log:" >&2
+  cat "$work/gateway.log" >&2
+  exit 1
+fi
 export AGW_API="http://127.0.0.1:$api"
 P="http://127.0.0.1:$proxy"
 

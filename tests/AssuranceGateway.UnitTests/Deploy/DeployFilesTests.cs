@@ -121,7 +121,7 @@ public sealed partial class DeployFilesTests
         // A pod that can write to Redis can mint approvals: its password must not be the only thing in the way.
         var policy = Read("k8s/networkpolicy.yaml");
 
-        Assert.Matches(@"name: assurance-redis\s+spec:\s+podSelector:\s+matchLabels:\s+app.kubernetes.io/name: assurance-redis\s+policyTypes: \[""Ingress""\]\s+ingress:\s+- from:\s+- podSelector:\s+matchLabels:\s+app.kubernetes.io/name: assurance-gateway\s+ports:\s+- port: 6379", policy);
+        Assert.Matches(@"name: assurance-redis\s+spec:\s+podSelector:\s+matchLabels:\s+app.kubernetes.io/name: assurance-redis\s+policyTypes: \[""Ingress"", ""Egress""\]\s+ingress:\s+- from:\s+- podSelector:\s+matchLabels:\s+app.kubernetes.io/name: assurance-gateway\s+ports:\s+- port: 6379", policy);
     }
 
     [Fact]
