@@ -24,6 +24,9 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         var redis = await StoreConnectionAsync();
         _gateway = await GatewayHarness.StartAsync(redis: redis, configure: c =>
         {
+            // Nothing here is about the store's deadline: one slow Redis call on a loaded CI machine must not turn an
+            // enforcement test into a 503 (StoreReadinessTests and the resilience tests judge the 250 ms bound itself).
+            c["Assurance"]!["Store"]!["Timeout"] = "00:00:02";
             // An origin-bound route behind a trusted proxy (loopback plays the proxy).
             var routes = c["ReverseProxy"]!["Routes"]!.AsObject();
             routes["backup"] = TestConfig.Route("/backup/{**rest}", "origin-bound");
