@@ -19,9 +19,11 @@ public sealed class TunnelUpstream : IAsyncDisposable
     private readonly ConcurrentQueue<string> _heads = new();
     private readonly ConcurrentQueue<string> _tunnelled = new();
     private readonly Task _accepting;
+    private readonly bool _keepOpen;
 
-    private TunnelUpstream()
+    private TunnelUpstream(bool keepOpen)
     {
+        _keepOpen = keepOpen;
         _listener.Start();
         _accepting = AcceptAsync();
     }
@@ -34,7 +36,9 @@ public sealed class TunnelUpstream : IAsyncDisposable
     /// <summary>What arrived after a 101, one entry per read.</summary>
     public IReadOnlyCollection<string> Tunnelled => _tunnelled;
 
-    public static TunnelUpstream Start() => new();
+    /// <param name="keepOpen">Echo everything until the other end closes the tunnel; by default the tunnel is closed after
+    /// the first echo (a client that reads to the end, as over HTTP/2, then gets its end).</param>
+    public static TunnelUpstream Start(bool keepOpen = false) => new(keepOpen);
 
     /// <summary>
     /// Sends <paramref name="head"/> (without the empty line) over HTTP/1.1; on a 101 sends <paramref name="tunnel"/>
@@ -76,6 +80,79 @@ public sealed class TunnelUpstream : IAsyncDisposable
         }
 
         return (status, Encoding.UTF8.GetString([.. content]));
+    }
+
+    /// <summary>
+    /// Sends <paramref name="head"/> over HTTP/1.1 and keeps the connection: on a 101 it is a tunnel the caller talks
+    /// through (<see cref="OpenTunnel.EchoAsync"/>) and watches for the gateway closing it.
+    /// </summary>
+    public static async Task<OpenTunnel> OpenAsync(string address, string head)
+    {
+        var uri = new Uri(address);
+        var tcp = new TcpClient();
+        try
+        {
+            await tcp.ConnectAsync(uri.Host, uri.Port);
+            var stream = tcp.GetStream();
+            using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+            await stream.WriteAsync(Encoding.ASCII.GetBytes(head + "\r\n"), deadline.Token);
+            var (responseHead, _) = await ReadHeadAsync(stream, deadline.Token);
+            return new OpenTunnel(tcp, stream, int.Parse(responseHead.AsSpan(9, 3), CultureInfo.InvariantCulture));
+        }
+        catch
+        {
+            tcp.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>An upgraded connection held open by a test.</summary>
+    public sealed class OpenTunnel(TcpClient tcp, NetworkStream stream, int status) : IDisposable
+    {
+        public int Status { get; } = status;
+
+        /// <summary>Sends <paramref name="text"/> and reads the echo; null when the connection is closed instead.</summary>
+        public async Task<string?> EchoAsync(string text)
+        {
+            using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+            try
+            {
+                await stream.WriteAsync(Encoding.ASCII.GetBytes(text), deadline.Token);
+                var buffer = new byte[4096];
+                var n = await stream.ReadAsync(buffer, deadline.Token);
+                return n == 0 ? null : Encoding.ASCII.GetString(buffer, 0, n);
+            }
+            catch (IOException)
+            {
+                return null;
+            }
+        }
+
+        /// <summary>How long until the other end closes the connection (throws after <paramref name="limit"/>).</summary>
+        public async Task<TimeSpan> ClosedWithinAsync(TimeSpan limit)
+        {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            using var deadline = new CancellationTokenSource(limit);
+            try
+            {
+                var buffer = new byte[4096];
+                while (await stream.ReadAsync(buffer, deadline.Token) > 0)
+                {
+                }
+            }
+            catch (IOException)
+            {
+                // Reset rather than closed: closed all the same.
+            }
+
+            return clock.Elapsed;
+        }
+
+        public void Dispose()
+        {
+            stream.Dispose();
+            tcp.Dispose();
+        }
     }
 
     private async Task AcceptAsync()
@@ -124,18 +201,29 @@ public sealed class TunnelUpstream : IAsyncDisposable
                         Encoding.ASCII.GetBytes(key[18..].Trim() + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))) + "\r\n";
 #pragma warning restore CA5350
                 await stream.WriteAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n{upgrade}\r\n{accept}\r\n"), deadline.Token);
+                // Echoes what comes through the tunnel: once, or until the other end closes it (or the deadline).
                 var received = rest;
-                if (received.Length == 0)
+                var buffer = new byte[4096];
+                while (true)
                 {
-                    var buffer = new byte[4096];
-                    var n = await stream.ReadAsync(buffer, deadline.Token);
-                    received = buffer[..n];
-                }
+                    if (received.Length == 0)
+                    {
+                        var n = await stream.ReadAsync(buffer, deadline.Token);
+                        if (n == 0)
+                        {
+                            break;
+                        }
 
-                if (received.Length > 0)
-                {
+                        received = buffer[..n];
+                    }
+
                     _tunnelled.Enqueue(Encoding.ASCII.GetString(received));
                     await stream.WriteAsync(received, deadline.Token);
+                    received = [];
+                    if (!_keepOpen)
+                    {
+                        break;
+                    }
                 }
             }
             catch (Exception e) when (e is IOException or OperationCanceledException or SocketException)

@@ -40,6 +40,10 @@ public sealed partial class AssuranceMiddleware
 
         private static string? Safe(string? value) => value is null ? null : JwtInspector.Printable(value, MaxValueLength, asciiOnly: false);
 
+        [LoggerMessage(EventId = 202, EventName = "TunnelClosedAtExpiry", Level = LogLevel.Information,
+            Message = "Tunnel closed: the credentials that opened it expired at {CloseAt:O} (exp plus the allowed clock skew): route={Route} token={TokenHash}")]
+        public static partial void TunnelClosedAtExpiry(ILogger logger, string route, string tokenHash, DateTimeOffset closeAt);
+
         [LoggerMessage(EventId = 201, EventName = "ForwardFailed", Level = LogLevel.Warning,
             Message = "Forward failed after the use of grant {GrantId} was consumed: route={Route} error={Error} traceId={TraceId} spanId={SpanId}")]
         public static partial void ForwardFailed(ILogger logger, string? grantId, string route, string error, string? traceId, string? spanId);

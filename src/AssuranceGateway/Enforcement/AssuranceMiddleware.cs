@@ -217,6 +217,16 @@ public sealed partial class AssuranceMiddleware
         if (!policy.RequiresGrant)
         {
             decision.Reason = ReasonCodes.Ok;
+            if (policy.Mode != PolicyMode.Shadow && IsProtocolUpgrade(context))
+            {
+                // A tunnel lasts no longer than the credentials that opened it would still be accepted.
+                var expires = workload?.Token is { } svid && svid.ExpiresAt < token.ExpiresAt ? svid.ExpiresAt : token.ExpiresAt;
+                var closeAt = new DateTimeOffset(expires, TimeSpan.Zero) + settings.Tokens.ClockSkew;
+                var route = decision.Route;
+                var tokenHash = token.TokenHash;
+                TunnelDeadline.Arm(context, closeAt, _time, () => Log.TunnelClosedAtExpiry(_logger, route, tokenHash, closeAt));
+            }
+
             return;
         }
 

@@ -83,6 +83,37 @@ public sealed class UpgradeTunnelTests : IAsyncLifetime
         Assert.Equal(Tunnel, Assert.Single(_upstream.Tunnelled));
     }
 
+    // A token-only route checks the token once, at the upgrade: a tunnel opened a moment before the token expired
+    // carried traffic for as long as both ends kept it open. It is closed when the token stops being accepted (exp plus
+    // the allowed skew, 0 here), and only then: a tunnel opened with a token that lasts stays open meanwhile.
+    [Fact]
+    public async Task Upgrade_OnATokenOnlyRoute_TunnelClosedWhenItsTokenExpires()
+    {
+        await using var upstream = TunnelUpstream.Start(keepOpen: true);
+        await using var gateway = await GatewayHarness.StartAsync(c =>
+        {
+            Configure(c, upstream.Address);
+            c["Assurance"]!["Tokens"]!["ClockSkew"] = "00:00:00";
+        });
+        var expires = DateTimeOffset.UtcNow.AddSeconds(3).ToUnixTimeSeconds();
+        var shortLived = gateway.Idp.Token(edit: c => c["exp"] = expires);
+
+        using var expiring = await TunnelUpstream.OpenAsync(gateway.ProxyAddress, Get("/status", shortLived, null, WebSocket));
+        using var lasting = await TunnelUpstream.OpenAsync(gateway.ProxyAddress, Get("/status", gateway.Idp.Token(), null, WebSocket));
+        Assert.Equal(101, expiring.Status);
+        Assert.Equal(101, lasting.Status);
+        Assert.Equal("before\n", await expiring.EchoAsync("before\n"));
+
+        await expiring.ClosedWithinAsync(TimeSpan.FromSeconds(10));
+
+        Assert.True(DateTimeOffset.UtcNow.ToUnixTimeSeconds() >= expires, "closed before the token expired");
+        Assert.Null(await expiring.EchoAsync("after\n"));
+        Assert.Equal("still\n", await lasting.EchoAsync("still\n"));
+        Assert.DoesNotContain("after\n", upstream.Tunnelled);
+        var closed = await gateway.Logs.WaitForAsync(l => l.Contains("[202]", StringComparison.Ordinal), "event 202");
+        Assert.Contains(TokenHash(shortLived), closed, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData(WebSocket)]
     [InlineData(Spdy)]
