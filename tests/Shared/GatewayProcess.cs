@@ -149,12 +149,15 @@ public sealed class GatewayProcess : IAsyncDisposable
     /// <summary>SIGTERM, as an orchestrator stops a pod: the host shuts down gracefully.</summary>
     public async Task<int> StopGracefullyAsync(TimeSpan timeout)
     {
-        using (var kill = Process.Start("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
-        {
-            await kill!.WaitForExitAsync();
-        }
-
+        await TerminateAsync();
         return await WaitForExitAsync(timeout);
+    }
+
+    /// <summary>Sends SIGTERM and returns at once: for what a test watches while the host drains.</summary>
+    public async Task TerminateAsync()
+    {
+        using var kill = Process.Start("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        await kill!.WaitForExitAsync();
     }
 
     private void Append(string? line)

@@ -54,7 +54,10 @@ public sealed partial class AssuranceApiHost(IServiceProvider gatewayServices, I
                 ? ProblemResponses.WriteAsync(http, ReasonCodes.MethodNotAllowed, $"this endpoint does not take {http.Request.Method} (Allow: {http.Response.Headers.Allow})", null)
                 : ProblemResponses.WriteAsync(http, ReasonCodes.UnknownRoute, "no such endpoint on the assurance API", null)).ConfigureAwait(false);
         });
-        HealthEndpoints.Map(_app);
+        // The proxy's listener stops first (the web host is the last hosted service to start) and drains for up to the
+        // host's ShutdownTimeout while this one still answers: readiness must say "stopping" from the signal on, or a
+        // load balancer keeps sending to a listener that is about to close.
+        HealthEndpoints.Map(_app, gatewayServices.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping);
         GrantEndpoints.Map(_app);
         await _app.StartAsync(cancellationToken).ConfigureAwait(false);
         Addresses = _app.Services.GetRequiredService<Microsoft.AspNetCore.Hosting.Server.IServer>()
@@ -88,7 +91,7 @@ public sealed partial class AssuranceApiHost(IServiceProvider gatewayServices, I
 
 internal static class HealthEndpoints
 {
-    public static void Map(WebApplication app)
+    public static void Map(WebApplication app, CancellationToken stopping)
     {
         // HEAD as well as GET (RFC 9110 §9.3.2): load balancers and uptime checks often probe with HEAD; the server
         // sends the same status and headers without the body.
@@ -101,6 +104,14 @@ internal static class HealthEndpoints
                 ?? new Dictionary<string, object> { ["keys"] = Array.Empty<object>() }));
         app.MapMethods("/readyz", probe, async (IGrantStore store, GatewayConfigState config, HttpContext context) =>
         {
+            if (stopping.IsCancellationRequested)
+            {
+                context.Response.StatusCode = StatusCodes.Status503ServiceUnavailable;
+                await ProblemResponses.WriteAsync(context, ReasonCodes.ShuttingDown,
+                    "the gateway is stopping: it finishes the requests it accepted and takes no new ones", null).ConfigureAwait(false);
+                return Results.Empty;
+            }
+
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted);
             timeout.CancelAfter(config.Current.Settings.Store.Timeout * 4);
             string? problem;

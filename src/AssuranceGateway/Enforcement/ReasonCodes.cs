@@ -44,6 +44,12 @@ public static class ReasonCodes
     public const string StoreUnavailable = "store_unavailable";
 
     /// <summary>
+    /// Not in SPEC §4.3 (an addition), <c>/readyz</c> only: the host was told to stop (SIGTERM) and finishes the requests
+    /// it accepted; a load balancer or the kubelet takes it out of rotation before its listeners close.
+    /// </summary>
+    public const string ShuttingDown = "shutting_down";
+
+    /// <summary>
     /// Not in SPEC §4.3 (an addition): allowed and the use consumed, but the forwarder could not deliver the request or
     /// its response. YARP's status (502, 504) is kept; the body says so instead of being empty.
     /// </summary>
@@ -69,7 +75,7 @@ public static class ReasonCodes
         TokenMissing or TokenInvalid or InsufficientAal or WorkloadUnidentified or WorkloadInvalid => StatusCodes.Status401Unauthorized,
         BodyTooLarge => StatusCodes.Status413PayloadTooLarge,
         TooManyPending => StatusCodes.Status429TooManyRequests,
-        StoreUnavailable => StatusCodes.Status503ServiceUnavailable,
+        StoreUnavailable or ShuttingDown => StatusCodes.Status503ServiceUnavailable,
         UpstreamFailed => StatusCodes.Status502BadGateway,
         UnknownRoute => StatusCodes.Status404NotFound,
         GrantNotFound => StatusCodes.Status403Forbidden,
@@ -107,6 +113,7 @@ public static class ReasonCodes
         GrantUnreadable => "Assurance record unreadable",
         TooManyPending => "Too many pending assurances",
         StoreUnavailable => "Assurance store unavailable",
+        ShuttingDown => "Gateway shutting down",
         UpstreamFailed => "Upstream request failed",
         InvalidRequest => "Invalid request",
         InsufficientScope => "Insufficient scope",

@@ -5,7 +5,7 @@ namespace AssuranceGateway.Grants;
 internal sealed partial class RedisGrantStore
 {
     // Event ids 3100-3199: the Redis grant store, each used once (operators alert on them; LoggerMessageTests checks
-    // the whole assembly). Next free: 3124. Only store names, grant ids and operation names are logged: the store
+    // the whole assembly). Next free: 3125. Only store names, grant ids and operation names are logged: the store
     // never sees a raw token or body, and the connection string may hold a password.
     private static partial class Log
     {
@@ -41,6 +41,10 @@ internal sealed partial class RedisGrantStore
 
         [LoggerMessage(3108, LogLevel.Warning, "Grant store {Store}: closed with {Count} unknown outcome(s) not yet recorded")]
         public static partial void UnknownOutcomesLost(ILogger logger, string store, int count);
+
+        [LoggerMessage(3124, LogLevel.Error, "Grant store {Store}: closed before {EventType} of trace {TraceId} (span {SpanId}, at {At:o}, reason {Reason}) "
+            + "could be recorded on grant {GrantId}; the use may have been spent. Record it on the grant by hand")]
+        public static partial void UnrecordedAtClose(ILogger logger, string store, string eventType, string grantId, string? traceId, string? spanId, DateTimeOffset at, string? reason);
 
         [LoggerMessage(3109, LogLevel.Debug, "Grant store {Store}: index clean-up for grant(s) {GrantIds} deferred; the index heals itself when read")]
         public static partial void IndexCleanupDeferred(ILogger logger, string store, string grantIds, Exception exception);

@@ -50,6 +50,9 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     private static readonly TimeSpan RebuildAfter = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan UnknownOutcomeRetry = TimeSpan.FromMilliseconds(200);
     private const int UnknownOutcomeCapacity = 1024;
+
+    /// <summary>How long the close may spend writing queued records (each append is bounded by Store:Timeout too).</summary>
+    private static readonly TimeSpan FinalFlushLimit = TimeSpan.FromSeconds(2);
     private const int PendingPageSize = 100;
     private const string OperationPing = "ping";
     private static readonly TimeSpan RefusalLogInterval = TimeSpan.FromMinutes(1);
@@ -98,6 +101,9 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     private readonly Task[] _watchdogs;
     private readonly Task _unknownOutcomeWriter;
     private int _unknownOutcomeInFlight;
+
+    /// <summary>Dispose has begun (once only); requests are still served until <see cref="_disposed"/>.</summary>
+    private int _closing;
     private int _disposed;
 
     /// <summary>The dedicated consume connection, when one is up (see <see cref="EnsurePipeAsync"/>).</summary>
@@ -508,6 +514,11 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             // they would push out the unknown outcomes of uses that were spent.
             _unknownOutcomes.Add(new UnknownOutcome(
                 id, grantEvent.At == default ? grantEvent with { At = _time.GetUtcNow() } : grantEvent, grantEvent.Workload ?? grantEvent.Origin ?? string.Empty));
+            if (Volatile.Read(ref _disposed) != 0)
+            {
+                ReportUnrecorded();
+            }
+
             throw;
         }
     }
@@ -643,7 +654,7 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        if (Interlocked.Exchange(ref _closing, 1) != 0)
         {
             return;
         }
@@ -659,12 +670,21 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             Log.BackgroundFailure(_logger, Description, e);
         }
 
-        Interlocked.Exchange(ref _pipe, null)?.Dispose();
-        var lost = UnknownOutcomesPending;
-        if (lost > 0)
+        // The queue lives in memory only. A rolling restart usually stops a gateway whose Redis answers again and whose
+        // writer had not got to its records yet (it retries every 200 ms, once the connection is judged healthy): one
+        // last, bounded attempt writes them, while the connection is still open.
+        try
         {
-            Log.UnknownOutcomesLost(_logger, Description, lost);
+            Task.Run(FlushUnknownOutcomesAsync).Wait(FinalFlushLimit + _settings.Timeout);
         }
+        catch (AggregateException e)
+        {
+            Log.BackgroundFailure(_logger, Description, e);
+        }
+
+        Volatile.Write(ref _disposed, 1);
+        Interlocked.Exchange(ref _pipe, null)?.Dispose();
+        ReportUnrecorded();
 
         foreach (var link in _links)
         {
@@ -741,6 +761,52 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         }
     }
 
+    /// <summary>Writes what the queue holds, until it is empty, Redis fails to take one, or <see cref="FinalFlushLimit"/> passes.</summary>
+    private async Task FlushUnknownOutcomesAsync()
+    {
+        using var limit = new CancellationTokenSource(FinalFlushLimit, _time);
+        while (_unknownOutcomes.TryTake(out var item))
+        {
+            try
+            {
+                await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [EventJson(item.Event, includeAt: true), GrantRules.CapFor(item.Event), "1"],
+                    "append", item.GrantId, limit.Token).ConfigureAwait(false);
+                Log.DeferredEventRecorded(_logger, Description, item.GrantId, item.Event.TraceId, item.Event.Type);
+            }
+            catch (Exception e) when (e is StoreUnavailableException or OperationCanceledException or ObjectDisposedException)
+            {
+                // Redis does not take it now: the rest would wait as long each. Reported one by one by the caller, or
+                // here when the close stopped waiting for this flush.
+                _unknownOutcomes.Add(item);
+                if (Volatile.Read(ref _disposed) != 0)
+                {
+                    ReportUnrecorded();
+                }
+
+                return;
+            }
+        }
+    }
+
+    /// <summary>
+    /// After the close, each record still queued (and any that a request racing the close adds later) is logged with
+    /// what an SRE needs to put it on the grant by hand: the grant, the request's trace and span, when, and what.
+    /// </summary>
+    private void ReportUnrecorded()
+    {
+        var count = 0;
+        while (_unknownOutcomes.TryTake(out var item))
+        {
+            count++;
+            Log.UnrecordedAtClose(_logger, Description, item.Event.Type, item.GrantId, item.Event.TraceId, item.Event.SpanId, item.Event.At, item.Event.Reason);
+        }
+
+        if (count > 0)
+        {
+            Log.UnknownOutcomesLost(_logger, Description, count);
+        }
+    }
+
     private void RememberUnknownOutcome(ConsumeRequest request)
     {
         var origin = request.Origin is null ? null : GrantRules.Normalize(request.Origin).ToString();
@@ -759,6 +825,11 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         Log.UnknownOutcome(_logger, Description, request.GrantId, request.TraceId);
         // Fair shares by the caller's subject (every token has one), else its workload or origin.
         _unknownOutcomes.Add(new UnknownOutcome(request.GrantId, record, request.Subject ?? request.Workload ?? origin ?? string.Empty));
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            // A consume that was in flight when the store closed: nothing will write it any more.
+            ReportUnrecorded();
+        }
     }
 
     /// <summary>
@@ -775,15 +846,24 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                 while (_unknownOutcomes.TryTake(out var item))
                 {
                     Volatile.Write(ref _unknownOutcomeInFlight, 1);
-                    var recorded = await TryRecordAsync(item, EventJson(item.Event, includeAt: true), stopping).ConfigureAwait(false);
-                    if (!recorded)
+                    var recorded = false;
+                    try
                     {
-                        // To the back of the queue: on a cluster, its master may stay down while the masters of the
-                        // records behind it answer again, and those must not wait for it.
-                        _unknownOutcomes.Add(item);
+                        recorded = await TryRecordAsync(item, EventJson(item.Event, includeAt: true), stopping).ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        if (!recorded)
+                        {
+                            // To the back of the queue: on a cluster, its master may stay down while the masters of the
+                            // records behind it answer again, and those must not wait for it. Also when the store is
+                            // closing (the append was cancelled): Dispose writes it or reports it, rather than losing it.
+                            _unknownOutcomes.Add(item);
+                        }
+
+                        Volatile.Write(ref _unknownOutcomeInFlight, 0);
                     }
 
-                    Volatile.Write(ref _unknownOutcomeInFlight, 0);
                     if (!recorded)
                     {
                         await Task.Delay(UnknownOutcomeRetry, _time, stopping).ConfigureAwait(false);

@@ -11,6 +11,7 @@ using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
 using OpenTelemetry;
 using OpenTelemetry.Metrics;
 using Yarp.ReverseProxy.Configuration;
@@ -82,9 +83,11 @@ public static partial class GatewayHostingExtensions
         ArgumentNullException.ThrowIfNull(app);
 
         // Resolve now: telemetry must listen before the first request, and the config state must push the routes
-        // into YARP's provider before YARP builds its endpoints.
-        app.Services.GetRequiredService<GatewayTelemetry>();
+        // into YARP's provider before YARP builds its endpoints. The store first: the container disposes singletons in
+        // the reverse order of their creation, so on a graceful stop the evidence of the last requests is flushed
+        // (telemetry disposed) before the store closes, whose close may wait on a Redis that does not answer.
         var store = app.Services.GetRequiredService<IGrantStore>();
+        app.Services.GetRequiredService<GatewayTelemetry>();
         Log.StoreSelected(app.Logger, store.Description);
         var config = app.Services.GetRequiredService<GatewayConfigState>();
         var inForce = config.Summary();
@@ -95,6 +98,9 @@ public static partial class GatewayHostingExtensions
         {
             Log.BadRequestLogHeld(app.Logger, KestrelBadRequestLog.Category);
         }
+
+        var shutdownTimeout = app.Services.GetRequiredService<IOptions<HostOptions>>().Value.ShutdownTimeout;
+        app.Lifetime.ApplicationStopping.Register(() => Log.Stopping(app.Logger, shutdownTimeout));
 
         app.MapReverseProxy(proxy =>
         {
@@ -117,5 +123,9 @@ public static partial class GatewayHostingExtensions
         [LoggerMessage(EventId = 4, Level = LogLevel.Warning, Message = "Logging: {Category} is held at Information although the configuration asks for "
             + "Debug or Trace: at those levels Kestrel writes the raw lines of the requests it refuses, credentials included")]
         public static partial void BadRequestLogHeld(ILogger logger, string category);
+
+        [LoggerMessage(EventId = 5, Level = LogLevel.Information, Message = "Stopping: /readyz answers 503 (shutting_down), the proxy takes no new "
+            + "connections and lets the requests it accepted finish for up to {ShutdownTimeout}; then evidence is flushed and the grant store closed")]
+        public static partial void Stopping(ILogger logger, TimeSpan shutdownTimeout);
     }
 }

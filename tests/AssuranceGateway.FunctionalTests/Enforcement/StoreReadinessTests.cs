@@ -54,6 +54,46 @@ public sealed class StoreReadinessTests
     }
 
     [Fact]
+    public async Task RedisDownAtStart_NotReadyThenReadyWithoutRestart_LogSaysEachOnce()
+    {
+        // A rolling restart where the gateway comes up before its Redis (or while Redis restarts): it must start, say
+        // not-ready, become ready by itself once Redis answers, and say each change once, not once per probe.
+        await using var redis = RedisServer.Create(); // a port, no server yet
+        await using var gateway = await GatewayHarness.StartAsync(redis: redis.ConnectionString);
+        var token = gateway.Idp.Token();
+        for (var i = 0; i < 6; i++)
+        {
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, (await ReadyAsync(gateway)).Status);
+            await Task.Delay(250);
+        }
+
+        var (denied, reason, _) = await DeployAsync(gateway, token, "any-grant");
+        Assert.Equal((HttpStatusCode.ServiceUnavailable, "store_unavailable"), (denied, reason));
+
+        await redis.StartAsync();
+        var clock = Stopwatch.StartNew();
+        while ((await ReadyAsync(gateway)).Status != HttpStatusCode.OK)
+        {
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), "not ready 10 s after Redis started");
+            await Task.Delay(100);
+        }
+
+        var id = await gateway.CreateGrantAsync(DeployGrant(token));
+        Assert.Equal(HttpStatusCode.OK, (await DeployAsync(gateway, token, id)).Status);
+        for (var i = 0; i < 4; i++)
+        {
+            Assert.Equal(HttpStatusCode.OK, (await ReadyAsync(gateway)).Status);
+        }
+
+        var log = OperatorLog(gateway);
+        var lines = log.Split('\n');
+        Assert.True(lines.Count(l => l.Contains("[3114]", StringComparison.Ordinal) || l.Contains("[3101]", StringComparison.Ordinal)) is >= 1 and <= 2,
+            $"the outage should be said once (3114, with the cause in 3101):\n{log}");
+        Assert.True(lines.Count(l => l.Contains("[3115]", StringComparison.Ordinal)) == 1, $"the recovery should be said once (3115):\n{log}");
+        Assert.Equal(1, gateway.Upstream.Count);
+    }
+
+    [Fact]
     public async Task ReadOnlyReplica_UsesAndGrants503_ReadyzAndLogSayItIsAReplica()
     {
         await using var primary = await RedisServer.StartAsync();

@@ -98,6 +98,53 @@ public sealed class OtlpExportTests
         Assert.Equal(0, await gateway.StopGracefullyAsync(TimeSpan.FromSeconds(30)));
     }
 
+    [Fact]
+    public async Task HostProcess_SigtermWhileARequestOutlastsTheShutdownTimeout_ExitsWithinTheBound_ItsEvidenceExported()
+    {
+        // The platform kills the process once its grace period is over (kubelet, systemd TimeoutStopSec): the host must
+        // stop waiting for a request that does not finish in time, and still export the evidence of what it accepted.
+        await using var harness = await GatewayHarness.CreateAsync();
+        await using var collector = await OtlpReceiver.StartAsync();
+        var (gateway, proxy, api) = await GatewayProcess.StartAsync(harness, new Dictionary<string, string>
+        {
+            ["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector.Address,
+            ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf",
+            ["OTEL_BSP_SCHEDULE_DELAY"] = "60000", // nothing is exported before the stop: only the flush can send it
+            ["DOTNET_SHUTDOWNTIMEOUTSECONDS"] = "1",
+        });
+        await using var host = gateway;
+        using var proxyClient = proxy;
+        using var apiClient = api;
+
+        var token = harness.Idp.Token();
+        using var status = await proxy.SendAsync(GatewayHarness.Request(HttpMethod.Get, "/status", token, out var finishedTrace));
+        Assert.Equal(HttpStatusCode.OK, status.StatusCode);
+
+        // Held inside the gateway (it waits for the body) until after the process has exited.
+        using var client = GatedBody.Client(proxy.BaseAddress!.ToString());
+        var body = new GatedBody(Encoding.UTF8.GetBytes(ReleaseBody));
+        var request = DeployRequest(token, harness.WorkloadIssuer.Svid(), "made-up-grant", out var heldTrace);
+        request.Content = body;
+        request.Headers.ExpectContinue = true;
+        var sending = client.SendAsync(request);
+        await body.Reading.WaitAsync(TimeSpan.FromSeconds(20));
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await gateway.TerminateAsync();
+        var exit = await gateway.WaitForExitAsync(TimeSpan.FromSeconds(30));
+        var took = clock.Elapsed;
+        body.Release();
+        await Assert.ThrowsAnyAsync<HttpRequestException>(() => sending);
+        request.Dispose();
+
+        Assert.True(exit == 0, $"exit code {exit}:\n{gateway.Output}");
+        Assert.True(took < TimeSpan.FromSeconds(10), $"stopping took {took} with a 1 s shutdown timeout:\n{gateway.Output}");
+        var all = collector.Bodies("/v1/traces").SelectMany(b => b).ToArray();
+        Assert.True(Contains(all, Convert.FromHexString(finishedTrace)), "the finished request's evidence was not exported before exit");
+        Assert.True(Contains(all, Convert.FromHexString(heldTrace)), "the cut-off request's evidence was not exported before exit");
+        Assert.DoesNotContain(harness.Upstream.Received, r => r.Path.StartsWith("/deploy", StringComparison.Ordinal));
+    }
+
     private static bool Contains(byte[] haystack, string needle) => Contains(haystack, Encoding.UTF8.GetBytes(needle));
 
     private static bool Contains(byte[] haystack, byte[] needle) => haystack.AsSpan().IndexOf(needle) >= 0;

@@ -3,6 +3,7 @@ using System.Net;
 using AssuranceGateway.Enforcement;
 using AssuranceGateway.Grants;
 using AssuranceGateway.Testing;
+using Microsoft.Extensions.Logging;
 using Xunit.Abstractions;
 
 namespace AssuranceGateway.FunctionalTests.Grants;
@@ -82,6 +83,68 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         Assert.False(failure.OutcomeUnknown);
         Assert.Equal(0, store.UnknownOutcomesPending);
         Assert.Equal("1", await redis.ExecuteAsync("HGET", (string)new GrantKeys(settings.KeyPrefix).Grant(grant.Id)!, "uses"));
+    }
+
+    [Fact]
+    public async Task Dispose_UnknownOutcomeNotRecordedAndRedisStillSilent_EachOneLoggedWithGrantTraceAndSpan()
+    {
+        // A gateway stopped (rolling restart, SIGTERM) while Redis stalls: the unknown outcome cannot reach the grant,
+        // and the queue is in memory. The log must say which grant and which request, not only how many were lost,
+        // so that an SRE can record it on the grant by hand.
+        await using var redis = await RedisServer.StartAsync();
+        using var logs = new LogCollector();
+        using var factory = LoggerFactory.Create(b => b.AddProvider(logs).SetMinimumLevel(LogLevel.Debug));
+        var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), factory.CreateLogger<RedisGrantStore>());
+        var grant = Grant();
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        var request = Matching(grant);
+        await redis.PauseAsync();
+        try
+        {
+            var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => Task.Run(() => store.ConsumeAsync(request, default)));
+            Assert.True(failure.OutcomeUnknown);
+            store.Dispose();
+        }
+        finally
+        {
+            await redis.ResumeAsync();
+        }
+
+        var lost = Assert.Single(logs.Lines, l => l.Contains("[3124]", StringComparison.Ordinal));
+        Assert.StartsWith("Error ", lost, StringComparison.Ordinal);
+        Assert.Contains(grant.Id, lost, StringComparison.Ordinal);
+        Assert.Contains(request.TraceId!, lost, StringComparison.Ordinal);
+        Assert.Contains(request.SpanId!, lost, StringComparison.Ordinal);
+        Assert.Contains(GrantEvent.UnknownOutcome, lost, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Dispose_RedisAnswersAgainJustBeforeTheStop_UnknownOutcomeWrittenBeforeClosing()
+    {
+        // The usual case of a rolling restart: Redis stalled for a moment and answers again, and the background writer
+        // (which retries every 200 ms once the connection is judged healthy) has not written the record yet.
+        await using var redis = await RedisServer.StartAsync();
+        var settings = RedisStores.Settings(redis, timeout: Timeout);
+        var store = await RedisStores.StartAsync(settings, _log);
+        var grant = Grant();
+        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        var request = Matching(grant);
+        await redis.PauseAsync();
+        try
+        {
+            await Assert.ThrowsAsync<StoreUnavailableException>(() => Task.Run(() => store.ConsumeAsync(request, default)));
+        }
+        finally
+        {
+            await redis.ResumeAsync();
+        }
+
+        store.Dispose();
+
+        using var reader = await RedisStores.StartAsync(settings, _log);
+        var stored = await reader.GetAsync(grant.Id, default);
+        var unknown = Assert.Single(stored!.Events, e => e.Type == GrantEvent.UnknownOutcome);
+        Assert.Equal(request.TraceId, unknown.TraceId);
     }
 
     [Fact]

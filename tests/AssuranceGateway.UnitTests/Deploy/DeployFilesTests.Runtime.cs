@@ -10,42 +10,6 @@ namespace AssuranceGateway.UnitTests.Deploy;
 /// </summary>
 public sealed partial class DeployFilesTests
 {
-    // HostOptions.ShutdownTimeout (30 s since .NET 6; the gateway does not change it): how long the host lets in-flight
-    // requests finish after SIGTERM. Then GatewayTelemetry is disposed and flushes the evidence spans still batched.
-    private const int HostShutdownSeconds = 30;
-    private const int SpanFlushSeconds = 5;
-
-    [Fact]
-    public void Deployment_TerminationGrace_CoversPreStopDrainAndSpanFlush()
-    {
-        // Kubernetes sends SIGTERM while the Service's endpoints are still being updated, and Kestrel stops accepting at
-        // once: without a preStop pause every rolling update refuses the requests that still arrive at a leaving pod. The
-        // grace period must then hold the pause, the host's drain and the flush of evidence spans: a SIGKILL before that
-        // loses the spans of the last decisions (SPEC §6: evidence is never dropped).
-        var pod = PodSpec("k8s/deployment.yaml", "Deployment");
-        var gateway = Container(pod, "gateway");
-
-        var preStop = gateway.TryGetProperty("lifecycle", out var lifecycle) && lifecycle.TryGetProperty("preStop", out var p) ? p : default;
-        Assert.True(preStop.ValueKind == JsonValueKind.Object, "the gateway container has no preStop pause: requests routed to a terminating pod are refused");
-        var pause = PreStopSeconds(preStop);
-        Assert.True(pause >= 5, $"preStop pauses {pause} s: less than the few seconds endpoint removal takes");
-        var grace = pod.TryGetProperty("terminationGracePeriodSeconds", out var g) ? g.GetInt32() : 30;
-        Assert.True(
-            grace >= pause + HostShutdownSeconds + SpanFlushSeconds,
-            $"terminationGracePeriodSeconds {grace} < preStop {pause} + host shutdown {HostShutdownSeconds} + span flush {SpanFlushSeconds}: SIGKILL cuts the drain and the evidence");
-    }
-
-    [Fact]
-    public void Systemd_StopTimeout_CoversHostDrainAndSpanFlush()
-    {
-        var unit = Read("systemd/assurance-gateway.service");
-
-        var stop = Regex.Match(unit, @"(?m)^TimeoutStopSec=(\d+)s?$");
-        Assert.True(stop.Success, "TimeoutStopSec not set in seconds");
-        var seconds = int.Parse(stop.Groups[1].Value, CultureInfo.InvariantCulture);
-        Assert.True(seconds >= HostShutdownSeconds + SpanFlushSeconds, $"TimeoutStopSec={seconds}: SIGKILL before the host's drain and the span flush end");
-    }
-
     [Fact]
     public void Deployment_ReadinessProbe_WaitsLongerThanReadyzItselfAndToleratesOneSlowAnswer()
     {
@@ -230,18 +194,6 @@ public sealed partial class DeployFilesTests
     private static string? Name(JsonElement document) => document.GetProperty("metadata").GetProperty("name").GetString();
 
     private static int Seconds(JsonElement probe, string key, int fallback) => probe.TryGetProperty(key, out var v) ? v.GetInt32() : fallback;
-
-    private static int PreStopSeconds(JsonElement preStop)
-    {
-        if (preStop.TryGetProperty("sleep", out var sleep))
-        {
-            return sleep.GetProperty("seconds").GetInt32();
-        }
-
-        var command = preStop.GetProperty("exec").GetProperty("command").EnumerateArray().Select(c => c.GetString()).ToList();
-        Assert.True(command.Count == 2 && command[0] is "sleep" or "/bin/sleep", $"preStop runs {string.Join(' ', command)}, not a pause");
-        return int.Parse(command[1]!, CultureInfo.InvariantCulture);
-    }
 
     /// <summary>"name.namespace.svc.cluster.local" → namespace; null for a host outside the cluster.</summary>
     private static string? ServiceNamespace(string host)

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Net;
 using System.Text.Json;
 using System.Text.RegularExpressions;
@@ -99,6 +100,39 @@ public sealed partial class DeployFilesTests
         Assert.Contains("OTEL_EXPORTER_OTLP_ENDPOINT", deployment, StringComparison.Ordinal);
         Assert.Matches(@"readinessProbe:\s+httpGet:\s+path: /readyz\s+port: api", deployment);
         Assert.Matches(@"livenessProbe:\s+httpGet:\s+path: /healthz\s+port: api", deployment);
+    }
+
+    // After the drain (DOTNET_SHUTDOWNTIMEOUTSECONDS) the host still flushes evidence (the OTLP trace and metric providers
+    // wait up to 5 s each) and closes the store (its loops up to 2 s, the last write of queued unknown outcomes up to
+    // 2 s plus Store:Timeout). A platform that kills before that loses the evidence of the last requests.
+    private const int AfterDrainSeconds = 15;
+
+    [Fact]
+    public void Deployment_GracePeriodCoversPreStopDrainAndFlush()
+    {
+        var deployment = Read("k8s/deployment.yaml");
+
+        // The endpoints controller and every kube-proxy learn of a terminating pod while it already has SIGTERM: without
+        // a pause first, connections sent meanwhile are refused by a listener that has closed.
+        var preStop = Regex.Match(deployment, @"lifecycle:(?:\s+#[^\n]*)*\s+preStop:\s+exec:\s+command: \[""sleep"", ""(\d+)""\]");
+        Assert.True(preStop.Success, "no preStop pause before SIGTERM");
+        var drain = Regex.Match(deployment, @"name: DOTNET_SHUTDOWNTIMEOUTSECONDS\s+value: ""(\d+)""");
+        Assert.True(drain.Success, "the drain bound (DOTNET_SHUTDOWNTIMEOUTSECONDS) is not set where the grace period can be compared with it");
+        var grace = int.Parse(Regex.Match(deployment, @"terminationGracePeriodSeconds: (\d+)").Groups[1].Value, CultureInfo.InvariantCulture);
+        var needed = int.Parse(preStop.Groups[1].Value, CultureInfo.InvariantCulture) + int.Parse(drain.Groups[1].Value, CultureInfo.InvariantCulture) + AfterDrainSeconds;
+        Assert.True(grace >= needed, $"terminationGracePeriodSeconds {grace} < preStop + drain + flush = {needed}");
+    }
+
+    [Fact]
+    public void SystemdUnit_StopTimeoutCoversDrainAndFlush()
+    {
+        var unit = Read("systemd/assurance-gateway.service");
+
+        var drain = Regex.Match(unit, @"(?m)^Environment=DOTNET_SHUTDOWNTIMEOUTSECONDS=(\d+)$");
+        Assert.True(drain.Success, "the drain bound (DOTNET_SHUTDOWNTIMEOUTSECONDS) is not set where TimeoutStopSec can be compared with it");
+        var stop = int.Parse(Regex.Match(unit, @"(?m)^TimeoutStopSec=(\d+)$").Groups[1].Value, CultureInfo.InvariantCulture);
+        var needed = int.Parse(drain.Groups[1].Value, CultureInfo.InvariantCulture) + AfterDrainSeconds;
+        Assert.True(stop >= needed, $"TimeoutStopSec {stop} < drain + flush = {needed}");
     }
 
     [Fact]
