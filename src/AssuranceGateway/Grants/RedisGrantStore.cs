@@ -761,29 +761,60 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         }
     }
 
-    /// <summary>Writes what the queue holds, until it is empty, Redis fails to take one, or <see cref="FinalFlushLimit"/> passes.</summary>
+    /// <summary>
+    /// Writes what the queue holds, until it is empty or <see cref="FinalFlushLimit"/> passes. A standalone Redis that
+    /// fails to take one would fail the rest too, each after as long: the flush stops there. On a cluster the record's
+    /// master may be down while the masters of the records behind it answer (as the background writer knows): it is
+    /// set aside and the flush goes on.
+    /// </summary>
     private async Task FlushUnknownOutcomesAsync()
     {
         using var limit = new CancellationTokenSource(FinalFlushLimit, _time);
-        while (_unknownOutcomes.TryTake(out var item))
+        var refused = new List<UnknownOutcome>();
+        UnknownOutcome? writing = null;
+        try
         {
-            try
+            while (!limit.IsCancellationRequested && _unknownOutcomes.TryTake(out var item))
             {
-                await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [EventJson(item.Event, includeAt: true), GrantRules.CapFor(item.Event), "1"],
-                    "append", item.GrantId, limit.Token).ConfigureAwait(false);
-                Log.DeferredEventRecorded(_logger, Description, item.GrantId, item.Event.TraceId, item.Event.Type);
-            }
-            catch (Exception e) when (e is StoreUnavailableException or OperationCanceledException or ObjectDisposedException)
-            {
-                // Redis does not take it now: the rest would wait as long each. Reported one by one by the caller, or
-                // here when the close stopped waiting for this flush.
-                _unknownOutcomes.Add(item);
-                if (Volatile.Read(ref _disposed) != 0)
+                writing = item;
+                try
                 {
-                    ReportUnrecorded();
+                    await EvaluateAsync(Scripts.AppendEvent, _keys.GrantAndEvents(item.GrantId), [EventJson(item.Event, includeAt: true), GrantRules.CapFor(item.Event), "1"],
+                        "append", item.GrantId, limit.Token).ConfigureAwait(false);
+                    writing = null;
+                    Log.DeferredEventRecorded(_logger, Description, item.GrantId, item.Event.TraceId, item.Event.Type);
                 }
+                catch (StoreUnavailableException) when (IsCluster && !limit.IsCancellationRequested)
+                {
+                    // Each attempt is bounded by Store:Timeout, all of them by the limit.
+                    continue;
+                }
+                catch (Exception e) when (e is StoreUnavailableException or OperationCanceledException or ObjectDisposedException)
+                {
+                    break;
+                }
+                finally
+                {
+                    if (writing is not null)
+                    {
+                        refused.Add(writing);
+                        writing = null;
+                    }
+                }
+            }
+        }
+        finally
+        {
+            // Back in the queue (also one whose write failed in a way not foreseen here): reported one by one by the
+            // caller, or here when the close stopped waiting for this flush.
+            foreach (var item in refused)
+            {
+                _unknownOutcomes.Add(item);
+            }
 
-                return;
+            if (Volatile.Read(ref _disposed) != 0)
+            {
+                ReportUnrecorded();
             }
         }
     }
