@@ -185,7 +185,8 @@ internal static class GrantCommands
 
         if (text.Length == 0 && onlyField is null)
         {
-            Console.WriteLine($"{(int)response.StatusCode} {response.ReasonPhrase}");
+            // The reason phrase is the server's (read as Latin-1: a C1 control comes through), perhaps not the API's.
+            Console.WriteLine($"{(int)response.StatusCode} {TerminalText.Line(response.ReasonPhrase ?? string.Empty)}");
             return 0;
         }
 
@@ -211,6 +212,13 @@ internal static class GrantCommands
             {
                 // `ID=$(agw grant create -q …)` must not carry on with an empty id.
                 await Console.Error.WriteLineAsync($"the answer from {client.BaseAddress} has no '{onlyField}' (is --api / AGW_API the assurance API?)");
+                return 1;
+            }
+
+            if (!string.Equals(TerminalText.Line(value), value, StringComparison.Ordinal))
+            {
+                // Printed as is for `ID=$(agw …)`: escaped it would be another value, raw it could drive the terminal.
+                await Console.Error.WriteLineAsync($"the answer from {client.BaseAddress} has a '{onlyField}' with hidden characters: {TerminalText.Line(value)}");
                 return 1;
             }
 

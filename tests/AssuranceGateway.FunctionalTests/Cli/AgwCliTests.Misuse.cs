@@ -142,6 +142,27 @@ public sealed partial class AgwCliTests
         Assert.NotEqual(0, code);
     }
 
+    // With -q the id is printed as it came, for ID=$(agw grant create -q ...): an answer whose id holds an escape
+    // sequence (a wrong --api) drove the terminal, or the next command that echoed "$ID". Refused, shown escaped.
+    [Fact]
+    public async Task GrantCreate_Quiet_IdWithHiddenCharacters_ExitsNonZeroPrintsNothing()
+    {
+        var (app, address) = await LoopbackServer.StartAsync(async context =>
+        {
+            context.Response.ContentType = "application/json";
+            await context.Response.WriteAsync("""{"id":"g1\u001b]0;owned\u0007\u202E"}""");
+        });
+        await using var _ = app;
+
+        var (code, output, error) = await AgwAsync("grant", "create", "--api", address, "--as", _gateway.Idp.ApiToken(), "-q",
+            "--route", "deploy", "--subject", "alice", "--token", _gateway.Idp.Token());
+
+        Assert.NotEqual(0, code);
+        Assert.Empty(output);
+        Assert.Contains("g1\\u001B]0;owned\\u0007\\u202E", error, StringComparison.Ordinal);
+        Assert.DoesNotContain('\u001b', error);
+    }
+
     // A 2xx answer that is not JSON (a login page of an ingress, the wrong service) or JSON null: one line, not a stack
     // trace ("agw: unexpected error: System.Text.Json.JsonReaderException ..." / NullReferenceException).
     [Theory]

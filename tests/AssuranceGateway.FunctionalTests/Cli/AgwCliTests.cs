@@ -115,6 +115,42 @@ public sealed partial class AgwCliTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task GrantRevoke_AnswerWithAControlInItsReasonPhrase_PrintedEscaped()
+    {
+        // A wrong --api (another service on that port) answers 200 with no body: agw printed the status line's reason
+        // phrase as it came, and HTTP reads its bytes as Latin-1, so 0x9B reached the terminal as U+009B (a CSI).
+        using var other = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        other.Start();
+        var address = $"http://127.0.0.1:{((IPEndPoint)other.LocalEndpoint).Port}/";
+        var answering = Task.Run(async () =>
+        {
+            using var client = await other.AcceptTcpClientAsync();
+            var stream = client.GetStream();
+            var buffer = new byte[8192];
+            var read = 0;
+            while (!System.Text.Encoding.ASCII.GetString(buffer, 0, read).Contains("\r\n\r\n", StringComparison.Ordinal))
+            {
+                var n = await stream.ReadAsync(buffer.AsMemory(read));
+                if (n == 0)
+                {
+                    return;
+                }
+
+                read += n;
+            }
+
+            await stream.WriteAsync((byte[])[.. "HTTP/1.1 200 OK"u8, 0x9B, .. "2J\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"u8]);
+        });
+
+        var (code, output, _) = await AgwAsync("grant", "revoke", "--api", address, "--as", _gateway.Idp.ApiToken(), "some-grant");
+        await answering;
+
+        Assert.Equal(0, code);
+        Assert.DoesNotContain('\u009B', output);
+        Assert.Contains("\\u009B2J", output, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task GrantCreate_PrintsAnIdThatTheGatewayAccepts_ThenShowAndRevoke()
     {
         var token = _gateway.Idp.Token();
