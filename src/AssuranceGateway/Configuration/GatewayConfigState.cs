@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text.RegularExpressions;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.FileProviders;
 using Microsoft.Extensions.FileProviders.Physical;
@@ -410,10 +411,15 @@ public sealed partial class GatewayConfigState : IDisposable
             }
             else
             {
-                causes.Add($"{e.GetType().Name}: {e.Message}");
+                // Without the value: the binder quotes it ("Failed to convert configuration value '…' at 'Key'"), and a
+                // key may hold a secret. The key it names stays, and the gateway's own refusal (event 100) names the value.
+                causes.Add($"{e.GetType().Name}: {QuotedValue().Replace(e.Message, "value (not shown)")}");
             }
         }
     }
+
+    [GeneratedRegex("value '[^']*'", RegexOptions.IgnoreCase | RegexOptions.CultureInvariant)]
+    private static partial Regex QuotedValue();
 
     private static partial class Log
     {
