@@ -64,6 +64,14 @@ public sealed class InputFuzzTests
         var valid = ProxyCase.Valid(token, svid);
         var approved = valid.Hash();
         var failures = new List<string>();
+
+        // The control: the untouched request with its grant is forwarded, as sent. Without it, an oracle that allows
+        // only the approved request would pass just as well if no request could ever be approved here.
+        var controlId = await gateway.CreateGrantAsync(Grant(token, valid));
+        var control = await SendRawAsync(gateway.ProxyAddress, (valid with { GrantId = controlId }).Head(), valid.Body);
+        Assert.True(control.Status == 200, $"the unmutated request: {control.Status} {control.Content}");
+        Assert.Equal(valid.Body, Assert.Single(gateway.Upstream.Received).Body);
+        var forwardedCases = 0;
         var watch = Stopwatch.StartNew();
 
         for (var i = 0; i < 800 && watch.Elapsed < TimeSpan.FromSeconds(20); i++)
@@ -87,6 +95,11 @@ public sealed class InputFuzzTests
                 {
                     failures.Add($"forwarded: {label}");
                 }
+                else
+                {
+                    forwardedCases++;
+                    failures.AddRange(SpoofedHeadersForwarded(mutant, gateway.Upstream.Received[^1]).Select(h => $"{h} forwarded as the client sent it: {label}"));
+                }
             }
             else if (status is >= 200 and <= 299)
             {
@@ -104,6 +117,28 @@ public sealed class InputFuzzTests
 
         failures.AddRange(Unhandled(gateway));
         Assert.True(failures.Count == 0, string.Join('\n', failures));
+        // Mutations that leave the request as it was (a surface mutated into itself, a header the policy does not bind)
+        // reach the forwarded branch: if none did, what it checks was never checked.
+        Assert.True(forwardedCases > 0, "no mutated case was forwarded: the forwarded branch was never checked");
+    }
+
+    /// <summary>
+    /// Headers the client may not set for the upstream (SPEC §5.6, README step 7): its own <c>Assurance-Evidence</c> and,
+    /// with no trusted proxy, <c>X-Forwarded-Client-Cert</c>. A forwarded request must not carry the value the client sent.
+    /// </summary>
+    private static IEnumerable<string> SpoofedHeadersForwarded(ProxyCase sent, ReceivedRequest received)
+    {
+        foreach (var line in sent.ExtraLines)
+        {
+            var colon = line.IndexOf(':', StringComparison.Ordinal);
+            var (name, value) = (line[..colon], line[(colon + 1)..].Trim());
+            if (name is "Assurance-Evidence" or "X-Forwarded-Client-Cert" && value.Length > 0
+                && received.Headers.TryGetValue(name, out var forwarded)
+                && (forwarded == value || forwarded.Split(',').Any(part => part.Trim() == value)))
+            {
+                yield return name;
+            }
+        }
     }
 
     // ---------------------------------------------------------------- 2. the assurance API
@@ -278,6 +313,26 @@ public sealed class InputFuzzTests
             catch (Exception e)
             {
                 failures.Add($"case {i}: {e.GetType().Name} {e.Message} on {Convert.ToHexString(data)}");
+            }
+        }
+
+        // Replies arrive in pieces: every prefix of a valid reply is "not yet" (or its complete leading replies), never a
+        // FormatException, which would break the connection. Accepting any FormatException above does not check that.
+        foreach (var reply in valid.Select(Encoding.UTF8.GetBytes))
+        {
+            for (var length = 0; length < reply.Length; length++)
+            {
+                try
+                {
+                    var position = 0;
+                    while (RespPipe.TryRead(reply.AsSpan(0, length), ref position, 0, out _))
+                    {
+                    }
+                }
+                catch (Exception e)
+                {
+                    failures.Add($"prefix {length} of {Printable(Encoding.UTF8.GetString(reply))}: {e.GetType().Name} {e.Message}");
+                }
             }
         }
 

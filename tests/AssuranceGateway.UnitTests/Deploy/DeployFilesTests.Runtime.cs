@@ -109,6 +109,22 @@ public sealed partial class DeployFilesTests
             }
         }
 
+        // An address block reaches outside the cluster: only HTTPS (the IdP), and never the link-local range where the
+        // cloud metadata endpoint (169.254.169.254) hands out the node's credentials. Without these, a rule widened to
+        // every port, or the exclusion dropped, still passed this test (each needed destination stays reachable).
+        foreach (var rule in rules.Where(r => r.GetProperty("to").EnumerateArray().Any(to => to.TryGetProperty("ipBlock", out _))))
+        {
+            Assert.All(rule.GetProperty("ports").EnumerateArray(), p => Assert.Equal(443, p.GetProperty("port").GetInt32()));
+            foreach (var block in rule.GetProperty("to").EnumerateArray().Where(to => to.TryGetProperty("ipBlock", out _)).Select(to => to.GetProperty("ipBlock")))
+            {
+                var cidr = block.GetProperty("cidr").GetString()!;
+                var excepts = block.TryGetProperty("except", out var x) ? x.EnumerateArray().Select(c => c.GetString()!).ToList() : [];
+                Assert.True(
+                    !System.Net.IPNetwork.Parse(cidr).Contains(Metadata) || excepts.Any(c => System.Net.IPNetwork.Parse(c).Contains(Metadata)),
+                    $"egress to {cidr} lets the gateway reach the cloud metadata endpoint {Metadata}");
+            }
+        }
+
         foreach (var (what, port, ns) in needed)
         {
             Assert.True(
@@ -117,6 +133,8 @@ public sealed partial class DeployFilesTests
                 $"no egress rule lets the gateway reach {what} (port {port}{(ns is null ? string.Empty : ", namespace " + ns)})");
         }
     }
+
+    private static readonly System.Net.IPAddress Metadata = System.Net.IPAddress.Parse("169.254.169.254");
 
     [Fact]
     public void NetworkPolicy_Redis_SendsNothing()
