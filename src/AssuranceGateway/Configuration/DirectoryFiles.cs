@@ -22,11 +22,17 @@ internal sealed class DirectoryFiles : IFileProvider, IDisposable
 
     /// <param name="directory">The directory whose files are watched.</param>
     /// <param name="listenerFailed">Told when something that listens for a change throws (see <see cref="Fire"/>).</param>
-    public DirectoryFiles(string directory, Action<Exception>? listenerFailed = null)
+    /// <param name="polling">Poll instead of watching (by default as <c>DOTNET_USE_POLLING_FILE_WATCHER</c> says).</param>
+    public DirectoryFiles(string directory, Action<Exception>? listenerFailed = null, bool? polling = null)
     {
         _listenerFailed = listenerFailed;
         // No exclusion filter: a watched file may well be a dot file.
         _files = new PhysicalFileProvider(directory, ExclusionFilters.None);
+        if (polling is { } poll)
+        {
+            _files.UsePollingFileWatcher = poll;
+            _files.UseActivePolling = poll;
+        }
         if (_files.UsePollingFileWatcher)
         {
             return;
@@ -61,7 +67,21 @@ internal sealed class DirectoryFiles : IFileProvider, IDisposable
     {
         if (_watcher is null)
         {
-            return _files.Watch(filter);
+            // Polling: the provider's timer fires its token and swallows what a listener throws. Relayed through Fire,
+            // a failure is reported (event 104) as with the watcher, not lost without a word.
+            var polled = _files.Watch(filter);
+            if (!polled.ActiveChangeCallbacks)
+            {
+                return polled;
+            }
+
+            var relay = new CancellationTokenSource();
+            polled.RegisterChangeCallback(static state =>
+            {
+                var (files, relayed) = ((DirectoryFiles, CancellationTokenSource))state!;
+                files.Fire(relayed);
+            }, (this, relay));
+            return new CancellationChangeToken(relay.Token);
         }
 
         var waiting = _waiting.GetOrAdd(filter, static _ => new CancellationTokenSource());

@@ -25,6 +25,37 @@ public sealed class DirectoryFilesTests : IDisposable
         Assert.True(await FiredAsync(token));
     }
 
+    // A listener that throws (the host's logging filter on a level that is no level) is reported, and nothing escapes
+    // to the thread that found the change: with inotify that ended the process, and the polling timer swallowed it
+    // without a word (the shipped Deployment polls).
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Watch_ListenerThrows_ReportedAndTheNextChangeStillFires(bool polling)
+    {
+        File.WriteAllText(Path.Combine(_directory, "gateway.json"), "{}");
+        var failures = new System.Collections.Concurrent.ConcurrentQueue<Exception>();
+        using var files = new DirectoryFiles(_directory, failures.Enqueue, polling);
+        var first = files.Watch("gateway.json");
+        using var throwing = first.RegisterChangeCallback(static _ => throw new InvalidOperationException("Configuration value 'Verbose' is not supported."), null);
+
+        File.WriteAllText(Path.Combine(_directory, "gateway.json"), "{\"a\":1}");
+
+        Assert.True(await FiredAsync(first));
+        var deadline = DateTime.UtcNow + Patience;
+        while (failures.IsEmpty && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(20);
+        }
+
+        var failure = Assert.IsType<AggregateException>(Assert.Single(failures));
+        Assert.Equal("Configuration value 'Verbose' is not supported.", Assert.Single(failure.Flatten().InnerExceptions).Message);
+        var second = files.Watch("gateway.json");
+        await Task.Delay(polling ? 1100 : 0); // the polling watcher compares write times, which have a second's resolution on some filesystems
+        File.WriteAllText(Path.Combine(_directory, "gateway.json"), "{\"a\":2}");
+        Assert.True(await FiredAsync(second));
+    }
+
     [Fact]
     public async Task Watch_FileReplacedByRename_TokenFires()
     {
