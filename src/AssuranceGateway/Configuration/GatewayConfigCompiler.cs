@@ -7,6 +7,10 @@ using AssuranceGateway.Grants;
 using AssuranceGateway.Tokens;
 using AssuranceGateway.Workload;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
+using Microsoft.Extensions.Options;
 using Microsoft.IdentityModel.Tokens;
 using Yarp.ReverseProxy.Configuration;
 using BindingAddress = Microsoft.AspNetCore.Http.BindingAddress;
@@ -120,6 +124,9 @@ public static class GatewayConfigCompiler
             Clusters = clusters,
             Urls = configuration["Urls"] ?? string.Empty,
             Kestrel = configuration.GetSection("Kestrel").AsEnumerable()
+                .Where(e => e.Value is not null)
+                .ToFrozenDictionary(e => e.Key, e => e.Value, StringComparer.OrdinalIgnoreCase),
+            Logging = configuration.GetSection("Logging").AsEnumerable()
                 .Where(e => e.Value is not null)
                 .ToFrozenDictionary(e => e.Key, e => e.Value, StringComparer.OrdinalIgnoreCase),
         };
@@ -1008,10 +1015,44 @@ public static class GatewayConfigCompiler
 
             var parts = section.Key.Split(':');
             var underLevels = Array.FindLastIndex(parts, p => string.Equals(p, "LogLevel", StringComparison.OrdinalIgnoreCase));
-            if (underLevels > 0 && underLevels < parts.Length - 1 && !Enum.TryParse<Microsoft.Extensions.Logging.LogLevel>(value, ignoreCase: true, out _))
+            if (underLevels > 0 && underLevels < parts.Length - 1)
             {
-                reader.Error(section.Key, $"'{value}' is not a log level (Trace, Debug, Information, Warning, Error, Critical, None)");
+                if (!Enum.TryParse<Microsoft.Extensions.Logging.LogLevel>(value, ignoreCase: true, out _))
+                {
+                    reader.Error(section.Key, $"'{value}' is not a log level (Trace, Debug, Information, Warning, Error, Critical, None)");
+                }
             }
+            else if (ConsoleLoggerRefuses(section.Key, value) is { } refusal)
+            {
+                reader.Error(section.Key, $"'{value}' is not taken by the console logger: {refusal}");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Why the console logger cannot bind <paramref name="key"/> (its options, <c>Logging:Console:*</c>, and its formatters',
+    /// <c>Logging:Console:FormatterOptions:*</c>, under the provider's alias or its full name), or null. It binds them on
+    /// its own: a value it cannot bind ("Verbose" for LogToStandardErrorThreshold, a MaxQueueLength of 0, a ColorBehavior
+    /// it lacks) ended the host at its first log line with exit 134. Asked of the console logger itself, the key alone in a
+    /// configuration of its own, so that every problem is named by its key and what it accepts never drifts from this check.
+    /// </summary>
+    private static string? ConsoleLoggerRefuses(string key, string value)
+    {
+        var single = new ConfigurationBuilder().AddInMemoryCollection([new KeyValuePair<string, string?>(key, value)]).Build();
+        var services = new ServiceCollection().AddLogging(logging => logging.AddConfiguration(single.GetSection("Logging")).AddConsole());
+        using var provider = services.BuildServiceProvider();
+        try
+        {
+            _ = provider.GetRequiredService<IOptions<ConsoleLoggerOptions>>().Value;
+            _ = provider.GetRequiredService<IOptions<SimpleConsoleFormatterOptions>>().Value;
+            _ = provider.GetRequiredService<IOptions<JsonConsoleFormatterOptions>>().Value;
+            _ = provider.GetRequiredService<IOptions<ConsoleFormatterOptions>>().Value;
+            return null;
+        }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException or FormatException or OverflowException
+            or System.Reflection.TargetInvocationException)
+        {
+            return e.Message;
         }
     }
 
@@ -1035,7 +1076,54 @@ public static class GatewayConfigCompiler
             {
                 reader.Error(protocol, $"'{name}' is not an OTLP protocol this gateway exports with (grpc, http/protobuf)");
             }
+
+            var headers = $"OTEL_EXPORTER_OTLP_{signal}HEADERS";
+            if (configuration[headers] is { Length: > 0 } list && MalformedHeader(list) is { } entry)
+            {
+                // Neither the entry nor its value is shown: these headers carry the collector's credentials.
+                reader.Error(headers, $"entry {entry} is not name=value with a header name (comma-separated, e.g. api-key=…); values not shown");
+            }
         }
+    }
+
+    /// <summary>
+    /// The 1-based position of the first entry of an OTEL_EXPORTER_OTLP_*HEADERS list the exporter cannot send, or null.
+    /// The exporter reads the list when it is built: an entry without '=' ended the host at start with an unhandled
+    /// exception (exit 134); a name that is no HTTP header name (empty, with a space) cannot be sent on any export.
+    /// Read as the exporter reads it: percent-decoded, split at commas, empty entries skipped.
+    /// </summary>
+    private static int? MalformedHeader(string list)
+    {
+        string decoded;
+        try
+        {
+            decoded = Uri.UnescapeDataString(list);
+        }
+        catch (UriFormatException)
+        {
+            return 1;
+        }
+
+        var entries = decoded.Split(',');
+        for (var i = 0; i < entries.Length; i++)
+        {
+            if (entries[i].Trim().Length == 0)
+            {
+                continue;
+            }
+
+            var equals = entries[i].IndexOf('=', StringComparison.Ordinal);
+            var name = equals < 0 ? string.Empty : entries[i][..equals].Trim();
+            if (name.Length == 0 || !name.All(IsTokenChar) || entries[i].AsSpan(equals + 1).IndexOfAny('\r', '\n', '\0') >= 0)
+            {
+                return i + 1;
+            }
+        }
+
+        return null;
+
+        // RFC 9110 §5.6.2: tchar.
+        static bool IsTokenChar(char c) => char.IsAsciiLetterOrDigit(c) || "!#$%&'*+-.^_`|~".Contains(c, StringComparison.Ordinal);
     }
 
     private static void CrossCheck(

@@ -43,6 +43,7 @@ public sealed partial class GatewayConfigState : IDisposable
     private readonly bool _watch;
     private volatile GatewayRuntime _current;
     private KeyFileWatch? _keyFiles;
+    private readonly AppliedLoggingConfiguration? _logging;
 
     // Every evidence kid this process has had in force, with the public point it named: a kid stays bound to one key.
     private readonly Dictionary<string, string> _evidenceKeys = new(StringComparer.Ordinal);
@@ -64,8 +65,10 @@ public sealed partial class GatewayConfigState : IDisposable
         TimeProvider time,
         ILogger<GatewayConfigState> logger,
         bool watch = true,
-        GatewaySettings? initial = null)
+        GatewaySettings? initial = null,
+        AppliedLoggingConfiguration? logging = null)
     {
+        _logging = logging;
         _time = time;
         _configuration = configuration;
         _file = file;
@@ -222,6 +225,17 @@ public sealed partial class GatewayConfigState : IDisposable
 
         _proxyConfig.Update(routes, settings.Clusters);
         Listeners.Publish(settings);
+        try
+        {
+            _logging?.Publish(settings);
+        }
+        catch (AggregateException e)
+        {
+            // The host's logging listens to this copy and binds it on this thread. The compiler asked the console logger
+            // about every value, so nothing should throw here; should something still, the routes above are already in
+            // force: it is said (as a file watcher's listener would be), and the logging keeps what it had.
+            ListenerFailed(e);
+        }
         if (settings.Evidence.SigningKey is { Kid: { Length: > 0 } kid } key)
         {
             _evidenceKeys[kid] = Evidence.EvidenceKeyHistory.PublicPoint(key);

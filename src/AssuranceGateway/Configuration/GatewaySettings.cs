@@ -30,6 +30,9 @@ public sealed class GatewaySettings
     /// <summary>The <c>Kestrel</c> section as validated (endpoints, certificates), by full key.</summary>
     public FrozenDictionary<string, string?> Kestrel { get; init; } = FrozenDictionary<string, string?>.Empty;
 
+    /// <summary>The <c>Logging</c> section as validated (levels, the console logger's options), by full key.</summary>
+    public FrozenDictionary<string, string?> Logging { get; init; } = FrozenDictionary<string, string?>.Empty;
+
     public AssurancePolicy? PolicyForRoute(string routeId) =>
         RoutePolicies.TryGetValue(routeId, out var policy) ? policy : null;
 }

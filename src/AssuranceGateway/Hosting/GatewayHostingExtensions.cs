@@ -6,6 +6,7 @@ using AssuranceGateway.Enforcement;
 using AssuranceGateway.Grants;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
@@ -60,6 +61,9 @@ public static partial class GatewayHostingExtensions
         });
 
         var services = builder.Services;
+        var logging = new AppliedLoggingConfiguration(initial);
+        ReadLoggingFromAppliedConfiguration(builder.Logging, logging.Root);
+
         // Before anything can log: Kestrel's bad-request log would write raw credential lines at Debug (SPEC §6).
         KestrelBadRequestLog.Hold(services);
         services.TryAddSingleton(TimeProvider.System);
@@ -67,7 +71,7 @@ public static partial class GatewayHostingExtensions
         services.TryAddSingleton(sp => new GatewayConfigState(
             builder.Configuration, file, contentRoot, sp.GetRequiredService<IConfigValidator>(),
             sp.GetRequiredService<InMemoryConfigProvider>(), sp.GetRequiredService<TimeProvider>(),
-            sp.GetRequiredService<ILogger<GatewayConfigState>>(), initial: initial));
+            sp.GetRequiredService<ILogger<GatewayConfigState>>(), initial: initial, logging: logging));
         services.TryAddSingleton<IGrantStore>(sp => GrantStoreFactory.Create(
             sp.GetRequiredService<GatewayConfigState>().Current.Settings.Store, sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILoggerFactory>()));
         services.TryAddSingleton(sp => new GatewayTelemetry(sp.GetServices<BaseProcessor<Activity>>(), sp.GetServices<MetricReader>()));
@@ -75,6 +79,39 @@ public static partial class GatewayHostingExtensions
         services.TryAddSingleton<AssuranceApiHost>();
         services.AddHostedService(sp => sp.GetRequiredService<AssuranceApiHost>());
         return builder;
+    }
+
+    /// <summary>
+    /// The host reads the <c>Logging</c> section of its configuration, the file's, on its own (levels, and every provider's
+    /// options: the console logger's and its formatters'), and rereads it at each change of the file, whatever the
+    /// gateway made of the change. A change the gateway refused still reached the logging: a console option it cannot
+    /// bind left its options unreadable, and every logger created afterwards threw. Its registrations of the file's
+    /// section are replaced by the same ones over the section the gateway applied (<see cref="AppliedLoggingConfiguration"/>),
+    /// as Kestrel reads its endpoints from <see cref="ListenerConfiguration"/>. Levels and filters added in code stay.
+    /// </summary>
+    private static void ReadLoggingFromAppliedConfiguration(ILoggingBuilder logging, IConfiguration applied)
+    {
+        var services = logging.Services;
+        for (var i = services.Count - 1; i >= 0; i--)
+        {
+            var service = services[i];
+            if (service.IsKeyedService)
+            {
+                continue;
+            }
+
+            // What AddConfiguration(IConfiguration) registers for a configuration (the host's: the file's Logging section).
+            if (string.Equals(service.ServiceType.FullName, "Microsoft.Extensions.Logging.Configuration.LoggingConfiguration", StringComparison.Ordinal)
+                || (service.ServiceType == typeof(IConfigureOptions<LoggerFilterOptions>)
+                    && string.Equals(service.ImplementationInstance?.GetType().FullName, "Microsoft.Extensions.Logging.LoggerFilterConfigureOptions", StringComparison.Ordinal))
+                || (service.ServiceType == typeof(IOptionsChangeTokenSource<LoggerFilterOptions>)
+                    && service.ImplementationInstance is ConfigurationChangeTokenSource<LoggerFilterOptions>))
+            {
+                services.RemoveAt(i);
+            }
+        }
+
+        logging.AddConfiguration(applied.GetSection("Logging"));
     }
 
     /// <summary>Maps the reverse proxy with assurance enforcement in front of forwarding, and starts evidence telemetry.</summary>

@@ -153,6 +153,31 @@ public sealed class HostStartupTests : IDisposable
         Assert.Equal([Header, $"{key}: 'Verbose' is not a log level (Trace, Debug, Information, Warning, Error, Critical, None)"], run.StderrLines);
     }
 
+    /// <summary>
+    /// The console logger binds Logging:Console itself (its options, its formatters' FormatterOptions): a value it cannot
+    /// bind ended the host at its first log line with an unhandled exception and exit 134, from the file or the environment.
+    /// </summary>
+    [Fact]
+    public async Task Host_ConsoleLoggerOptionsItCannotTake_Exit2NamingEveryKey()
+    {
+        var config = ValidConfig();
+        config["Logging"] = new JsonObject
+        {
+            ["Console"] = new JsonObject { ["MaxQueueLength"] = -5, ["FormatterOptions"] = new JsonObject { ["ColorBehavior"] = "Sometimes" } },
+        };
+
+        var run = await RunHostAsync(["--config", WriteConfig(config)], new() { ["Logging__Console__LogToStandardErrorThreshold"] = "Verbose" });
+
+        Assert.Equal(2, run.ExitCode);
+        var lines = run.StderrLines;
+        Assert.Equal(Header, lines[0]);
+        Assert.Contains(lines, l => l.StartsWith("Logging:Console:LogToStandardErrorThreshold: 'Verbose' ", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.StartsWith("Logging:Console:MaxQueueLength: '-5' ", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.StartsWith("Logging:Console:FormatterOptions:ColorBehavior: 'Sometimes' ", StringComparison.Ordinal));
+        Assert.Equal(4, lines.Count);
+        Assert.DoesNotContain("   at ", run.Stderr, StringComparison.Ordinal);
+    }
+
     /// <summary>An OTLP endpoint without a scheme made the exporter send nothing, without a word (SPEC §6: evidence).</summary>
     [Fact]
     public async Task Host_OtlpEndpointOrProtocolInvalid_Exit2NamingTheVariables()
@@ -171,6 +196,32 @@ public sealed class HostStartupTests : IDisposable
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/json' is not an OTLP protocol this gateway exports with (grpc, http/protobuf)",
             ],
             run.StderrLines);
+    }
+
+    /// <summary>
+    /// An OTLP header list with an entry that is not name=value ended the host at start (the exporter is built then) with
+    /// an unhandled exception and exit 134; a header name with a space could never be sent. Named without the values:
+    /// they carry the collector's credentials.
+    /// </summary>
+    [Fact]
+    public async Task Host_OtlpHeadersMalformed_Exit2NamingTheVariablesWithoutTheirValues()
+    {
+        var run = await RunHostAsync(["--config", WriteConfig(ValidConfig())], new()
+        {
+            ["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:4318",
+            ["OTEL_EXPORTER_OTLP_HEADERS"] = "x-tenant=7,s3cr3t-api-key",
+            ["OTEL_EXPORTER_OTLP_TRACES_HEADERS"] = "api key=s3cr3t",
+        });
+
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal(
+            [
+                Header,
+                "OTEL_EXPORTER_OTLP_HEADERS: entry 2 is not name=value with a header name (comma-separated, e.g. api-key=…); values not shown",
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS: entry 1 is not name=value with a header name (comma-separated, e.g. api-key=…); values not shown",
+            ],
+            run.StderrLines);
+        Assert.DoesNotContain("s3cr3t", run.Stdout + run.Stderr, StringComparison.Ordinal);
     }
 
     [Fact]

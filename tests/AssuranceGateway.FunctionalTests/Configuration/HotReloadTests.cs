@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using AssuranceGateway.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
 using Microsoft.Extensions.Options;
 
 namespace AssuranceGateway.FunctionalTests.Configuration;
@@ -568,19 +569,20 @@ public sealed class HotReloadTests : IAsyncLifetime
         await AssertOriginalConfigurationInForceAsync();
     }
 
-    // The host's logging reads the Logging section on its own and threw on "Verbose" on the file watcher's thread: the
-    // watcher passed the exception to its Error event, whose handler fired the change again, threw again, and the
-    // process ended (every replica at once, when a ConfigMap changes). Refused and said; logging keeps its levels, and
-    // the next good change is applied, logging's included.
+    // The host's logging read the Logging section of the file on its own and threw on "Verbose" on the file watcher's
+    // thread: the watcher passed the exception to its Error event, whose handler fired the change again, threw again,
+    // and the process ended (every replica at once, when a ConfigMap changes); later its filter options could not be
+    // read at all. It reads the section the gateway applied now: refused and said, logging keeps its levels, and the
+    // next good change is applied, logging's included.
     [Fact]
     public async Task Reload_LogLevelThatIsNoLevel_TheProcessLivesOnAndTheNextGoodChangeApplies()
     {
         var bad = _gateway.DefaultConfig();
         bad["Logging"] = new JsonObject { ["LogLevel"] = new JsonObject { ["Default"] = "Verbose" } };
         Assert.False(await _gateway.ReloadAsync(bad));
-        var failed = await _gateway.Logs.WaitForAsync(l => l.Contains("[104]", StringComparison.Ordinal), "event 104");
-        Assert.Contains("Configuration value (not shown) is not supported", failed, StringComparison.Ordinal);
-        Assert.DoesNotContain("Verbose", failed, StringComparison.Ordinal);
+        Assert.Contains("Logging:LogLevel:Default: 'Verbose' is not a log level", Assert.Single(_gateway.RefusedReloads()), StringComparison.Ordinal);
+        Assert.NotEmpty(_gateway.Services.GetRequiredService<IOptionsMonitor<LoggerFilterOptions>>().CurrentValue.Rules);
+        Assert.DoesNotContain(_gateway.Logs.Lines, l => l.Contains("[104]", StringComparison.Ordinal));
 
         var good = _gateway.DefaultConfig();
         good["Logging"] = new JsonObject { ["LogLevel"] = new JsonObject { ["Default"] = "Information", ["AssuranceGateway"] = "Warning" } };
@@ -589,6 +591,53 @@ public sealed class HotReloadTests : IAsyncLifetime
         var filters = _gateway.Services.GetRequiredService<IOptionsMonitor<LoggerFilterOptions>>().CurrentValue;
         Assert.Contains(filters.Rules, r => r.CategoryName == "AssuranceGateway" && r.LogLevel == LogLevel.Warning);
         await AssertOriginalConfigurationInForceAsync();
+    }
+
+    // The console logger binds Logging:Console (its own options and its formatters') on its own. A value it cannot bind
+    // was applied here (only LogLevel was checked), and the console options were unreadable from then on: every logger
+    // created after it threw, and the next start ended with exit 134.
+    [Theory]
+    [InlineData("LogToStandardErrorThreshold", "Verbose")]
+    [InlineData("MaxQueueLength", "-5")]
+    [InlineData("QueueFullMode", "Block")]
+    [InlineData("FormatterOptions:ColorBehavior", "Sometimes")]
+    [InlineData("FormatterOptions:UseUtcTimestamp", "maybe")]
+    public async Task Reload_ConsoleLoggerOptionItCannotTake_RefusedNamingTheKeyAndConsoleOptionsStillBind(string key, string value)
+    {
+        var config = _gateway.DefaultConfig();
+        var console = new JsonObject();
+        var parts = key.Split(':');
+        var section = console;
+        foreach (var part in parts[..^1])
+        {
+            var child = new JsonObject();
+            section[part] = child;
+            section = child;
+        }
+
+        section[parts[^1]] = value;
+        config["Logging"] = new JsonObject { ["Console"] = console };
+
+        Assert.False(await _gateway.ReloadAsync(config));
+
+        Assert.Contains($"Logging:Console:{key}: '{value}' ", Assert.Single(_gateway.RefusedReloads()), StringComparison.Ordinal);
+        _ = _gateway.Services.GetRequiredService<IOptionsMonitor<ConsoleLoggerOptions>>().CurrentValue;
+        _ = _gateway.Services.GetRequiredService<IOptionsMonitor<SimpleConsoleFormatterOptions>>().CurrentValue;
+        _ = _gateway.Services.GetRequiredService<IOptionsMonitor<JsonConsoleFormatterOptions>>().CurrentValue;
+        await AssertOriginalConfigurationInForceAsync();
+    }
+
+    // The host's logging reads what the gateway applied, not the file: a good change of the console's options is taken.
+    [Fact]
+    public async Task Reload_ConsoleLoggerOptionValid_AppliedToTheHostsConsoleOptions()
+    {
+        var config = _gateway.DefaultConfig();
+        config["Logging"] = new JsonObject { ["Console"] = new JsonObject { ["LogToStandardErrorThreshold"] = "Warning", ["FormatterOptions"] = new JsonObject { ["SingleLine"] = true } } };
+
+        Assert.True(await _gateway.ReloadAsync(config), Refusals());
+
+        Assert.Equal(LogLevel.Warning, _gateway.Services.GetRequiredService<IOptionsMonitor<ConsoleLoggerOptions>>().CurrentValue.LogToStandardErrorThreshold);
+        Assert.True(_gateway.Services.GetRequiredService<IOptionsMonitor<SimpleConsoleFormatterOptions>>().CurrentValue.SingleLine);
     }
 
     /// <summary>The start-up configuration: /status needs a token, which passes; nothing else got through.</summary>

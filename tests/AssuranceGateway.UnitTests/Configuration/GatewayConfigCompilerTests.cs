@@ -1124,6 +1124,81 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         return path;
     }
 
+    // The console logger is asked about each value: what it takes must never be refused (a false refusal would stop a
+    // rollout), whichever formatter the values are meant for.
+    [Fact]
+    public void Compile_ConsoleLoggerOptionsItTakes_Valid()
+    {
+        var (settings, errors) = Compile(c => c["Logging"] = new JsonObject
+        {
+            ["LogLevel"] = new JsonObject { ["Default"] = "Information" },
+            ["Console"] = new JsonObject
+            {
+                ["FormatterName"] = "json",
+                ["LogToStandardErrorThreshold"] = "warning",
+                ["MaxQueueLength"] = 4096,
+                ["QueueFullMode"] = "DropWrite",
+                ["LogLevel"] = new JsonObject { ["Yarp"] = "Warning" },
+                ["FormatterOptions"] = new JsonObject
+                {
+                    ["SingleLine"] = true,
+                    ["IncludeScopes"] = "False",
+                    ["TimestampFormat"] = "HH:mm:ss ",
+                    ["UseUtcTimestamp"] = true,
+                    ["ColorBehavior"] = "Disabled",
+                    ["JsonWriterOptions"] = new JsonObject { ["Indented"] = true },
+                },
+            },
+        });
+
+        Assert.Empty(errors);
+        Assert.Equal("json", settings!.Logging["Logging:Console:FormatterName"]);
+    }
+
+    [Fact]
+    public void Compile_ConsoleLoggerOptionsItCannotTake_EachNamed()
+    {
+        var errors = CompileErrors(c => c["Logging"] = new JsonObject
+        {
+            ["Console"] = new JsonObject
+            {
+                ["MaxQueueLength"] = 0,
+                ["FormatterOptions"] = new JsonObject { ["SingleLine"] = "yes", ["ColorBehavior"] = "Auto" },
+            },
+        });
+
+        Assert.Equal(3, errors.Count);
+        Assert.Contains(errors, e => e.StartsWith("Logging:Console:FormatterOptions:ColorBehavior: 'Auto' is not taken by the console logger: ", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Logging:Console:FormatterOptions:SingleLine: 'yes' is not taken by the console logger: ", StringComparison.Ordinal));
+        Assert.Contains(errors, e => e.StartsWith("Logging:Console:MaxQueueLength: '0' is not taken by the console logger: ", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData("api-key=abc")]
+    [InlineData("api-key=abc,x-tenant=7,")]
+    [InlineData("Authorization=Bearer%20abc")]
+    [InlineData("a=b=c")]
+    public void Compile_OtlpHeadersWellFormed_Valid(string headers)
+    {
+        var (_, errors) = Compile(c => c["OTEL_EXPORTER_OTLP_HEADERS"] = headers);
+
+        Assert.Empty(errors);
+    }
+
+    [Theory]
+    [InlineData("abc", 1)]
+    [InlineData("api-key=abc,abc", 2)]
+    [InlineData("=abc", 1)]
+    [InlineData("api key=abc", 1)]
+    [InlineData("x=1,a%0Ab=c", 2)]
+    [InlineData("x=a%0D%0AInjected: yes", 1)]
+    public void Compile_OtlpHeadersMalformed_RefusedByPositionWithoutValues(string headers, int entry)
+    {
+        AssertProblems(
+            c => c["OTEL_EXPORTER_OTLP_METRICS_HEADERS"] = headers,
+            $"OTEL_EXPORTER_OTLP_METRICS_HEADERS: entry {entry} is not name=value with a header name (comma-separated, e.g. api-key=…); values not shown");
+    }
+
     private void AssertProblems(Action<JsonObject> edit, params string[] expected)
     {
         var (settings, errors) = Compile(edit);
