@@ -44,6 +44,7 @@ public sealed partial class GatewayConfigState : IDisposable
     private volatile GatewayRuntime _current;
     private KeyFileWatch? _keyFiles;
     private readonly AppliedLoggingConfiguration? _logging;
+    private readonly SourceFileCheck? _fileCheck;
 
     // Every evidence kid this process has had in force, with the public point it named: a kid stays bound to one key.
     private readonly Dictionary<string, string> _evidenceKeys = new(StringComparer.Ordinal);
@@ -66,7 +67,8 @@ public sealed partial class GatewayConfigState : IDisposable
         ILogger<GatewayConfigState> logger,
         bool watch = true,
         GatewaySettings? initial = null,
-        AppliedLoggingConfiguration? logging = null)
+        AppliedLoggingConfiguration? logging = null,
+        SourceFileCheckInterval? fileCheck = null)
     {
         _logging = logging;
         _time = time;
@@ -101,6 +103,9 @@ public sealed partial class GatewayConfigState : IDisposable
             }
 
             _reloadRegistration = ChangeToken.OnChange(configuration.GetReloadToken, () => _ = ReloadAsync());
+            var interval = (fileCheck ?? SourceFileCheckInterval.Default).Value;
+            _fileCheck = new SourceFileCheck(time, interval, SourceFiles, changed => ChangedUnseen(changed, interval), e => Log.FileCheckFailed(_logger, e));
+            _fileCheck.Remember(SourceFiles());
         }
     }
 
@@ -156,6 +161,8 @@ public sealed partial class GatewayConfigState : IDisposable
         await _reloadLock.WaitAsync().ConfigureAwait(false);
         try
         {
+            // What is read now is no news to the periodic check (the configuration file was read just before this).
+            _fileCheck?.Remember(SourceFiles());
             GatewaySettings? settings;
             IReadOnlyList<string> problems;
             var warnings = new List<string>();
@@ -255,6 +262,19 @@ public sealed partial class GatewayConfigState : IDisposable
     /// </summary>
     private void WatchKeyFiles(GatewaySettings settings)
     {
+        var files = KeyFiles(settings);
+        if (_keyFiles is { } watching && watching.Files.SetEquals(files))
+        {
+            return;
+        }
+
+        _keyFiles?.Dispose();
+        _keyFiles = new KeyFileWatch(files, () => _ = ReloadAfterKeyFileChangeAsync(), ListenerFailed);
+    }
+
+    /// <summary>The key files a configuration names, by full path.</summary>
+    private SortedSet<string> KeyFiles(GatewaySettings settings)
+    {
         var files = new SortedSet<string>(StringComparer.Ordinal);
         foreach (var issuer in settings.Tokens.Issuers.Concat(settings.Workload.Issuers))
         {
@@ -274,13 +294,36 @@ public sealed partial class GatewayConfigState : IDisposable
             files.Add(Path.GetFullPath(evidence, _baseDirectory));
         }
 
-        if (_keyFiles is { } watching && watching.Files.SetEquals(files))
+        return files;
+    }
+
+    /// <summary>The files the configuration in force comes from: the configuration file and the key files it names.</summary>
+    private SortedSet<string> SourceFiles()
+    {
+        var files = KeyFiles(_current.Settings);
+        if (_file is not null)
         {
-            return;
+            files.Add(_file.FullPath);
         }
 
-        _keyFiles?.Dispose();
-        _keyFiles = new KeyFileWatch(files, () => _ = ReloadAfterKeyFileChangeAsync(), ListenerFailed);
+        return files;
+    }
+
+    /// <summary>
+    /// The periodic check found a change no watcher reported (<see cref="SourceFileCheck"/>): said, and applied as the
+    /// watcher would have (the configuration file through the configuration's own reload, a key file by a reload here).
+    /// </summary>
+    private void ChangedUnseen(IReadOnlyList<string> changed, TimeSpan interval)
+    {
+        Log.ChangeFoundByCheck(_logger, string.Join(", ", changed), interval);
+        if (_file is not null && changed.Contains(_file.FullPath, StringComparer.Ordinal) && _configuration is IConfigurationRoot root)
+        {
+            root.Reload();
+        }
+        else
+        {
+            _ = ReloadAsync();
+        }
     }
 
     /// <summary>
@@ -363,6 +406,7 @@ public sealed partial class GatewayConfigState : IDisposable
         }
 
         _reloadRegistration?.Dispose();
+        _fileCheck?.Dispose();
         _keyFiles?.Dispose();
         (Listeners.Root as IDisposable)?.Dispose();
         _reloadLock.Dispose();
@@ -437,6 +481,14 @@ public sealed partial class GatewayConfigState : IDisposable
 
     private static partial class Log
     {
+        [LoggerMessage(EventId = 105, Level = LogLevel.Warning,
+            Message = "A change of {Files} was found by the periodic check (every {Interval}), not by a file watcher: the directory may have "
+                + "been replaced under the same path (a release symlink switched) or its filesystem sends no events; applying it as usual")]
+        public static partial void ChangeFoundByCheck(ILogger logger, string files, TimeSpan interval);
+
+        [LoggerMessage(EventId = 106, Level = LogLevel.Warning, Message = "The periodic check of the configuration's files failed; it runs again")]
+        public static partial void FileCheckFailed(ILogger logger, Exception exception);
+
         [LoggerMessage(EventId = 104, Level = LogLevel.Warning,
             Message = "A part of the host failed to take the configuration change and keeps what it had: {Failure}")]
         public static partial void ListenerFailed(ILogger logger, string failure);

@@ -71,7 +71,8 @@ public static partial class GatewayHostingExtensions
         services.TryAddSingleton(sp => new GatewayConfigState(
             builder.Configuration, file, contentRoot, sp.GetRequiredService<IConfigValidator>(),
             sp.GetRequiredService<InMemoryConfigProvider>(), sp.GetRequiredService<TimeProvider>(),
-            sp.GetRequiredService<ILogger<GatewayConfigState>>(), initial: initial, logging: logging));
+            sp.GetRequiredService<ILogger<GatewayConfigState>>(), initial: initial, logging: logging,
+            fileCheck: sp.GetService<SourceFileCheckInterval>()));
         services.TryAddSingleton<IGrantStore>(sp => GrantStoreFactory.Create(
             sp.GetRequiredService<GatewayConfigState>().Current.Settings.Store, sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILoggerFactory>()));
         services.TryAddSingleton(sp => new GatewayTelemetry(sp.GetServices<BaseProcessor<Activity>>(), sp.GetServices<MetricReader>()));
