@@ -268,8 +268,22 @@ public sealed partial class GatewayConfigState : IDisposable
             return;
         }
 
+        // The new watch first: this runs after the new generation is in force, so a watch that cannot be set up (the
+        // inotify instance limit) must neither fail the change nor leave a disposed watch that a later change with the
+        // same files would take for a live one. The old one stays meanwhile; the periodic check covers the files.
+        KeyFileWatch fresh;
+        try
+        {
+            fresh = new KeyFileWatch(files, () => _ = ReloadAfterKeyFileChangeAsync(), ListenerFailed);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or PlatformNotSupportedException)
+        {
+            Log.KeyFileWatchFailed(_logger, e);
+            return;
+        }
+
         _keyFiles?.Dispose();
-        _keyFiles = new KeyFileWatch(files, () => _ = ReloadAfterKeyFileChangeAsync(), ListenerFailed);
+        _keyFiles = fresh;
     }
 
     /// <summary>The key files a configuration names, by full path.</summary>
@@ -422,16 +436,29 @@ public sealed partial class GatewayConfigState : IDisposable
         {
             Files = files;
             var watched = new List<(DirectoryFiles Provider, string Name)>();
-            foreach (var directory in files.GroupBy(Path.GetDirectoryName))
+            try
             {
-                if (directory.Key is null || !Directory.Exists(directory.Key))
+                foreach (var directory in files.GroupBy(Path.GetDirectoryName))
                 {
-                    continue;
+                    if (directory.Key is null || !Directory.Exists(directory.Key))
+                    {
+                        continue;
+                    }
+
+                    var provider = new DirectoryFiles(directory.Key, listenerFailed);
+                    _providers.Add(provider);
+                    watched.AddRange(directory.Select(file => (provider, Path.GetFileName(file))));
+                }
+            }
+            catch
+            {
+                // One directory could not be watched: the ones set up already are not left watching for no one.
+                foreach (var provider in _providers)
+                {
+                    provider.Dispose();
                 }
 
-                var provider = new DirectoryFiles(directory.Key, listenerFailed);
-                _providers.Add(provider);
-                watched.AddRange(directory.Select(file => (provider, Path.GetFileName(file))));
+                throw;
             }
 
             _registration = ChangeToken.OnChange(
@@ -485,6 +512,10 @@ public sealed partial class GatewayConfigState : IDisposable
             Message = "A change of {Files} was found by the periodic check (every {Interval}), not by a file watcher: the directory may have "
                 + "been replaced under the same path (a release symlink switched) or its filesystem sends no events; applying it as usual")]
         public static partial void ChangeFoundByCheck(ILogger logger, string files, TimeSpan interval);
+
+        [LoggerMessage(EventId = 107, Level = LogLevel.Warning,
+            Message = "The key files of this configuration cannot be watched; the periodic check finds their changes meanwhile, and the next change tries again")]
+        public static partial void KeyFileWatchFailed(ILogger logger, Exception exception);
 
         [LoggerMessage(EventId = 106, Level = LogLevel.Warning, Message = "The periodic check of the configuration's files failed; it runs again")]
         public static partial void FileCheckFailed(ILogger logger, Exception exception);
