@@ -50,7 +50,7 @@ public static class TestCertificates
     /// <paramref name="fetchFrom"/> and <paramref name="crlAt"/> add an Authority Information Access (caIssuers) and a
     /// CRL distribution point extension: URLs a verifier could be made to fetch.
     /// </remarks>
-    public static X509Certificate2 Client(string? spiffeId, X509Certificate2? issuer, Uri? fetchFrom = null, Uri? crlAt = null)
+    public static X509Certificate2 Client(string? spiffeId, X509Certificate2? issuer, Uri? fetchFrom = null, Uri? crlAt = null, DateTimeOffset? notAfter = null)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest("CN=workload", key, HashAlgorithmName.SHA256);
@@ -74,13 +74,13 @@ public static class TestCertificates
         }
 
         var notBefore = DateTimeOffset.UtcNow.AddMinutes(-1);
-        var notAfter = DateTimeOffset.UtcNow.AddMinutes(30);
+        var validUntil = notAfter ?? DateTimeOffset.UtcNow.AddMinutes(30);
         if (issuer is null)
         {
-            return request.CreateSelfSigned(notBefore, notAfter);
+            return request.CreateSelfSigned(notBefore, validUntil);
         }
 
-        using var signed = request.Create(issuer, notBefore, notAfter, RandomNumberGenerator.GetBytes(8));
+        using var signed = request.Create(issuer, notBefore, validUntil, RandomNumberGenerator.GetBytes(8));
         return signed.CopyWithPrivateKey(key);
     }
 }

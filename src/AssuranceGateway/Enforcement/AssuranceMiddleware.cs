@@ -219,9 +219,14 @@ public sealed partial class AssuranceMiddleware
             decision.Reason = ReasonCodes.Ok;
             if (policy.Mode != PolicyMode.Shadow && IsProtocolUpgrade(context))
             {
-                // A tunnel lasts no longer than the credentials that opened it would still be accepted.
+                // A tunnel lasts no longer than the credentials that opened it would still be accepted: the tokens until
+                // exp plus the skew, a client certificate until its notAfter (judged without skew, as the resolver does).
                 var expires = workload?.Token is { } svid && svid.ExpiresAt < token.ExpiresAt ? svid.ExpiresAt : token.ExpiresAt;
                 var closeAt = new DateTimeOffset(expires, TimeSpan.Zero) + settings.Tokens.ClockSkew;
+                if (workload?.CertificateNotAfter is { } notAfter && notAfter < closeAt)
+                {
+                    closeAt = notAfter;
+                }
                 var route = decision.Route;
                 var tokenHash = token.TokenHash;
                 TunnelDeadline.Arm(context, closeAt, _time, () => Log.TunnelClosedAtExpiry(_logger, route, tokenHash, closeAt));

@@ -7,7 +7,11 @@ using Microsoft.AspNetCore.Http;
 namespace AssuranceGateway.Workload;
 
 /// <summary>Who the calling machine is, and which source said so.</summary>
-public sealed record WorkloadIdentity(string Id, WorkloadSource Source, ValidatedToken? Token);
+public sealed record WorkloadIdentity(string Id, WorkloadSource Source, ValidatedToken? Token)
+{
+    /// <summary>The end of the client certificate's validity, for an identity taken from one on this connection (mTLS).</summary>
+    public DateTimeOffset? CertificateNotAfter { get; init; }
+}
 
 public readonly record struct WorkloadCheck(WorkloadIdentity? Identity, string? Reason, string? Detail)
 {
@@ -170,7 +174,7 @@ public sealed class WorkloadResolver
         }
 
         var id = spiffe ?? "x509:sha256:" + Convert.ToHexStringLower(certificate.GetCertHash(System.Security.Cryptography.HashAlgorithmName.SHA256));
-        return new WorkloadCheck(new WorkloadIdentity(id, WorkloadSource.Mtls, null), null, null);
+        return new WorkloadCheck(new WorkloadIdentity(id, WorkloadSource.Mtls, null) { CertificateNotAfter = new DateTimeOffset(certificate.NotAfter.ToUniversalTime(), TimeSpan.Zero) }, null, null);
     }
 
     /// <summary>

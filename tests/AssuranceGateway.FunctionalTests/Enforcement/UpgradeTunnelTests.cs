@@ -116,6 +116,59 @@ public sealed class UpgradeTunnelTests : IAsyncLifetime
         Assert.Contains(TokenHash(shortLived), closed, StringComparison.Ordinal);
     }
 
+    // The workload's client certificate is a credential of the tunnel too: a route that checks the workload closes the
+    // tunnel at the certificate's notAfter (SPIFFE X.509-SVIDs live about as long as tokens), though the token lasts.
+    [Fact]
+    public async Task Upgrade_OnAWorkloadCheckedRoute_TunnelClosedWhenTheClientCertificateExpires()
+    {
+        await using var upstream = TunnelUpstream.Start(keepOpen: true);
+        using var ca = TestCertificates.Ca("spiffe://prod.test");
+        var notAfter = DateTimeOffset.UtcNow.AddSeconds(5);
+        using var certificate = TestCertificates.Client("spiffe://prod.test/w1", ca, notAfter: notAfter);
+        var (gateway, thumbprint) = await Workload.TlsGateway.StartAsync([ca], w =>
+        {
+            w["Sources"] = new JsonArray("mtls");
+            Configure(w.Root.AsObject(), upstream.Address);
+            w.Root["ReverseProxy"]!["Routes"]!["tunnel"] = TestConfig.Route("/tunnel", "workload-tunnel");
+            w.Root["Assurance"]!["Policies"]!["workload-tunnel"] = new JsonObject { ["Bind"] = new JsonArray("workload"), ["RequiresGrant"] = false };
+        });
+        await using var _ = gateway;
+        var uri = new Uri(gateway.ProxyAddress);
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(uri.Host, uri.Port);
+        await using var tls = new System.Net.Security.SslStream(tcp.GetStream());
+        await tls.AuthenticateAsClientAsync(new System.Net.Security.SslClientAuthenticationOptions
+        {
+            TargetHost = "localhost",
+            ClientCertificates = [certificate],
+            ApplicationProtocols = [System.Net.Security.SslApplicationProtocol.Http11],
+            RemoteCertificateValidationCallback = (_, presented, _, _) =>
+                presented is not null && string.Equals(presented.GetCertHashString(), thumbprint, StringComparison.OrdinalIgnoreCase),
+        });
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+        await tls.WriteAsync(System.Text.Encoding.ASCII.GetBytes(Get("/tunnel", gateway.Idp.Token(), null, WebSocket) + "\r\n"), deadline.Token);
+        var buffer = new byte[4096];
+        var head = System.Text.Encoding.ASCII.GetString(buffer, 0, await tls.ReadAsync(buffer, deadline.Token));
+        Assert.StartsWith("HTTP/1.1 101", head, StringComparison.Ordinal);
+        await tls.WriteAsync("through\n"u8.ToArray(), deadline.Token);
+        Assert.Equal("through\n", System.Text.Encoding.ASCII.GetString(buffer, 0, await tls.ReadAsync(buffer, deadline.Token)));
+
+        try
+        {
+            while (await tls.ReadAsync(buffer, deadline.Token) > 0)
+            {
+            }
+        }
+        catch (IOException)
+        {
+            // Reset rather than closed: closed all the same.
+        }
+
+        Assert.False(deadline.IsCancellationRequested, "the tunnel outlived its client certificate");
+        Assert.True(DateTimeOffset.UtcNow >= notAfter.AddSeconds(-1), "closed before the certificate expired"); // notAfter is kept to the second
+        Assert.Contains("route=tunnel", await gateway.Logs.WaitForAsync(l => l.Contains("[202]", StringComparison.Ordinal), "event 202"), StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData(WebSocket)]
     [InlineData(Spdy)]
