@@ -1090,7 +1090,7 @@ public static class GatewayConfigCompiler
     /// The 1-based position of the first entry of an OTEL_EXPORTER_OTLP_*HEADERS list the exporter cannot send, or null.
     /// The exporter reads the list when it is built: an entry without '=' ended the host at start with an unhandled
     /// exception (exit 134); a name that is no HTTP header name (empty, with a space) cannot be sent on any export.
-    /// Read as the exporter reads it: percent-decoded, split at commas, empty entries skipped.
+    /// Read as the exporter reads it: percent-decoded, split at commas, only an empty last entry (a trailing comma) skipped.
     /// </summary>
     private static int? MalformedHeader(string list)
     {
@@ -1107,7 +1107,9 @@ public static class GatewayConfigCompiler
         var entries = decoded.Split(',');
         for (var i = 0; i < entries.Length; i++)
         {
-            if (entries[i].Trim().Length == 0)
+            // The exporter reads every entry up to the last comma: one after it may be empty (a trailing comma), no
+            // other may (an empty or blank entry between commas ended the host at start, exit 134).
+            if (i == entries.Length - 1 && entries[i].Length == 0)
             {
                 continue;
             }

@@ -13,6 +13,8 @@ public sealed class GatewayConfigFile
     public const string EnvironmentVariable = "GATEWAY_CONFIG";
 
     private volatile string? _loadError;
+    private volatile TrackingProvider? _provider;
+    private volatile byte[]? _loaded;
 
     private GatewayConfigFile(string path) => FullPath = path;
 
@@ -25,6 +27,28 @@ public sealed class GatewayConfigFile
     public string? LoadError => File.Exists(FullPath) ? _loadError
         : Directory.Exists(FullPath) ? $"'{FullPath}' is a directory: name the configuration file in it"
         : $"'{FullPath}' does not exist";
+
+    /// <summary>
+    /// The SHA-256 of the file as its last (re)load read it (parsed or not), or null when it was missing: what the
+    /// configuration holds, which the file on disk may no longer be (a write that landed after the read).
+    /// </summary>
+    internal byte[]? LoadedFingerprint => File.Exists(FullPath) ? _loaded : null;
+
+    /// <summary>
+    /// Rereads the file alone, as its watcher would: one change of the configuration. Reloading the whole configuration
+    /// instead raised one change per source (environment, command line, the file), each compiled and applied as a
+    /// generation of its own. False when no provider reads the file (its directory did not exist at start).
+    /// </summary>
+    internal bool Reload()
+    {
+        if (_provider is not { } provider)
+        {
+            return false;
+        }
+
+        provider.Load();
+        return true;
+    }
 
     /// <summary>
     /// Adds the file so that it sits below environment variables and command-line arguments (which override single
@@ -92,7 +116,7 @@ public sealed class GatewayConfigFile
     /// </summary>
     private sealed class TrackingSource(GatewayConfigFile file, string directory) : IConfigurationSource
     {
-        public IConfigurationProvider Build(IConfigurationBuilder builder) => new TrackingProvider(new JsonConfigurationSource
+        public IConfigurationProvider Build(IConfigurationBuilder builder) => file._provider = new TrackingProvider(new JsonConfigurationSource
         {
             Path = Path.GetFileName(file.FullPath),
             Optional = true,
@@ -116,7 +140,13 @@ public sealed class GatewayConfigFile
         // compile racing with this parse must still see the error, not an empty (and valid) configuration.
         public override void Load(Stream stream)
         {
-            base.Load(stream);
+            // Hashed as read, before the parse: the periodic check compares the file with this (a broken file is no news
+            // either, until it changes again).
+            using var read = new MemoryStream();
+            stream.CopyTo(read);
+            file._loaded = System.Security.Cryptography.SHA256.HashData(read.GetBuffer().AsSpan(0, (int)read.Length));
+            read.Position = 0;
+            base.Load(read);
             file._loadError = null;
         }
 

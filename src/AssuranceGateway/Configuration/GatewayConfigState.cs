@@ -104,8 +104,21 @@ public sealed partial class GatewayConfigState : IDisposable
 
             _reloadRegistration = ChangeToken.OnChange(configuration.GetReloadToken, () => _ = ReloadAsync());
             var interval = (fileCheck ?? SourceFileCheckInterval.Default).Value;
-            _fileCheck = new SourceFileCheck(time, interval, SourceFiles, changed => ChangedUnseen(changed, interval), e => Log.FileCheckFailed(_logger, e));
-            _fileCheck.Remember(SourceFiles());
+            _fileCheck = new SourceFileCheck(time, interval, SourceFiles, changed => ChangedUnseen(changed, interval),
+                e =>
+                {
+                    // A listener of the reload the check set off (said without the value it quotes, as event 104), or the
+                    // check itself.
+                    if (e is AggregateException)
+                    {
+                        ListenerFailed(e);
+                    }
+                    else
+                    {
+                        Log.FileCheckFailed(_logger, e);
+                    }
+                });
+            _fileCheck.Remember(SourceFiles(), ReadConfigFile());
         }
     }
 
@@ -162,7 +175,7 @@ public sealed partial class GatewayConfigState : IDisposable
         try
         {
             // What is read now is no news to the periodic check (the configuration file was read just before this).
-            _fileCheck?.Remember(SourceFiles());
+            _fileCheck?.Remember(SourceFiles(), ReadConfigFile());
             GatewaySettings? settings;
             IReadOnlyList<string> problems;
             var warnings = new List<string>();
@@ -323,6 +336,9 @@ public sealed partial class GatewayConfigState : IDisposable
         return files;
     }
 
+    /// <summary>The configuration file as its provider last read it (what the configuration holds), for the periodic check.</summary>
+    private (string File, byte[]? Fingerprint)? ReadConfigFile() => _file is null ? null : (_file.FullPath, _file.LoadedFingerprint);
+
     /// <summary>
     /// The periodic check found a change no watcher reported (<see cref="SourceFileCheck"/>): said, and applied as the
     /// watcher would have (the configuration file through the configuration's own reload, a key file by a reload here).
@@ -330,11 +346,8 @@ public sealed partial class GatewayConfigState : IDisposable
     private void ChangedUnseen(IReadOnlyList<string> changed, TimeSpan interval)
     {
         Log.ChangeFoundByCheck(_logger, string.Join(", ", changed), interval);
-        if (_file is not null && changed.Contains(_file.FullPath, StringComparer.Ordinal) && _configuration is IConfigurationRoot root)
-        {
-            root.Reload();
-        }
-        else
+        // The file alone: its provider raises one change, and the reload it sets off rereads the key files too.
+        if (_file is null || !changed.Contains(_file.FullPath, StringComparer.Ordinal) || !_file.Reload())
         {
             _ = ReloadAsync();
         }

@@ -25,6 +25,7 @@ internal sealed class SourceFileCheck : IDisposable
     private readonly Action<IReadOnlyList<string>> _changed;
     private readonly Action<Exception> _failed;
     private readonly ITimer _timer;
+    private volatile bool _disposed;
 
     /// <param name="time">Whose timer runs the check.</param>
     /// <param name="interval">How often.</param>
@@ -39,20 +40,30 @@ internal sealed class SourceFileCheck : IDisposable
         _timer = time.CreateTimer(static s => ((SourceFileCheck)s!).Check(), this, interval, interval);
     }
 
-    /// <summary>Notes what the files hold now: called as they are read (before a compile), so a change read then is not news.</summary>
-    public void Remember(IEnumerable<string> files)
+    /// <summary>
+    /// Notes what the files hold: called before a compile reads them, so a change read then is not news. A file already
+    /// read (<paramref name="read"/>, the configuration file, read by its provider before the reload starts) is noted as
+    /// it was read, not as it is now: a write that landed after the read is news, or, with no watcher to say so, it would
+    /// never be read (the first step of a write read, the second taken as applied).
+    /// </summary>
+    public void Remember(IEnumerable<string> files, (string File, byte[]? Fingerprint)? read = null)
     {
         lock (_gate)
         {
             foreach (var file in files)
             {
-                _seen[file] = Fingerprint(file);
+                _seen[file] = read is { } known && string.Equals(known.File, file, StringComparison.Ordinal) ? known.Fingerprint : Fingerprint(file);
             }
         }
     }
 
     private void Check()
     {
+        if (_disposed)
+        {
+            return; // a tick already under way when the configuration state was disposed
+        }
+
         try
         {
             var changed = new List<string>();
@@ -100,5 +111,9 @@ internal sealed class SourceFileCheck : IDisposable
         }
     }
 
-    public void Dispose() => _timer.Dispose();
+    public void Dispose()
+    {
+        _disposed = true;
+        _timer.Dispose();
+    }
 }

@@ -224,6 +224,29 @@ public sealed class HostStartupTests : IDisposable
         Assert.DoesNotContain("s3cr3t", run.Stdout + run.Stderr, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// An empty entry between two commas, or one of blanks: the compiler skipped it, the exporter, which reads every entry
+    /// up to the last comma, threw at start (exit 134, a stack trace). Refused and named by position like any other.
+    /// </summary>
+    [Theory]
+    [InlineData("x-tenant=7,,api-key=s3cr3t", 2)]
+    [InlineData("x-tenant=7, ,api-key=s3cr3t", 2)]
+    [InlineData(",api-key=s3cr3t", 1)]
+    public async Task Host_OtlpHeadersWithAnEmptyEntry_Exit2NamingItWithoutTheValues(string headers, int entry)
+    {
+        var run = await RunHostAsync(["--config", WriteConfig(ValidConfig())], new()
+        {
+            ["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:4318",
+            ["OTEL_EXPORTER_OTLP_HEADERS"] = headers,
+        });
+
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal(
+            [Header, $"OTEL_EXPORTER_OTLP_HEADERS: entry {entry} is not name=value with a header name (comma-separated, e.g. api-key=…); values not shown"],
+            run.StderrLines);
+        Assert.DoesNotContain("s3cr3t", run.Stdout + run.Stderr, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Host_ConfigFileNotJson_Exit2NamingTheFile()
     {

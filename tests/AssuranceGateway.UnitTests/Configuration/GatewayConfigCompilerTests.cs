@@ -1192,6 +1192,11 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     [InlineData("api key=abc", 1)]
     [InlineData("x=1,a%0Ab=c", 2)]
     [InlineData("x=a%0D%0AInjected: yes", 1)]
+    [InlineData("x=1,,y=2", 2)]
+    [InlineData("x=1, ,y=2", 2)]
+    [InlineData(",x=1", 1)]
+    [InlineData("x=1,,", 2)]
+    [InlineData("  ", 1)]
     public void Compile_OtlpHeadersMalformed_RefusedByPositionWithoutValues(string headers, int entry)
     {
         AssertProblems(
