@@ -43,7 +43,7 @@ public sealed partial class GatewayConfigState : IDisposable
     private readonly bool _watch;
     private volatile GatewayRuntime _current;
     private KeyFileWatch? _keyFiles;
-    private readonly AppliedLoggingConfiguration? _logging;
+    private readonly AppliedSection? _logging;
     private readonly SourceFileCheck? _fileCheck;
 
     // Every evidence kid this process has had in force, with the public point it named: a kid stays bound to one key.
@@ -67,7 +67,7 @@ public sealed partial class GatewayConfigState : IDisposable
         ILogger<GatewayConfigState> logger,
         bool watch = true,
         GatewaySettings? initial = null,
-        AppliedLoggingConfiguration? logging = null,
+        AppliedSection? logging = null,
         SourceFileCheckInterval? fileCheck = null)
     {
         _logging = logging;
@@ -93,7 +93,7 @@ public sealed partial class GatewayConfigState : IDisposable
 
         _watch = watch;
         _current = null!;
-        Listeners = new ListenerConfiguration(settings);
+        Listeners = new AppliedSection(settings, static s => s.Kestrel);
         Apply(settings, 0);
         if (watch)
         {
@@ -123,7 +123,7 @@ public sealed partial class GatewayConfigState : IDisposable
     }
 
     /// <summary>The <c>Kestrel</c> section of the configuration in force: what Kestrel binds and reloads from.</summary>
-    public ListenerConfiguration Listeners { get; }
+    public AppliedSection Listeners { get; }
 
     /// <summary>The file the configuration is read from (environment and command-line keys override single keys).</summary>
     public string? FilePath => _file?.FullPath;

@@ -23,7 +23,7 @@ public sealed class GatewaySettings
 
     /// <summary>
     /// <c>Urls</c> as read: Kestrel binds it once, at start. (Kestrel:Endpoints, which take precedence, Kestrel rebinds
-    /// when a configuration that changes them is applied: see <see cref="ListenerConfiguration"/>.)
+    /// when a configuration that changes them is applied: see <see cref="AppliedSection"/>.)
     /// </summary>
     public string Urls { get; init; } = string.Empty;
 

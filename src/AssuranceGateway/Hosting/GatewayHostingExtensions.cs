@@ -61,7 +61,7 @@ public static partial class GatewayHostingExtensions
         });
 
         var services = builder.Services;
-        var logging = new AppliedLoggingConfiguration(initial);
+        var logging = new AppliedSection(initial, static s => s.Logging);
         ReadLoggingFromAppliedConfiguration(builder.Logging, logging.Root);
 
         // Before anything can log: Kestrel's bad-request log would write raw credential lines at Debug (SPEC §6).
@@ -87,8 +87,8 @@ public static partial class GatewayHostingExtensions
     /// options: the console logger's and its formatters'), and rereads it at each change of the file, whatever the
     /// gateway made of the change. A change the gateway refused still reached the logging: a console option it cannot
     /// bind left its options unreadable, and every logger created afterwards threw. Its registrations of the file's
-    /// section are replaced by the same ones over the section the gateway applied (<see cref="AppliedLoggingConfiguration"/>),
-    /// as Kestrel reads its endpoints from <see cref="ListenerConfiguration"/>. Levels and filters added in code stay.
+    /// section are replaced by the same ones over the section the gateway applied (<see cref="AppliedSection"/>),
+    /// as Kestrel reads its endpoints. Levels and filters added in code stay.
     /// </summary>
     private static void ReadLoggingFromAppliedConfiguration(ILoggingBuilder logging, IConfiguration applied)
     {
