@@ -27,13 +27,7 @@ public sealed class RedisClusterFailureTests(ITestOutputHelper output)
 
         await cluster.Nodes[2].KillAsync();
 
-        // A consume written to the dying master's socket before the client saw it close ("SocketClosed on EVAL") is a
-        // real unknown outcome: probe with a throwaway grant on that master until the client knows the master is gone.
-        var probe = RedisStores.TokenGrant(await IdOnNodeAsync(cluster, prefix, 2));
-        await RedisStores.WaitUntilAsync(
-            async () => (await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(RedisStores.MatchingToken(probe), default))).OutcomeUnknown == false,
-            TimeSpan.FromSeconds(10),
-            "the client to see the master gone");
+        await SeeMasterGoneAsync(cluster, store, prefix, 2);
         var pending = store.UnknownOutcomesPending;
         var failure = await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(RedisStores.MatchingToken(grant), default));
 
@@ -181,11 +175,7 @@ public sealed class RedisClusterFailureTests(ITestOutputHelper output)
             await cluster.Nodes[2].KillAsync();
         }
 
-        var probe = RedisStores.TokenGrant(await IdOnNodeAsync(cluster, prefix, 2));
-        await RedisStores.WaitUntilAsync(
-            async () => (await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(RedisStores.MatchingToken(probe), default))).OutcomeUnknown == false,
-            TimeSpan.FromSeconds(10),
-            "the client to see the master gone");
+        await SeeMasterGoneAsync(cluster, store, prefix, 2);
 
         // A timed-out consume on master 0, which answers again just before the gateway stops.
         var request = RedisStores.MatchingToken(onBack);
@@ -304,5 +294,18 @@ public sealed class RedisClusterFailureTests(ITestOutputHelper output)
                 return id;
             }
         }
+    }
+
+    /// <summary>
+    /// A consume written to the dying master's socket before the client saw it close ("SocketClosed on EVAL") is a real
+    /// unknown outcome: probes with a throwaway grant on that master until the client knows the master is gone.
+    /// </summary>
+    private static async Task SeeMasterGoneAsync(RedisCluster cluster, RedisGrantStore store, string prefix, int node)
+    {
+        var probe = RedisStores.TokenGrant(await IdOnNodeAsync(cluster, prefix, node));
+        await RedisStores.WaitUntilAsync(
+            async () => (await Assert.ThrowsAsync<StoreUnavailableException>(() => store.ConsumeAsync(RedisStores.MatchingToken(probe), default))).OutcomeUnknown == false,
+            TimeSpan.FromSeconds(10),
+            "the client to see the master gone");
     }
 }
