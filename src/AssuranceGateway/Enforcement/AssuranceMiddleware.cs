@@ -369,7 +369,7 @@ public sealed partial class AssuranceMiddleware
             Workload = workload?.Id,
             Origin = origin,
             RequestHash = requestHash?.Hash,
-            Digests = requestHash?.Digests,
+            Components = requestHash?.Components,
             // In shadow mode too: a dry run writes nothing, and the evidence then says the grant would have been burned.
             RevokeOn = policy.RevokeOn,
             TraceId = activity is null ? null : decision.TraceId,

@@ -1,5 +1,6 @@
 using System.Net;
 using AssuranceGateway.Enforcement;
+using AssuranceGateway.Requests;
 
 namespace AssuranceGateway.Grants;
 
@@ -18,7 +19,24 @@ public sealed record ConsumeRequest
     public string? Workload { get; init; }
     public IPAddress? Origin { get; init; }
     public string? RequestHash { get; init; }
-    public RequestDigests? Digests { get; init; }
+
+    /// <summary>
+    /// This request's component digests, given as they are (<see cref="Digests"/>) or as the components they are computed
+    /// from on first read (<see cref="Components"/>): only a request mismatch reads them.
+    /// </summary>
+    public RequestDigests? Digests
+    {
+        get => _digests ?? Components?.Digests;
+        init => _digests = value;
+    }
+
+    /// <summary>The canonical components of the request, whose digests are computed only when a mismatch needs them.</summary>
+    public CanonicalComponents? Components { get; init; }
+
+    /// <summary>Whether <see cref="Digests"/> has a value, without computing it.</summary>
+    public bool HasDigests => _digests is not null || Components is not null;
+
+    private readonly RequestDigests? _digests;
     public IReadOnlyList<string> RevokeOn { get; init; } = [];
     public string? TraceId { get; init; }
     public string? SpanId { get; init; }

@@ -132,7 +132,13 @@ internal sealed partial class RedisGrantStore
     /// The consume script's ARGV as text: the dedicated connection encodes it straight into the command, the multiplexer
     /// takes it as <see cref="RedisValue"/>s (<see cref="AsValues"/>).
     /// </summary>
-    private static string[] ConsumeArguments(ConsumeRequest request, string tag)
+    /// <param name="request">The request.</param>
+    /// <param name="tag">The call's tag.</param>
+    /// <param name="withDigests">
+    /// Send the component digests (computed now). Without them, a request that can supply them says so, and the script
+    /// answers a request mismatch with <see cref="DigestsNeeded"/> before it writes anything.
+    /// </param>
+    private static string[] ConsumeArguments(ConsumeRequest request, string tag, bool withDigests)
     {
         var presented = Presented.None;
         if (request.Subject is not null)
@@ -170,10 +176,14 @@ internal sealed partial class RedisGrantStore
             presented |= Presented.RequestHash;
         }
 
-        var digests = request.Digests;
+        var digests = withDigests ? request.Digests : null;
         if (digests is not null)
         {
             presented |= Presented.Digests;
+        }
+        else if (request.HasDigests)
+        {
+            presented |= Presented.DigestsOnRequest;
         }
 
         if (request.TraceId is not null)

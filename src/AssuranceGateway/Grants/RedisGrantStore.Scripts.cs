@@ -38,7 +38,16 @@ internal sealed partial class RedisGrantStore
         Digests = 64,
         TraceId = 128,
         SpanId = 256,
+
+        /// <summary>Digests not sent, but the caller has them: a request mismatch is answered with <see cref="DigestsNeeded"/>.</summary>
+        DigestsOnRequest = 512,
     }
+
+    /// <summary>
+    /// The consume's answer to a request mismatch when the call carried no digests but the caller has them: nothing was
+    /// written, and the caller asks again with them (never a reason code of SPEC §4.3).
+    /// </summary>
+    internal const string DigestsNeeded = "digests_needed";
 
     internal static class Scripts
     {
@@ -109,7 +118,8 @@ internal sealed partial class RedisGrantStore
         /// or the denial recorded (and the grant revoked when the reason is in RevokeOn). Dry run: decide, write nothing.
         /// KEYS[1] grant hash, KEYS[2] event list.
         /// ARGV[1] route, upper-cased (routes compare ignoring case), ARGV[2] bindings the policy requires (flags),
-        /// ARGV[3] which of the following values are present (<see cref="Presented"/> flags),
+        /// ARGV[3] which of the following values are present (<see cref="Presented"/> flags; with
+        /// <see cref="Presented.DigestsOnRequest"/>, a request mismatch is answered {DigestsNeeded, tag}, nothing written),
         /// ARGV[4] subject, ARGV[5] session, ARGV[6] token hash, ARGV[7] workload,
         /// ARGV[8] origin address as lower-case hex of its bytes (IPv4-mapped IPv6 already made IPv4),
         /// ARGV[9] origin as text (for the record), ARGV[10] request hash,
@@ -218,6 +228,11 @@ internal sealed partial class RedisGrantStore
               reason = '{{ReasonCodes.OriginMismatch}}'
             elseif differs(32, g.request, presented(10, 32)) then
               reason = '{{ReasonCodes.RequestMismatch}}'
+              if g.digests and bit.band(given, 64) == 0 and bit.band(given, 512) ~= 0 then
+                -- The caller computes its digests only when a mismatch needs them: it asks again with them, and this
+                -- call has written nothing.
+                return {'{{DigestsNeeded}}', ARGV[21]}
+              end
               if g.digests and bit.band(given, 64) ~= 0 then
                 local parts = {'method', 'path', 'query', 'headers', 'body'}
                 local stored = redis.call('HMGET', KEYS[1], 'd.method', 'd.path', 'd.query', 'd.headers', 'd.body')

@@ -211,29 +211,17 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             await RefuseWhileEvictingAsync("consume", request.GrantId, cancellationToken).ConfigureAwait(false);
         }
 
-        string?[] reply;
         try
         {
-            // Deliberately not cancellable: the call is bounded by Store:Timeout anyway, and walking away from a consume
-            // that was sent would turn a known outcome into an unknown one.
-            var started = _time.GetTimestamp();
-            var grantKey = _keys.GrantText(request.GrantId);
-            var tag = NextConsumeTag();
-            var text = ConsumeArguments(request, tag);
-            if (_acked is null && Volatile.Read(ref _pipe) is { Broken: null } pipe
-                && await ConsumeThroughPipeAsync(pipe, grantKey, text, tag, request.GrantId).ConfigureAwait(false) is { } fast)
+            // A request that differs from its grant's is decided by a second call, which carries the component digests
+            // the first one did without: the first call wrote nothing, and only such a denial pays the round trip.
+            var reply = await ConsumeOnceAsync(request, withDigests: false).ConfigureAwait(false);
+            if (reply is [DigestsNeeded, ..])
             {
-                return ReadConsumeResult(fast);
+                reply = await ConsumeOnceAsync(request, withDigests: true).ConfigureAwait(false);
             }
 
-            var keys = GrantKeys.KeysOf(grantKey);
-            var args = AsValues(text);
-
-            reply = OwnReply(
-                ConsumeReply(_acked is null || request.DryRun
-                    ? await RunAsync(_shared, db => EvaluateAsync(db, Scripts.Consume, keys, args), "consume", request.GrantId, CancellationToken.None, started).ConfigureAwait(false)
-                    : await ConsumeAcknowledgedAsync(_acked, keys, args, request.GrantId).ConfigureAwait(false)),
-                tag) ?? throw Unavailable("consume", request.GrantId, "reply to another command", outcomeUnknown: true, null);
+            return ReadConsumeResult(reply);
         }
         catch (StoreUnavailableException e) when (e.OutcomeUnknown && !request.DryRun)
         {
@@ -241,8 +229,30 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             RememberUnknownOutcome(request);
             throw;
         }
+    }
 
-        return ReadConsumeResult(reply);
+    /// <summary>One consume call, its reply without the tag (checked to be this call's own).</summary>
+    private async Task<string?[]> ConsumeOnceAsync(ConsumeRequest request, bool withDigests)
+    {
+        // Deliberately not cancellable: the call is bounded by Store:Timeout anyway, and walking away from a consume
+        // that was sent would turn a known outcome into an unknown one.
+        var started = _time.GetTimestamp();
+        var grantKey = _keys.GrantText(request.GrantId);
+        var tag = NextConsumeTag();
+        var text = ConsumeArguments(request, tag, withDigests);
+        if (_acked is null && Volatile.Read(ref _pipe) is { Broken: null } pipe
+            && await ConsumeThroughPipeAsync(pipe, grantKey, text, tag, request.GrantId).ConfigureAwait(false) is { } fast)
+        {
+            return fast;
+        }
+
+        var keys = GrantKeys.KeysOf(grantKey);
+        var args = AsValues(text);
+        return OwnReply(
+            ConsumeReply(_acked is null || request.DryRun
+                ? await RunAsync(_shared, db => EvaluateAsync(db, Scripts.Consume, keys, args), "consume", request.GrantId, CancellationToken.None, started).ConfigureAwait(false)
+                : await ConsumeAcknowledgedAsync(_acked, keys, args, request.GrantId).ConfigureAwait(false)),
+            tag) ?? throw Unavailable("consume", request.GrantId, "reply to another command", outcomeUnknown: true, null);
     }
 
     /// <summary>

@@ -1,6 +1,7 @@
 using System.Net;
 using AssuranceGateway.Enforcement;
 using AssuranceGateway.Grants;
+using AssuranceGateway.Requests;
 
 namespace AssuranceGateway.FunctionalTests.Grants;
 
@@ -466,6 +467,41 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         Assert.Empty(result.Mismatch);
         Assert.Null((await Store.GetAsync(grant.Id, default))!.Events[^1].Mismatch);
     }
+
+    [Fact]
+    public async Task ConsumeAsync_ComponentsOfAnotherQuery_RequestMismatchNamingTheQuery()
+    {
+        var issued = ComputeRequest("env=prod&dry_run=false");
+        var grant = NewGrant() with { RequestHash = issued.Hash, Digests = issued.Digests };
+        await CreateAsync(grant);
+        var presented = ComputeRequest("env=prod&dry_run=true");
+
+        var result = await Store.ConsumeAsync(Matching(grant) with { RequestHash = presented.Hash, Digests = null, Components = presented.Components }, default);
+
+        Assert.Equal(ReasonCodes.RequestMismatch, result.Reason);
+        Assert.Equal(["query"], result.Mismatch);
+        var stored = (await Store.GetAsync(grant.Id, default))!;
+        Assert.Equal(1, stored.UsesRemaining);
+        var denied = Assert.Single(stored.Events, e => e.Type == GrantEvent.Denied);
+        Assert.Equal(["query"], denied.Mismatch);
+    }
+
+    [Fact]
+    public async Task ConsumeAsync_MatchingComponents_AllowedWithoutComputingTheirDigests()
+    {
+        var issued = ComputeRequest("env=prod&dry_run=false");
+        var grant = NewGrant() with { RequestHash = issued.Hash, Digests = issued.Digests };
+        await CreateAsync(grant);
+        var presented = ComputeRequest("env=prod&dry_run=false");
+
+        var result = await Store.ConsumeAsync(Matching(grant) with { RequestHash = presented.Hash, Digests = null, Components = presented.Components }, default);
+
+        Assert.True(result.Allowed, result.Reason);
+        Assert.False(presented.Components.DigestsComputed);
+    }
+
+    private static RequestHash ComputeRequest(string query) => CanonicalRequest.Compute(
+        "POST", "/deploy/v1/releases", query, ["content-type"], _ => new Microsoft.Extensions.Primitives.StringValues("application/json"), "{}"u8);
 
     // ---------------------------------------------------------------- precedence
 

@@ -83,6 +83,48 @@ public sealed class RedisGrantStoreTests(RedisServer redis) : GrantStoreConforma
         Assert.All(sent, c => Assert.Equal("EVALSHA", c.Command));
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ConsumeAsync_RequestMismatch_AskedAgainWithDigests_TheFirstCallWritesNothing(bool dryRun)
+    {
+        // The digests go to Redis only when a request mismatch needs them: the first call answers that it needs them,
+        // and the second decides, records and revokes exactly once.
+        var grant = NewGrant();
+        await CreateAsync(grant);
+        await Store.ConsumeAsync(Matching(NewGrant()), default); // warm: the script is known by now
+        var request = Matching(grant) with
+        {
+            RequestHash = "sha256:other", Digests = Digests with { Body = "sha256:other-body" },
+            RevokeOn = [ReasonCodes.RequestMismatch], DryRun = dryRun,
+        };
+
+        await using var monitor = await redis.MonitorAsync();
+        var result = await Store.ConsumeAsync(request, default);
+        await monitor.SyncAsync();
+
+        Assert.Equal(ReasonCodes.RequestMismatch, result.Reason);
+        Assert.Equal(["body"], result.Mismatch);
+        Assert.True(result.Revoked);
+        var sent = monitor.Commands
+            .Where(c => c.Client != "lua" && c.Command is not ("PING" or "INFO") && !c.Line.Contains("monitor-sync-", StringComparison.Ordinal))
+            .ToList();
+        Assert.True(sent.Count == 2 && sent.All(c => c.Command == "EVALSHA"), string.Join("\n", sent.Select(c => c.Line)));
+        var stored = (await Store.GetAsync(grant.Id, default))!;
+        var written = stored.Events.Where(e => e.Type is not (GrantEvent.Created or GrantEvent.Approved)).ToList();
+        if (dryRun)
+        {
+            Assert.Equal(GrantStatus.Active, stored.Status);
+            Assert.Empty(written);
+        }
+        else
+        {
+            Assert.Equal(GrantStatus.Revoked, stored.Status);
+            Assert.Equal([GrantEvent.Denied, GrantEvent.Revoked], written.Select(e => e.Type));
+            Assert.Equal(["body"], written[0].Mismatch);
+        }
+    }
+
     [Fact]
     public async Task ConsumeAsync_Standalone_SentOnTheDedicatedConsumeConnection()
     {
