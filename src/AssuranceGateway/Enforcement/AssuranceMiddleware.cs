@@ -372,6 +372,8 @@ public sealed partial class AssuranceMiddleware
             Components = requestHash?.Components,
             // In shadow mode too: a dry run writes nothing, and the evidence then says the grant would have been burned.
             RevokeOn = policy.RevokeOn,
+            MinimumApprovals = policy.Approvals,
+            MinimumApprovalAal = policy.MinimumApprovalAal,
             TraceId = activity is null ? null : decision.TraceId,
             SpanId = decision.SpanId,
             DryRun = policy.Mode == PolicyMode.Shadow,
@@ -406,6 +408,8 @@ public sealed partial class AssuranceMiddleware
                 ReasonCodes.RequestMismatch => "the request differs from the approved one (the grant was issued with a request hash only, so which part differs is not known)",
                 ReasonCodes.SelfApproval => "this grant was approved by the caller itself: an approver may not perform the action",
                 ReasonCodes.Replayed => "this approval has no uses left",
+                ReasonCodes.GrantPending when result.Status is not GrantStatus.Pending =>
+                    "the grant was approved by fewer approvers, or weaker ones, than this route's policy now requires; issue it again",
                 ReasonCodes.GrantUnreadable => "the grant's record in the store has a status or field this gateway cannot read; it is never used",
                 _ => null,
             };

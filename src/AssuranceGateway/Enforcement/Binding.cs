@@ -28,6 +28,12 @@ internal static class BindingNames
         (Workload, Bindings.Workload), (Origin, Bindings.Origin), (Request, Bindings.Request),
     ];
 
+    /// <summary>Every binding this version can check: a stored grant that names another (a newer version's) is unreadable.</summary>
+    public const Bindings Known = Bindings.Subject | Bindings.Session | Bindings.Token | Bindings.Workload | Bindings.Origin | Bindings.Request;
+
+    /// <summary><see cref="Known"/> as text, for the Lua scripts (const interpolation; a unit test holds the two together).</summary>
+    public const string KnownText = "63";
+
     public static bool TryParse(string? name, out Bindings binding)
     {
         foreach (var (n, flag) in All)

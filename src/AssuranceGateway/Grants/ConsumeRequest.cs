@@ -38,6 +38,15 @@ public sealed record ConsumeRequest
 
     private readonly RequestDigests? _digests;
     public IReadOnlyList<string> RevokeOn { get; init; } = [];
+
+    /// <summary>
+    /// The approvals the route's policy in force asks for (<c>Approvals</c>, <c>MinimumApprovalAal</c>). A grant made
+    /// active under a weaker rule (issued by a replica still on the previous configuration during a rolling change, or
+    /// before a reload raised the rule) carries fewer or weaker approvals than these, and is not used here.
+    /// </summary>
+    public int MinimumApprovals { get; init; }
+
+    public int MinimumApprovalAal { get; init; }
     public string? TraceId { get; init; }
     public string? SpanId { get; init; }
 

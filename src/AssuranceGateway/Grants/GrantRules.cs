@@ -126,6 +126,13 @@ internal static class GrantRules
             return ReasonCodes.SelfApproval;
         }
 
+        // After every binding too (a leaked grant is still a mismatch, and burned by RevokeOn). Pending by the rule in force:
+        // the quorum and the approvers' strength are the route's policy's now, not the issuing replica's or generation's.
+        if (ShortOfApprovals(grant, request))
+        {
+            return ReasonCodes.GrantPending;
+        }
+
         return grant.UsesRemaining <= 0 ? ReasonCodes.Replayed : ReasonCodes.Ok;
     }
 
@@ -152,6 +159,10 @@ internal static class GrantRules
 
         return false;
     }
+
+    /// <summary>Fewer approvers, or a weaker one, than the policy in force asks for (one approver always suffices for 1).</summary>
+    public static bool ShortOfApprovals(GrantRecord grant, ConsumeRequest request) =>
+        (request.MinimumApprovals > 1 && grant.Approvers.Count < request.MinimumApprovals) || grant.ApprovalAal < request.MinimumApprovalAal;
 
     private static bool Differs(Bindings check, Bindings binding, string? bound, string? presented) =>
         (check & binding) != 0 && (bound is null || !string.Equals(bound, presented, StringComparison.Ordinal));

@@ -219,6 +219,8 @@ internal sealed partial class RedisGrantStore
             request.DryRun ? "1" : "0",
             MaxEventsText,
             tag,
+            request.MinimumApprovals.ToString(CultureInfo.InvariantCulture),
+            request.MinimumApprovalAal.ToString(CultureInfo.InvariantCulture),
         ];
     }
 
@@ -319,7 +321,9 @@ internal sealed partial class RedisGrantStore
             ApprovalsRequired = Int("approvalsRequired"),
             Approvers = f.TryGetValue("approvers", out var approvers) ? ReadStringArray(approvers) : [],
             ApprovalAal = Int("approvalAal"),
-            Bound = (Enforcement.Bindings)Int("bound"),
+            Bound = Int("bound") is var bound && (bound & ~(int)Enforcement.BindingNames.Known) == 0
+                ? (Enforcement.Bindings)bound
+                : throw new FormatException($"it names bindings this version does not know ({bound})"),
             FirstUse = f.TryGetValue("firstUse", out var firstUse) ? ReadFirstUse(firstUse) : null,
             Events = events,
             DroppedEvents = f.TryGetValue("dropped", out var dropped) ? long.Parse(dropped, CultureInfo.InvariantCulture) : 0,

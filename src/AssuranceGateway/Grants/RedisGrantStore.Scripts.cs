@@ -126,7 +126,8 @@ internal sealed partial class RedisGrantStore
         /// ARGV[11..15] request digests: method, path, query, headers, body,
         /// ARGV[16] reasons that revoke, space-separated, ARGV[17] trace id, ARGV[18] span id,
         /// ARGV[19] "1" for a dry run, ARGV[20] the list length up to which a denied event is kept (GrantRules.MaxEvents),
-        /// ARGV[21] the call's tag, echoed as the reply's last element (the caller checks that the reply is its own).
+        /// ARGV[21] the call's tag, echoed as the reply's last element (the caller checks that the reply is its own),
+        /// ARGV[22] the approvers the policy in force asks for, ARGV[23] the approval AAL it asks for.
         /// Returns {reason, tag} when the grant does not exist (or cannot be read), else {reason, status, usesRemaining,
         /// mismatch (space-separated), revoked (0|1), firstUse JSON|nil, approvers JSON|nil, approvalAal, subject|nil,
         /// workload|nil, requestHash|nil, tag}.
@@ -189,19 +190,22 @@ internal sealed partial class RedisGrantStore
               return false
             end
 
+            -- A record this version cannot read (an unknown status, a count or time that is not a number, a binding it
+            -- has no name for, which a newer version may have added during a rolling upgrade) is never used, and nothing
+            -- is written to it: checking the bindings it knows and ignoring the rest would let the grant through where the
+            -- version that wrote it would refuse.
+            if (g.status ~= '{{StatusActive}}' and g.status ~= '{{StatusConsumed}}' and g.status ~= '{{StatusPending}}'
+                and g.status ~= '{{StatusRevoked}}') or not tonumber(g.expiresAt) or not tonumber(g.uses)
+                or (g.notBefore and not tonumber(g.notBefore))
+                or (g.bound and (not tonumber(g.bound) or bit.band(tonumber(g.bound), bit.bnot({{BindingNames.KnownText}})) ~= 0)) then
+              return {'{{ReasonCodes.GrantUnreadable}}', ARGV[21]}
+            end
+
             local now = now_us()
             -- A binding is checked when the policy demands it or when the issuer put it on the grant anyway.
             local check = bit.bor(tonumber(ARGV[2]), tonumber(g.bound or '0'))
             local function differs(flag, bound, value)
               return bit.band(check, flag) ~= 0 and (bound == nil or bound ~= value)
-            end
-
-            -- A record this version cannot read (an unknown status, a count or time that is not a number) is never
-            -- used, and nothing is written to it.
-            if (g.status ~= '{{StatusActive}}' and g.status ~= '{{StatusConsumed}}' and g.status ~= '{{StatusPending}}'
-                and g.status ~= '{{StatusRevoked}}') or not tonumber(g.expiresAt) or not tonumber(g.uses)
-                or (g.notBefore and not tonumber(g.notBefore)) then
-              return {'{{ReasonCodes.GrantUnreadable}}', ARGV[21]}
             end
 
             local reason
@@ -246,6 +250,11 @@ internal sealed partial class RedisGrantStore
               -- After every binding (GrantRules.SelfApproved): no subject on the grant, so the API could not keep its
               -- approvers from using it.
               reason = '{{ReasonCodes.SelfApproval}}'
+            elseif tonumber(g.approvalAal or '0') < tonumber(ARGV[23])
+                or (tonumber(ARGV[22]) > 1 and (not g.approvers or #cjson.decode(g.approvers) < tonumber(ARGV[22]))) then
+              -- GrantRules.ShortOfApprovals: the quorum and the approvers' AAL of the policy in force. The list is decoded only
+              -- for a quorum above one (an active grant always has an approver).
+              reason = '{{ReasonCodes.GrantPending}}'
             elseif tonumber(g.uses) <= 0 then
               reason = '{{ReasonCodes.Replayed}}'
             else

@@ -114,13 +114,17 @@ public sealed class RedisGatewayTests : IAsyncLifetime
 
     /// <summary>
     /// A status this gateway does not know (an operator's hand-written "suspended" during an incident, a newer version's
-    /// write during a rolling upgrade) or a count that is not a number: the grant is never used, nothing is written to
+    /// write during a rolling upgrade), a binding it has no name for (the same) or a count that is not a number: the grant is never used, nothing is written to
     /// it, and both the proxy and the API say so in problem+json instead of forwarding or failing with a bare 500.
     /// </summary>
     [Theory]
     [InlineData("status", "suspended")]
     [InlineData("uses", "abc")]
     [InlineData("expiresAt", "")]
+    // A binding a newer version added (a bit this version has no name for) on a token + workload + request grant: this
+    // version cannot check it, so it must not use the grant as if the binding were not there.
+    [InlineData("bound", "108")]
+    [InlineData("bound", "abc")]
     public async Task GrantRecordTheGatewayCannotRead_NeverUsedNothingWritten_ProxyAndApiSaySo(string field, string value)
     {
         await using var gateway = await GatewayHarness.StartAsync(redis: Connection);

@@ -400,6 +400,26 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         Assert.Equal(ReasonCodes.Ok, (await Store.ConsumeAsync(Matching(grant) with { Origin = IPAddress.Parse("2001:db8::42") }, default)).Reason);
     }
 
+    /// <summary>
+    /// A grant made active under a weaker approval rule than the one the request's policy now holds (another replica's
+    /// configuration, an earlier generation): pending by that rule, nothing spent; the rule it does meet lets it through.
+    /// </summary>
+    [Theory]
+    [InlineData(2, 0)]
+    [InlineData(1, 3)]
+    public async Task ConsumeAsync_ApprovalsShortOfThePolicyInForce_GrantPendingNothingSpent(int approvals, int approvalAal)
+    {
+        var grant = NewGrant() with { Approvers = ["bob"], ApprovalAal = 2 };
+        await CreateAsync(grant);
+
+        var refused = await Store.ConsumeAsync(Matching(grant) with { MinimumApprovals = approvals, MinimumApprovalAal = approvalAal }, default);
+        var allowed = await Store.ConsumeAsync(Matching(grant) with { MinimumApprovals = 1, MinimumApprovalAal = 2 }, default);
+
+        Assert.Equal(ReasonCodes.GrantPending, refused.Reason);
+        Assert.Equal(GrantStatus.Active, refused.Status);
+        Assert.Equal(ReasonCodes.Ok, allowed.Reason);
+    }
+
     [Fact]
     public async Task ConsumeAsync_NoOriginPresented_OriginMismatch()
     {
