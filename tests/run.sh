@@ -8,6 +8,7 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v yamllint >/dev/null 2>&1 || need_apt+=(yamllint)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)  # the canonical hash's independent reference (tests/Conformance)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests need: ${need_apt[*]} (install them with apt-get as root)" >&2
