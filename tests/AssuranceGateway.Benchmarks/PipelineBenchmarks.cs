@@ -99,7 +99,7 @@ public class PipelineBenchmarks
         {
             GrantId = _grantId, Route = "bound", Required = Bindings.Token | Bindings.Workload | Bindings.Request,
             Subject = token.Subject, TokenHash = token.TokenHash, Workload = "spiffe://bench/w", Origin = IPAddress.Loopback,
-            RequestHash = hash.Hash, Digests = hash.Digests,
+            RequestHash = hash.Hash, Components = hash.Components,
         }, default);
     }
 }

@@ -151,6 +151,16 @@ switch (mode)
     }
 
     default:
-        BenchmarkSwitcher.FromAssembly(typeof(PipelineBenchmarks).Assembly).Run(args.Length > 0 && args[0] == "micro" ? args[1..] : args);
+    {
+        // In process: BenchmarkDotNet's default toolchain builds this project again under a generated assembly name, which
+        // the gateway's InternalsVisibleTo cannot name (the shared test helpers compiled in here use its internals).
+        var benchmarkArgs = args.Length > 0 && args[0] == "micro" ? args[1..] : args;
+        if (!benchmarkArgs.Contains("--inProcess", StringComparer.OrdinalIgnoreCase))
+        {
+            benchmarkArgs = [.. benchmarkArgs, "--inProcess"];
+        }
+
+        BenchmarkSwitcher.FromAssembly(typeof(PipelineBenchmarks).Assembly).Run(benchmarkArgs);
         return 0;
+    }
 }
