@@ -193,7 +193,7 @@ internal static class GrantEndpoints
 
         if (grant.Status != GrantStatus.Pending)
         {
-            await ApiProblems.WriteAsync(context, ReasonCodes.Conflict, $"only a pending grant can be denied (this one is {grant.Status.ToString().ToLowerInvariant()}); revoking takes the revoke scope").ConfigureAwait(false);
+            await ApiProblems.WriteAsync(context, ReasonCodes.Conflict, $"only a pending grant can be denied (this one is {GrantStatusNames.Of(grant.Status)}); revoking takes the revoke scope").ConfigureAwait(false);
             return;
         }
 
@@ -268,7 +268,7 @@ internal static class GrantEndpoints
         if (result.Outcome == GrantChange.Conflict)
         {
             // The store refuses a pending grant only once it has expired (its stored status stays pending).
-            var state = result.Status == GrantStatus.Pending ? "expired" : result.Status?.ToString().ToLowerInvariant();
+            var state = result.Status == GrantStatus.Pending ? "expired" : (result.Status is { } status ? GrantStatusNames.Of(status) : null);
             await ApiProblems.WriteAsync(context, ReasonCodes.Conflict,
                 $"only a pending, unexpired grant can be approved (this one is {state})").ConfigureAwait(false);
             return;

@@ -34,7 +34,7 @@ internal static class EvidenceRecorder
             activity.SetTag(Conventions.Policy, decision.Policy.Name);
             activity.SetTag(Conventions.Mode, decision.Shadow ? "shadow" : "enforce");
             SetIfPresent(activity, Conventions.GrantId, decision.EvidenceGrantId);
-            SetIfPresent(activity, Conventions.GrantStatus, decision.GrantStatus?.ToString().ToLowerInvariant());
+            SetIfPresent(activity, Conventions.GrantStatus, decision.GrantStatus is { } status ? Grants.GrantStatusNames.Of(status) : null);
             if (decision.Approvers.Count > 0)
             {
                 activity.SetTag(Conventions.GrantApprover, string.Join(',', decision.Approvers));

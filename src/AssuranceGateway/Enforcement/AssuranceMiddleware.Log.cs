@@ -30,7 +30,7 @@ public sealed partial class AssuranceMiddleware
 
             var first = decision.ReplayedFirstUse;
             Denied(logger, decision.Reason, decision.Route, decision.Policy.Name, EvidenceRecorder.ModeName(decision.Policy.Mode),
-                decision.EvidenceGrantId, decision.GrantStatus?.ToString().ToLowerInvariant(), decision.UsesRemaining,
+                decision.EvidenceGrantId, decision.GrantStatus is { } status ? Grants.GrantStatusNames.Of(status) : null, decision.UsesRemaining,
                 Safe(decision.Approvers.Count > 0 ? string.Join(',', decision.Approvers) : null), decision.ApprovalAal,
                 Safe(decision.Subject), Safe(decision.Session), decision.Aal, Safe(decision.WorkloadId), decision.WorkloadSource, decision.Origin,
                 decision.RequestHash, decision.TokenHash, decision.Mismatch.Count > 0 ? string.Join(',', decision.Mismatch) : null,

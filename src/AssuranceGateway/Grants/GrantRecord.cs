@@ -10,6 +10,24 @@ public enum GrantStatus
     Revoked,
 }
 
+/// <summary>How a status is written: in the store, the API, the evidence and the log (without a string per call).</summary>
+public static class GrantStatusNames
+{
+    public const string Pending = "pending";
+    public const string Active = "active";
+    public const string Consumed = "consumed";
+    public const string Revoked = "revoked";
+
+    public static string Of(GrantStatus status) => status switch
+    {
+        GrantStatus.Pending => Pending,
+        GrantStatus.Active => Active,
+        GrantStatus.Consumed => Consumed,
+        GrantStatus.Revoked => Revoked,
+        _ => throw new ArgumentOutOfRangeException(nameof(status), status, null),
+    };
+}
+
 /// <summary>Digests of each canonical component, kept so that a request mismatch can name what differs.</summary>
 public sealed record RequestDigests(string Method, string Path, string Query, string Headers, string Body)
 {

@@ -330,14 +330,7 @@ internal sealed partial class RedisGrantStore
         };
     }
 
-    internal static string StatusName(GrantStatus status) => status switch
-    {
-        GrantStatus.Pending => StatusPending,
-        GrantStatus.Active => StatusActive,
-        GrantStatus.Consumed => StatusConsumed,
-        GrantStatus.Revoked => StatusRevoked,
-        _ => throw new ArgumentOutOfRangeException(nameof(status), status, null),
-    };
+    internal static string StatusName(GrantStatus status) => GrantStatusNames.Of(status);
 
     internal static GrantStatus ParseStatus(string? status) => status switch
     {

@@ -19,10 +19,10 @@ namespace AssuranceGateway.Grants;
 // cannot drift apart in spelling.
 internal sealed partial class RedisGrantStore
 {
-    internal const string StatusPending = "pending";
-    internal const string StatusActive = "active";
-    internal const string StatusConsumed = "consumed";
-    internal const string StatusRevoked = "revoked";
+    internal const string StatusPending = GrantStatusNames.Pending;
+    internal const string StatusActive = GrantStatusNames.Active;
+    internal const string StatusConsumed = GrantStatusNames.Consumed;
+    internal const string StatusRevoked = GrantStatusNames.Revoked;
 
     /// <summary>Flags of <c>ConsumeRequest</c> values that are present (not null), passed as one number.</summary>
     [Flags]
