@@ -178,13 +178,38 @@ internal sealed partial class RedisGrantStore
               return false
             end
 
+            -- The approvers, decoded when a check reads them. A list that is not a JSON array of strings (a hand edit)
+            -- makes the record unreadable (decided after the checks, before anything is written), never a script error
+            -- (a 503 with an unknown outcome) nor a count of something else (a string's length).
+            local unreadable = false
+            local approver_list
+            local function approvers_of()
+              if approver_list == nil then
+                approver_list = {}
+                local ok, list = pcall(cjson.decode, g.approvers)
+                local count = 0
+                if ok and type(list) == 'table' then
+                  for _, approver in pairs(list) do
+                    if type(approver) ~= 'string' then ok = false end
+                    count = count + 1
+                  end
+                end
+                if ok and type(list) == 'table' and count == #list then
+                  approver_list = list
+                else
+                  unreadable = true
+                end
+              end
+              return approver_list
+            end
+
             local function approved_by(approvers, subject)
               -- A subject of letters, digits and . _ @ : - is written verbatim by both encoders that write this list
               -- (System.Text.Json, cjson): not found as a quoted string, it is no approver, and the list is not decoded.
               if not string.find(subject, '[^%w%._@:%-]') and not string.find(approvers, '"' .. subject .. '"', 1, true) then
                 return false
               end
-              for _, approver in ipairs(cjson.decode(approvers)) do
+              for _, approver in ipairs(approvers_of()) do
                 if approver == subject then return true end
               end
               return false
@@ -196,7 +221,7 @@ internal sealed partial class RedisGrantStore
             -- version that wrote it would refuse.
             if (g.status ~= '{{StatusActive}}' and g.status ~= '{{StatusConsumed}}' and g.status ~= '{{StatusPending}}'
                 and g.status ~= '{{StatusRevoked}}') or not tonumber(g.expiresAt) or not tonumber(g.uses)
-                or (g.notBefore and not tonumber(g.notBefore))
+                or (g.notBefore and not tonumber(g.notBefore)) or (g.approvalAal and not tonumber(g.approvalAal))
                 or (g.bound and (not tonumber(g.bound) or bit.band(tonumber(g.bound), bit.bnot({{BindingNames.KnownText}})) ~= 0)) then
               return {'{{ReasonCodes.GrantUnreadable}}', ARGV[21]}
             end
@@ -251,7 +276,7 @@ internal sealed partial class RedisGrantStore
               -- approvers from using it.
               reason = '{{ReasonCodes.SelfApproval}}'
             elseif tonumber(g.approvalAal or '0') < tonumber(ARGV[23])
-                or (tonumber(ARGV[22]) > 1 and (not g.approvers or #cjson.decode(g.approvers) < tonumber(ARGV[22]))) then
+                or (tonumber(ARGV[22]) > 1 and (not g.approvers or #approvers_of() < tonumber(ARGV[22]))) then
               -- GrantRules.ShortOfApprovals: the quorum and the approvers' AAL of the policy in force. The list is decoded only
               -- for a quorum above one (an active grant always has an approver).
               reason = '{{ReasonCodes.GrantPending}}'
@@ -259,6 +284,10 @@ internal sealed partial class RedisGrantStore
               reason = '{{ReasonCodes.Replayed}}'
             else
               reason = '{{ReasonCodes.Ok}}'
+            end
+
+            if unreadable then
+              return {'{{ReasonCodes.GrantUnreadable}}', ARGV[21]}
             end
 
             local revoke = false

@@ -125,6 +125,42 @@ public sealed class RedisGrantStoreTests(RedisServer redis) : GrantStoreConforma
         }
     }
 
+    /// <summary>
+    /// A hand-edited (or damaged) approvers list or approval AAL, read by the consume's approval checks: the grant is
+    /// unreadable and never used, and nothing is written. A Lua error instead was a 503 with an unknown outcome queued
+    /// for the grant; a JSON string where the list should be passed a quorum of two on its length in characters.
+    /// </summary>
+    [Theory]
+    [InlineData("approvers", "not json", 2, 0, "alice")]
+    [InlineData("approvers", "\"mallory-and-friends\"", 2, 0, "alice")]
+    [InlineData("approvers", "7", 2, 0, "alice")]
+    [InlineData("approvalAal", "abc", 1, 2, "alice")]
+    // No subject on the grant: the self-approval check reads the list for the caller's subject.
+    [InlineData("approvers", "[\"mallory\"", 1, 0, null)]
+    public async Task ConsumeAsync_ApprovalFieldsTheGatewayCannotRead_GrantUnreadableNothingWritten(
+        string field, string value, int minimumApprovals, int minimumApprovalAal, string? subject)
+    {
+        var grant = NewGrant() with { Subject = subject, Approvers = ["bob", "carol"], ApprovalAal = 2 };
+        await CreateAsync(grant);
+        var keys = new GrantKeys(_prefix);
+        var key = (string)keys.Grant(grant.Id)!;
+        var events = (string)keys.Events(grant.Id)!;
+        await redis.ExecuteAsync("HSET", key, field, value);
+        var request = Matching(grant) with
+        {
+            Subject = subject ?? "mallory", MinimumApprovals = minimumApprovals, MinimumApprovalAal = minimumApprovalAal,
+            Required = subject is null ? AllBindings & ~Bindings.Subject : AllBindings,
+        };
+        var before = await redis.ExecuteAsync("HGETALL", key);
+        var eventsBefore = await redis.ExecuteAsync("LRANGE", events, "0", "-1");
+
+        var result = await Store.ConsumeAsync(request, default);
+
+        Assert.Equal(ReasonCodes.GrantUnreadable, result.Reason);
+        Assert.Equal(before, await redis.ExecuteAsync("HGETALL", key));
+        Assert.Equal(eventsBefore, await redis.ExecuteAsync("LRANGE", events, "0", "-1"));
+    }
+
     [Fact]
     public async Task ConsumeAsync_Standalone_SentOnTheDedicatedConsumeConnection()
     {
