@@ -83,15 +83,16 @@ internal static class GrantEndpoints
             return;
         }
 
-        if (outcome != GrantChange.Done)
+        if (outcome.Outcome != GrantChange.Done)
         {
             await ApiProblems.WriteAsync(context, ReasonCodes.Conflict, "a grant with this id exists").ConfigureAwait(false);
             return;
         }
 
+        // The expiry the store set by its own clock (this gateway's may be off), as GET and every use see it.
         context.Response.StatusCode = StatusCodes.Status201Created;
         context.Response.Headers.Location = $"{Base}/{grant.Id}";
-        await WriteJsonAsync(context, new CreateGrantResponse(grant.Id, grant.RequestHash, grant.Status, grant.ExpiresAt, grant.UsesRemaining)).ConfigureAwait(false);
+        await WriteJsonAsync(context, new CreateGrantResponse(grant.Id, grant.RequestHash, grant.Status, outcome.ExpiresAt, grant.UsesRemaining)).ConfigureAwait(false);
     }
 
     private static async Task GetAsync(HttpContext context, string id)

@@ -170,8 +170,8 @@ internal static class GrantRequestValidator
             return Invalid("reason: at most 1024 characters");
         }
 
-        // A window that opens later lasts ttlSeconds from its opening (break-glass for a planned change).
-        var opens = body.NotBefore is { } start && start > now ? start : now;
+        // The window is set by the store's clock, not this gateway's (GrantRecord.Ttl): it opens at the later of the store's
+        // now and notBefore (break-glass for a planned change), and lasts ttlSeconds from then, never more than MaxTtl.
         var active = policy.Approvals <= 1;
         return new GrantDraft(new GrantRecord
         {
@@ -192,7 +192,7 @@ internal static class GrantRequestValidator
             MaxUses = maxUses,
             UsesRemaining = maxUses,
             CreatedAt = now,
-            ExpiresAt = opens + ttl,
+            Ttl = ttl,
             NotBefore = body.NotBefore,
             Reason = body.Reason,
             CreatedBy = caller.Subject,

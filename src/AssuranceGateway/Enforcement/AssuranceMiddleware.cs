@@ -568,7 +568,6 @@ public sealed partial class AssuranceMiddleware
             return;
         }
 
-        var now = _time.GetUtcNow();
         var (path, query) = RawTarget(context);
         var grant = new GrantRecord
         {
@@ -588,7 +587,8 @@ public sealed partial class AssuranceMiddleware
             Query = query.Length > 0 ? query : null,
             MaxUses = 1,
             UsesRemaining = 1,
-            ExpiresAt = now + policy.PendingTtl,
+            // Counted from the store's clock, as every grant's window (GrantRecord.Ttl).
+            Ttl = policy.PendingTtl,
             ApprovalsRequired = policy.Approvals,
             // The subject always, and the workload whenever one is recorded: the approver is shown both as part of the action.
             Bound = policy.Bind | Bindings.Subject | (workload is not null ? Bindings.Workload : Bindings.None),
@@ -605,7 +605,8 @@ public sealed partial class AssuranceMiddleware
         GrantChange outcome;
         try
         {
-            outcome = await _store.CreateAsync(grant, created, policy.MaxPendingPerSubject, context.RequestAborted).ConfigureAwait(false);
+            var result = await _store.CreateAsync(grant, created, policy.MaxPendingPerSubject, context.RequestAborted).ConfigureAwait(false);
+            outcome = result.Outcome;
         }
         finally
         {

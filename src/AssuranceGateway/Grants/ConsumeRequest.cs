@@ -102,4 +102,7 @@ public enum GrantChange
     TooMany,
 }
 
+/// <summary>What <see cref="IGrantStore.CreateAsync"/> did, and (when <see cref="GrantChange.Done"/>) the expiry the store set.</summary>
+public sealed record GrantCreated(GrantChange Outcome, DateTimeOffset ExpiresAt);
+
 public sealed record ApproveResult(GrantChange Outcome, GrantStatus? Status, int ApprovalsRemaining);

@@ -104,6 +104,14 @@ public sealed record GrantRecord
     public int UsesRemaining { get; init; } = 1;
     public DateTimeOffset CreatedAt { get; init; }
     public DateTimeOffset ExpiresAt { get; init; }
+
+    /// <summary>
+    /// For a new grant: its window, set by the store's clock when it is created (SPEC §2 judges expiry by the store's
+    /// clock, so every gateway's clock may be off): <see cref="ExpiresAt"/> becomes the later of the store's now and
+    /// <see cref="NotBefore"/>, plus this. When given, it wins over <see cref="ExpiresAt"/>. Never stored (null as read).
+    /// </summary>
+    public TimeSpan? Ttl { get; init; }
+
     public DateTimeOffset? NotBefore { get; init; }
     public string? Reason { get; init; }
     public string? CreatedBy { get; init; }

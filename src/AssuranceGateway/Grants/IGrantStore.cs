@@ -9,9 +9,13 @@ public interface IGrantStore
     /// <summary>Name for logs and readiness (e.g. "redis 127.0.0.1:6379", "in-process").</summary>
     string Description { get; }
 
-    /// <summary>Stores a new grant with its <c>created</c> event (and <c>approved</c> for its creator when given).</summary>
+    /// <summary>
+    /// Stores a new grant with its <c>created</c> event (and <c>approved</c> for its creator when given). A grant with a
+    /// <see cref="GrantRecord.Ttl"/> gets its expiry from the store's clock, in the same operation: the later of now and
+    /// its notBefore, plus the ttl. The expiry stored is returned, for the caller to show.
+    /// </summary>
     /// <param name="maxPendingPerSubject">For a pending grant: refuse (<see cref="GrantChange.TooMany"/>) beyond this many for its subject.</param>
-    Task<GrantChange> CreateAsync(GrantRecord grant, GrantEvent created, int maxPendingPerSubject, CancellationToken cancellationToken);
+    Task<GrantCreated> CreateAsync(GrantRecord grant, GrantEvent created, int maxPendingPerSubject, CancellationToken cancellationToken);
 
     /// <summary>SPEC §2 step 6: every check in order, and the use consumed, in one operation.</summary>
     Task<ConsumeResult> ConsumeAsync(ConsumeRequest request, CancellationToken cancellationToken);

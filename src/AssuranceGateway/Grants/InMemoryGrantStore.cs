@@ -19,7 +19,7 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
 
     public string Description => "in-process (single instance only)";
 
-    public Task<GrantChange> CreateAsync(GrantRecord grant, GrantEvent created, int maxPendingPerSubject, CancellationToken cancellationToken)
+    public Task<GrantCreated> CreateAsync(GrantRecord grant, GrantEvent created, int maxPendingPerSubject, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
@@ -27,8 +27,10 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
             Sweep(now);
             if (_grants.ContainsKey(grant.Id))
             {
-                return Task.FromResult(GrantChange.Conflict);
+                return Task.FromResult(new GrantCreated(GrantChange.Conflict, default));
             }
+
+            var expiresAt = grant.Ttl is { } ttl ? (grant.NotBefore is { } opens && opens > now ? opens : now) + ttl : grant.ExpiresAt;
 
             if (grant.Status == GrantStatus.Pending && grant.Subject is not null)
             {
@@ -41,7 +43,7 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
                 pending.RemoveAll(id => !StillPending(id, now));
                 if (pending.Count >= maxPendingPerSubject)
                 {
-                    return Task.FromResult(GrantChange.TooMany);
+                    return Task.FromResult(new GrantCreated(GrantChange.TooMany, default));
                 }
 
                 pending.Add(grant.Id);
@@ -56,8 +58,8 @@ internal sealed class InMemoryGrantStore(TimeProvider time, TimeSpan retention) 
                 });
             }
 
-            _grants[grant.Id] = grant with { CreatedAt = now, Events = events };
-            return Task.FromResult(GrantChange.Done);
+            _grants[grant.Id] = grant with { CreatedAt = now, ExpiresAt = expiresAt, Ttl = null, Events = events };
+            return Task.FromResult(new GrantCreated(GrantChange.Done, expiresAt));
         }
     }
 

@@ -332,11 +332,10 @@ internal sealed partial class RedisGrantStore
     }
 
     /// <summary>
-    /// Compares Redis's clock with this gateway's (<c>server_time_usec</c> of the eviction check's INFO). Two clocks
-    /// judge a grant's window: this gateway's sets it at creation (expiresAt = max(now, notBefore) + ttl, also what
-    /// <c>MaxTtl</c> bounds) and judges tokens, Redis's decides it at every use (the scripts read TIME, so that all
-    /// gateways sharing the store agree). A gateway whose clock is ahead of Redis's by X gives each grant X more than its
-    /// ttl by the store's clock; behind by more than a ttl, it creates grants already expired. Said once when the offset
+    /// Compares Redis's clock with this gateway's (<c>server_time_usec</c> of the eviction check's INFO). A grant's window
+    /// is Redis's alone: the create script sets it (expiresAt = max(TIME, notBefore) + ttl, what <c>MaxTtl</c> bounds)
+    /// and every use judges it (the scripts read TIME, so that all gateways sharing the store agree). This gateway's clock
+    /// still judges tokens and stamps signed evidence, which an offset moves by as much. Said once when the offset
     /// goes beyond <see cref="ClockOffsetWarning"/> (plus half the round trip, which is how far the reading can be off),
     /// and once when it is back within.
     /// </summary>

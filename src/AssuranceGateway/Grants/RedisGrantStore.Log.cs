@@ -76,7 +76,7 @@ internal sealed partial class RedisGrantStore
         [LoggerMessage(3121, LogLevel.Debug, "Grant store {Store}: reading INFO failed; the eviction and clock checks run again on the next round")]
         public static partial void EvictionCheckFailed(ILogger logger, string store, Exception exception);
 
-        [LoggerMessage(3122, LogLevel.Warning, "Grant store {Store}: Redis's clock is {Seconds} s {Direction} this gateway's. Grants get their window (ttl, notBefore, MaxTtl) from this gateway's clock and are judged by Redis's at every use, so each lasts that much longer or shorter; synchronise the clocks (NTP)")]
+        [LoggerMessage(3122, LogLevel.Warning, "Grant store {Store}: Redis's clock is {Seconds} s {Direction} this gateway's. Grant windows are set and judged by Redis's clock, but this gateway's judges tokens (exp, nbf, iat within ClockSkew) and stamps signed evidence, so callers may be refused or admitted that much early or late; synchronise the clocks (NTP)")]
         public static partial void ClockOffset(ILogger logger, string store, double seconds, string direction);
 
         [LoggerMessage(3123, LogLevel.Information, "Grant store {Store}: Redis's clock agrees with this gateway's again")]

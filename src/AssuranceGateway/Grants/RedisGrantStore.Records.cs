@@ -11,14 +11,17 @@ namespace AssuranceGateway.Grants;
 // read (g.status, g.expiresAt, ...): keep both sides in step; the store conformance tests hold them together.
 internal sealed partial class RedisGrantStore
 {
-    private static RedisValue[] CreateArguments(GrantRecord grant, GrantEvent created, long keyExpiresAtMs)
+    private static RedisValue[] CreateArguments(GrantRecord grant, GrantEvent created, long retentionMs)
     {
         var approved = grant.Approvers.Count > 0
             ? EventJson(new GrantEvent { Type = GrantEvent.Approved, TraceId = created.TraceId, SpanId = created.SpanId, Origin = created.Origin, Actor = grant.Approvers[0] }, includeAt: false)
             : string.Empty;
         var args = new List<RedisValue>(64)
         {
-            keyExpiresAtMs,
+            ToMicros(grant.ExpiresAt),
+            grant.Ttl is { } ttl ? (RedisValue)(ttl.Ticks / TimeSpan.TicksPerMicrosecond) : RedisValue.EmptyString,
+            grant.NotBefore is { } opens ? (RedisValue)ToMicros(opens) : RedisValue.EmptyString,
+            retentionMs,
             EventJson(created, includeAt: false),
             approved,
         };
@@ -74,7 +77,6 @@ internal sealed partial class RedisGrantStore
         AddOptional("query", grant.Query);
         Add("maxUses", grant.MaxUses);
         Add("uses", grant.UsesRemaining);
-        Add("expiresAt", ToMicros(grant.ExpiresAt));
         if (grant.NotBefore is { } notBefore)
         {
             Add("notBefore", ToMicros(notBefore));

@@ -92,25 +92,35 @@ internal sealed partial class RedisGrantStore
         /// <summary>
         /// Creates a grant with its <c>created</c> event (and the creator's <c>approved</c> event).
         /// KEYS[1] grant hash, KEYS[2] event list.
-        /// ARGV[1] key expiry (Unix ms: expiresAt + evidence retention), ARGV[2] created event JSON (no "at"),
-        /// ARGV[3] approved event JSON (no "at") or "" when the grant has no approver, ARGV[4..] field, value, ...
-        /// Returns {"conflict"} or {"done", createdAt}.
+        /// ARGV[1] expiresAt, used when ARGV[2] is "", ARGV[2] ttl (microseconds) or "": with a ttl, expiresAt is the later
+        /// of the store's now and ARGV[3] (notBefore, or ""), plus the ttl, so that no gateway's clock sets a window,
+        /// ARGV[4] evidence retention (ms: the keys expire that long after the grant), ARGV[5] created event JSON (no "at"),
+        /// ARGV[6] approved event JSON (no "at") or "" when the grant has no approver, ARGV[7..] field, value, ...
+        /// Returns {"conflict"} or {"done", createdAt, expiresAt}.
         /// </summary>
         private const string CreateText = Common + """
             if redis.call('EXISTS', KEYS[1]) == 1 then
               return {'conflict'}
             end
             local now = now_us()
-            redis.call('HSET', KEYS[1], 'createdAt', fmt(now), unpack(ARGV, 4))
-            redis.call('DEL', KEYS[2])
-            redis.call('RPUSH', KEYS[2], stamp(ARGV[2], now))
-            if ARGV[3] ~= '' then
-              redis.call('RPUSH', KEYS[2], stamp(ARGV[3], now))
+            local expires = tonumber(ARGV[1])
+            if ARGV[2] ~= '' then
+              local opens = now
+              if ARGV[3] ~= '' and tonumber(ARGV[3]) > now then opens = tonumber(ARGV[3]) end
+              expires = opens + tonumber(ARGV[2])
             end
-            -- Evidence outlives the grant by the retention period, then both keys go together.
-            redis.call('PEXPIREAT', KEYS[1], ARGV[1])
-            redis.call('PEXPIREAT', KEYS[2], ARGV[1])
-            return {'done', fmt(now)}
+            redis.call('HSET', KEYS[1], 'createdAt', fmt(now), 'expiresAt', fmt(expires), unpack(ARGV, 7))
+            redis.call('DEL', KEYS[2])
+            redis.call('RPUSH', KEYS[2], stamp(ARGV[5], now))
+            if ARGV[6] ~= '' then
+              redis.call('RPUSH', KEYS[2], stamp(ARGV[6], now))
+            end
+            -- Evidence outlives the grant by the retention period, then both keys go together. Rounded up to the millisecond
+            -- (PEXPIREAT's unit), so that with no retention the keys never go before the grant does.
+            local keyExpiry = fmt(math.floor((expires + 999) / 1000) + tonumber(ARGV[4]))
+            redis.call('PEXPIREAT', KEYS[1], keyExpiry)
+            redis.call('PEXPIREAT', KEYS[2], keyExpiry)
+            return {'done', fmt(now), fmt(expires)}
             """;
 
         /// <summary>

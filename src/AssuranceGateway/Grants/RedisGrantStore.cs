@@ -170,36 +170,39 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
     /// <summary>Consumes whose outcome is unknown and not yet recorded on their grant.</summary>
     internal int UnknownOutcomesPending => _unknownOutcomes.Count + Volatile.Read(ref _unknownOutcomeInFlight);
 
-    public async Task<GrantChange> CreateAsync(GrantRecord grant, GrantEvent created, int maxPendingPerSubject, CancellationToken cancellationToken)
+    public async Task<GrantCreated> CreateAsync(GrantRecord grant, GrantEvent created, int maxPendingPerSubject, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(grant);
         ArgumentNullException.ThrowIfNull(created);
         await RefuseWhileEvictingAsync("create", grant.Id, cancellationToken).ConfigureAwait(false);
         var keys = _keys.GrantAndEvents(grant.Id);
         var result = (RedisResult[])await EvaluateAsync(
-            Scripts.Create, keys, CreateArguments(grant, created, KeyExpiresAtMs(grant.ExpiresAt)), "create", grant.Id, cancellationToken).ConfigureAwait(false);
+            Scripts.Create, keys, CreateArguments(grant, created, (long)_settings.EvidenceRetention.TotalMilliseconds), "create", grant.Id, cancellationToken)
+            .ConfigureAwait(false);
         if ((string)result[0] == "conflict")
         {
-            return GrantChange.Conflict;
+            return new GrantCreated(GrantChange.Conflict, default);
         }
 
+        // The expiry the script set (by Redis's clock when the grant has a ttl): what the pending index and the API show.
+        var expiresAt = (long)result[2];
+        var done = new GrantCreated(GrantChange.Done, FromMicros(expiresAt));
         if (grant.Status != GrantStatus.Pending)
         {
-            return GrantChange.Done;
+            return done;
         }
 
-        var expiresAt = ToMicros(grant.ExpiresAt);
         if (grant.Subject is not null && !await ReservePendingAsync(grant.Id, grant.Subject, expiresAt, maxPendingPerSubject, cancellationToken).ConfigureAwait(false))
         {
             // Nobody has seen this id yet: taking the grant back leaves the store as if it had never been created.
             await EvaluateAsync(Scripts.Delete, keys, [], "create", grant.Id, cancellationToken).ConfigureAwait(false);
-            return GrantChange.TooMany;
+            return new GrantCreated(GrantChange.TooMany, default);
         }
 
         await EvaluateAsync(
             Scripts.IndexPending, [_keys.PendingByCreation, _keys.PendingByExpiry], [grant.Id, (long)result[1], expiresAt], "create", grant.Id, cancellationToken)
             .ConfigureAwait(false);
-        return GrantChange.Done;
+        return done;
     }
 
     public async Task<ConsumeResult> ConsumeAsync(ConsumeRequest request, CancellationToken cancellationToken)
@@ -703,13 +706,6 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
 
         _stopping.Dispose();
     }
-
-    /// <summary>
-    /// Evidence outlives the grant by the retention period: the keys expire at expiresAt + retention. Rounded up to the
-    /// millisecond (PEXPIREAT's unit), so that with no retention the keys never go before the grant does.
-    /// </summary>
-    private long KeyExpiresAtMs(DateTimeOffset expiresAt) =>
-        ((ToMicros(expiresAt) + 999) / 1000) + (long)_settings.EvidenceRetention.TotalMilliseconds;
 
     /// <summary>Takes one of the subject's pending slots; false when the subject already has the maximum.</summary>
     private async Task<bool> ReservePendingAsync(string id, string subject, long expiresAt, int limit, CancellationToken cancellationToken)

@@ -197,10 +197,11 @@ public sealed class StoreReadinessTests
         Assert.Equal(HttpStatusCode.OK, (await DeployAsync(served, servedToken, id)).Status);
     }
 
-    // Two clocks judge a grant's window: the creating gateway's sets expiresAt, Redis's decides it at each use. A gateway
-    // 30 s ahead gave every grant 30 s more than its ttl by the store's clock, and nothing said so. Now the watchdog's
-    // INFO (server_time_usec) is compared with the gateway's clock: said once with how far and which way, and once when
-    // the clocks agree again (NTP corrected the host). It is a warning, not a refusal: requests are still served.
+    // Two clocks decide: Redis's sets and judges a grant's window (StoreClockTests), the gateway's judges tokens and
+    // stamps evidence. A gateway 30 s ahead of Redis (which once gave every grant 30 s more than its ttl) said nothing.
+    // The watchdog's INFO (server_time_usec) is compared with the gateway's clock: said once with how far and which way,
+    // and once when the clocks agree again (NTP corrected the host). It is a warning, not a refusal: requests are still
+    // served.
     [Fact]
     public async Task GatewayClockApartFromRedis_SaidOnceWithHowFarAndWhichWay_AndWhenCorrected()
     {

@@ -55,7 +55,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         };
         var before = Now;
 
-        Assert.Equal(GrantChange.Done, await Store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await Store.CreateAsync(grant, Created(), 10, default)).Outcome);
         var stored = await Store.GetAsync(grant.Id, default);
 
         Assert.NotNull(stored);
@@ -133,13 +133,61 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         Assert.Equal(GrantEvent.Created, Assert.Single(stored.Events).Type);
     }
 
+    // SPEC §2: the store's clock judges a grant's window, so it sets it too. A grant with a ttl expires at the later of the
+    // store's now and its notBefore, plus the ttl, whatever expiresAt the caller (a gateway with its own clock) gave; the
+    // expiry set is returned and is what the record, the pending index and the API show.
+    [Fact]
+    public async Task CreateAsync_WithTtl_ExpiryFromTheStoreClock_WinsOverExpiresAt()
+    {
+        var ttl = TimeSpan.FromMinutes(2);
+        var anchored = NewGrant() with { ExpiresAt = Now.AddHours(5), Ttl = ttl, NotBefore = null };
+        var opened = NewGrant() with { ExpiresAt = Now.AddHours(5), Ttl = ttl, NotBefore = Now.AddMinutes(-1) };
+        var planned = NewGrant() with { ExpiresAt = Now.AddHours(5), Ttl = ttl, NotBefore = Now.AddHours(1) };
+        var pending = NewGrant() with { Status = GrantStatus.Pending, Approvers = [], ExpiresAt = default, Ttl = ttl, NotBefore = null };
+        var before = Now;
+
+        var results = new List<GrantCreated>();
+        foreach (var grant in new[] { anchored, opened, planned, pending })
+        {
+            results.Add(await Store.CreateAsync(grant, Created(), 10, default));
+        }
+
+        var after = Now;
+        Assert.All(results, r => Assert.Equal(GrantChange.Done, r.Outcome));
+        Assert.InRange(results[0].ExpiresAt, before + ttl, after + ttl + TimeSpan.FromMilliseconds(1));
+        Assert.InRange(results[1].ExpiresAt, before + ttl, after + ttl + TimeSpan.FromMilliseconds(1));
+        Assert.Equal(planned.NotBefore!.Value + ttl, results[2].ExpiresAt);
+        Assert.InRange(results[3].ExpiresAt, before + ttl, after + ttl + TimeSpan.FromMilliseconds(1));
+        string[] ids = [anchored.Id, opened.Id, planned.Id, pending.Id];
+        for (var i = 0; i < ids.Length; i++)
+        {
+            var stored = (await Store.GetAsync(ids[i], default))!;
+            Assert.Equal(results[i].ExpiresAt, stored.ExpiresAt);
+            Assert.Null(stored.Ttl);
+        }
+
+        Assert.Equal(results[3].ExpiresAt, Assert.Single(await Store.ListPendingAsync(100, null, default), g => g.Id == pending.Id).ExpiresAt);
+        Assert.Equal(ReasonCodes.Ok, (await Store.ConsumeAsync(Matching(anchored), default)).Reason);
+    }
+
+    [Fact]
+    public async Task CreateAsync_WithoutTtl_KeepsTheGivenExpiresAt()
+    {
+        var grant = NewGrant() with { ExpiresAt = Now.AddMinutes(7) };
+
+        var result = await Store.CreateAsync(grant, Created(), 10, default);
+
+        Assert.Equal(new GrantCreated(GrantChange.Done, grant.ExpiresAt), result);
+        Assert.Equal(grant.ExpiresAt, (await Store.GetAsync(grant.Id, default))!.ExpiresAt);
+    }
+
     [Fact]
     public async Task CreateAsync_ExistingId_Conflict()
     {
         var grant = NewGrant();
         await CreateAsync(grant);
 
-        Assert.Equal(GrantChange.Conflict, await Store.CreateAsync(grant with { Route = "other" }, Created(), 10, default));
+        Assert.Equal(GrantChange.Conflict, (await Store.CreateAsync(grant with { Route = "other" }, Created(), 10, default)).Outcome);
         Assert.Equal(Route, (await Store.GetAsync(grant.Id, default))!.Route);
     }
 
@@ -1049,14 +1097,14 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         await CreateAsync(first, maxPendingPerSubject: 2);
         await CreateAsync(second, maxPendingPerSubject: 2);
 
-        Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(third, Created(), 2, default));
+        Assert.Equal(GrantChange.TooMany, (await Store.CreateAsync(third, Created(), 2, default)).Outcome);
         Assert.Null(await Store.GetAsync(third.Id, default));
         Assert.DoesNotContain(await Store.ListPendingAsync(100, null, default), g => g.Id == third.Id);
 
         // Another subject, an active grant, a pending grant without subject: not limited by alice's count.
-        Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = "bob-" + NewId() }, Created(), 2, default));
-        Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Subject = subject }, Created(), 2, default));
-        Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = null }, Created(), 0, default));
+        Assert.Equal(GrantChange.Done, (await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = "bob-" + NewId() }, Created(), 2, default)).Outcome);
+        Assert.Equal(GrantChange.Done, (await Store.CreateAsync(NewGrant() with { Subject = subject }, Created(), 2, default)).Outcome);
+        Assert.Equal(GrantChange.Done, (await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = null }, Created(), 0, default)).Outcome);
     }
 
     [Fact]
@@ -1075,10 +1123,10 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         // None of the three counts any more: three new pending grants fit.
         for (var i = 0; i < 3; i++)
         {
-            Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = subject }, Created(), 3, default));
+            Assert.Equal(GrantChange.Done, (await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = subject }, Created(), 3, default)).Outcome);
         }
 
-        Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = subject }, Created(), 3, default));
+        Assert.Equal(GrantChange.TooMany, (await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = subject }, Created(), 3, default)).Outcome);
     }
 
     [Fact]
@@ -1092,7 +1140,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         var result = await Store.ConsumeAsync(Matching(grant) with { RevokeOn = [ReasonCodes.GrantPending] }, default);
 
         Assert.True(result.Revoked);
-        Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = subject }, Created(), 1, default));
+        Assert.Equal(GrantChange.Done, (await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = subject }, Created(), 1, default)).Outcome);
     }
 
     // ---------------------------------------------------------------- events
@@ -1285,7 +1333,7 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
     };
 
     protected async Task CreateAsync(GrantRecord grant, int maxPendingPerSubject = 10) =>
-        Assert.Equal(GrantChange.Done, await Store.CreateAsync(grant, Created(), maxPendingPerSubject, default));
+        Assert.Equal(GrantChange.Done, (await Store.CreateAsync(grant, Created(), maxPendingPerSubject, default)).Outcome);
 
     protected static GrantEvent Created() => new() { Type = GrantEvent.Created, TraceId = "trace-create", Actor = "bob" };
 

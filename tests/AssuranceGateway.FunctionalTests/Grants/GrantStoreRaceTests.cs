@@ -59,7 +59,7 @@ public abstract class GrantStoreRaceTests : IAsyncLifetime
         for (var round = 0; round < 20; round++)
         {
             var grant = Pending(3);
-            Assert.Equal(GrantChange.Done, await Store.CreateAsync(grant, Ev(GrantEvent.Created), 1000, default));
+            Assert.Equal(GrantChange.Done, (await Store.CreateAsync(grant, Ev(GrantEvent.Created), 1000, default)).Outcome);
             var results = await Task.WhenAll(Enumerable.Range(0, 12).Select(i => Task.Run(() =>
                 Store.ApproveAsync(grant.Id, "approver" + i, 2, Ev(GrantEvent.Approved), null, 0, default))));
             var stored = (await Store.GetAsync(grant.Id, default))!;
@@ -149,8 +149,8 @@ public abstract class GrantStoreRaceTests : IAsyncLifetime
             var subject = "subj-" + Guid.NewGuid().ToString("N");
             var results = await Task.WhenAll(Enumerable.Range(0, 20).Select(_ => Task.Run(() =>
                 Store.CreateAsync(Pending(1, subject), Ev(GrantEvent.Created), 3, default))));
-            Assert.Equal(3, results.Count(r => r == GrantChange.Done));
-            Assert.Equal(17, results.Count(r => r == GrantChange.TooMany));
+            Assert.Equal(3, results.Count(r => r.Outcome == GrantChange.Done));
+            Assert.Equal(17, results.Count(r => r.Outcome == GrantChange.TooMany));
         }
     }
 }

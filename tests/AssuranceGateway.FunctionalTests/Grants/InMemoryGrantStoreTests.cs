@@ -52,19 +52,19 @@ public sealed class InMemoryGrantStoreTests : GrantStoreConformanceTests
     {
         for (var i = 0; i < 150_000; i++)
         {
-            Assert.Equal(GrantChange.Done, await Store.CreateAsync(
-                NewGrant() with { Subject = "user-" + (i % 5000) }, Created(), 100, default));
+            Assert.Equal(GrantChange.Done, (await Store.CreateAsync(
+                NewGrant() with { Subject = "user-" + (i % 5000) }, Created(), 100, default)).Outcome);
         }
 
         for (var i = 0; i < 3; i++)
         {
-            Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
+            Assert.Equal(GrantChange.Done, (await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default)).Outcome);
         }
 
         var watch = Stopwatch.StartNew();
         for (var i = 0; i < 500; i++)
         {
-            Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
+            Assert.Equal(GrantChange.TooMany, (await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default)).Outcome);
         }
 
         // Generous (a loaded 2-core machine): a per-subject count does 500 refusals in about a millisecond; scanning the
@@ -81,21 +81,21 @@ public sealed class InMemoryGrantStoreTests : GrantStoreConformanceTests
         var expiring = NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending, ExpiresAt = Now.AddMinutes(1) };
         foreach (var grant in new[] { approved, revoked, expiring })
         {
-            Assert.Equal(GrantChange.Done, await Store.CreateAsync(grant, Created(), 3, default));
+            Assert.Equal(GrantChange.Done, (await Store.CreateAsync(grant, Created(), 3, default)).Outcome);
         }
 
-        Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
+        Assert.Equal(GrantChange.TooMany, (await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default)).Outcome);
 
         await Store.ApproveAsync(approved.Id, "carol", 2, new GrantEvent { Type = GrantEvent.Approved }, null, 1, default);
-        Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
-        Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
+        Assert.Equal(GrantChange.Done, (await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default)).Outcome);
+        Assert.Equal(GrantChange.TooMany, (await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default)).Outcome);
 
         await Store.RevokeAsync(revoked.Id, new GrantEvent { Type = GrantEvent.Revoked }, default);
-        Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
-        Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default));
+        Assert.Equal(GrantChange.Done, (await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default)).Outcome);
+        Assert.Equal(GrantChange.TooMany, (await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending }, Created(), 3, default)).Outcome);
 
         _clock.Advance(TimeSpan.FromMinutes(2));
-        Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending, ExpiresAt = Now.AddMinutes(5) }, Created(), 3, default));
-        Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending, ExpiresAt = Now.AddMinutes(5) }, Created(), 3, default));
+        Assert.Equal(GrantChange.Done, (await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending, ExpiresAt = Now.AddMinutes(5) }, Created(), 3, default)).Outcome);
+        Assert.Equal(GrantChange.TooMany, (await Store.CreateAsync(NewGrant() with { Subject = "mallory", Status = GrantStatus.Pending, ExpiresAt = Now.AddMinutes(5) }, Created(), 3, default)).Outcome);
     }
 }

@@ -23,7 +23,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         await using var redis = await RedisServer.StartAsync();
         using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
         var grant = Grant();
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(grant, Created(), 10, default)).Outcome);
         var request = Matching(grant);
 
         StoreUnavailableException failure;
@@ -96,7 +96,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         using var factory = LoggerFactory.Create(b => b.AddProvider(logs).SetMinimumLevel(LogLevel.Debug));
         var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), factory.CreateLogger<RedisGrantStore>());
         var grant = Grant();
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(grant, Created(), 10, default)).Outcome);
         var request = Matching(grant);
         await redis.PauseAsync();
         try
@@ -127,7 +127,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         var settings = RedisStores.Settings(redis, timeout: Timeout);
         var store = await RedisStores.StartAsync(settings, _log);
         var grant = Grant();
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(grant, Created(), 10, default)).Outcome);
         var request = Matching(grant);
         await redis.PauseAsync();
         try
@@ -212,7 +212,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         await using var redis = await RedisServer.StartAsync();
         using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
         var before = Grant();
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(before, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(before, Created(), 10, default)).Outcome);
 
         await redis.KillAsync();
         Assert.NotNull(await store.NotReadyAsync(default));
@@ -226,7 +226,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         output.WriteLine($"serving again {recovery.TotalMilliseconds:F0} ms after the restart");
         Assert.True(recovery < TimeSpan.FromSeconds(2), $"recovered after {recovery}");
         var after = Grant(); // the restarted server is empty (no persistence in tests)
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(after, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(after, Created(), 10, default)).Outcome);
         Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(after), default)).Reason);
         Assert.Equal(ReasonCodes.Replayed, (await store.ConsumeAsync(Matching(after), default)).Reason);
     }
@@ -248,7 +248,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         output.WriteLine($"serving {ready.TotalMilliseconds:F0} ms after Redis started");
         Assert.True(ready < TimeSpan.FromSeconds(2), $"connected after {ready}");
         var grant = Grant();
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(grant, Created(), 10, default)).Outcome);
         Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(grant), default)).Reason);
     }
 
@@ -274,7 +274,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         output.WriteLine($"serving again {recovery.TotalMilliseconds:F0} ms after the resume");
         Assert.True(recovery < TimeSpan.FromSeconds(2), $"recovered after {recovery}");
         var grant = Grant();
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(grant, Created(), 10, default)).Outcome);
         Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(grant), default)).Reason);
     }
 
@@ -288,7 +288,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         await using var redis = await RedisServer.StartAsync();
         using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
         var grant = Grant();
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(grant, Created(), 10, default)).Outcome);
         Assert.Equal(ReasonCodes.Ok, (await store.ConsumeAsync(Matching(grant) with { TraceId = "the-use" }, default)).Reason);
 
         await redis.PauseAsync();
@@ -322,7 +322,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         await using var redis = await RedisServer.StartAsync();
         using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
         var grant = Grant();
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(grant, Created(), 10, default)).Outcome);
 
         // Someone else with the grant id sends it to another route while Redis stalls (route_mismatch does not revoke).
         var outsider = Matching(grant) with { Route = "other", Subject = "mallory", Workload = "spiffe://prod.example/ns/dev/sa/x" };
@@ -366,7 +366,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         await using var redis = await RedisServer.StartAsync();
         using var store = await RedisStores.StartAsync(RedisStores.Settings(redis, timeout: Timeout), _log);
         var grant = Grant();
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(grant, Created(), 10, default)).Outcome);
         var owner = Matching(grant);
 
         var queued = 0;
@@ -447,7 +447,7 @@ public sealed class RedisGrantStoreResilienceTests(ITestOutputHelper output)
         await redis.ExecuteAsync("ACL", "SETUSER", "default", "+info");
         await redis.ExecuteAsync("CONFIG", "SET", "maxmemory-policy", "noeviction");
         await RedisStores.WaitUntilAsync(async () => await store.NotReadyAsync(default) is null, TimeSpan.FromSeconds(15), "the store to be ready");
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(grant, Created(), 10, default)).Outcome);
     }
 
     private static GrantRecord Grant() => new()

@@ -226,7 +226,7 @@ public sealed class RedisGrantStoreTests(RedisServer redis) : GrantStoreConforma
         var settings = RedisStores.Settings(redis, retention: TimeSpan.FromHours(1));
         using var store = await RedisStores.StartAsync(settings);
         var grant = NewGrant() with { MaxUses = 2, UsesRemaining = 2, ExpiresAt = Now.AddMinutes(5) };
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(grant, Created(), 10, default)).Outcome);
         await store.ConsumeAsync(Matching(grant), default);
         await store.ConsumeAsync(Matching(grant) with { Subject = "x" }, default);
         await store.RevokeAsync(grant.Id, Revoked(), default);
@@ -248,7 +248,7 @@ public sealed class RedisGrantStoreTests(RedisServer redis) : GrantStoreConforma
         var settings = RedisStores.Settings(redis, retention: TimeSpan.Zero);
         using var store = await RedisStores.StartAsync(settings);
         var grant = NewGrant() with { ExpiresAt = Now.AddMinutes(5).AddTicks(9990) }; // ...x.999 ms
-        Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, Created(), 10, default));
+        Assert.Equal(GrantChange.Done, (await store.CreateAsync(grant, Created(), 10, default)).Outcome);
 
         var keys = new GrantKeys(settings.KeyPrefix);
         var expiresAtMs = (RedisGrantStore.ToMicros(grant.ExpiresAt) + 999) / 1000;
@@ -272,8 +272,8 @@ public sealed class RedisGrantStoreTests(RedisServer redis) : GrantStoreConforma
         var expiry = RedisGrantStore.ToMicros(Now.AddMinutes(5)).ToString(System.Globalization.CultureInfo.InvariantCulture);
         await redis.ExecuteAsync("ZADD", key, expiry, "gone-" + NewId(), expiry, active.Id);
 
-        Assert.Equal(GrantChange.Done, await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = subject }, Created(), 2, default));
-        Assert.Equal(GrantChange.TooMany, await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = subject }, Created(), 2, default));
+        Assert.Equal(GrantChange.Done, (await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = subject }, Created(), 2, default)).Outcome);
+        Assert.Equal(GrantChange.TooMany, (await Store.CreateAsync(NewGrant() with { Status = GrantStatus.Pending, Subject = subject }, Created(), 2, default)).Outcome);
         Assert.Equal(2L, await redis.ExecuteAsync("ZCARD", key));
     }
 

@@ -29,7 +29,7 @@ public sealed class RedisPendingIndexTests
                 Id = GrantIds.New(), Route = "deploy", Subject = "s" + i, Status = GrantStatus.Pending, MaxUses = 1, UsesRemaining = 1,
                 CreatedAt = now, ExpiresAt = now.AddMinutes(5), ApprovalsRequired = 1, Approvers = [],
             };
-            Assert.Equal(GrantChange.Done, await store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default));
+            Assert.Equal(GrantChange.Done, (await store.CreateAsync(grant, RedisStores.CreatedBy(), 10, default)).Outcome);
             ids.Add(grant.Id);
         }
 

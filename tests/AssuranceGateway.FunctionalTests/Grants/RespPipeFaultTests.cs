@@ -194,7 +194,7 @@ public sealed class RespPipeFaultTests(RedisServer redis) : IClassFixture<RedisS
         for (var i = 0; i < Calls; i++)
         {
             var record = RedisStores.TokenGrant();
-            Assert.Equal(GrantChange.Done, await store.CreateAsync(record, RedisStores.CreatedBy(), 10, default));
+            Assert.Equal(GrantChange.Done, (await store.CreateAsync(record, RedisStores.CreatedBy(), 10, default)).Outcome);
             grants[i] = new Grant(record, kind(i));
             if (grants[i].Kind == Kind.Used)
             {
