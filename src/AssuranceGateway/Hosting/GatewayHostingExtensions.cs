@@ -147,6 +147,14 @@ public static partial class GatewayHostingExtensions
             proxy.UseLoadBalancing();
             proxy.UsePassiveHealthChecks();
         });
+
+        // Below every route (a fallback's order is the lowest): a request no route matches gets problem+json like every
+        // other refusal, not an empty 404, so a caller can tell a wrong path from a refusal and quote its trace id.
+        app.MapFallback(static context =>
+        {
+            context.Response.StatusCode = Microsoft.AspNetCore.Http.StatusCodes.Status404NotFound;
+            return ProblemResponses.WriteAsync(context, ReasonCodes.UnknownRoute, "no route of this gateway matches the request's path, method or host", null);
+        });
         return app;
     }
 

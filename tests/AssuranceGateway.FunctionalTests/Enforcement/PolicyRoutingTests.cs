@@ -62,6 +62,36 @@ public sealed class PolicyRoutingTests : IAsyncLifetime
         Assert.Equal("token_missing", span.StatusDescription);
     }
 
+    /// <summary>A request no route matches gets problem+json like every other refusal (it was an empty 404), and nothing is forwarded.</summary>
+    [Theory]
+    [InlineData("GET", "/nowhere/at/all")]
+    [InlineData("POST", "/assurance/v1/grants")]
+    [InlineData("DELETE", "/")]
+    public async Task NoRouteMatches_404ProblemJsonUnknownRoute_NothingForwarded(string method, string path)
+    {
+        using var request = new HttpRequestMessage(new HttpMethod(method), path);
+        request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", _gateway.Idp.Token());
+        using var response = await _gateway.Proxy.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        using var problem = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+        Assert.Equal("unknown_route", problem.RootElement.GetProperty("reason").GetString());
+        Assert.Equal(404, problem.RootElement.GetProperty("status").GetInt32());
+        Assert.Equal(32, problem.RootElement.GetProperty("traceId").GetString()!.Length);
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    [Fact]
+    public async Task NoRouteMatches_Head_404WithoutABody()
+    {
+        using var response = await _gateway.Proxy.SendAsync(new HttpRequestMessage(HttpMethod.Head, "/nowhere"));
+
+        Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
+        Assert.Empty(await response.Content.ReadAsByteArrayAsync());
+        Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
     [Fact]
     public async Task ApiEndpoints_AreNotServedOnProxyListener()
     {

@@ -36,6 +36,7 @@ public sealed class InputFuzzTests
         ReasonCodes.GrantExpired, ReasonCodes.GrantNotYetValid, ReasonCodes.RouteMismatch, ReasonCodes.SubjectMismatch,
         ReasonCodes.SessionMismatch, ReasonCodes.TokenMismatch, ReasonCodes.WorkloadMismatch, ReasonCodes.OriginMismatch,
         ReasonCodes.RequestMismatch, ReasonCodes.Replayed, ReasonCodes.BodyTooLarge, ReasonCodes.GrantUnreadable,
+        ReasonCodes.UnknownRoute,
     ];
 
     private static readonly HashSet<string> ApiReasons =
@@ -105,9 +106,10 @@ public sealed class InputFuzzTests
             {
                 failures.Add($"2xx but not forwarded: {label}");
             }
-            else if (status == 404 && content.Length == 0 && (what.StartsWith("path", StringComparison.Ordinal) || what.StartsWith("target", StringComparison.Ordinal)))
+            else if (status == 404 && !(what.StartsWith("path", StringComparison.Ordinal) || what.StartsWith("target", StringComparison.Ordinal)))
             {
-                // A mutated path that no route matches: YARP's bare 404, not a protected action.
+                // Only a mutated path or target can leave every route (unknown_route, a problem like the rest).
+                failures.Add($"404 for a request whose path was not mutated: {label}");
             }
             else if (!IsKestrelRefusal(status, content) && !IsProblem(contentType, content, ProxyReasons))
             {
