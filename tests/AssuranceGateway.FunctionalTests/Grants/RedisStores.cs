@@ -39,35 +39,48 @@ internal static class RedisStores
         new(settings, TimeProvider.System, logger ?? NullLogger<RedisGrantStore>.Instance);
 
     /// <summary>
-    /// How long a new store may take to reach its Redis: 30 s, not the 10 s it was, after a fresh-clone CI run had one
-    /// store (among ~80 started in that class, the others in ~30 ms) not answer for 10 s on a loaded machine. A store that
-    /// never answers still fails; one that answers costs no more than before.
+    /// How long a new store may take to reach its Redis before the tests give it up for a fresh one. Fresh-clone CI runs
+    /// had, about once a run, one store among the ~80 a class starts (the others answer in ~30 ms) still not answering
+    /// after 10 s, and once after 30 s: the multiplexer of StackExchange.Redis 1.2.6 did not connect. Not understood yet
+    /// (see the README's Redis notes); a second store, started afresh, has always answered.
     /// </summary>
-    private static readonly TimeSpan StartLimit = TimeSpan.FromSeconds(30);
+    private static readonly TimeSpan StartLimit = TimeSpan.FromSeconds(15);
 
     public static async Task<RedisGrantStore> StartAsync(StoreSettings settings, ILogger<RedisGrantStore>? logger = null)
     {
-        var store = Create(settings, logger);
-        try
+        for (var attempt = 1; ; attempt++)
         {
-            // Answering is enough here: a test may ask for more replica acknowledgements than it has replicas.
-            await WaitUntilAsync(
-                async () => await store.NotReadyAsync(default) is not { } why || !why.StartsWith("does not answer", StringComparison.Ordinal),
-                StartLimit,
-                "the store to answer");
-            if (!store.IsCluster)
+            var store = Create(settings, logger);
+            string? why = null;
+            try
             {
-                // Standalone: consumes go over the dedicated connection once the watchdog has opened it; tests that
-                // consume should exercise that path, not the shared connection that stands in until then.
-                await WaitUntilAsync(() => Task.FromResult(store.ConsumesOnDedicatedConnection), StartLimit, "the consume connection");
-            }
+                // Answering is enough here: a test may ask for more replica acknowledgements than it has replicas.
+                await WaitUntilAsync(
+                    async () => (why = await store.NotReadyAsync(default)) is null || !why.StartsWith("does not answer", StringComparison.Ordinal),
+                    StartLimit,
+                    "the store to answer");
+                if (!store.IsCluster)
+                {
+                    // Standalone: consumes go over the dedicated connection once the watchdog has opened it; tests that
+                    // consume should exercise that path, not the shared connection that stands in until then.
+                    await WaitUntilAsync(() => Task.FromResult(store.ConsumesOnDedicatedConnection), StartLimit, "the consume connection");
+                }
 
-            return store;
-        }
-        catch
-        {
-            store.Dispose();
-            throw;
+                return store;
+            }
+            catch (TimeoutException e)
+            {
+                store.Dispose();
+                if (attempt == 2)
+                {
+                    throw new TimeoutException($"{e.Message} Twice, each with a new store; the last said: {why ?? "ready"}.", e);
+                }
+            }
+            catch
+            {
+                store.Dispose();
+                throw;
+            }
         }
     }
 
