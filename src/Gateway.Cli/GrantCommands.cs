@@ -172,10 +172,17 @@ internal static class GrantCommands
             $"unexpected answer from {client.BaseAddress}: {(int)response.StatusCode} {response.Content.Headers.ContentType?.MediaType ?? "(no content type)"}, {what} (is --api / AGW_API the assurance API?)");
         if (!response.IsSuccessStatusCode)
         {
-            // Every error of the API is problem+json; anything else (the proxy's bare 404) would print as just "404 ".
+            // Every error of the API is problem+json; anything else (an ingress's page) would print as just "404 ".
             if (!string.Equals(response.Content.Headers.ContentType?.MediaType, "application/problem+json", StringComparison.OrdinalIgnoreCase))
             {
                 await NotTheApiAsync("not a problem+json error of the API");
+                return 1;
+            }
+
+            // The proxy listener answers problem+json too, with a reason the API never gives.
+            if (text.Contains($"\"reason\":\"{Enforcement.ReasonCodes.NoRoute}\"", StringComparison.Ordinal))
+            {
+                await NotTheApiAsync("the gateway's proxy listener (no route matches)");
                 return 1;
             }
 

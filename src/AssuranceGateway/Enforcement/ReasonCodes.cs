@@ -55,6 +55,9 @@ public static class ReasonCodes
     /// </summary>
     public const string UpstreamFailed = "upstream_failed";
 
+    /// <summary>The proxy listener: no route matches the request (an addition to SPEC §4.3; it was YARP's empty 404).</summary>
+    public const string NoRoute = "no_route";
+
     // Assurance API only.
     public const string InvalidRequest = "invalid_request";
     public const string InsufficientScope = "insufficient_scope";
@@ -77,7 +80,7 @@ public static class ReasonCodes
         TooManyPending => StatusCodes.Status429TooManyRequests,
         StoreUnavailable or ShuttingDown => StatusCodes.Status503ServiceUnavailable,
         UpstreamFailed => StatusCodes.Status502BadGateway,
-        UnknownRoute => StatusCodes.Status404NotFound,
+        UnknownRoute or NoRoute => StatusCodes.Status404NotFound,
         GrantNotFound => StatusCodes.Status403Forbidden,
         Conflict => StatusCodes.Status409Conflict,
         GrantUnreadable => StatusCodes.Status403Forbidden,
@@ -115,6 +118,7 @@ public static class ReasonCodes
         StoreUnavailable => "Assurance store unavailable",
         ShuttingDown => "Gateway shutting down",
         UpstreamFailed => "Upstream request failed",
+        NoRoute => "No route matches",
         InvalidRequest => "Invalid request",
         InsufficientScope => "Insufficient scope",
         SelfApproval => "Self-approval is not allowed",

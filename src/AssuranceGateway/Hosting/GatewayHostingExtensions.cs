@@ -153,7 +153,7 @@ public static partial class GatewayHostingExtensions
         app.MapFallback(static context =>
         {
             context.Response.StatusCode = Microsoft.AspNetCore.Http.StatusCodes.Status404NotFound;
-            return ProblemResponses.WriteAsync(context, ReasonCodes.UnknownRoute, "no route of this gateway matches the request's path, method or host", null);
+            return ProblemResponses.WriteAsync(context, ReasonCodes.NoRoute, "no route of this gateway matches the request's path, method or host", null);
         });
         return app;
     }

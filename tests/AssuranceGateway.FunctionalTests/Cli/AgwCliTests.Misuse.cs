@@ -393,7 +393,8 @@ public sealed partial class AgwCliTests
     }
 
     // --api / AGW_API pointed at the proxy listener (the likeliest slip): its bare 404 (no problem+json) was printed as
-    // "404 ", without the address asked nor that the answer is not from the assurance API.
+    // "404 ", without the address asked nor that the answer is not from the assurance API. Its 404 is problem+json now
+    // (no_route), which agw recognises as the proxy's.
     [Fact]
     public async Task GrantShow_ErrorAnswerNotFromTheApi_SaysWhichAddressAnsweredAndThatItIsNotTheApi()
     {

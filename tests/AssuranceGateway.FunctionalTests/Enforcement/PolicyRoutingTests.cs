@@ -67,7 +67,7 @@ public sealed class PolicyRoutingTests : IAsyncLifetime
     [InlineData("GET", "/nowhere/at/all")]
     [InlineData("POST", "/assurance/v1/grants")]
     [InlineData("DELETE", "/")]
-    public async Task NoRouteMatches_404ProblemJsonUnknownRoute_NothingForwarded(string method, string path)
+    public async Task NoRouteMatches_404ProblemJsonNoRoute_NothingForwarded(string method, string path)
     {
         using var request = new HttpRequestMessage(new HttpMethod(method), path);
         request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", _gateway.Idp.Token());
@@ -76,7 +76,7 @@ public sealed class PolicyRoutingTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
         Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
         using var problem = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
-        Assert.Equal("unknown_route", problem.RootElement.GetProperty("reason").GetString());
+        Assert.Equal("no_route", problem.RootElement.GetProperty("reason").GetString());
         Assert.Equal(404, problem.RootElement.GetProperty("status").GetInt32());
         Assert.Equal(32, problem.RootElement.GetProperty("traceId").GetString()!.Length);
         Assert.Equal(0, _gateway.Upstream.Count);

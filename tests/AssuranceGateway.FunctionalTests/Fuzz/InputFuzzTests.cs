@@ -36,7 +36,7 @@ public sealed class InputFuzzTests
         ReasonCodes.GrantExpired, ReasonCodes.GrantNotYetValid, ReasonCodes.RouteMismatch, ReasonCodes.SubjectMismatch,
         ReasonCodes.SessionMismatch, ReasonCodes.TokenMismatch, ReasonCodes.WorkloadMismatch, ReasonCodes.OriginMismatch,
         ReasonCodes.RequestMismatch, ReasonCodes.Replayed, ReasonCodes.BodyTooLarge, ReasonCodes.GrantUnreadable,
-        ReasonCodes.UnknownRoute,
+        ReasonCodes.NoRoute,
     ];
 
     private static readonly HashSet<string> ApiReasons =
@@ -108,7 +108,7 @@ public sealed class InputFuzzTests
             }
             else if (status == 404 && !(what.StartsWith("path", StringComparison.Ordinal) || what.StartsWith("target", StringComparison.Ordinal)))
             {
-                // Only a mutated path or target can leave every route (unknown_route, a problem like the rest).
+                // Only a mutated path or target can leave every route (no_route, a problem like the rest).
                 failures.Add($"404 for a request whose path was not mutated: {label}");
             }
             else if (!IsKestrelRefusal(status, content) && !IsProblem(contentType, content, ProxyReasons))
