@@ -41,8 +41,8 @@ internal static class RedisStores
     /// <summary>
     /// How long a new store may take to reach its Redis before the tests give it up for a fresh one. Fresh-clone CI runs
     /// had, about once a run, one store among the ~80 a class starts (the others answer in ~30 ms) still not answering
-    /// after 10 s, and once after 30 s: the multiplexer of StackExchange.Redis 1.2.6 did not connect. Not understood yet
-    /// (see the README's Redis notes); a second store, started afresh, has always answered.
+    /// after 10 s, and once after 30 s: its multiplexer (StackExchange.Redis 1.2.6) never connected. Not understood yet;
+    /// the tests then start a second store instead.
     /// </summary>
     private static readonly TimeSpan StartLimit = TimeSpan.FromSeconds(15);
 
