@@ -47,7 +47,7 @@ internal sealed partial class RedisGrantStore
         // the same comparison, and Lua can then compare bytes.
         Add("routeKey", grant.Route.ToUpperInvariant());
         AddOptional("policy", grant.Policy);
-        Add("status", StatusName(grant.Status));
+        Add("status", GrantStatusNames.Of(grant.Status));
         AddOptional("subject", grant.Subject);
         AddOptional("session", grant.Session);
         AddOptional("token", grant.TokenHash);
@@ -331,8 +331,6 @@ internal sealed partial class RedisGrantStore
             DroppedEvents = f.TryGetValue("dropped", out var dropped) ? long.Parse(dropped, CultureInfo.InvariantCulture) : 0,
         };
     }
-
-    internal static string StatusName(GrantStatus status) => GrantStatusNames.Of(status);
 
     internal static GrantStatus ParseStatus(string? status) => status switch
     {
