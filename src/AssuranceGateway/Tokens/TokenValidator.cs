@@ -38,7 +38,8 @@ public sealed class TokenValidator
     /// cost of a request (ES256 ~50 µs here). A hit is a token byte-identical to one whose every check passed; its time
     /// rules (exp, and nbf/iat for a clock set back) are judged again on each hit, and an entry dies when its issuer no
     /// longer has the key that verified it. A reload builds a new validator, so a changed key file or policy never meets
-    /// an old entry.
+    /// an old entry. A token is held from its second verification on (see the cache's doorkeeper): one sent once
+    /// costs its verification and nothing after it.
     /// </summary>
     private readonly VerifiedTokenCache<CachedToken> _cache = new(CacheCapacity);
 

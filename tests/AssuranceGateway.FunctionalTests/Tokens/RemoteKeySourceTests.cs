@@ -176,6 +176,7 @@ public sealed class RemoteKeySourceTests : IAsyncLifetime
         await StartAsync("JwksUri", _idp.Address + "/jwks.json");
         var token = _gateway.Idp.Token();
         Assert.Equal(HttpStatusCode.OK, await SendAsync(token));
+        Assert.Equal(HttpStatusCode.OK, await SendAsync(token)); // held from this second verification on
         Assert.Equal(HttpStatusCode.OK, await SendAsync(token)); // now a cache hit
 
         jwks = Jwks(EcJwk(k2, "k2"));

@@ -25,15 +25,22 @@ public sealed class TokenClockTests : IAsyncLifetime
     private async Task<HttpResponseMessage> StatusAsync(string token) =>
         await _gateway.Proxy.SendAsync(GatewayHarness.Request(HttpMethod.Get, "/status", token, out _));
 
+    /// <summary>Sends <paramref name="token"/> until the cache holds it: it is held from its second verification on.</summary>
+    private async Task CacheAsync(string token)
+    {
+        for (var i = 0; i < 2; i++)
+        {
+            using var response = await StatusAsync(token);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        }
+    }
+
     [Fact]
     public async Task CachedToken_ClockPastExpPlusSkew_RefusedAndNothingForwarded()
     {
         var now = _clock.GetUtcNow().ToUnixTimeSeconds();
         var token = _gateway.Idp.Token(edit: c => c["exp"] = now + 60);
-        using (var first = await StatusAsync(token))
-        {
-            Assert.Equal(HttpStatusCode.OK, first.StatusCode);
-        }
+        await CacheAsync(token);
 
         _gateway.Upstream.Clear();
         _clock.Advance(TimeSpan.FromSeconds(60 + Skew));
@@ -59,10 +66,7 @@ public sealed class TokenClockTests : IAsyncLifetime
             c.Remove(start == "nbf" ? "iat" : "nbf");
             c[start] = now;
         });
-        using (var first = await StatusAsync(token))
-        {
-            Assert.Equal(HttpStatusCode.OK, first.StatusCode);
-        }
+        await CacheAsync(token);
 
         _gateway.Upstream.Clear();
         _clock.Advance(TimeSpan.FromMinutes(-10));
@@ -102,10 +106,7 @@ public sealed class TokenClockTests : IAsyncLifetime
             c["nbf"] = now - 0.5;
             c["iat"] = now - 0.5;
         });
-        using (var first = await StatusAsync(token))
-        {
-            Assert.Equal(HttpStatusCode.OK, first.StatusCode);
-        }
+        await CacheAsync(token);
 
         _gateway.Upstream.Clear();
         _clock.Advance(TimeSpan.FromSeconds(60 + Skew + 1));

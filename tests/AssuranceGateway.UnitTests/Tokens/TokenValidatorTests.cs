@@ -60,7 +60,7 @@ public sealed class TokenValidatorTests : IDisposable
         // must never let another text reach an entry, so such text is refused before hashing.
         var token = Sign(Claims());
         var validator = Validator();
-        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+        await CacheAsync(validator, token);
 
         var check = await validator.ValidateAsync(token + extra, default);
 
@@ -182,7 +182,7 @@ public sealed class TokenValidatorTests : IDisposable
     {
         var token = Sign(Claims(iat: 0, nbf: 0, exp: 60));
         var validator = Validator();
-        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+        await CacheAsync(validator, token);
 
         _time.Now = _time.Now.AddSeconds(60 + Skew);
 
@@ -198,7 +198,7 @@ public sealed class TokenValidatorTests : IDisposable
         // cache hit must not answer otherwise.
         var token = Sign(Claims(iat: iat, nbf: nbf, exp: 300));
         var validator = Validator();
-        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+        await CacheAsync(validator, token);
 
         _time.Now = _time.Now.AddSeconds(-(Skew + 1));
 
@@ -211,7 +211,7 @@ public sealed class TokenValidatorTests : IDisposable
     {
         var token = Sign(Claims(iat: 0, nbf: 0, exp: 300));
         var validator = Validator();
-        var first = await validator.ValidateAsync(token, default);
+        var first = await CacheAsync(validator, token);
 
         _time.Now = _time.Now.AddSeconds(-Skew);
 
@@ -572,17 +572,38 @@ public sealed class TokenValidatorTests : IDisposable
     }
 
     [Fact]
-    public async Task ValidateAsync_SameTokenTwice_SecondServedFromCache()
+    public async Task ValidateAsync_SameTokenThrice_HeldFromTheSecondVerificationAndThenServedFromCache()
     {
         var token = Sign(Claims());
         var validator = Validator();
 
         var first = await validator.ValidateAsync(token, default);
+        Assert.Equal(0, validator.CachedCount);
         var second = await validator.ValidateAsync(token, default);
+        var third = await validator.ValidateAsync(token, default);
 
-        Assert.True(second.IsValid, second.Failure);
-        Assert.Same(first.Token, second.Token);
+        Assert.True(first.IsValid, first.Failure);
+        Assert.NotSame(first.Token, second.Token);
+        Assert.Same(second.Token, third.Token);
         Assert.Equal(1, validator.CachedCount);
+    }
+
+    [Fact]
+    public async Task ValidateAsync_ManyTokensEachSentOnce_EveryOneVerifiedAndNoneHeld()
+    {
+        // A fresh token per request (or a flood of distinct valid ones) must not fill the cache: what it held was only
+        // ever dropped again, after the garbage collector had carried it through every generation.
+        var validator = Validator();
+
+        for (var i = 0; i < 200; i++)
+        {
+            var claims = Claims();
+            claims["jti"] = "t" + i.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            var check = await validator.ValidateAsync(Sign(claims), default);
+            Assert.True(check.IsValid, check.Failure);
+        }
+
+        Assert.Equal(0, validator.CachedCount);
     }
 
     [Fact]
@@ -592,6 +613,7 @@ public sealed class TokenValidatorTests : IDisposable
         var header = "Bearer " + token + "  ";
         var validator = Validator();
 
+        Assert.True((await validator.ValidateAsync(header.AsMemory(7, token.Length), default)).IsValid);
         var fromSlice = await validator.ValidateAsync(header.AsMemory(7, token.Length), default);
         var fromString = await validator.ValidateAsync(token, default);
 
@@ -606,7 +628,7 @@ public sealed class TokenValidatorTests : IDisposable
     {
         var token = Sign(Claims());
         var validator = Validator();
-        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+        await CacheAsync(validator, token);
 
         var check = await validator.ValidateAsync(token.AsMemory(0, token.Length - 1), default);
 
@@ -631,7 +653,7 @@ public sealed class TokenValidatorTests : IDisposable
         var source = new CountingKeySource(Keys((_idp.Key, "k1")));
         var validator = Validator(source: source);
         var token = Sign(Claims());
-        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+        await CacheAsync(validator, token);
 
         using var replacement = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         source.Keys = Keys((replacement, "k2"));
@@ -646,12 +668,23 @@ public sealed class TokenValidatorTests : IDisposable
         var source = new CountingKeySource(Keys((_idp.Key, "k1")));
         var validator = Validator(source: source);
         var token = Sign(Claims());
-        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+        await CacheAsync(validator, token);
 
         using var replacement = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         source.Keys = Keys((replacement, "k1"));
 
         Assert.Equal("signature invalid", (await validator.ValidateAsync(token, default)).Failure);
+    }
+
+    /// <summary>Validates <paramref name="token"/> until the cache holds it (the second verification); returns what it holds.</summary>
+    private static async Task<TokenCheck> CacheAsync(TokenValidator validator, string token)
+    {
+        var held = validator.CachedCount;
+        Assert.True((await validator.ValidateAsync(token, default)).IsValid);
+        var check = await validator.ValidateAsync(token, default);
+        Assert.True(check.IsValid, check.Failure);
+        Assert.Equal(held + 1, validator.CachedCount);
+        return check;
     }
 
     private sealed class CountingKeySource(IssuerKeys keys) : IIssuerKeySource

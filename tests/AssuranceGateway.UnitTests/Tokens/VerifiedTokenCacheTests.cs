@@ -31,7 +31,7 @@ public sealed class VerifiedTokenCacheTests
 
         for (var i = 0; i < 4; i++)
         {
-            cache.Add(Key(i), "v" + i, Now + 60, Now);
+            Offer(cache, Key(i), "v" + i, Now + 60, Now);
         }
 
         Assert.Equal(4, cache.Count);
@@ -43,12 +43,12 @@ public sealed class VerifiedTokenCacheTests
     public void Add_AtCapacityWithExpiredEntries_DropsOnlyTheExpired()
     {
         var cache = new VerifiedTokenCache<string>(4);
-        cache.Add(Key(0), "live", Now + 60, Now - 10);
-        cache.Add(Key(1), "gone", Now - 1, Now - 10);
-        cache.Add(Key(2), "gone", Now, Now - 10);
-        cache.Add(Key(3), "gone", Now - 5, Now - 10);
+        Offer(cache, Key(0), "live", Now + 60, Now - 10);
+        Offer(cache, Key(1), "gone", Now - 1, Now - 10);
+        Offer(cache, Key(2), "gone", Now, Now - 10);
+        Offer(cache, Key(3), "gone", Now - 5, Now - 10);
 
-        cache.Add(Key(4), "new", Now + 60, Now);
+        Offer(cache, Key(4), "new", Now + 60, Now);
 
         Assert.Equal(2, cache.Count);
         Assert.True(cache.TryGet(Key(0), out _));
@@ -63,7 +63,7 @@ public sealed class VerifiedTokenCacheTests
 
         for (var i = 0; i < 1000; i++)
         {
-            cache.Add(Key(i), "v", Now + 60, Now);
+            Offer(cache, Key(i), "v", Now + 60, Now);
             Assert.InRange(cache.Count, 1, 100);
         }
 
@@ -74,7 +74,7 @@ public sealed class VerifiedTokenCacheTests
     public void Remove_Entry_GoneAndUncounted()
     {
         var cache = new VerifiedTokenCache<string>(4);
-        cache.Add(Key(1), "v", Now + 60, Now);
+        Offer(cache, Key(1), "v", Now + 60, Now);
 
         cache.Remove(Key(1));
         cache.Remove(Key(1));
@@ -92,7 +92,7 @@ public sealed class VerifiedTokenCacheTests
         {
             for (var i = 0; i < 5000; i++)
             {
-                cache.Add(Key((t * 100_000) + i), "v", Now + 60, Now);
+                Offer(cache, Key((t * 100_000) + i), "v", Now + 60, Now);
             }
         })));
 
@@ -100,6 +100,70 @@ public sealed class VerifiedTokenCacheTests
         var held = Enumerable.Range(0, 4).SelectMany(t => Enumerable.Range(0, 5000).Select(i => Key((t * 100_000) + i))).Count(k => cache.TryGet(k, out _));
         // The count is exact unless an insert races a sweep; what is held is bounded either way.
         Assert.InRange(held, 1, 500);
+    }
+
+    [Fact]
+    public void Add_FirstOffer_OnlyNotedSecondHeld()
+    {
+        var cache = new VerifiedTokenCache<string>(4);
+
+        Assert.False(cache.Add(Key(1), "v", Now + 60, Now));
+        Assert.False(cache.TryGet(Key(1), out _));
+        Assert.True(cache.Add(Key(1), "v", Now + 60, Now));
+
+        Assert.True(cache.TryGet(Key(1), out _));
+        Assert.Equal(1, cache.Count);
+    }
+
+    [Fact]
+    public void Add_FloodOfDigestsOfferedOnce_NothingHeldAndAHeldEntryStays()
+    {
+        var cache = new VerifiedTokenCache<string>(100);
+        Offer(cache, Key(-1), "reused", Now + 60, Now);
+
+        for (var i = 0; i < 100_000; i++)
+        {
+            cache.Add(Key(i), "v", Now + 60, Now);
+        }
+
+        Assert.Equal(1, cache.Count);
+        Assert.True(cache.TryGet(Key(-1), out var value));
+        Assert.Equal("reused", value);
+    }
+
+    [Fact]
+    public void Add_OtherDigestTakesTheSlotBetweenOffers_OfferedAgainBeforeHeld()
+    {
+        var cache = new VerifiedTokenCache<string>(16);
+        var first = Key(0);
+        var rival = Enumerable.Range(1, 100_000).Select(Key).First(k => ((k.A ^ first.A) & (ulong)(cache.DoorkeeperSlots - 1)) == 0 && k.B != first.B);
+
+        cache.Add(first, "v", Now + 60, Now);
+        cache.Add(rival, "r", Now + 60, Now);
+
+        Assert.False(cache.Add(first, "v", Now + 60, Now));
+        Assert.True(cache.Add(first, "v", Now + 60, Now));
+        Assert.True(cache.TryGet(first, out _));
+        Assert.False(cache.TryGet(rival, out _));
+    }
+
+    [Fact]
+    public void Clear_ForgetsDigestsOfferedOnce()
+    {
+        var cache = new VerifiedTokenCache<string>(4);
+        cache.Add(Key(1), "v", Now + 60, Now);
+
+        cache.Clear();
+
+        Assert.False(cache.Add(Key(1), "v", Now + 60, Now));
+        Assert.Equal(0, cache.Count);
+    }
+
+    /// <summary>Offers an entry twice, as a reused token is: the second offer is the one held.</summary>
+    private static void Offer(VerifiedTokenCache<string> cache, TokenDigest key, string value, long expires, long now)
+    {
+        cache.Add(key, value, expires, now);
+        cache.Add(key, value, expires, now);
     }
 
     private static TokenDigest Key(int i) => TokenDigest.Of("t." + i.ToString(System.Globalization.CultureInfo.InvariantCulture) + ".s");
