@@ -64,6 +64,11 @@ public static class ReasonCodes
     public const string SelfApproval = "self_approval";
     public const string UnknownRoute = "unknown_route";
     public const string Conflict = "conflict";
+
+    /// <summary>
+    /// A method the endpoint does not take: on the API, and on the proxy listener for a path whose routes take only other
+    /// methods (Match.Methods; an addition to SPEC §4.3), with <c>Allow</c>.
+    /// </summary>
     public const string MethodNotAllowed = "method_not_allowed";
 
     /// <summary>The mismatches a policy may name in <c>RevokeOn</c>: the step-6 binding checks.</summary>

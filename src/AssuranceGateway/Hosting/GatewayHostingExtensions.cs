@@ -6,6 +6,8 @@ using AssuranceGateway.Enforcement;
 using AssuranceGateway.Grants;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
@@ -148,14 +150,41 @@ public static partial class GatewayHostingExtensions
             proxy.UsePassiveHealthChecks();
         });
 
-        // Below every route (a fallback's order is the lowest): a request no route matches gets problem+json like every
-        // other refusal, not an empty 404, so a caller can tell a wrong path from a refusal and quote its trace id.
-        app.MapFallback(static context =>
+        // Between routing and the endpoints (WebApplication runs routing before the middleware added here): a request no
+        // route matches gets problem+json like every other refusal, not an empty 404, so a caller can tell a wrong path
+        // from a refusal and quote its trace id. Not a fallback endpoint: one takes every method, so a route restricted
+        // to some methods (Match.Methods) answered another method 404 no_route instead of routing's 405 with Allow, and
+        // MapFallback's {*path:nonfile} left paths whose last segment has a dot to routing's empty 404. A route's request
+        // goes straight on (no wrapper on the hot path).
+        app.Use(static (context, next) => context.GetEndpoint() switch
         {
-            context.Response.StatusCode = Microsoft.AspNetCore.Http.StatusCodes.Status404NotFound;
-            return ProblemResponses.WriteAsync(context, ReasonCodes.NoRoute, "no route of this gateway matches the request's path, method or host", null);
+            null => NoRouteAsync(context),
+            RouteEndpoint => next(context),
+            _ => MethodNotAllowedAsync(context, next),
         });
         return app;
+    }
+
+    private static Task NoRouteAsync(HttpContext context)
+    {
+        context.Response.StatusCode = StatusCodes.Status404NotFound;
+        return ProblemResponses.WriteAsync(context, ReasonCodes.NoRoute, "no route of this gateway matches the request's path, method or host", null);
+    }
+
+    /// <summary>
+    /// An endpoint of routing's own, not a route's: the 405 it picks when the path matches routes that take other methods
+    /// sets the status and <c>Allow</c> (RFC 9110 §15.5.6) and writes no body; the body is the problem+json every
+    /// refusal carries. A route's endpoint never comes here, so an upstream's own 405 is forwarded as it came; nothing
+    /// reaches an upstream either way.
+    /// </summary>
+    private static async Task MethodNotAllowedAsync(HttpContext context, RequestDelegate next)
+    {
+        await next(context).ConfigureAwait(false);
+        if (context.Response.StatusCode == StatusCodes.Status405MethodNotAllowed && !context.Response.HasStarted)
+        {
+            await ProblemResponses.WriteAsync(context, ReasonCodes.MethodNotAllowed,
+                $"the routes of this path do not take {context.Request.Method} (Allow: {context.Response.Headers.Allow})", null).ConfigureAwait(false);
+        }
     }
 
     private static partial class Log

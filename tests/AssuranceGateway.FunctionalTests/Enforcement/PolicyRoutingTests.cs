@@ -67,6 +67,8 @@ public sealed class PolicyRoutingTests : IAsyncLifetime
     [InlineData("GET", "/nowhere/at/all")]
     [InlineData("POST", "/assurance/v1/grants")]
     [InlineData("DELETE", "/")]
+    // A last segment that looks like a file name: MapFallback's {*path:nonfile} left it to routing's empty 404.
+    [InlineData("GET", "/nowhere/app.tar.gz")]
     public async Task NoRouteMatches_404ProblemJsonNoRoute_NothingForwarded(string method, string path)
     {
         using var request = new HttpRequestMessage(new HttpMethod(method), path);
@@ -80,6 +82,49 @@ public sealed class PolicyRoutingTests : IAsyncLifetime
         Assert.Equal(404, problem.RootElement.GetProperty("status").GetInt32());
         Assert.Equal(32, problem.RootElement.GetProperty("traceId").GetString()!.Length);
         Assert.Equal(0, _gateway.Upstream.Count);
+    }
+
+    /// <summary>
+    /// A route restricted to some methods (YARP's Match.Methods), asked with another: the path exists, so the answer is
+    /// RFC 9110 §15.5.6's 405 with the route's methods in Allow, as ASP.NET Core routing gives without the no-route
+    /// fallback (which took every method, and made it a 404 no_route), as problem+json. Nothing is forwarded, on a
+    /// passthrough route as on a protected one.
+    /// </summary>
+    [Theory]
+    [InlineData("GET", "/jobs/run")]
+    [InlineData("DELETE", "/jobs/run")]
+    [InlineData("GET", "/releases/v1/app.tar.gz")]
+    [InlineData("PUT", "/releases/v1")]
+    public async Task RouteOfOtherMethods_405ProblemJsonWithAllow_NothingForwarded(string method, string path)
+    {
+        await using var gateway = await GatewayHarness.StartAsync(c =>
+        {
+            var routes = c["ReverseProxy"]!["Routes"]!.AsObject();
+            routes["jobs"] = TestConfig.Route("/jobs/{**rest}", "passthrough");
+            routes["jobs"]!["Match"]!["Methods"] = new System.Text.Json.Nodes.JsonArray("POST");
+            routes["releases"] = TestConfig.Route("/releases/{**rest}", "single-use-approval");
+            routes["releases"]!["Match"]!["Methods"] = new System.Text.Json.Nodes.JsonArray("POST", "PATCH");
+        });
+        using var request = new HttpRequestMessage(new HttpMethod(method), path);
+        request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", gateway.Idp.Token());
+
+        using var response = await gateway.Proxy.SendAsync(request);
+        using var head = await gateway.Proxy.SendAsync(new HttpRequestMessage(HttpMethod.Head, path));
+        using var allowed = await gateway.Proxy.SendAsync(new HttpRequestMessage(HttpMethod.Post, "/jobs/run"));
+
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, response.StatusCode);
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        using var problem = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+        Assert.Equal("method_not_allowed", problem.RootElement.GetProperty("reason").GetString());
+        Assert.Equal(405, problem.RootElement.GetProperty("status").GetInt32());
+        Assert.Equal(32, problem.RootElement.GetProperty("traceId").GetString()!.Length);
+        var allow = path.StartsWith("/jobs", StringComparison.Ordinal) ? new[] { "POST" } : ["PATCH", "POST"];
+        Assert.Equal(allow, response.Content.Headers.Allow.Order(StringComparer.Ordinal));
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, head.StatusCode);
+        Assert.Empty(await head.Content.ReadAsByteArrayAsync());
+        // The passthrough route still forwards the method it takes: only the refusals above reached nothing.
+        Assert.Equal(HttpStatusCode.OK, allowed.StatusCode);
+        Assert.Equal("POST", Assert.Single(gateway.Upstream.Received).Method);
     }
 
     [Fact]
