@@ -126,14 +126,17 @@ internal static class GrantRules
             return ReasonCodes.SelfApproval;
         }
 
-        // After every binding too (a leaked grant is still a mismatch, and burned by RevokeOn). Pending by the rule in force:
-        // the quorum and the approvers' strength are the route's policy's now, not the issuing replica's or generation's.
-        if (ShortOfApprovals(grant, request))
+        // A grant with no uses left is a replay whatever the approval rule in force: a reload that raised the quorum must not
+        // turn a spent grant into grant_pending, which sends its caller to collect approvals for a grant that can never be
+        // used again (and the replay's evidence points at the first use).
+        if (grant.UsesRemaining <= 0)
         {
-            return ReasonCodes.GrantPending;
+            return ReasonCodes.Replayed;
         }
 
-        return grant.UsesRemaining <= 0 ? ReasonCodes.Replayed : ReasonCodes.Ok;
+        // After every binding too (a leaked grant is still a mismatch, and burned by RevokeOn). Pending by the rule in force:
+        // the quorum and the approvers' strength are the route's policy's now, not the issuing replica's or generation's.
+        return ShortOfApprovals(grant, request) ? ReasonCodes.GrantPending : ReasonCodes.Ok;
     }
 
     /// <summary>

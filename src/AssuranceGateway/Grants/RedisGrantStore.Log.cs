@@ -5,7 +5,7 @@ namespace AssuranceGateway.Grants;
 internal sealed partial class RedisGrantStore
 {
     // Event ids 3100-3199: the Redis grant store, each used once (operators alert on them; LoggerMessageTests checks
-    // the whole assembly). Next free: 3125. Only store names, grant ids and operation names are logged: the store
+    // the whole assembly). Next free: 3126. Only store names, grant ids and operation names are logged: the store
     // never sees a raw token or body, and the connection string may hold a password.
     private static partial class Log
     {
@@ -81,6 +81,9 @@ internal sealed partial class RedisGrantStore
 
         [LoggerMessage(3123, LogLevel.Information, "Grant store {Store}: Redis's clock agrees with this gateway's again")]
         public static partial void ClockAgrees(ILogger logger, string store);
+
+        [LoggerMessage(3125, LogLevel.Warning, "Grant store {Store}: pending grant {GrantId} left out of the list of pending grants: {Why}. It can be neither approved nor used; mend or delete its record")]
+        public static partial void PendingUnreadable(ILogger logger, string store, string grantId, string why);
 
         [LoggerMessage(3117, LogLevel.Warning, "Grant store {Store}: the dedicated consume connection is unavailable ({Why}); consumes use the shared connection meanwhile")]
         public static partial void PipeUnavailable(ILogger logger, string store, string why);

@@ -452,7 +452,12 @@ internal sealed partial class RedisGrantStore
         return new FirstUse(ReadString(u, "traceId"), ReadString(u, "spanId"), ReadTime(u), ReadString(u, "workload"), ReadString(u, "origin"));
     }
 
-    /// <summary>A JSON array of strings (cjson writes an empty one as <c>{}</c>: read as empty), without a document.</summary>
+    /// <summary>
+    /// A JSON array of strings (cjson writes an empty one as <c>{}</c>: read as empty), without a document. Anything else
+    /// (a scalar, an object with members, a list holding something else, text after the list) is a
+    /// <see cref="FormatException"/>, as the consume script's own reading of the approvers is: read as "no approvers",
+    /// a hand-edited list let a grant through where the script refuses it, and GET showed it as a sound record.
+    /// </summary>
     private static string[] ReadStringArray(string json)
     {
         var max = Encoding.UTF8.GetMaxByteCount(json.Length);
@@ -461,18 +466,28 @@ internal sealed partial class RedisGrantStore
         try
         {
             var reader = new Utf8JsonReader(utf8[..Encoding.UTF8.GetBytes(json, utf8)]);
-            if (!reader.Read() || reader.TokenType != JsonTokenType.StartArray)
+            string[] values;
+            if (reader.Read() && reader.TokenType == JsonTokenType.StartObject && reader.Read() && reader.TokenType == JsonTokenType.EndObject)
             {
-                return [];
+                values = [];
+            }
+            else if (reader.TokenType == JsonTokenType.StartArray)
+            {
+                var list = new List<string>(2);
+                while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+                {
+                    list.Add(reader.TokenType == JsonTokenType.String ? reader.GetString()! : throw new FormatException("a list of strings holds something else"));
+                }
+
+                values = [.. list];
+            }
+            else
+            {
+                throw new FormatException("a list of strings is something else");
             }
 
-            var values = new List<string>(2);
-            while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
-            {
-                values.Add(reader.TokenType == JsonTokenType.String ? reader.GetString()! : throw new FormatException("a list of strings holds something else"));
-            }
-
-            return values.ToArray();
+            // The reader throws on an unfinished list and on anything after a complete one.
+            return reader.Read() ? throw new FormatException("a list of strings is followed by more") : values;
         }
         finally
         {

@@ -188,7 +188,7 @@ internal sealed partial class RedisGrantStore
               return false
             end
 
-            -- The approvers, decoded when a check reads them. A list that is not a JSON array of strings (a hand edit)
+            -- The approvers, decoded once (before anything is written, see below). A list that is not a JSON array of strings (a hand edit)
             -- makes the record unreadable (decided after the checks, before anything is written), never a script error
             -- (a 503 with an unknown outcome) nor a count of something else (a string's length).
             local unreadable = false
@@ -285,17 +285,22 @@ internal sealed partial class RedisGrantStore
               -- After every binding (GrantRules.SelfApproved): no subject on the grant, so the API could not keep its
               -- approvers from using it.
               reason = '{{ReasonCodes.SelfApproval}}'
+            elseif tonumber(g.uses) <= 0 then
+              -- Before the approval rule (GrantRules.Check): a spent grant is a replay, whatever quorum a reload set since.
+              reason = '{{ReasonCodes.Replayed}}'
             elseif tonumber(g.approvalAal or '0') < tonumber(ARGV[23])
                 or (tonumber(ARGV[22]) > 1 and (not g.approvers or #approvers_of() < tonumber(ARGV[22]))) then
-              -- GrantRules.ShortOfApprovals: the quorum and the approvers' AAL of the policy in force. The list is decoded only
+              -- GrantRules.ShortOfApprovals: the quorum and the approvers' AAL of the policy in force. The count matters only
               -- for a quorum above one (an active grant always has an approver).
               reason = '{{ReasonCodes.GrantPending}}'
-            elseif tonumber(g.uses) <= 0 then
-              reason = '{{ReasonCodes.Replayed}}'
             else
               reason = '{{ReasonCodes.Ok}}'
             end
 
+            -- The list is read back by the caller too (the evidence names the approvers), so it is decoded here whatever
+            -- the quorum: read only for a quorum above one, a damaged list on a grant of a one-approver policy was used,
+            -- and the gateway then failed on its own reply (a 500, the use spent) or took a JSON scalar for no approvers.
+            if g.approvers then approvers_of() end
             if unreadable then
               return {'{{ReasonCodes.GrantUnreadable}}', ARGV[21]}
             end
@@ -400,7 +405,8 @@ internal sealed partial class RedisGrantStore
         /// (no "at", no actor), ARGV[4] maximum events, ARGV[5] how long an activated grant stays usable, in microseconds from now or
         /// its notBefore, whichever is later (-1: its expiry stays), ARGV[6] the quorum of the policy in force (raises the
         /// grant's own, never lowers it).
-        /// Returns {"not_found"}, {"conflict", status} or {"done", status, approvals remaining, activated (0|1), subject|nil}.
+        /// Returns {"not_found"}, {"unreadable"} (the approvers list), {"conflict", status} or {"done", status, approvals remaining,
+        /// activated (0|1), subject|nil}.
         /// </summary>
         private const string ApproveText = Common + $$"""
             local g = redis.call('HMGET', KEYS[1], 'status', 'expiresAt', 'approvers', 'approvalAal', 'approvalsRequired', 'subject', 'notBefore')
@@ -417,7 +423,19 @@ internal sealed partial class RedisGrantStore
               redis.call('HSET', KEYS[1], 'approvalsRequired', g[5])
             end
             local approvers = {}
-            if g[3] then approvers = cjson.decode(g[3]) end
+            if g[3] then
+              -- A list that is not a JSON array of strings (a hand edit after the API read the grant) is refused before
+              -- anything is written, as the consume refuses it: a Lua error here was a 503 with an unknown outcome.
+              local ok, list = pcall(cjson.decode, g[3])
+              if not ok or type(list) ~= 'table' then return {'unreadable'} end
+              local count = 0
+              for _, a in pairs(list) do
+                if type(a) ~= 'string' then return {'unreadable'} end
+                count = count + 1
+              end
+              if count ~= #list then return {'unreadable'} end
+              approvers = list
+            end
             local known = false
             for _, a in ipairs(approvers) do
               if a == ARGV[1] then known = true end

@@ -443,6 +443,8 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                 return new ApproveResult(GrantChange.NotFound, null, 0);
             case "conflict":
                 return new ApproveResult(GrantChange.Conflict, ParseStatus((string)result[1]), 0);
+            case "unreadable":
+                throw new GrantUnreadableException("the grant's record in the store cannot be read: its approvers are not a list of names");
         }
 
         if ((int)result[3] == 1)
@@ -477,10 +479,15 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                 (afterScore, afterId) = ((string)pairs[^1]!, ids[^1]);
             }
 
-            var grants = await Task.WhenAll(ids.Select(id => GetAsync(id, cancellationToken))).ConfigureAwait(false);
+            var grants = await Task.WhenAll(ids.Select(id => ReadablePendingAsync(id, cancellationToken))).ConfigureAwait(false);
             for (var i = 0; i < ids.Length; i++)
             {
-                if (grants[i] is { Status: GrantStatus.Pending } grant && grant.ExpiresAt > now)
+                if (!grants[i].Readable)
+                {
+                    continue; // logged, and kept in the index (it may be mended, and leaves it at its expiry)
+                }
+
+                if (grants[i].Grant is { Status: GrantStatus.Pending } grant && grant.ExpiresAt > now)
                 {
                     // Another route's grant stays indexed; the index is one for all routes (its pages bound each read). Routes compare
                     // ignoring case, as the route table and the consume script compare them.
@@ -507,6 +514,24 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         }
 
         return found;
+    }
+
+    /// <summary>
+    /// A listed id's grant (null when it is gone), or not <c>Readable</c> when its record cannot be read. One damaged record
+    /// (a hand edit) must not take the whole list of what waits for approval down with it: it is left out and named in
+    /// the log; it can be neither approved nor used, and its GET says what is wrong with it.
+    /// </summary>
+    private async Task<(bool Readable, GrantRecord? Grant)> ReadablePendingAsync(string id, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return (true, await GetAsync(id, cancellationToken).ConfigureAwait(false));
+        }
+        catch (GrantUnreadableException e)
+        {
+            Log.PendingUnreadable(_logger, Description, id, e.Message);
+            return (false, null);
+        }
     }
 
     public async Task AppendEventAsync(string id, GrantEvent grantEvent, CancellationToken cancellationToken)

@@ -94,6 +94,40 @@ public abstract class GrantEnforcementTests : IAsyncLifetime
         Assert.Equal(Deployer, denied.GetProperty("workload").GetString());
     }
 
+    /// <summary>
+    /// The operator raises the deploy policy's quorum (a config reload) after a grant was used up: presenting it again is a
+    /// replay, as before the reload, not grant_pending, which told the caller to go and collect approvals for a grant
+    /// that can never be used again. A grant with a use left is still short of the new quorum.
+    /// </summary>
+    [Fact]
+    public async Task Use_UsedUpGrantAfterReloadRaisedTheQuorum_ReplayedNotPending()
+    {
+        var token = _gateway.Idp.Token();
+        var svid = _gateway.WorkloadIssuer.Svid();
+        var spent = await _gateway.CreateGrantAsync(DeployGrant(token));
+        var unused = await _gateway.CreateGrantAsync(DeployGrant(token));
+        using (var first = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, spent, out _)))
+        {
+            Assert.Equal(HttpStatusCode.OK, first.StatusCode);
+        }
+
+        var config = JsonNode.Parse(await File.ReadAllTextAsync(_gateway.ConfigPath))!.AsObject();
+        config["Assurance"]!["Policies"]!["single-use-approval"]!["Approvals"] = 2;
+        Assert.True(await _gateway.ReloadAsync(config), string.Join(Environment.NewLine, _gateway.RefusedReloads()));
+
+        using var replay = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, spent, out _));
+        using var shortOfQuorum = await _gateway.Proxy.SendAsync(DeployRequest(token, svid, unused, out _));
+
+        Assert.Equal(HttpStatusCode.Forbidden, replay.StatusCode);
+        var problem = await replay.ProblemAsync();
+        Assert.Equal("replayed", problem.GetProperty("reason").GetString());
+        Assert.Equal("this approval has no uses left", problem.GetProperty("detail").GetString());
+        Assert.Equal("grant_pending", await shortOfQuorum.ReasonAsync());
+        Assert.Equal(1, _gateway.Upstream.Count);
+        var denied = (await _gateway.GetGrantAsync(spent)).GetProperty("events").EnumerateArray().Last();
+        Assert.Equal("replayed", denied.GetProperty("reason").GetString());
+    }
+
     [Fact]
     public async Task Use_MaxUsesThree_AcceptsExactlyThree()
     {

@@ -1,6 +1,8 @@
 using AssuranceGateway.Grants;
 using System.Diagnostics;
 using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
 using System.Text.Json.Nodes;
 using AssuranceGateway.Testing;
 using static AssuranceGateway.Testing.GrantHelpers;
@@ -147,6 +149,84 @@ public sealed class RedisGatewayTests : IAsyncLifetime
         Assert.Equal(before, await _redis.ExecuteAsync("HGETALL", key));
         Assert.Equal(HttpStatusCode.Conflict, shown.StatusCode);
         Assert.Equal("grant_unreadable", await shown.ReasonAsync());
+    }
+
+    /// <summary>
+    /// A damaged approver list on a grant whose policy asks for one approver (the deploy policy): the consume script read
+    /// the list only for a quorum above one, so it spent the use, and the gateway then either failed on its own reply (a
+    /// 500, nothing forwarded but the use gone) or took a JSON scalar or object for "no approvers" and forwarded. Never
+    /// used, nothing written, and the API's GET says what is wrong, as for every other field the gateway cannot read.
+    /// </summary>
+    [Theory]
+    [InlineData("not json")]
+    [InlineData("\"approver\"")]
+    [InlineData("7")]
+    [InlineData("[\"approver\",7]")]
+    [InlineData("{\"first\":\"approver\"}")]
+    [InlineData("[\"approver\"")]
+    [InlineData("[\"approver\"] and more")]
+    public async Task ApproversDamaged_QuorumOfOne_NeverUsedNothingWritten_ApiSaysUnreadable(string approvers)
+    {
+        await using var gateway = await GatewayHarness.StartAsync(redis: Connection);
+        Assert.Equal(1, gateway.Config.Current.Settings.PolicyForRoute("deploy")!.Approvals);
+        var token = gateway.Idp.Token();
+        var id = await gateway.CreateGrantAsync(DeployGrant(token, maxUses: 2));
+        var keys = new GrantKeys(gateway.Config.Current.Settings.Store.KeyPrefix);
+        var key = (string)keys.Grant(id)!;
+        await _redis.ExecuteAsync("HSET", key, "approvers", approvers);
+        var before = await _redis.ExecuteAsync("HGETALL", key);
+        var eventsBefore = await _redis.ExecuteAsync("LRANGE", (string)keys.Events(id)!, "0", "-1");
+
+        using var response = await gateway.Proxy.SendAsync(DeployRequest(token, gateway.WorkloadIssuer.Svid(), id, out _));
+        using var read = new HttpRequestMessage(HttpMethod.Get, $"/assurance/v1/grants/{id}");
+        read.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", gateway.Idp.ApiToken());
+        using var shown = await gateway.Api.SendAsync(read);
+
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+        Assert.Equal("grant_unreadable", await response.ReasonAsync());
+        Assert.Equal(0, gateway.Upstream.Count);
+        Assert.Equal(before, await _redis.ExecuteAsync("HGETALL", key));
+        Assert.Equal(eventsBefore, await _redis.ExecuteAsync("LRANGE", (string)keys.Events(id)!, "0", "-1"));
+        Assert.Equal(HttpStatusCode.Conflict, shown.StatusCode);
+        Assert.Equal("grant_unreadable", await shown.ReasonAsync());
+    }
+
+    /// <summary>
+    /// One pending grant with a damaged record among others: the approvers' list answered 409 as a whole, without naming
+    /// the grant, so one hand edit hid every request waiting for approval. The others are listed; the damaged one is
+    /// left out (it can be neither approved nor used), named in the log (event 3125), and its GET and approval say why.
+    /// </summary>
+    [Fact]
+    public async Task ListPending_OneRecordUnreadable_OthersListed_ItsGetAndApprovalSaySo()
+    {
+        await using var gateway = await GatewayHarness.StartAsync(
+            c => c["Assurance"]!["Policies"]!["single-use-approval"]!["Approvals"] = 2, redis: Connection);
+        var token = gateway.Idp.Token();
+        var damaged = await gateway.CreateGrantAsync(DeployGrant(token));
+        var sound = await gateway.CreateGrantAsync(DeployGrant(token));
+        var key = (string)new GrantKeys(gateway.Config.Current.Settings.Store.KeyPrefix).Grant(damaged)!;
+        await _redis.ExecuteAsync("HSET", key, "approvers", "not json");
+
+        async Task<HttpResponseMessage> ApiAsync(HttpMethod method, string path, string subject)
+        {
+            using var request = new HttpRequestMessage(method, path);
+            request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", gateway.Idp.ApiToken(subject));
+            return await gateway.Api.SendAsync(request);
+        }
+
+        using var listed = await ApiAsync(HttpMethod.Get, "/assurance/v1/grants?status=pending", "carol");
+        using var approved = await ApiAsync(HttpMethod.Post, $"/assurance/v1/grants/{damaged}/approve", "carol");
+        using var shown = await ApiAsync(HttpMethod.Get, $"/assurance/v1/grants/{damaged}", "carol");
+
+        Assert.Equal(HttpStatusCode.OK, listed.StatusCode);
+        var grants = (await listed.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("grants");
+        Assert.Equal([sound], grants.EnumerateArray().Select(g => g.GetProperty("id").GetString()));
+        Assert.Contains(gateway.Logs.Lines, l => l.Contains("[3125]", StringComparison.Ordinal) && l.Contains(damaged, StringComparison.Ordinal));
+        Assert.Equal(HttpStatusCode.Conflict, approved.StatusCode);
+        Assert.Equal("grant_unreadable", await approved.ReasonAsync());
+        Assert.Equal(HttpStatusCode.Conflict, shown.StatusCode);
+        Assert.Equal("grant_unreadable", await shown.ReasonAsync());
+        Assert.Equal(0, gateway.Upstream.Count);
     }
 
     [Fact]

@@ -468,6 +468,27 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         Assert.Equal(ReasonCodes.Ok, allowed.Reason);
     }
 
+    /// <summary>
+    /// A grant whose uses are all spent, presented after the approval rule was raised: it is a replay (no uses left), not
+    /// grant_pending, which would send the caller to collect approvals for a grant that can never be used again, and
+    /// would leave the replay's evidence without the first use it points back to.
+    /// </summary>
+    [Theory]
+    [InlineData(2, 0)]
+    [InlineData(1, 3)]
+    public async Task ConsumeAsync_UsedUpThenApprovalRuleRaised_ReplayedNotPending(int approvals, int approvalAal)
+    {
+        var grant = NewGrant() with { Approvers = ["bob"], ApprovalAal = 2 };
+        await CreateAsync(grant);
+        Assert.Equal(ReasonCodes.Ok, (await Store.ConsumeAsync(Matching(grant), default)).Reason);
+
+        var again = await Store.ConsumeAsync(Matching(grant) with { MinimumApprovals = approvals, MinimumApprovalAal = approvalAal }, default);
+
+        Assert.Equal(ReasonCodes.Replayed, again.Reason);
+        Assert.Equal(GrantStatus.Consumed, again.Status);
+        Assert.NotNull(again.FirstUse);
+    }
+
     [Fact]
     public async Task ConsumeAsync_NoOriginPresented_OriginMismatch()
     {

@@ -161,6 +161,32 @@ public sealed class RedisGrantStoreTests(RedisServer redis) : GrantStoreConforma
         Assert.Equal(eventsBefore, await redis.ExecuteAsync("LRANGE", events, "0", "-1"));
     }
 
+    /// <summary>
+    /// The same damage met by an approval (a hand edit between the API's read of the grant and its approval): refused as
+    /// unreadable with nothing written. It was a Lua error, which the API answered as an unavailable store.
+    /// </summary>
+    [Theory]
+    [InlineData("not json")]
+    [InlineData("\"bob\"")]
+    [InlineData("[\"bob\",7]")]
+    [InlineData("{\"first\":\"bob\"}")]
+    public async Task ApproveAsync_ApproversTheGatewayCannotRead_GrantUnreadableNothingWritten(string approvers)
+    {
+        var grant = NewGrant() with { Status = GrantStatus.Pending, Approvers = ["bob"], ApprovalsRequired = 2 };
+        await CreateAsync(grant);
+        var keys = new GrantKeys(_prefix);
+        var key = (string)keys.Grant(grant.Id)!;
+        await redis.ExecuteAsync("HSET", key, "approvers", approvers);
+        var before = await redis.ExecuteAsync("HGETALL", key);
+        var eventsBefore = await redis.ExecuteAsync("LRANGE", (string)keys.Events(grant.Id)!, "0", "-1");
+
+        await Assert.ThrowsAsync<GrantUnreadableException>(() =>
+            Store.ApproveAsync(grant.Id, "carol", 2, new GrantEvent { Type = GrantEvent.Approved }, null, 2, default));
+
+        Assert.Equal(before, await redis.ExecuteAsync("HGETALL", key));
+        Assert.Equal(eventsBefore, await redis.ExecuteAsync("LRANGE", (string)keys.Events(grant.Id)!, "0", "-1"));
+    }
+
     [Fact]
     public async Task ConsumeAsync_Standalone_SentOnTheDedicatedConsumeConnection()
     {
