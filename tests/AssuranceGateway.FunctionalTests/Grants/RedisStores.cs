@@ -48,15 +48,31 @@ internal static class RedisStores
 
     public static async Task<RedisGrantStore> StartAsync(StoreSettings settings, ILogger<RedisGrantStore>? logger = null)
     {
+        string? firstAttempt = null;
         for (var attempt = 1; ; attempt++)
         {
-            var store = Create(settings, logger);
+            // What the store logs, and each change in what it says while it is waited for: if it is given up, the
+            // next person sees what its watchdog did (the cause of these stalls was never caught in the act).
+            var collector = new LogCollector();
+            var store = Create(settings, logger ?? new CollectedLogger(collector.CreateLogger(nameof(RedisGrantStore))));
+            var clock = Stopwatch.StartNew();
+            var said = new List<string>();
             string? why = null;
             try
             {
                 // Answering is enough here: a test may ask for more replica acknowledgements than it has replicas.
                 await WaitUntilAsync(
-                    async () => (why = await store.NotReadyAsync(default)) is null || !why.StartsWith("does not answer", StringComparison.Ordinal),
+                    async () =>
+                    {
+                        var now = await store.NotReadyAsync(default);
+                        if (said.Count == 0 || !string.Equals(now, why, StringComparison.Ordinal))
+                        {
+                            said.Add($"{clock.ElapsedMilliseconds} ms: {now ?? "ready"}");
+                        }
+
+                        why = now;
+                        return now is null || !now.StartsWith("does not answer", StringComparison.Ordinal);
+                    },
                     StartLimit,
                     "the store to answer");
                 if (!store.IsCluster)
@@ -71,10 +87,16 @@ internal static class RedisStores
             catch (TimeoutException e)
             {
                 store.Dispose();
+                var report = $"store {settings.KeyPrefix} given up after {clock.Elapsed.TotalSeconds:F1} s (attempt {attempt}); it said: "
+                    + string.Join("; ", said) + Environment.NewLine + "  its log:" + Environment.NewLine + "    "
+                    + string.Join(Environment.NewLine + "    ", collector.Lines);
+                Note(report);
                 if (attempt == 2)
                 {
-                    throw new TimeoutException($"{e.Message} Twice, each with a new store; the last said: {why ?? "ready"}.", e);
+                    throw new TimeoutException($"{e.Message} Twice, each with a new store; the last said: {why ?? "ready"}.{Environment.NewLine}{firstAttempt}{Environment.NewLine}{report}", e);
                 }
+
+                firstAttempt = report;
             }
             catch
             {
@@ -82,6 +104,35 @@ internal static class RedisStores
                 throw;
             }
         }
+    }
+
+    /// <summary>
+    /// Appends to the file named by AGW_TEST_NOTES, which tests/run.sh prints before its summary: what a test worked
+    /// around without failing is still seen in the run's output.
+    /// </summary>
+    private static void Note(string text)
+    {
+        if (Environment.GetEnvironmentVariable("AGW_TEST_NOTES") is { Length: > 0 } path)
+        {
+            lock (NoteLock)
+            {
+                File.AppendAllText(path, text + Environment.NewLine);
+            }
+        }
+    }
+
+    private static readonly Lock NoteLock = new();
+
+    /// <summary>The store's own logger, into a <see cref="LogCollector"/> (Debug and up: the watchdog's steps).</summary>
+    private sealed class CollectedLogger(ILogger inner) : ILogger<RedisGrantStore>
+    {
+        public IDisposable? BeginScope<TState>(TState state)
+            where TState : notnull => inner.BeginScope(state);
+
+        public bool IsEnabled(LogLevel logLevel) => inner.IsEnabled(logLevel);
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            inner.Log(logLevel, eventId, state, exception, formatter);
     }
 
     /// <summary>Polls every 20 ms; returns how long it took, or throws with <paramref name="what"/> once the time is up.</summary>
