@@ -315,9 +315,9 @@ internal sealed partial class RedisGrantStore
             Query = Optional("query"),
             MaxUses = Int("maxUses"),
             UsesRemaining = Int("uses"),
-            CreatedAt = FromMicros(long.Parse(f["createdAt"], CultureInfo.InvariantCulture)),
-            ExpiresAt = FromMicros(long.Parse(f["expiresAt"], CultureInfo.InvariantCulture)),
-            NotBefore = f.TryGetValue("notBefore", out var notBefore) ? FromMicros(long.Parse(notBefore, CultureInfo.InvariantCulture)) : null,
+            CreatedAt = ReadRecordTime(f["createdAt"]),
+            ExpiresAt = ReadRecordTime(f["expiresAt"]),
+            NotBefore = f.TryGetValue("notBefore", out var notBefore) ? ReadRecordTime(notBefore) : null,
             Reason = Optional("reason"),
             CreatedBy = Optional("createdBy"),
             ApprovalsRequired = Int("approvalsRequired"),
@@ -331,6 +331,19 @@ internal sealed partial class RedisGrantStore
             DroppedEvents = f.TryGetValue("dropped", out var dropped) ? long.Parse(dropped, CultureInfo.InvariantCulture) : 0,
         };
     }
+
+    /// <summary>
+    /// A time of a grant's record (microseconds), as the consume script takes one: an integer Lua's doubles hold exactly
+    /// (2^53 µs is the year 2255). Beyond, the script calls the record unreadable, and a long the ticks of a
+    /// <see cref="DateTimeOffset"/> cannot hold was a 500 on the API's GET.
+    /// </summary>
+    private static DateTimeOffset ReadRecordTime(string text)
+    {
+        var micros = long.Parse(text, CultureInfo.InvariantCulture);
+        return micros is >= -MaxRecordMicros and <= MaxRecordMicros ? FromMicros(micros) : throw new FormatException("a time is out of range");
+    }
+
+    private const long MaxRecordMicros = 1L << 53;
 
     internal static GrantStatus ParseStatus(string? status) => status switch
     {

@@ -51,6 +51,12 @@ internal sealed partial class RedisGrantStore
 
     internal static class Scripts
     {
+        /// <summary>The largest count a record may hold (the C# reader's int), as text for the scripts.</summary>
+        private const string IntLimit = "2147483647";
+
+        /// <summary>The largest time a record may hold, in microseconds: 2^53, the last integer Lua's doubles hold exactly.</summary>
+        private const string TimeLimit = "9007199254740992";
+
         private const string Common = """
             local function fmt(n)
               return string.format('%.0f', n)
@@ -77,6 +83,17 @@ internal sealed partial class RedisGrantStore
             local function not_found(reply)
               redis.call('DEL', KEYS[1])
               return {reply}
+            end
+
+            -- A number of a record as the C# reader takes one (int.Parse, long.Parse: white space, a sign, decimal digits)
+            -- and Lua holds exactly, else nil. tonumber alone also takes '0x10', '1e3', '2.5', 'inf' and 'nan', and every
+            -- comparison with NaN is false whichever way it is written: an expiry of 'nan' never came, 'nan' uses were
+            -- never spent, and the C# reader called the record unreadable all the same.
+            local function integer(text, limit)
+              if not text or not string.find(text, '^%s*[-+]?%d+%s*$') then return nil end
+              local n = tonumber(text)
+              if n > limit or n < -limit then return nil end
+              return n
             end
 
             -- An event prepared by the caller, stamped with the store's time (and an actor when given).
@@ -230,9 +247,9 @@ internal sealed partial class RedisGrantStore
             -- is written to it: checking the bindings it knows and ignoring the rest would let the grant through where the
             -- version that wrote it would refuse.
             if (g.status ~= '{{StatusActive}}' and g.status ~= '{{StatusConsumed}}' and g.status ~= '{{StatusPending}}'
-                and g.status ~= '{{StatusRevoked}}') or not tonumber(g.expiresAt) or not tonumber(g.uses)
-                or (g.notBefore and not tonumber(g.notBefore)) or (g.approvalAal and not tonumber(g.approvalAal))
-                or (g.bound and (not tonumber(g.bound) or bit.band(tonumber(g.bound), bit.bnot({{BindingNames.KnownText}})) ~= 0)) then
+                and g.status ~= '{{StatusRevoked}}') or not integer(g.expiresAt, {{TimeLimit}}) or not integer(g.uses, {{IntLimit}})
+                or (g.notBefore and not integer(g.notBefore, {{TimeLimit}})) or (g.approvalAal and not integer(g.approvalAal, {{IntLimit}}))
+                or (g.bound and (not integer(g.bound, {{IntLimit}}) or bit.band(tonumber(g.bound), bit.bnot({{BindingNames.KnownText}})) ~= 0)) then
               return {'{{ReasonCodes.GrantUnreadable}}', ARGV[21]}
             end
 
@@ -418,14 +435,11 @@ internal sealed partial class RedisGrantStore
             if status ~= '{{StatusPending}}' or now >= tonumber(g[2]) then
               return {'conflict', status}
             end
-            if tonumber(ARGV[6]) > tonumber(g[5]) then
-              g[5] = ARGV[6]
-              redis.call('HSET', KEYS[1], 'approvalsRequired', g[5])
-            end
             local approvers = {}
             if g[3] then
               -- A list that is not a JSON array of strings (a hand edit after the API read the grant) is refused before
-              -- anything is written, as the consume refuses it: a Lua error here was a 503 with an unknown outcome.
+              -- anything is written (the raised quorum below included), as the consume refuses it: a Lua error here was a
+              -- 503 with an unknown outcome.
               local ok, list = pcall(cjson.decode, g[3])
               if not ok or type(list) ~= 'table' then return {'unreadable'} end
               local count = 0
@@ -435,6 +449,10 @@ internal sealed partial class RedisGrantStore
               end
               if count ~= #list then return {'unreadable'} end
               approvers = list
+            end
+            if tonumber(ARGV[6]) > tonumber(g[5]) then
+              g[5] = ARGV[6]
+              redis.call('HSET', KEYS[1], 'approvalsRequired', g[5])
             end
             local known = false
             for _, a in ipairs(approvers) do

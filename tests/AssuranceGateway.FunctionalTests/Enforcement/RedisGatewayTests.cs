@@ -129,6 +129,24 @@ public sealed class RedisGatewayTests : IAsyncLifetime
     [InlineData("bound", "abc")]
     // Read by the approval checks of the policy in force (its MinimumApprovalAal): a Lua error was a 503 and an unknown outcome.
     [InlineData("approvalAal", "abc")]
+    // Numbers to Lua's tonumber, not to the C# reader: a comparison with NaN is false whichever way it is written, so an
+    // expiry or notBefore of "nan" never came, a "nan" approval AAL met every MinimumApprovalAal, and "nan" or "inf" uses
+    // were never spent (the gateway then failed on its own reply). Hex, exponents and fractions are no counts either.
+    [InlineData("expiresAt", "nan")]
+    [InlineData("expiresAt", "inf")]
+    [InlineData("expiresAt", "1e300")]
+    [InlineData("expiresAt", "9000000000000000000")]
+    [InlineData("notBefore", "nan")]
+    [InlineData("uses", "nan")]
+    [InlineData("uses", "-nan")]
+    [InlineData("uses", "inf")]
+    [InlineData("uses", "0x10")]
+    [InlineData("uses", "1e3")]
+    [InlineData("uses", "2.5")]
+    [InlineData("uses", "99999999999")]
+    [InlineData("approvalAal", "nan")]
+    [InlineData("bound", "nan")]
+    [InlineData("bound", "0x34")]
     public async Task GrantRecordTheGatewayCannotRead_NeverUsedNothingWritten_ProxyAndApiSaySo(string field, string value)
     {
         await using var gateway = await GatewayHarness.StartAsync(redis: Connection);

@@ -636,14 +636,29 @@ public sealed class TokenValidatorTests : IDisposable
         Assert.Equal(1, validator.CachedCount);
     }
 
-    [Fact]
-    public async Task ValidateAsync_InvalidToken_NotCached()
+    [Theory]
+    [InlineData("token expired")]
+    [InlineData("signature invalid")]
+    [InlineData("sub missing")]
+    public async Task ValidateAsync_InvalidTokenSentAgainAndAgain_NeverCached(string failure)
     {
+        // Three times: a token is held from its second verification on, so one refusal alone would show nothing. The
+        // signature and sub are the last checks before a token is held.
+        using var other = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var claims = failure == "token expired" ? Claims(exp: -600, iat: -900, nbf: -900) : Claims();
+        if (failure == "sub missing")
+        {
+            claims.Remove("sub");
+        }
+
+        var token = failure == "signature invalid" ? _idp.Sign(_idp.Header(), claims.ToJsonString(), other) : Sign(claims);
         var validator = Validator();
 
-        var check = await validator.ValidateAsync(Sign(Claims(exp: -600, iat: -900, nbf: -900)), default);
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.Equal(failure, (await validator.ValidateAsync(token, default)).Failure);
+        }
 
-        Assert.False(check.IsValid);
         Assert.Equal(0, validator.CachedCount);
     }
 
