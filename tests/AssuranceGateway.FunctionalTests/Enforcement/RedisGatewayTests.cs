@@ -116,8 +116,9 @@ public sealed class RedisGatewayTests : IAsyncLifetime
 
     /// <summary>
     /// A status this gateway does not know (an operator's hand-written "suspended" during an incident, a newer version's
-    /// write during a rolling upgrade), a binding it has no name for (the same) or a count that is not a number: the grant is never used, nothing is written to
-    /// it, and both the proxy and the API say so in problem+json instead of forwarding or failing with a bare 500.
+    /// write during a rolling upgrade), a binding it has no name for (the same), a count that is not a number or an approvers
+    /// list that is not a list of names: the grant is never used, nothing is written to it (its events neither), and both
+    /// the proxy and the API say so in problem+json instead of forwarding or failing with a bare 500.
     /// </summary>
     [Theory]
     [InlineData("status", "suspended")]
@@ -147,43 +148,17 @@ public sealed class RedisGatewayTests : IAsyncLifetime
     [InlineData("approvalAal", "nan")]
     [InlineData("bound", "nan")]
     [InlineData("bound", "0x34")]
+    // A damaged approver list on a grant whose policy asks for one approver (the deploy policy): the consume script read
+    // the list only for a quorum above one, so it spent the use, and the gateway then either failed on its own reply (a
+    // 500, nothing forwarded but the use gone) or took a JSON scalar or object for "no approvers" and forwarded.
+    [InlineData("approvers", "not json")]
+    [InlineData("approvers", "\"approver\"")]
+    [InlineData("approvers", "7")]
+    [InlineData("approvers", "[\"approver\",7]")]
+    [InlineData("approvers", "{\"first\":\"approver\"}")]
+    [InlineData("approvers", "[\"approver\"")]
+    [InlineData("approvers", "[\"approver\"] and more")]
     public async Task GrantRecordTheGatewayCannotRead_NeverUsedNothingWritten_ProxyAndApiSaySo(string field, string value)
-    {
-        await using var gateway = await GatewayHarness.StartAsync(redis: Connection);
-        var token = gateway.Idp.Token();
-        var id = await gateway.CreateGrantAsync(DeployGrant(token, maxUses: 2));
-        var key = (string)new GrantKeys(gateway.Config.Current.Settings.Store.KeyPrefix).Grant(id)!;
-        await _redis.ExecuteAsync("HSET", key, field, value);
-        var before = await _redis.ExecuteAsync("HGETALL", key);
-
-        using var response = await gateway.Proxy.SendAsync(DeployRequest(token, gateway.WorkloadIssuer.Svid(), id, out _));
-        using var read = new HttpRequestMessage(HttpMethod.Get, $"/assurance/v1/grants/{id}");
-        read.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", gateway.Idp.ApiToken());
-        using var shown = await gateway.Api.SendAsync(read);
-
-        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
-        Assert.Equal("grant_unreadable", await response.ReasonAsync());
-        Assert.Equal(0, gateway.Upstream.Count);
-        Assert.Equal(before, await _redis.ExecuteAsync("HGETALL", key));
-        Assert.Equal(HttpStatusCode.Conflict, shown.StatusCode);
-        Assert.Equal("grant_unreadable", await shown.ReasonAsync());
-    }
-
-    /// <summary>
-    /// A damaged approver list on a grant whose policy asks for one approver (the deploy policy): the consume script read
-    /// the list only for a quorum above one, so it spent the use, and the gateway then either failed on its own reply (a
-    /// 500, nothing forwarded but the use gone) or took a JSON scalar or object for "no approvers" and forwarded. Never
-    /// used, nothing written, and the API's GET says what is wrong, as for every other field the gateway cannot read.
-    /// </summary>
-    [Theory]
-    [InlineData("not json")]
-    [InlineData("\"approver\"")]
-    [InlineData("7")]
-    [InlineData("[\"approver\",7]")]
-    [InlineData("{\"first\":\"approver\"}")]
-    [InlineData("[\"approver\"")]
-    [InlineData("[\"approver\"] and more")]
-    public async Task ApproversDamaged_QuorumOfOne_NeverUsedNothingWritten_ApiSaysUnreadable(string approvers)
     {
         await using var gateway = await GatewayHarness.StartAsync(redis: Connection);
         Assert.Equal(1, gateway.Config.Current.Settings.PolicyForRoute("deploy")!.Approvals);
@@ -191,7 +166,7 @@ public sealed class RedisGatewayTests : IAsyncLifetime
         var id = await gateway.CreateGrantAsync(DeployGrant(token, maxUses: 2));
         var keys = new GrantKeys(gateway.Config.Current.Settings.Store.KeyPrefix);
         var key = (string)keys.Grant(id)!;
-        await _redis.ExecuteAsync("HSET", key, "approvers", approvers);
+        await _redis.ExecuteAsync("HSET", key, field, value);
         var before = await _redis.ExecuteAsync("HGETALL", key);
         var eventsBefore = await _redis.ExecuteAsync("LRANGE", (string)keys.Events(id)!, "0", "-1");
 
@@ -208,6 +183,7 @@ public sealed class RedisGatewayTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.Conflict, shown.StatusCode);
         Assert.Equal("grant_unreadable", await shown.ReasonAsync());
     }
+
 
     /// <summary>
     /// One pending grant with a damaged record among others: the approvers' list answered 409 as a whole, without naming
