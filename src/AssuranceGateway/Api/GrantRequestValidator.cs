@@ -17,6 +17,17 @@ internal readonly record struct GrantDraft(GrantRecord? Grant, string? Reason, s
 /// </summary>
 internal static class GrantRequestValidator
 {
+    private static string? Unprefixed(string field, string? value, GatewaySettings settings)
+    {
+        var prefixes = settings.Tokens.Issuers.Select(i => i.SubjectPrefix).Where(p => p.Length > 0).ToList();
+        if (value is null || prefixes.Count == 0 || prefixes.Any(p => value.StartsWith(p, StringComparison.Ordinal)))
+        {
+            return null;
+        }
+
+        return $"{field}: '{value}' names no token issuer's {field}: each is written with its issuer's SubjectPrefix ({string.Join(", ", prefixes.Select(p => $"'{p}'"))})";
+    }
+
     public static GrantDraft Validate(CreateGrantRequest body, ApiCaller caller, GatewaySettings settings, DateTimeOffset now)
     {
         if (string.IsNullOrWhiteSpace(body.Route))
@@ -101,6 +112,13 @@ internal static class GrantRequestValidator
         if (Blank(body.Subject) || Blank(body.Session) || Blank(body.Workload))
         {
             return Invalid($"{(Blank(body.Subject) ? "subject" : Blank(body.Session) ? "session" : "workload")}: must not be empty");
+        }
+
+        // With subject prefixes (required once two issuers are trusted) a subject or session without one is no token's:
+        // the grant could never be used, and its issuer would not learn why.
+        if ((Unprefixed("subject", body.Subject, settings) ?? Unprefixed("session", body.Session, settings)) is { } unprefixed)
+        {
+            return Invalid(unprefixed);
         }
 
         var origins = new List<string>();

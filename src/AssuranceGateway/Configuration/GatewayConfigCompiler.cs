@@ -320,6 +320,7 @@ public static class GatewayConfigCompiler
     {
         reader.RejectUnknownKeys(s, "Issuers", "ClockSkew", "MaxLifetime", "Types", "MaxTokenBytes", "AalClaim", "SessionClaim", "AalMap");
         var issuers = new List<TokenIssuer>();
+        var sections = new List<(TokenIssuer Issuer, IConfigurationSection Section)>();
         foreach (var child in s.GetSection("Issuers").GetChildren())
         {
             var issuer = ReadIssuer(reader, child, baseDirectory, requireAudiences: true, allowAuthority: true);
@@ -331,8 +332,11 @@ public static class GatewayConfigCompiler
                 }
 
                 issuers.Add(issuer);
+                sections.Add((issuer, child));
             }
         }
+
+        CheckSubjectNamespaces(reader, s, sections);
 
         // Keys such as "urn:aal2" contain ':', the configuration path separator: rebuild them from relative paths.
         var aalMap = new Dictionary<string, int>(StringComparer.Ordinal);
@@ -374,12 +378,76 @@ public static class GatewayConfigCompiler
         };
     }
 
+    /// <summary>An access-token issuer's <c>SubjectPrefix</c>: printable ASCII without spaces, at most 64 characters.</summary>
+    private static string SubjectPrefix(ConfigReader reader, IConfigurationSection s)
+    {
+        var prefix = s.GetSection("SubjectPrefix").Value;
+        if (string.IsNullOrEmpty(prefix))
+        {
+            return string.Empty;
+        }
+
+        if (prefix.Length > 64 || prefix.Any(c => c is <= ' ' or > '~'))
+        {
+            reader.Error(s.GetSection("SubjectPrefix"), "must be at most 64 printable ASCII characters without spaces, such as 'partner:'");
+            return string.Empty;
+        }
+
+        return prefix;
+    }
+
+    /// <summary>
+    /// Subjects, sessions, approvers and claim workloads are compared as strings (SPEC: the subject is the token's
+    /// <c>sub</c>), so two issuers that can both say <c>sub: alice</c> would be one alice: the other IdP's alice could use
+    /// her grants, fill her pending quota, or approve as her. A lone issuer needs nothing; with more than one, each must
+    /// name a prefix, and no prefix may begin another's ('corp:' and 'corp:eu:' would let 'corp:' say sub 'eu:alice'), so
+    /// a name the gateway records tells its issuer. Refused rather than defaulted: a prefix changes what grants must name,
+    /// which the operator who adds the second issuer has to decide and tell the grant issuers.
+    /// </summary>
+    private static void CheckSubjectNamespaces(ConfigReader reader, IConfigurationSection s, List<(TokenIssuer Issuer, IConfigurationSection Section)> issuers)
+    {
+        if (issuers.Count < 2)
+        {
+            return;
+        }
+
+        for (var i = 0; i < issuers.Count; i++)
+        {
+            var (issuer, section) = issuers[i];
+            var key = section.GetSection("SubjectPrefix");
+            if (issuer.SubjectPrefix.Length == 0)
+            {
+                // A prefix refused for its characters is already named: it is not also "required".
+                if (!reader.Errors.Any(e => e.StartsWith(key.Path + ":", StringComparison.Ordinal)))
+                {
+                    reader.Error(key, $"required when {s.GetSection("Issuers").Path} lists more than one issuer (such as 'idp:'): "
+                        + $"a subject of issuer '{issuer.Issuer}' could otherwise be taken for another issuer's");
+                }
+
+                continue;
+            }
+
+            // Each clash is named once, at the longer prefix (at the later issuer when both are the same).
+            for (var j = 0; j < issuers.Count; j++)
+            {
+                var other = issuers[j].Issuer;
+                if (j != i && other.SubjectPrefix.Length > 0 && issuer.SubjectPrefix.StartsWith(other.SubjectPrefix, StringComparison.Ordinal)
+                    && (issuer.SubjectPrefix.Length > other.SubjectPrefix.Length || j < i))
+                {
+                    reader.Error(key, $"'{issuer.SubjectPrefix}' begins with '{other.SubjectPrefix}', the prefix of issuer '{other.Issuer}': "
+                        + "a subject of one could be taken for the other's");
+                }
+            }
+        }
+    }
+
     private static TokenIssuer? ReadIssuer(
         ConfigReader reader, IConfigurationSection s, string baseDirectory, bool requireAudiences, bool allowAuthority)
     {
         reader.RejectUnknownKeys(s, allowAuthority
-            ? ["Issuer", "Audiences", "JwksFile", "JwksUri", "Authority", "Algorithms"]
+            ? ["Issuer", "Audiences", "JwksFile", "JwksUri", "Authority", "Algorithms", "SubjectPrefix"]
             : ["Issuer", "JwksFile", "JwksUri", "Algorithms"]);
+        var prefix = allowAuthority ? SubjectPrefix(reader, s) : string.Empty;
         var name = reader.String(s, "Issuer");
         if (name is null)
         {
@@ -487,6 +555,7 @@ public static class GatewayConfigCompiler
             Algorithms = algorithms.ToFrozenSet(StringComparer.Ordinal),
             Keys = keys,
             KeyLocation = location,
+            SubjectPrefix = prefix,
         };
     }
 

@@ -228,7 +228,7 @@ public sealed class TokenValidator
         var acr = ClaimReader.StringValue(jwt, _settings.AalClaim);
         var aal = acr is not null && _settings.AalMap.TryGetValue(acr, out var level) ? level : 0;
         var session = ClaimReader.StringValue(jwt, _settings.SessionClaim);
-        var validated = new ValidatedToken(jwt, hash, aal, acr, session);
+        var validated = new ValidatedToken(jwt, hash, aal, acr, session, entry.Issuer.SubjectPrefix);
         // The start of the token's validity (its nbf, or its iat when later: both are refused beyond the skew) is kept
         // with it, so that a hit after the clock was set back is judged as a fresh validation would judge it.
         var validFrom = Math.Max(shape.NotBefore ?? 0, shape.IssuedAt ?? 0);

@@ -4,17 +4,21 @@ using Microsoft.IdentityModel.JsonWebTokens;
 
 namespace AssuranceGateway.Tokens;
 
-/// <summary>An access token that passed every check. Holds the hash of the raw token, never the token itself.</summary>
+/// <summary>
+/// An access token that passed every check. Holds the hash of the raw token, never the token itself. Subject and session
+/// are named in the issuer's namespace (its subject prefix, empty for a lone issuer).
+/// </summary>
 public sealed class ValidatedToken
 {
-    internal ValidatedToken(JsonWebToken jwt, string tokenHash, int aal, string? acr, string? session)
+    internal ValidatedToken(JsonWebToken jwt, string tokenHash, int aal, string? acr, string? session, string subjectPrefix = "")
     {
         Jwt = jwt;
         TokenHash = tokenHash;
         Aal = aal;
         Acr = acr;
-        Session = session;
-        Subject = jwt.Subject;
+        SubjectPrefix = subjectPrefix;
+        Session = session is null ? null : subjectPrefix + session;
+        Subject = subjectPrefix + jwt.Subject;
         Issuer = jwt.Issuer;
         ExpiresAt = jwt.ValidTo;
     }
@@ -23,6 +27,9 @@ public sealed class ValidatedToken
     public string TokenHash { get; }
     public string Subject { get; }
     public string Issuer { get; }
+
+    /// <summary>The issuer's <see cref="TokenIssuer.SubjectPrefix"/>, already part of <see cref="Subject"/> and <see cref="Session"/>.</summary>
+    public string SubjectPrefix { get; }
     public string? Session { get; }
     public int Aal { get; }
     public string? Acr { get; }

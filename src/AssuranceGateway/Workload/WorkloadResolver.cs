@@ -396,8 +396,9 @@ public sealed class WorkloadResolver
         }
 
         // Present but not one non-empty string (an array naming two workloads, a number): invalid, never a workload.
+        // Named in the issuer's namespace as its subjects are: client 'ci-deployer' of one IdP is not that of another.
         return accessToken.StringClaim(_settings.Claim) is { Length: > 0 } workload
-            ? new WorkloadCheck(new WorkloadIdentity(workload, WorkloadSource.Claim, null), null, null)
+            ? new WorkloadCheck(new WorkloadIdentity(accessToken.SubjectPrefix + workload, WorkloadSource.Claim, null), null, null)
             : WorkloadCheck.Fail(ReasonCodes.WorkloadInvalid, $"access token claim '{_settings.Claim}' is not a single string");
     }
 }

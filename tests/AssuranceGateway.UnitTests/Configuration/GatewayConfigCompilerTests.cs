@@ -388,8 +388,92 @@ public sealed class GatewayConfigCompilerTests : IDisposable
     public void Compile_IssuerConfiguredTwice_Refused()
     {
         AssertProblems(
-            c => Tokens(c)["Issuers"]!.AsArray().Add(Issuer(c).DeepClone()),
+            c =>
+            {
+                Issuer(c)["SubjectPrefix"] = "a:";
+                var twice = Issuer(c).DeepClone();
+                twice["SubjectPrefix"] = "b:";
+                Tokens(c)["Issuers"]!.AsArray().Add(twice);
+            },
             "Assurance:Tokens:Issuers:1:Issuer: issuer 'https://idp.test' is configured twice");
+    }
+
+    private static void AddIssuer(JsonObject c, string issuer, string? prefix)
+    {
+        var second = Issuer(c).DeepClone().AsObject();
+        second["Issuer"] = issuer;
+        second.Remove("SubjectPrefix");
+        if (prefix is not null)
+        {
+            second["SubjectPrefix"] = prefix;
+        }
+
+        Tokens(c)["Issuers"]!.AsArray().Add(second);
+    }
+
+    [Fact]
+    public void Compile_TwoIssuersWithoutSubjectPrefixes_Refused()
+    {
+        // Both could say sub 'alice': one alice to every grant, approval and pending quota.
+        AssertProblems(
+            c => AddIssuer(c, "https://partner.test", null),
+            "Assurance:Tokens:Issuers:0:SubjectPrefix: required when Assurance:Tokens:Issuers lists more than one issuer (such as 'idp:'): a subject of issuer 'https://idp.test' could otherwise be taken for another issuer's",
+            "Assurance:Tokens:Issuers:1:SubjectPrefix: required when Assurance:Tokens:Issuers lists more than one issuer (such as 'idp:'): a subject of issuer 'https://partner.test' could otherwise be taken for another issuer's");
+    }
+
+    [Fact]
+    public void Compile_OneOfTwoIssuersWithoutSubjectPrefix_Refused()
+    {
+        // A bare issuer could say sub 'partner:alice'.
+        AssertProblems(
+            c => AddIssuer(c, "https://partner.test", "partner:"),
+            "Assurance:Tokens:Issuers:0:SubjectPrefix: required when Assurance:Tokens:Issuers lists more than one issuer (such as 'idp:'): a subject of issuer 'https://idp.test' could otherwise be taken for another issuer's");
+    }
+
+    [Theory]
+    [InlineData("corp:", "corp:", "Assurance:Tokens:Issuers:1:SubjectPrefix: 'corp:' begins with 'corp:', the prefix of issuer 'https://idp.test': a subject of one could be taken for the other's")]
+    [InlineData("corp:", "corp:eu:", "Assurance:Tokens:Issuers:1:SubjectPrefix: 'corp:eu:' begins with 'corp:', the prefix of issuer 'https://idp.test': a subject of one could be taken for the other's")]
+    [InlineData("corp:eu:", "corp:", "Assurance:Tokens:Issuers:0:SubjectPrefix: 'corp:eu:' begins with 'corp:', the prefix of issuer 'https://partner.test': a subject of one could be taken for the other's")]
+    [InlineData("idp :", "partner:", "Assurance:Tokens:Issuers:0:SubjectPrefix: must be at most 64 printable ASCII characters without spaces, such as 'partner:'")]
+    public void Compile_SubjectPrefixesThatOverlapOrCannotBeWritten_Refused(string first, string second, string problem)
+    {
+        AssertProblems(
+            c =>
+            {
+                Issuer(c)["SubjectPrefix"] = first;
+                AddIssuer(c, "https://partner.test", second);
+            },
+            problem);
+    }
+
+    [Fact]
+    public void Compile_IssuersWithTheirOwnSubjectPrefixes_Valid()
+    {
+        var (settings, errors) = Compile(c =>
+        {
+            Issuer(c)["SubjectPrefix"] = "idp:";
+            AddIssuer(c, "https://partner.test", "partner:");
+        });
+
+        Assert.Empty(errors);
+        Assert.Equal(["idp:", "partner:"], settings!.Tokens.Issuers.Select(i => i.SubjectPrefix));
+    }
+
+    [Fact]
+    public void Compile_LoneIssuer_NeedsNoSubjectPrefix()
+    {
+        var (settings, errors) = Compile();
+
+        Assert.Empty(errors);
+        Assert.Equal(string.Empty, Assert.Single(settings!.Tokens.Issuers).SubjectPrefix);
+    }
+
+    [Fact]
+    public void Compile_WorkloadIssuerSubjectPrefix_Refused()
+    {
+        // SPIFFE IDs name their trust domain already; a prefix there would only break the binding.
+        Assert.Contains(CompileErrors(c => ((JsonObject)Workload(c)["Issuers"]![0]!)["SubjectPrefix"] = "w:"),
+            e => e.StartsWith("Assurance:Workload:Issuers:0:SubjectPrefix", StringComparison.Ordinal));
     }
 
     [Theory]
