@@ -289,7 +289,7 @@ internal sealed partial class RedisGrantStore
         }
 
         string? Optional(string field) => f.GetValueOrDefault(field);
-        int Int(string field) => f.TryGetValue(field, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : 0;
+        int Int(string field) => f.TryGetValue(field, out var v) ? ReadCount(v) : 0;
 
         RequestDigests? digests = null;
         if (f.ContainsKey("digests"))
@@ -314,13 +314,13 @@ internal sealed partial class RedisGrantStore
             Path = Optional("path"),
             Query = Optional("query"),
             MaxUses = Int("maxUses"),
-            UsesRemaining = Int("uses"),
+            UsesRemaining = ReadCount(f["uses"]),
             CreatedAt = ReadRecordTime(f["createdAt"]),
             ExpiresAt = ReadRecordTime(f["expiresAt"]),
             NotBefore = f.TryGetValue("notBefore", out var notBefore) ? ReadRecordTime(notBefore) : null,
             Reason = Optional("reason"),
             CreatedBy = Optional("createdBy"),
-            ApprovalsRequired = Int("approvalsRequired"),
+            ApprovalsRequired = ReadCount(f["approvalsRequired"]),
             Approvers = f.TryGetValue("approvers", out var approvers) ? ReadStringArray(approvers) : [],
             ApprovalAal = Int("approvalAal"),
             Bound = Int("bound") is var bound && (bound & ~(int)Enforcement.BindingNames.Known) == 0
@@ -328,7 +328,7 @@ internal sealed partial class RedisGrantStore
                 : throw new FormatException($"it names bindings this version does not know ({bound})"),
             FirstUse = f.TryGetValue("firstUse", out var firstUse) ? ReadFirstUse(firstUse) : null,
             Events = events,
-            DroppedEvents = f.TryGetValue("dropped", out var dropped) ? long.Parse(dropped, CultureInfo.InvariantCulture) : 0,
+            DroppedEvents = f.TryGetValue("dropped", out var dropped) ? ReadCounter(dropped) : 0,
         };
     }
 
@@ -339,9 +339,29 @@ internal sealed partial class RedisGrantStore
     /// </summary>
     private static DateTimeOffset ReadRecordTime(string text)
     {
-        var micros = long.Parse(text, CultureInfo.InvariantCulture);
+        var micros = ReadInteger(text);
         return micros is >= -MaxRecordMicros and <= MaxRecordMicros ? FromMicros(micros) : throw new FormatException("a time is out of range");
     }
+
+    /// <summary>A count of a record, in the range the scripts take (Scripts.IntLimit either way: int.MinValue is not one).</summary>
+    private static int ReadCount(string text) =>
+        ReadInteger(text) is var n && n is >= -int.MaxValue and <= int.MaxValue ? (int)n : throw new FormatException("a count is out of range");
+
+    /// <summary>
+    /// The dropped events' counter, in the one form HINCRBY takes (no white space, no '+', no leading zero): the scripts
+    /// cannot count in any other, and lose the count (see count_dropped).
+    /// </summary>
+    private static long ReadCounter(string text) =>
+        long.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var n) && string.Equals(n.ToString(CultureInfo.InvariantCulture), text, StringComparison.Ordinal)
+            ? n
+            : throw new FormatException("the dropped events' counter is not an integer Redis counts with");
+
+    /// <summary>
+    /// An integer as the scripts' integer() takes one: white space, a sign, decimal digits. long.Parse alone also skips
+    /// trailing NUL characters, which the scripts do not.
+    /// </summary>
+    private static long ReadInteger(string text) =>
+        text.Contains('\0', StringComparison.Ordinal) ? throw new FormatException("a number holds a NUL") : long.Parse(text, NumberStyles.Integer, CultureInfo.InvariantCulture);
 
     private const long MaxRecordMicros = 1L << 53;
 
@@ -443,7 +463,7 @@ internal sealed partial class RedisGrantStore
     internal static GrantEvent ReadEvent(string json)
     {
         using var document = JsonDocument.Parse(json);
-        var e = document.RootElement;
+        var e = ObjectRoot(document);
         return new GrantEvent
         {
             Type = ReadString(e, "type") ?? string.Empty,
@@ -461,7 +481,7 @@ internal sealed partial class RedisGrantStore
     internal static FirstUse ReadFirstUse(string json)
     {
         using var document = JsonDocument.Parse(json);
-        var u = document.RootElement;
+        var u = ObjectRoot(document);
         return new FirstUse(ReadString(u, "traceId"), ReadString(u, "spanId"), ReadTime(u), ReadString(u, "workload"), ReadString(u, "origin"));
     }
 
@@ -518,6 +538,14 @@ internal sealed partial class RedisGrantStore
     private static string? ReadString(JsonElement element, string name) =>
         element.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.String ? value.GetString() : null;
 
+    /// <summary>An event's or a first use's JSON, which is an object: anything else (a hand edit) does not parse.</summary>
+    private static JsonElement ObjectRoot(JsonDocument document) =>
+        document.RootElement.ValueKind == JsonValueKind.Object ? document.RootElement : throw new FormatException("an object is something else");
+
+    /// <summary>
+    /// "at": a time of the record (a string, or a number as older events may hold), in the range the scripts take. A number
+    /// is read as cjson reads it (a double, so 1e3 and 1.0 are whole), which is how the consume checks a first use.
+    /// </summary>
     private static DateTimeOffset ReadTime(JsonElement element)
     {
         if (!element.TryGetProperty("at", out var at))
@@ -525,7 +553,11 @@ internal sealed partial class RedisGrantStore
             return default;
         }
 
-        var micros = at.ValueKind == JsonValueKind.Number ? at.GetInt64() : long.Parse(at.GetString() ?? "0", CultureInfo.InvariantCulture);
-        return FromMicros(micros);
+        return at.ValueKind switch
+        {
+            JsonValueKind.String => ReadRecordTime(at.GetString()!),
+            JsonValueKind.Number when at.TryGetDouble(out var micros) && micros == Math.Floor(micros) && Math.Abs(micros) <= MaxRecordMicros => FromMicros((long)micros),
+            _ => throw new FormatException("a time is something else"),
+        };
     }
 }

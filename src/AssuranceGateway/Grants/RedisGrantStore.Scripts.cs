@@ -57,7 +57,7 @@ internal sealed partial class RedisGrantStore
         /// <summary>The largest time a record may hold, in microseconds: 2^53, the last integer Lua's doubles hold exactly.</summary>
         private const string TimeLimit = "9007199254740992";
 
-        private const string Common = """
+        private const string Common = $$"""
             local function fmt(n)
               return string.format('%.0f', n)
             end
@@ -67,10 +67,21 @@ internal sealed partial class RedisGrantStore
               return tonumber(t[1]) * 1000000 + tonumber(t[2])
             end
 
+            -- Counts an event the full list cannot keep. A counter that is not an integer HINCRBY takes (a hand edit; the
+            -- C# reader calls that record unreadable) loses the count: its error came after the script's other writes (the
+            -- consume's spent use), a 503 with an unknown outcome. Any other error (out of memory) still fails the script.
+            local function count_dropped(hash)
+              local r = redis.pcall('HINCRBY', hash, 'dropped', 1)
+              if type(r) == 'table' and r.err and not string.find(r.err, 'not an integer', 1, true)
+                  and not string.find(r.err, 'would overflow', 1, true) then
+                error(r)
+              end
+            end
+
             -- Appends one event, or counts it as dropped once the list is full.
             local function append(hash, list, json, max)
               if redis.call('LLEN', list) >= max then
-                redis.call('HINCRBY', hash, 'dropped', 1)
+                count_dropped(hash)
               else
                 redis.call('RPUSH', list, json)
               end
@@ -94,6 +105,24 @@ internal sealed partial class RedisGrantStore
               local n = tonumber(text)
               if n > limit or n < -limit then return nil end
               return n
+            end
+
+            -- No status: no grant, unless the key is there (a hand edit removed the field): that record is unreadable, and
+            -- not_found's DEL would delete it. Only on this path, never on a found grant's.
+            local function missing(reply, unreadable)
+              if redis.call('EXISTS', KEYS[1]) == 1 then return {unreadable} end
+              return not_found(reply)
+            end
+
+            -- A first use as the C# reader takes one (ReadFirstUse): a JSON object whose "at", when there, is a time.
+            local function first_use_readable(text)
+              local ok, u = pcall(cjson.decode, text)
+              -- cjson decodes [] and {} alike: the text says which.
+              if not ok or type(u) ~= 'table' or not string.find(text, '^%s*{') then return false end
+              local at = u.at
+              if at == nil then return true end
+              if type(at) == 'string' then return integer(at, {{TimeLimit}}) ~= nil end
+              return type(at) == 'number' and at == math.floor(at) and at <= {{TimeLimit}} and at >= -{{TimeLimit}}
             end
 
             -- An event prepared by the caller, stamped with the store's time (and an actor when given).
@@ -166,7 +195,7 @@ internal sealed partial class RedisGrantStore
             local v = redis.call('HMGET', KEYS[1], 'status', 'expiresAt', 'notBefore', 'routeKey', 'bound', 'subject',
               'session', 'token', 'workload', 'originNets', 'request', 'digests', 'uses', 'firstUse', 'approvers', 'approvalAal')
             if not v[1] then
-              return {not_found('{{ReasonCodes.GrantNotFound}}')[1], ARGV[21]}
+              return {missing('{{ReasonCodes.GrantNotFound}}', '{{ReasonCodes.GrantUnreadable}}')[1], ARGV[21]}
             end
             local g = {
               status = v[1], expiresAt = v[2], notBefore = v[3], routeKey = v[4], bound = v[5], subject = v[6],
@@ -183,10 +212,12 @@ internal sealed partial class RedisGrantStore
             -- Whole nibbles first, then the leading bits of the next one. Addresses of another family have another
             -- length and never match, as IPNetwork.Contains.
             local function in_network(address, network)
-              local slash = string.find(network, '/', 1, true)
-              local base = string.sub(network, 1, slash - 1)
-              if #base ~= #address then return false end
-              local bits = tonumber(string.sub(network, slash + 1))
+              -- An entry that is not "hex/prefix" (a hand edit) matches nothing, as GrantRules.OriginAllowed skips an origin
+              -- that does not parse: a Lua error here was a 503 with an unknown outcome.
+              local base, prefix = string.match(network, '^(%x+)/(%d+)$')
+              if not base or #base ~= #address then return false end
+              local bits = tonumber(prefix)
+              if bits > #base * 4 then return false end
               local nibbles = math.floor(bits / 4)
               if string.sub(base, 1, nibbles) ~= string.sub(address, 1, nibbles) then return false end
               local rest = bits % 4
@@ -249,7 +280,10 @@ internal sealed partial class RedisGrantStore
             if (g.status ~= '{{StatusActive}}' and g.status ~= '{{StatusConsumed}}' and g.status ~= '{{StatusPending}}'
                 and g.status ~= '{{StatusRevoked}}') or not integer(g.expiresAt, {{TimeLimit}}) or not integer(g.uses, {{IntLimit}})
                 or (g.notBefore and not integer(g.notBefore, {{TimeLimit}})) or (g.approvalAal and not integer(g.approvalAal, {{IntLimit}}))
-                or (g.bound and (not integer(g.bound, {{IntLimit}}) or bit.band(tonumber(g.bound), bit.bnot({{BindingNames.KnownText}})) ~= 0)) then
+                or (g.bound and (not integer(g.bound, {{IntLimit}}) or bit.band(tonumber(g.bound), bit.bnot({{BindingNames.KnownText}})) ~= 0))
+                or (g.firstUse and not first_use_readable(g.firstUse)) then
+              -- The first use is echoed to the caller, who reads it for a replay's evidence: a damaged one was a 500 after
+              -- the denial was written. Only a grant used before pays its decoding.
               return {'{{ReasonCodes.GrantUnreadable}}', ARGV[21]}
             end
 
@@ -360,7 +394,7 @@ internal sealed partial class RedisGrantStore
                 e.type = '{{GrantEvent.Used}}'
                 -- A full event list only counts the event: spare the encoding then. Denials cannot fill it for a use.
                 if redis.call('LLEN', KEYS[2]) >= {{GrantRules.MaxEventsAnyKindText}} then
-                  redis.call('HINCRBY', KEYS[1], 'dropped', 1)
+                  count_dropped(KEYS[1])
                 else
                   redis.call('RPUSH', KEYS[2], cjson.encode(e))
                 end
@@ -398,12 +432,12 @@ internal sealed partial class RedisGrantStore
         /// Revokes a grant (idempotent: a revoked grant keeps its first revocation).
         /// KEYS[1] grant hash, KEYS[2] event list. ARGV[1] revoked event JSON (no "at"), ARGV[2] maximum events,
         /// ARGV[3] "1" to revoke only a pending grant (a denial).
-        /// Returns {"not_found"}, {"conflict", status} or {"done", status before, subject|nil}.
+        /// Returns {"not_found"}, {"unreadable"} (a record without a status), {"conflict", status} or {"done", status before, subject|nil}.
         /// </summary>
         private const string RevokeText = Common + $$"""
             local found = redis.call('HMGET', KEYS[1], 'status', 'subject')
             if not found[1] then
-              return not_found('not_found')
+              return missing('not_found', 'unreadable')
             end
             if ARGV[3] == '1' and found[1] ~= '{{StatusPending}}' then
               return {'conflict', found[1]}
@@ -422,14 +456,21 @@ internal sealed partial class RedisGrantStore
         /// (no "at", no actor), ARGV[4] maximum events, ARGV[5] how long an activated grant stays usable, in microseconds from now or
         /// its notBefore, whichever is later (-1: its expiry stays), ARGV[6] the quorum of the policy in force (raises the
         /// grant's own, never lowers it).
-        /// Returns {"not_found"}, {"unreadable"} (the approvers list), {"conflict", status} or {"done", status, approvals remaining,
+        /// Returns {"not_found"}, {"unreadable"} (the approvers list, a number it reads, no status), {"conflict", status} or {"done", status, approvals remaining,
         /// activated (0|1), subject|nil}.
         /// </summary>
         private const string ApproveText = Common + $$"""
             local g = redis.call('HMGET', KEYS[1], 'status', 'expiresAt', 'approvers', 'approvalAal', 'approvalsRequired', 'subject', 'notBefore')
             local status = g[1]
             if not status then
-              return not_found('not_found')
+              return missing('not_found', 'unreadable')
+            end
+            -- The numbers this script reads, as the consume and the C# reader take them, before anything is written: a
+            -- damaged one was a Lua error (a 503) or, for 'nan', a quorum never reached after the approver was recorded.
+            if not integer(g[2], {{TimeLimit}}) or not integer(g[5], {{IntLimit}}) or (g[4] and not integer(g[4], {{IntLimit}}))
+                or (g[7] and not integer(g[7], {{TimeLimit}})) then
+              if status ~= '{{StatusPending}}' then return {'conflict', status} end
+              return {'unreadable'}
             end
             local now = now_us()
             if status ~= '{{StatusPending}}' or now >= tonumber(g[2]) then
@@ -499,7 +540,7 @@ internal sealed partial class RedisGrantStore
             local at = tonumber(given.at or '')
             if ARGV[3] ~= '1' and not at then
               if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[2]) then
-                redis.call('HINCRBY', KEYS[1], 'dropped', 1)
+                count_dropped(KEYS[1])
               else
                 redis.call('RPUSH', KEYS[2], stamp(ARGV[1], now_us()))
               end
@@ -518,7 +559,7 @@ internal sealed partial class RedisGrantStore
               end
             end
             if #events >= tonumber(ARGV[2]) then
-              redis.call('HINCRBY', KEYS[1], 'dropped', 1)
+              count_dropped(KEYS[1])
               return 1
             end
             if not at then

@@ -392,8 +392,9 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
             return ReadGrant(result);
         }
         catch (Exception e) when (e is FormatException or OverflowException or InvalidDataException or KeyNotFoundException or InvalidCastException
-            or System.Text.Json.JsonException)
+            or System.Text.Json.JsonException or InvalidOperationException)
         {
+            // InvalidOperationException: a JSON string of the record that is no text (a lone surrogate escape, "\ud800").
             throw new GrantUnreadableException($"the grant's record in the store cannot be read: {e.Message}", e);
         }
     }
@@ -418,6 +419,8 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
                 return GrantChange.NotFound;
             case "conflict":
                 return GrantChange.Conflict;
+            case "unreadable":
+                throw new GrantUnreadableException("the grant's record in the store cannot be read: it has no status");
         }
 
         if ((string)result[1] == StatusPending)
@@ -441,10 +444,11 @@ internal sealed partial class RedisGrantStore : IGrantStore, IDisposable
         {
             case "not_found":
                 return new ApproveResult(GrantChange.NotFound, null, 0);
-            case "conflict":
+            case "conflict" when (string?)result[1] is StatusPending or StatusActive or StatusConsumed or StatusRevoked:
                 return new ApproveResult(GrantChange.Conflict, ParseStatus((string)result[1]), 0);
-            case "unreadable":
-                throw new GrantUnreadableException("the grant's record in the store cannot be read: its approvers are not a list of names");
+            case "conflict" or "unreadable":
+                // A status this version does not know (a conflict all the same), damaged approvers or numbers.
+                throw new GrantUnreadableException("the grant's record in the store cannot be read: its status, approvers or numbers do not parse");
         }
 
         if ((int)result[3] == 1)
