@@ -338,5 +338,4 @@ public sealed class RedisGrantRecordDamageTests(RedisServer redis) : IClassFixtu
     private static GrantEvent Created() => new() { Type = GrantEvent.Created, TraceId = "trace-create", Actor = "bob" };
 
     private static GrantEvent Revoked() => new() { Type = GrantEvent.Revoked, TraceId = "trace-revoke", Actor = "carol" };
-
 }

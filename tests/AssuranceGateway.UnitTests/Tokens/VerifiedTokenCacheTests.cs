@@ -148,15 +148,17 @@ public sealed class VerifiedTokenCacheTests
     }
 
     [Fact]
-    public void Clear_ForgetsDigestsOfferedOnce()
+    public void Clear_EntriesGone_ADigestOfferedBeforeHeldAgainAtItsNextOffer()
     {
         var cache = new VerifiedTokenCache<string>(4);
-        cache.Add(Key(1), "v", Now + 60, Now);
+        Offer(cache, Key(1), "v", Now + 60, Now);
 
         cache.Clear();
 
-        Assert.False(cache.Add(Key(1), "v", Now + 60, Now));
+        Assert.False(cache.TryGet(Key(1), out _));
         Assert.Equal(0, cache.Count);
+        Assert.True(cache.Add(Key(1), "v", Now + 60, Now));
+        Assert.True(cache.TryGet(Key(1), out _));
     }
 
     /// <summary>Offers an entry twice, as a reused token is: the second offer is the one held.</summary>
