@@ -480,8 +480,17 @@ internal sealed partial class RedisGrantStore
 
     internal static FirstUse ReadFirstUse(string json)
     {
-        using var document = JsonDocument.Parse(json);
+        using var document = JsonDocument.Parse(NoControl(json));
         var u = ObjectRoot(document);
+        foreach (var property in u.EnumerateObject())
+        {
+            // Flat, as the consume script takes one (first_use_readable): it cannot tell how deep a nesting this parser reads.
+            if (property.Value.ValueKind is JsonValueKind.Object or JsonValueKind.Array)
+            {
+                throw new FormatException("a first use nests");
+            }
+        }
+
         return new FirstUse(ReadString(u, "traceId"), ReadString(u, "spanId"), ReadTime(u), ReadString(u, "workload"), ReadString(u, "origin"));
     }
 
@@ -493,6 +502,7 @@ internal sealed partial class RedisGrantStore
     /// </summary>
     private static string[] ReadStringArray(string json)
     {
+        NoControl(json);
         var max = Encoding.UTF8.GetMaxByteCount(json.Length);
         byte[]? rented = null;
         var utf8 = max <= 512 ? stackalloc byte[512] : (rented = ArrayPool<byte>.Shared.Rent(max));
@@ -537,6 +547,13 @@ internal sealed partial class RedisGrantStore
 
     private static string? ReadString(JsonElement element, string name) =>
         element.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.String ? value.GetString() : null;
+
+    /// <summary>
+    /// JSON of the record holds no control character as it is (no writer puts one there; between the tokens this parser
+    /// takes them, cjson everywhere): the scripts refuse one (has_control), so the reader does too.
+    /// </summary>
+    private static string NoControl(string json) =>
+        json.AsSpan().IndexOfAnyInRange('\0', '\u001f') >= 0 ? throw new FormatException("a JSON text holds a control character") : json;
 
     /// <summary>An event's or a first use's JSON, which is an object: anything else (a hand edit) does not parse.</summary>
     private static JsonElement ObjectRoot(JsonDocument document) =>

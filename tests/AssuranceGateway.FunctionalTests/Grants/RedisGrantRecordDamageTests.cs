@@ -39,6 +39,10 @@ public sealed class RedisGrantRecordDamageTests(RedisServer redis) : IClassFixtu
     {
         "id", "route", "origins", "d.method", "d.path", "d.query", "d.headers", "d.body", "maxUses", "approvalsRequired",
         "createdAt", "dropped", "events[0]", "events[-1]",
+
+        // Read by the consume, and by its caller, for a replay only (the replay's evidence names the first use): the
+        // allowed use of a multi-use grant does not pay its decoding. See UsedUpGrant_DamagedFirstUse_….
+        "firstUse",
     };
 
     private static string[] HostileValues()
@@ -57,6 +61,9 @@ public sealed class RedisGrantRecordDamageTests(RedisServer redis) : IClassFixtu
         [
             "", " ", "\t\n", "nan", "-nan", "inf", "1e3", "0x10", "2.5", "-1", "-2147483648", "99999999999999999999", "7\0",
             huge.ToString(), "\"x\"", "{}", "[]", "[1]", "null", "[\"\\ud800\"]", "{\"at\":2.5}", "{\"at\":1e3}", "{\"at\":1.0}", "{\"at\":true}", "{\"at\":\"99999999999999999\"}",
+            // What cjson takes and System.Text.Json does not: control characters as they are, and numbers JSON has not.
+            "{\"at\":0x10}", "{\"at\":010}", "{\"x\":nan}", "{\"at\":1.}", "{\"traceId\":\"a\u0001b\"}", "[\"bob\u0009\"]",
+            "{\"x\":" + new string('[', 70) + new string(']', 70) + "}",
             Hex + Convert.ToHexString(bytes), Absent,
         ];
     }
@@ -95,6 +102,50 @@ public sealed class RedisGrantRecordDamageTests(RedisServer redis) : IClassFixtu
             catch (Exception e) when (e is not OutOfMemoryException)
             {
                 failures.Add($"{field}={shown}: {e.GetType().Name}: {e.Message}");
+            }
+        }
+
+        Assert.True(failures.Count == 0, string.Join("\n", failures));
+    }
+
+    /// <summary>
+    /// A used-up grant whose first use is damaged: the replay's evidence reads the first use, so the consume judges it
+    /// then, and a first use the reader cannot read is grant_unreadable before anything is written (it was a 500 after
+    /// the denial was written).
+    /// </summary>
+    [Fact]
+    public async Task UsedUpGrant_DamagedFirstUse_ReplayOrUnreadableNeverAFailure_NothingWrittenBeforeARefusal()
+    {
+        var failures = new List<string>();
+        foreach (var value in HostileValues())
+        {
+            var shown = value.Length > 40 ? $"<{value.Length} chars>" : value.Replace("\0", "\\0", StringComparison.Ordinal);
+            var grant = NewGrant() with { Status = GrantStatus.Consumed, UsesRemaining = 0 };
+            Assert.Equal(GrantChange.Done, (await Store.CreateAsync(grant, Created(), 1000, default)).Outcome);
+            await DamageAsync(grant.Id, "firstUse", value);
+            var readable = await ReadableAsync(grant.Id, failures, $"firstUse={shown}: get");
+            var before = await SnapshotAsync(grant.Id);
+            try
+            {
+                var result = await Store.ConsumeAsync(Matching(grant), default);
+                if (result.Reason == ReasonCodes.Replayed)
+                {
+                    _ = result.FirstUse;
+                }
+
+                var expected = readable || value == Absent ? ReasonCodes.Replayed : ReasonCodes.GrantUnreadable;
+                if (result.Reason != expected)
+                {
+                    failures.Add($"firstUse={shown}: the consume answered {result.Reason}, expected {expected}");
+                }
+                else if (expected == ReasonCodes.GrantUnreadable && before != await SnapshotAsync(grant.Id))
+                {
+                    failures.Add($"firstUse={shown}: grant_unreadable after a write");
+                }
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                failures.Add($"firstUse={shown}: consume threw {e.GetType().Name}: {e.Message} (reader: {(readable ? "readable" : "unreadable")})");
             }
         }
 
@@ -152,7 +203,11 @@ public sealed class RedisGrantRecordDamageTests(RedisServer redis) : IClassFixtu
         {
             var result = await Store.ConsumeAsync(Matching(grant), default);
             reason = result.Reason;
-            _ = result.FirstUse; // what a replay's evidence reads
+            if (reason == ReasonCodes.Replayed)
+            {
+                _ = result.FirstUse; // what a replay's evidence reads (the gateway reads it for nothing else)
+            }
+
             _ = result.Approvers;
         }
         catch (Exception e) when (e is not OutOfMemoryException)
