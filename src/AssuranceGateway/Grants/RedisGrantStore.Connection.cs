@@ -75,7 +75,7 @@ internal sealed partial class RedisGrantStore
             link.FirstConnection.TrySetResult();
         }
 
-        var healthy = connection.IsConnected && await PingOnceAsync(connection, stopping).ConfigureAwait(false);
+        var healthy = connection.IsConnected && await PingOnceAsync(link, connection, stopping).ConfigureAwait(false);
         link.Healthy = healthy;
         if (link.Reported != healthy)
         {
@@ -120,7 +120,7 @@ internal sealed partial class RedisGrantStore
 
         // Connecting takes a while: if the old connection answers by now (Redis came back meanwhile), keep it and
         // spare its callers a switch.
-        if (connection.IsConnected && await PingOnceAsync(connection, stopping).ConfigureAwait(false))
+        if (connection.IsConnected && await PingOnceAsync(link, connection, stopping).ConfigureAwait(false))
         {
             CloseLater(fresh, TimeSpan.Zero);
             return null;
@@ -194,17 +194,45 @@ internal sealed partial class RedisGrantStore
         Log.ConnectionRestored(_logger, Description);
     }
 
-    private async Task<bool> PingOnceAsync(ConnectionMultiplexer connection, CancellationToken stopping)
+    /// <summary>
+    /// One PING, answered within Store:Timeout. On a cluster, one to every node the multiplexer holds a connection to:
+    /// a keyless PING goes to one node of the client's choosing, in turn, so a link to one node that sat connected and
+    /// unanswering (seen in a CI run: its slots' commands timed out, the store never became ready) failed one round in
+    /// three and was never judged down for the whole <see cref="RebuildAfter"/>. A node the multiplexer knows is
+    /// disconnected (down, or failed over) is not asked: it would keep the store rebuilding for nothing.
+    /// </summary>
+    private async Task<bool> PingOnceAsync(Link link, ConnectionMultiplexer connection, CancellationToken stopping)
     {
-        var ping = connection.GetDatabase().PingAsync();
+        var pings = new List<Task>(3);
+        if (link.IsCluster)
+        {
+            foreach (var endPoint in connection.GetEndPoints())
+            {
+                var server = connection.GetServer(endPoint);
+                if (server.IsConnected)
+                {
+                    pings.Add(server.PingAsync());
+                }
+            }
+        }
+
+        if (pings.Count == 0)
+        {
+            pings.Add(connection.GetDatabase().PingAsync());
+        }
+
         try
         {
-            await ping.WaitAsync(_settings.Timeout, _time, stopping).ConfigureAwait(false);
+            await Task.WhenAll(pings).WaitAsync(_settings.Timeout, _time, stopping).ConfigureAwait(false);
             return true;
         }
         catch (Exception e) when (e is TimeoutException or RedisException or ObjectDisposedException)
         {
-            Observe(ping);
+            foreach (var ping in pings)
+            {
+                Observe(ping);
+            }
+
             return false;
         }
     }

@@ -124,7 +124,7 @@ internal static class RedisStores
     private static readonly Lock NoteLock = new();
 
     /// <summary>The store's own logger, into a <see cref="LogCollector"/> (Debug and up: the watchdog's steps).</summary>
-    private sealed class CollectedLogger(ILogger inner) : ILogger<RedisGrantStore>
+    internal sealed class CollectedLogger(ILogger inner) : ILogger<RedisGrantStore>
     {
         public IDisposable? BeginScope<TState>(TState state)
             where TState : notnull => inner.BeginScope(state);
