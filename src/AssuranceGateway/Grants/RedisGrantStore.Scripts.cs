@@ -121,6 +121,21 @@ internal sealed partial class RedisGrantStore
               return string.find(text, '[%z\1-\31]') ~= nil
             end
 
+            -- A list of names (approvers) as the C# reader takes one: a JSON array of strings, without control characters
+            -- (cjson takes them as they are, System.Text.Json does not), else nil. Never a script error.
+            local function names(text)
+              if has_control(text) then return nil end
+              local ok, list = pcall(cjson.decode, text)
+              if not ok or type(list) ~= 'table' then return nil end
+              local count = 0
+              for _, name in pairs(list) do
+                if type(name) ~= 'string' then return nil end
+                count = count + 1
+              end
+              if count ~= #list then return nil end
+              return list
+            end
+
             -- Every literal outside the strings is true, false, null or a number as JSON writes one.
             local function plain_literals(text)
               local bare = string.gsub((string.gsub(text, '\\.', '')), '"[^"]*"', '""')
@@ -267,19 +282,9 @@ internal sealed partial class RedisGrantStore
             local approver_list
             local function approvers_of()
               if approver_list == nil then
-                approver_list = {}
-                local ok, list = false, nil
-                if not has_control(g.approvers) then ok, list = pcall(cjson.decode, g.approvers) end
-                local count = 0
-                if ok and type(list) == 'table' then
-                  for _, approver in pairs(list) do
-                    if type(approver) ~= 'string' then ok = false end
-                    count = count + 1
-                  end
-                end
-                if ok and type(list) == 'table' and count == #list then
-                  approver_list = list
-                else
+                approver_list = names(g.approvers)
+                if approver_list == nil then
+                  approver_list = {}
                   unreadable = true
                 end
               end
@@ -509,16 +514,8 @@ internal sealed partial class RedisGrantStore
               -- A list that is not a JSON array of strings (a hand edit after the API read the grant) is refused before
               -- anything is written (the raised quorum below included), as the consume refuses it: a Lua error here was a
               -- 503 with an unknown outcome.
-              if has_control(g[3]) then return {'unreadable'} end
-              local ok, list = pcall(cjson.decode, g[3])
-              if not ok or type(list) ~= 'table' then return {'unreadable'} end
-              local count = 0
-              for _, a in pairs(list) do
-                if type(a) ~= 'string' then return {'unreadable'} end
-                count = count + 1
-              end
-              if count ~= #list then return {'unreadable'} end
-              approvers = list
+              approvers = names(g[3])
+              if approvers == nil then return {'unreadable'} end
             end
             if tonumber(ARGV[6]) > tonumber(g[5]) then
               g[5] = ARGV[6]
