@@ -113,6 +113,16 @@ else
 fi
 "${on_proxy[@]}" $bench plain-yarp --urls "http://127.0.0.1:$plain" --upstream "http://127.0.0.1:$up" & pids+=($!)
 $agw keys init --dir "$work/keys" >/dev/null
+# The issuer also signs with an RSA-2048 key (RS256, what most IdPs sign access tokens with by default), published in
+# the same JWKS: the fresh-token scenario runs with each algorithm, because the signature check is most of its cost.
+$bench rsa-key --private "$work/keys/rsa.private.jwk.json" --public "$work/keys/rsa.public.jwk.json"
+python3 - "$work/keys" <<'PY'
+import json, sys
+keys = sys.argv[1]
+jwks = json.load(open(f"{keys}/idp.jwks.json"))
+jwks["keys"].append(json.load(open(f"{keys}/rsa.public.jwk.json")))
+json.dump(jwks, open(f"{keys}/idp.jwks.json", "w"))
+PY
 cat >"$work/gateway.json" <<JSON
 {
   "Urls": "http://127.0.0.1:$gw",
@@ -132,7 +142,7 @@ cat >"$work/gateway.json" <<JSON
       "bound": { "Bind": [ "token", "workload", "request" ], "MaxUses": 1000000, "MaxTtl": "02:00:00", "BoundHeaders": [ "content-type" ], "MaxBodyBytes": 65536 },
       "bound-no-token": { "Bind": [ "workload", "request" ], "MaxUses": 1000000, "MaxTtl": "02:00:00", "BoundHeaders": [ "content-type" ], "MaxBodyBytes": 65536 }
     },
-    "Tokens": { "Issuers": [ { "Issuer": "https://idp.example", "Audiences": [ "gateway" ], "JwksFile": "$work/keys/idp.jwks.json", "Algorithms": [ "ES256" ] } ] },
+    "Tokens": { "Issuers": [ { "Issuer": "https://idp.example", "Audiences": [ "gateway" ], "JwksFile": "$work/keys/idp.jwks.json", "Algorithms": [ "ES256", "RS256" ] } ] },
     "Workload": { "Sources": [ "header" ], "Issuers": [ { "Issuer": "spiffe://prod.example", "JwksFile": "$work/keys/workload.jwks.json" } ], "Audience": "gateway" },
     "Store": { "Redis": "127.0.0.1:$redis_port", "Timeout": "00:00:01" },
     "Api": { "Url": "http://127.0.0.1:$api", "Audience": "assurance-api" }
@@ -181,6 +191,10 @@ fresh_grant=$(grant fresh)
 # Fresh tokens: every wrk run takes a slice of its own (the warm-up too), so no token is ever sent twice.
 slice=$(( duration * 15000 )); fresh_count=$(( (rounds + 1) * slice ))
 $bench mint --key "$work/keys/idp.private.jwk.json" --count "$fresh_count" --out "$work/tokens.txt"
+# RS256 tokens take ~0.26 ms each to sign (ES256 ~0.02): minted while the warm-ups run, for at most 12,000 requests/s
+# (the report says so if a run was faster and a token came round again).
+rs_slice=$(( duration * 12000 )); rs_count=$(( (rounds + 1) * rs_slice ))
+"${on_rest[@]}" $bench mint --key "$work/keys/rsa.private.jwk.json" --count "$rs_count" --out "$work/tokens-rs256.txt" & rs_mint=$!; pids+=("$rs_mint")
 
 redis_pid=$(pgrep -f "redis-server 127.0.0.1:$redis_port" | head -1)
 if [ "$upstream_kind" = nginx ]; then upstream_pid=$(pgrep -P "$nginx_master" | head -1)  # the one worker
@@ -209,6 +223,8 @@ url="http://127.0.0.1:$gw/bound/bench"; warm BENCH_TOKEN="$token" BENCH_SVID="$s
 url="http://127.0.0.1:$gws/bound/bench"; warm BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
 url="http://127.0.0.1:$gwe/bound/bench"; warm BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$embedded_grant"
 url="http://127.0.0.1:$gw/fresh/bench"; warm BENCH_TOKENS_FILE="$work/tokens.txt" BENCH_TOKENS_FROM=0 BENCH_TOKENS_COUNT="$slice" BENCH_SVID="$svid" BENCH_GRANT="$fresh_grant"
+wait "$rs_mint"
+url="http://127.0.0.1:$gw/fresh/bench"; warm BENCH_TOKENS_FILE="$work/tokens-rs256.txt" BENCH_TOKENS_FROM=0 BENCH_TOKENS_COUNT="$rs_slice" BENCH_SVID="$svid" BENCH_GRANT="$fresh_grant"
 # A process needs more than 8 s of load on these two busy vCPUs before tiered compilation is done: the ones that serve
 # a single scenario (plain YARP, the signed and the embedded gateway) get a second pass, like the first gateway's four.
 url="http://127.0.0.1:$plain/bound/bench"; warm BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
@@ -227,6 +243,8 @@ for round in $(seq 1 "$rounds"); do
     echo "EVALSHA $(( $(evalsha) - before ))"
     run fresh-token "http://127.0.0.1:$gw/fresh/bench" BENCH_TOKENS_FILE="$work/tokens.txt" BENCH_TOKENS_FROM=$(( round * slice )) \
       BENCH_TOKENS_COUNT="$slice" BENCH_SVID="$svid" BENCH_GRANT="$fresh_grant"
+    run fresh-token-rs256 "http://127.0.0.1:$gw/fresh/bench" BENCH_TOKENS_FILE="$work/tokens-rs256.txt" BENCH_TOKENS_FROM=$(( round * rs_slice )) \
+      BENCH_TOKENS_COUNT="$rs_slice" BENCH_SVID="$svid" BENCH_GRANT="$fresh_grant"
     run full-binding-signed "http://127.0.0.1:$gws/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$bound_grant"
     run full-binding-embedded "http://127.0.0.1:$gwe/bound/bench" BENCH_TOKEN="$token" BENCH_SVID="$svid" BENCH_GRANT="$embedded_grant"
   } >>"$results"
@@ -267,9 +285,10 @@ LUA
   echo "issuance $("${on_rest[@]}" wrk -t2 -c32 -d"${duration}s" --latency -s "$work/issue.lua" "http://127.0.0.1:$api/assurance/v1/grants" | grep '^RESULT')"
 } >>"$results"
 
-python3 - "$results" "$(nproc)" "$(uptime | sed 's/.*load average: //')" "$(getconf CLK_TCK)" "$upstream_kind" "$pinned" "$rest_cpu" "${proxy_cpu:--}" <<'PY'
+python3 - "$results" "$(nproc)" "$(uptime | sed 's/.*load average: //')" "$(getconf CLK_TCK)" "$upstream_kind" "$pinned" "$rest_cpu" "${proxy_cpu:--}" "$slice" "$rs_slice" <<'PY'
 import statistics, sys
 path, cores, load, tick, upstream, pinned = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
+slices = {"fresh-token": int(sys.argv[9]), "fresh-token-rs256": int(sys.argv[10])}
 first_cpu, second_cpu = f"cpu{sys.argv[7]}", f"cpu{sys.argv[8]}"
 processes = ["gateway", "gateway-signed", "plain-yarp", "upstream", "redis", "gateway-embedded"]
 rounds, current = {}, None
@@ -294,7 +313,8 @@ for line in open(path):
             row["busy"] = [100 * (after[i] - before[i]) / max(after[i + 1] - before[i + 1], 1) for i in (0, 2)]
         current[parts[0]] = row
 load_rounds = [r for k, r in rounds.items() if k.isdigit()]
-names = ["plain", "passthrough", "token-only", "full-binding", "fresh-token", "full-binding-signed", "full-binding-embedded"]
+names = ["plain", "passthrough", "token-only", "full-binding", "fresh-token", "fresh-token-rs256", "full-binding-signed",
+         "full-binding-embedded"]
 placement = (f"pinned: the proxy alone on {second_cpu}; wrk, Redis and the upstream on {first_cpu}" if pinned
              else "everything shares the cores")
 print(f"\nAssurance Gateway vs plain YARP: {len(load_rounds)} round(s), {cores} cores, upstream {upstream}, {placement}, load average after: {load}")
@@ -308,6 +328,10 @@ for name in names:
           f"{statistics.median(x['p99'] for x in rows):>8.0f}{statistics.median(ratios):>9.2f}{sum(x['non2xx'] for x in rows):>8}"
           f"  {'':<8}" + "".join(f"{statistics.median(x['busy'][i] for x in rows):>5.0f}" for i in (0, 1))
           + f"   {'':<20}" + " ".join(f"{c:>8.0f}" for c in cpu))
+for name, slice in slices.items():
+    over = [r[name]["ok"] + r[name]["non2xx"] for r in load_rounds if r[name]["ok"] + r[name]["non2xx"] > slice]
+    if over:
+        print(f"WARNING: {name} sent {max(over)} requests in a run with {slice} tokens: some tokens came round again (cache hits)")
 print("per round (× plain): " + "; ".join(
     f"{n} " + " ".join(f"{r[n]['rps'] / r['plain']['rps']:.2f}" for r in load_rounds) for n in names[1:]))
 per = [r["evalsha"] / r["full-binding"]["ok"] for r in load_rounds if r["full-binding"]["ok"]]
