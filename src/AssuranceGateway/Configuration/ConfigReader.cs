@@ -208,14 +208,19 @@ internal sealed class ConfigReader(List<string> errors)
     }
 
     /// <summary>A list, written as a JSON array; a single string counts as a list of one.</summary>
-    public List<string> List(IConfigurationSection parent, string key)
+    public List<string> List(IConfigurationSection parent, string key) => [.. Entries(parent, key).Select(e => e.Value)];
+
+    /// <summary>
+    /// As <see cref="List"/>, each value with the section it was read from, so that a problem with one entry names it
+    /// (<c>…:PublishedKeyFiles:2</c>). A non-string entry is reported as it is met, in order.
+    /// </summary>
+    public IEnumerable<(IConfigurationSection Section, string Value)> Entries(IConfigurationSection parent, string key)
     {
         var section = parent.GetSection(key);
-        var list = new List<string>();
         if (!string.IsNullOrWhiteSpace(section.Value))
         {
-            list.Add(section.Value.Trim());
-            return list;
+            yield return (section, section.Value.Trim());
+            yield break;
         }
 
         foreach (var child in section.GetChildren())
@@ -228,11 +233,9 @@ internal sealed class ConfigReader(List<string> errors)
 
             if (!string.IsNullOrWhiteSpace(child.Value))
             {
-                list.Add(child.Value.Trim());
+                yield return (child, child.Value.Trim());
             }
         }
-
-        return list;
     }
 
     /// <summary>

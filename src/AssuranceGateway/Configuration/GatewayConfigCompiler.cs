@@ -765,10 +765,11 @@ public static class GatewayConfigCompiler
 
     private static EvidenceSettings ReadEvidence(ConfigReader reader, IConfigurationSection s, string baseDirectory)
     {
-        reader.RejectUnknownKeys(s, "SigningKeyFile", "Lifetime");
+        reader.RejectUnknownKeys(s, "SigningKeyFile", "PublishedKeyFiles", "Lifetime");
         var file = reader.String(s, "SigningKeyFile");
         JsonWebKey? key = null;
-        if (file is not null && ResolvePath(reader, s.GetSection("SigningKeyFile"), file, baseDirectory) is { } path)
+        string? path = null;
+        if (file is not null && (path = ResolvePath(reader, s.GetSection("SigningKeyFile"), file, baseDirectory)) is not null)
         {
             try
             {
@@ -790,12 +791,106 @@ public static class GatewayConfigCompiler
             }
         }
 
+        var (publishedFiles, publishedKeys) = ReadPublishedKeys(reader, s, baseDirectory, key, path);
         return new EvidenceSettings
         {
             SigningKeyFile = file,
             SigningKey = key,
+            PublishedKeyFiles = publishedFiles,
+            PublishedKeys = publishedKeys,
             Lifetime = reader.Duration(s, "Lifetime", TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(1), TimeSpan.FromHours(1)),
         };
+    }
+
+    /// <summary>
+    /// <c>PublishedKeyFiles</c>: keys served in the JWKS beside the signing key and never used to sign. Replicas take a
+    /// changed key file at different moments, so a rotation first publishes the next key on every replica and only then
+    /// signs with it: an upstream that re-fetches the JWKS on an unknown kid may be answered by any replica. A kid names
+    /// one key among all of them (a verifier picks by kid); the same key listed again, the signing key included, is fine.
+    /// </summary>
+    private static (List<string> Files, List<JsonWebKey> Keys) ReadPublishedKeys(
+        ConfigReader reader, IConfigurationSection s, string baseDirectory, JsonWebKey? signingKey, string? signingPath)
+    {
+        var files = new List<string>();
+        var keys = new List<JsonWebKey>();
+        var named = new Dictionary<string, (string Where, string Point)>(StringComparer.Ordinal);
+        if (signingKey is { Kid.Length: > 0 })
+        {
+            named[signingKey.Kid] = ($"Assurance:Evidence:SigningKeyFile '{signingPath}'", AssuranceGateway.Evidence.EvidenceKeyHistory.PublicPoint(signingKey));
+        }
+
+        foreach (var (entry, file) in reader.Entries(s, "PublishedKeyFiles"))
+        {
+            files.Add(file);
+            if (ResolvePath(reader, entry, file, baseDirectory) is not { } path || ReadPublicKey(reader, entry, path) is not { } key)
+            {
+                continue;
+            }
+
+            var point = AssuranceGateway.Evidence.EvidenceKeyHistory.PublicPoint(key);
+            if (named.TryGetValue(key.Kid, out var first))
+            {
+                if (!string.Equals(first.Point, point, StringComparison.Ordinal))
+                {
+                    reader.Error(entry, $"'{path}' holds another key under kid '{key.Kid}' than {first.Where}: a kid names one key");
+                    continue;
+                }
+            }
+            else
+            {
+                named[key.Kid] = ($"{entry.Path} '{path}'", point);
+            }
+
+            keys.Add(key);
+        }
+
+        if (files.Count > 0 && signingKey is { Kid: null or "" })
+        {
+            // Evidence without a kid leaves a verifier holding several keys to guess (or to try each, which many do not).
+            reader.Error(s.GetSection("SigningKeyFile"),
+                $"'{signingPath}' holds a key without a kid, and PublishedKeyFiles publishes others beside it: upstreams pick the verification key by kid");
+        }
+
+        return (files, keys);
+    }
+
+    /// <summary>
+    /// An EC P-256 JWK with a kid, public or private; only its public part is returned, so a private file (the next
+    /// signing key, mounted ahead of its use) leaves no <c>d</c> in the settings the JWKS is served from.
+    /// </summary>
+    private static JsonWebKey? ReadPublicKey(ConfigReader reader, IConfigurationSection entry, string path)
+    {
+        JsonWebKey key;
+        try
+        {
+            key = new JsonWebKey(File.ReadAllText(path));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or System.Text.Json.JsonException)
+        {
+            reader.Error(entry, $"cannot read a JWK from '{path}': {e.Message}");
+            return null;
+        }
+
+        if (key.Kty != JsonWebAlgorithmsKeyTypes.EllipticCurve || key.Crv != "P-256")
+        {
+            reader.Error(entry, $"'{path}' must hold an EC P-256 JWK (ES256)");
+            return null;
+        }
+
+        if (string.IsNullOrEmpty(key.Kid))
+        {
+            reader.Error(entry, $"'{path}' holds a key without a kid: upstreams pick the verification key by kid");
+            return null;
+        }
+
+        // A private file is checked as a pair: it is meant to become SigningKeyFile, and should fail now, not then.
+        if ((key.HasPrivateKey ? EcJwk.ProveKeyPair(key) : EcJwk.ProvePublicKey(key)) is { } problem)
+        {
+            reader.Error(entry, $"'{path}' does not hold a usable EC P-256 {(key.HasPrivateKey ? "key pair" : "public key")}: {problem}");
+            return null;
+        }
+
+        return new JsonWebKey { Kty = key.Kty, Crv = key.Crv, X = key.X, Y = key.Y, Kid = key.Kid };
     }
 
     // The settings YARP reads for a route, its match, a cluster and a destination: the properties of its config records,

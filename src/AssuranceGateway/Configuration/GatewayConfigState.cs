@@ -256,7 +256,7 @@ public sealed partial class GatewayConfigState : IDisposable
             // force: it is said (as a file watcher's listener would be), and the logging keeps what it had.
             ListenerFailed(e);
         }
-        if (settings.Evidence.SigningKey is { Kid: { Length: > 0 } kid } key)
+        foreach (var (kid, key, _, _) in EvidenceKids(settings.Evidence))
         {
             _evidenceKeys[kid] = Evidence.EvidenceKeyHistory.PublicPoint(key);
         }
@@ -319,6 +319,11 @@ public sealed partial class GatewayConfigState : IDisposable
         if (settings.Evidence.SigningKeyFile is { } evidence)
         {
             files.Add(Path.GetFullPath(evidence, _baseDirectory));
+        }
+
+        foreach (var published in settings.Evidence.PublishedKeyFiles)
+        {
+            files.Add(Path.GetFullPath(published, _baseDirectory));
         }
 
         return files;
@@ -390,15 +395,44 @@ public sealed partial class GatewayConfigState : IDisposable
             }
         }
 
-        if (settings?.Evidence.SigningKey is { Kid: { Length: > 0 } kid } key
-            && _evidenceKeys.TryGetValue(kid, out var published)
-            && !string.Equals(published, Evidence.EvidenceKeyHistory.PublicPoint(key), StringComparison.Ordinal))
+        // Published keys too: a key published once (the next one, pre-published on every replica) may already sit in an
+        // upstream's cache under its kid, whether or not it ever signed, and whether or not it is still listed.
+        foreach (var (kid, key, where, file) in EvidenceKids(settings?.Evidence))
         {
-            all.Add($"Assurance:Evidence:SigningKeyFile: '{settings.Evidence.SigningKeyFile}' holds another key under kid '{kid}', which this gateway "
-                + "has already published for a different key: upstreams pick the verification key by kid (and may cache it), so a new key needs a new kid");
+            if (_evidenceKeys.TryGetValue(kid, out var published)
+                && !string.Equals(published, Evidence.EvidenceKeyHistory.PublicPoint(key), StringComparison.Ordinal))
+            {
+                all.Add($"{where}: '{file}' holds another key under kid '{kid}', which this gateway has already published for a different key: "
+                    + "upstreams pick the verification key by kid (and may cache it), so a new key needs a new kid");
+            }
         }
 
         return all.Count > 0 ? (null, all) : (settings, all);
+    }
+
+    /// <summary>
+    /// Every kid the evidence settings publish, with its key and the setting and file it came from: the signing key's,
+    /// then each published key's.
+    /// </summary>
+    private static IEnumerable<(string Kid, Microsoft.IdentityModel.Tokens.JsonWebKey Key, string Where, string? File)> EvidenceKids(
+        EvidenceSettings? evidence)
+    {
+        if (evidence is null)
+        {
+            yield break;
+        }
+
+        if (evidence.SigningKey is { Kid: { Length: > 0 } kid } signing)
+        {
+            yield return (kid, signing, "Assurance:Evidence:SigningKeyFile", evidence.SigningKeyFile);
+        }
+
+        // The compiler keeps one key per listed file, in order, only when every file was valid (else no settings).
+        for (var i = 0; i < evidence.PublishedKeys.Count; i++)
+        {
+            var file = i < evidence.PublishedKeyFiles.Count ? evidence.PublishedKeyFiles[i] : null;
+            yield return (evidence.PublishedKeys[i].Kid, evidence.PublishedKeys[i], $"Assurance:Evidence:PublishedKeyFiles:{i}", file);
+        }
     }
 
     private void WarnAboutRestartOnlyChanges(GatewaySettings before, GatewaySettings after)

@@ -88,5 +88,12 @@ public sealed record EvidenceSettings
 {
     public string? SigningKeyFile { get; init; }
     public Microsoft.IdentityModel.Tokens.JsonWebKey? SigningKey { get; init; }
+
+    /// <summary>Keys published beside the signing key and never used to sign (a rotation's next or previous key), as listed.</summary>
+    public IReadOnlyList<string> PublishedKeyFiles { get; init; } = [];
+
+    /// <summary>The public parts of <see cref="PublishedKeyFiles"/>, in order: no private member is kept, whatever the file holds.</summary>
+    public IReadOnlyList<Microsoft.IdentityModel.Tokens.JsonWebKey> PublishedKeys { get; init; } = [];
+
     public TimeSpan Lifetime { get; init; } = TimeSpan.FromSeconds(60);
 }

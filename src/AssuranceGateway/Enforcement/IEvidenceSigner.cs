@@ -8,8 +8,8 @@ public interface IEvidenceSigner
     string Sign(AssuranceDecision decision, GatewaySettings settings);
 
     /// <summary>
-    /// The public JWK Set upstreams verify evidence with: the signing key of <paramref name="settings"/> and every
-    /// earlier key whose evidence may not have expired yet. Never a private member.
+    /// The public JWK Set upstreams verify evidence with: the signing key of <paramref name="settings"/>, its published
+    /// keys, and every earlier key whose evidence may not have expired yet. Never a private member.
     /// </summary>
     Dictionary<string, object> PublicJwks(GatewaySettings settings);
 }

@@ -11,7 +11,8 @@ namespace AssuranceGateway.Evidence;
 /// A rotation is a reload that names another key file, and a request keeps the configuration it started with: one
 /// that read the old generation before the reload (a slow body, say) still signs with the old key after it. So the
 /// history follows what was signed, not the reloads, and needs no hook in the configuration state. Only public
-/// parts are kept; nothing survives a restart (the previous key then is no longer known).
+/// parts are kept; nothing survives a restart (the previous key then is no longer known, unless the configuration
+/// lists it under <c>PublishedKeyFiles</c>).
 /// </remarks>
 internal sealed class EvidenceKeyHistory
 {
@@ -52,17 +53,27 @@ internal sealed class EvidenceKeyHistory
     }
 
     /// <summary>
-    /// The public JWKs to serve: <paramref name="current"/> first, then, newest first, every other key that signed
-    /// evidence still within its expiry plus <paramref name="skew"/> at <paramref name="now"/>. Keys past that are
-    /// forgotten: no evidence signed with them can be accepted any more.
+    /// The public JWKs to serve: <paramref name="current"/> first, then the <paramref name="published"/> keys the
+    /// configuration lists (never used to sign), then, newest first, every other key that signed evidence still within
+    /// its expiry plus <paramref name="skew"/> at <paramref name="now"/>. Keys past that are forgotten: no evidence
+    /// signed with them can be accepted any more. Each key (kid and point) once.
     /// </summary>
-    public List<Dictionary<string, string>> Published(JsonWebKey? current, DateTimeOffset now, TimeSpan skew)
+    public List<Dictionary<string, string>> Published(
+        JsonWebKey? current, DateTimeOffset now, TimeSpan skew, IReadOnlyList<JsonWebKey>? published = null)
     {
         var keys = new List<Dictionary<string, string>>();
-        var currentId = current is null ? null : Identity(current);
-        if (current is not null)
+        var served = new HashSet<string>(StringComparer.Ordinal);
+        if (current is not null && served.Add(Identity(current)))
         {
             keys.Add(PublicJwk(current));
+        }
+
+        foreach (var key in published ?? [])
+        {
+            if (served.Add(Identity(key)))
+            {
+                keys.Add(PublicJwk(key));
+            }
         }
 
         var oldest = now.ToUnixTimeSeconds() - (long)Math.Ceiling(skew.TotalSeconds);
@@ -71,7 +82,7 @@ internal sealed class EvidenceKeyHistory
             _used.RemoveAll(u => u.LatestExpiry < oldest);
             for (var i = _used.Count - 1; i >= 0; i--)
             {
-                if (!string.Equals(_used[i].Id, currentId, StringComparison.Ordinal))
+                if (served.Add(_used[i].Id))
                 {
                     keys.Add(_used[i].Public);
                 }
@@ -81,7 +92,7 @@ internal sealed class EvidenceKeyHistory
         return keys;
     }
 
-    /// <summary>The public half of a signing key as served: never <c>d</c> or any other private member.</summary>
+    /// <summary>The public half of a key as served: never <c>d</c> or any other private member.</summary>
     public static Dictionary<string, string> PublicJwk(JsonWebKey key)
     {
         var jwk = new Dictionary<string, string>(StringComparer.Ordinal)

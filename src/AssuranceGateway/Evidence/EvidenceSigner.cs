@@ -14,7 +14,8 @@ namespace AssuranceGateway.Evidence;
 /// SPEC §5.6: the upstream receives <c>Assurance-Evidence</c>, a short-lived ES256 JWS saying which approval let this
 /// very request through, so it can verify that for itself with the key published at /.well-known/jwks.json.
 /// The key is read from the configuration in force, so a rotated key file takes effect on reload; the key it replaced
-/// stays published until the evidence it signed has expired (<see cref="EvidenceKeyHistory"/>).
+/// stays published until the evidence it signed has expired (<see cref="EvidenceKeyHistory"/>). Keys listed under
+/// <c>Evidence:PublishedKeyFiles</c> are published as well and never sign.
 /// </summary>
 /// <remarks>
 /// The JWS is written here (RFC 7515 compact form, RFC 7518 §3.4 signature) rather than by
@@ -104,14 +105,15 @@ public sealed class EvidenceSigner(TimeProvider time) : IEvidenceSigner
     }
 
     /// <summary>
-    /// The JWK Set served at /.well-known/jwks.json: the key in force and any key it replaced whose evidence an upstream
-    /// may still accept, i.e. until its latest <c>exp</c> plus <c>Tokens:ClockSkew</c> (the skew this deployment allows
-    /// between clocks). Public parts only.
+    /// The JWK Set served at /.well-known/jwks.json: the key in force, the keys <c>Evidence:PublishedKeyFiles</c> lists
+    /// (a rotation's next or previous key, published on every replica while they switch one by one), and any key it
+    /// replaced whose evidence an upstream may still accept, i.e. until its latest <c>exp</c> plus
+    /// <c>Tokens:ClockSkew</c> (the skew this deployment allows between clocks). Public parts only.
     /// </summary>
     public Dictionary<string, object> PublicJwks(GatewaySettings settings)
     {
         ArgumentNullException.ThrowIfNull(settings);
-        var keys = _history.Published(settings.Evidence.SigningKey, time.GetUtcNow(), settings.Tokens.ClockSkew);
+        var keys = _history.Published(settings.Evidence.SigningKey, time.GetUtcNow(), settings.Tokens.ClockSkew, settings.Evidence.PublishedKeys);
         return new Dictionary<string, object> { ["keys"] = keys };
     }
 

@@ -36,6 +36,25 @@ public static class EcJwk
     }
 
     /// <summary>
+    /// Null when the public JWK is a point on its curve, else why not: a key that cannot verify would otherwise be
+    /// published, and found unusable only by the upstream that tries it.
+    /// </summary>
+    public static string? ProvePublicKey(JsonWebKey key)
+    {
+        try
+        {
+            using var verifier = Create(key, includePrivate: false);
+            // Importing the point checks it; exporting makes sure the platform has really taken it.
+            _ = verifier.ExportParameters(includePrivateParameters: false);
+            return null;
+        }
+        catch (Exception e) when (e is CryptographicException or FormatException or ArgumentException)
+        {
+            return e.Message;
+        }
+    }
+
+    /// <summary>
     /// Null when the private JWK signs and its public point alone verifies that signature, else why not: a key whose
     /// private part does not belong to x and y would otherwise fail only when it is first used.
     /// </summary>

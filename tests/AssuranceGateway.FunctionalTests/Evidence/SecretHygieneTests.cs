@@ -144,9 +144,15 @@ public sealed class SecretHygieneTests
         used.Headers.TryAddWithoutValidation("Assurance-Id", pending);
         Assert.Equal(HttpStatusCode.OK, await SendAsync(gateway.Proxy, used));
 
-        // A configuration reload (the file holds the Redis password).
+        // A configuration reload (the file holds the Redis password), which also publishes the next evidence key from
+        // its private file, as a rotation does: its d must stay in the file.
         config["Assurance"]!["Policies"]!["single-use-approval"]!["MaxUses"] = 4;
+        var (nextKeyFile, nextKeyD) = await EvidenceKeys.WriteAsync(gateway.Directory, "ev-2", name: "evidence-next.jwk.json");
+        secrets.Add("next evidence key d", nextKeyD);
+        config["Assurance"]!["Evidence"]!["PublishedKeyFiles"] = new JsonArray(nextKeyFile);
         Assert.True(await gateway.ReloadAsync(config));
+        Assert.Equal(HttpStatusCode.OK, await SendAsync(gateway.Api, new HttpRequestMessage(HttpMethod.Get, "/.well-known/jwks.json")));
+        Assert.Contains("\"kid\":\"ev-2\"", responses.ToString(), StringComparison.Ordinal);
 
         // Redis refuses the gateway's password from now on: its connections are dropped and re-established in vain.
         await RedisCli(redis, RedisPassword, "CONFIG", "SET", "requirepass", "another-password");
@@ -167,7 +173,7 @@ public sealed class SecretHygieneTests
         gateway.Services.GetRequiredService<AssuranceGateway.Diagnostics.GatewayTelemetry>().ForceFlush();
         var keyspace = await RedisCli(redis, "another-password", "EVAL", DumpScript, "0");
         var files = Files(gateway.Directory).Where(f => !filesBefore.Contains(f) || File.GetLastWriteTimeUtc(f) > DateTime.UtcNow.AddMinutes(-5))
-            .Where(f => f != keyFile && f != gateway.ConfigPath && !f.StartsWith(gateway.ConfigPath, StringComparison.Ordinal))
+            .Where(f => f != keyFile && f != nextKeyFile && f != gateway.ConfigPath && !f.StartsWith(gateway.ConfigPath, StringComparison.Ordinal))
             .Select(f => f + "\n" + File.ReadAllText(f));
 
         Assert.Equal(3, upstreamCount); // the allowed deploy, /status and the approved agent call

@@ -1151,6 +1151,89 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         Assert.True(settings!.Evidence.SigningKey!.HasPrivateKey);
     }
 
+    [Fact]
+    public void Compile_PublishedKeyFiles_ReadInOrderPublicPartsOnly()
+    {
+        // Only the public part is ever kept: a private file (the next signing key, mounted ahead) must not leave d in
+        // the settings, from which the JWKS is served.
+        using var signing = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var next = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var old = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var signingPath = WriteEvidenceKey(signing.ExportParameters(true), signing.ExportParameters(true));
+        var nextPath = WriteEvidenceKey(next.ExportParameters(true), next.ExportParameters(true), "ev-2");
+        var oldPath = WriteEvidenceKey(old.ExportParameters(false), null, "ev-0");
+
+        var (settings, errors) = Compile(c => Assurance(c)["Evidence"] = new JsonObject
+        {
+            ["SigningKeyFile"] = signingPath, ["PublishedKeyFiles"] = new JsonArray(nextPath, oldPath, signingPath),
+        });
+
+        Assert.Empty(errors);
+        Assert.Equal([nextPath, oldPath, signingPath], settings!.Evidence.PublishedKeyFiles);
+        Assert.Equal(["ev-2", "ev-0", "ev-1"], settings.Evidence.PublishedKeys.Select(k => k.Kid));
+        Assert.All(settings.Evidence.PublishedKeys, k => Assert.False(k.HasPrivateKey));
+        Assert.All(settings.Evidence.PublishedKeys, k => Assert.Null(k.D));
+    }
+
+    [Fact]
+    public void Compile_PublishedKeyFilesWithoutSigningKey_Accepted()
+    {
+        // A gateway that no longer signs (or not yet) may still publish: evidence its peers signed keeps verifying.
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var path = WriteEvidenceKey(key.ExportParameters(false), null, "ev-2");
+
+        var (settings, errors) = Compile(c => Assurance(c)["Evidence"] = new JsonObject { ["PublishedKeyFiles"] = new JsonArray(path) });
+
+        Assert.Empty(errors);
+        Assert.Null(settings!.Evidence.SigningKey);
+        Assert.Equal("ev-2", Assert.Single(settings.Evidence.PublishedKeys).Kid);
+    }
+
+    [Fact]
+    public void Compile_PublishedKeyFilesEachBroken_RefusedNamingEveryOne()
+    {
+        using var a = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var b = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var c1 = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var c2 = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var halves = WriteEvidenceKey(a.ExportParameters(false), b.ExportParameters(true), "ev-5");
+        var offCurve = a.ExportParameters(false);
+        offCurve.Q.Y![^1] ^= 1;
+        var notOnCurve = WriteEvidenceKey(offCurve, null, "ev-6");
+        var first = WriteEvidenceKey(c1.ExportParameters(false), null, "ev-7");
+        var second = WriteEvidenceKey(c2.ExportParameters(false), null, "ev-7");
+        var directory = _directory;
+
+        var errors = CompileErrors(c => Assurance(c)["Evidence"] = new JsonObject
+        {
+            ["PublishedKeyFiles"] = new JsonArray(halves, notOnCurve, first, second, directory, new JsonObject()),
+        });
+
+        const string Key = "Assurance:Evidence:PublishedKeyFiles";
+        Assert.Collection(
+            errors,
+            e => Assert.StartsWith($"{Key}:0: '{halves}' does not hold a usable EC P-256 key pair", e, StringComparison.Ordinal),
+            e => Assert.StartsWith($"{Key}:1: '{notOnCurve}' does not hold a usable EC P-256 public key: ", e, StringComparison.Ordinal),
+            e => Assert.Equal($"{Key}:3: '{second}' holds another key under kid 'ev-7' than {Key}:2 '{first}': a kid names one key", e),
+            e => Assert.StartsWith($"{Key}:4: cannot read a JWK from '{directory}'", e, StringComparison.Ordinal),
+            e => Assert.Equal($"{Key}:5: must be a string", e));
+    }
+
+    [Fact]
+    public void Compile_PublishedKeyFilesWithSigningKeyWithoutKid_Refused()
+    {
+        // Once more than one key is published an upstream picks by kid: evidence without one matches no key for sure.
+        using var signing = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        using var next = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var signingPath = WriteEvidenceKey(signing.ExportParameters(true), signing.ExportParameters(true), string.Empty);
+        var nextPath = WriteEvidenceKey(next.ExportParameters(false), null, "ev-2");
+
+        AssertProblems(
+            c => Assurance(c)["Evidence"] = new JsonObject { ["SigningKeyFile"] = signingPath, ["PublishedKeyFiles"] = new JsonArray(nextPath) },
+            $"Assurance:Evidence:SigningKeyFile: '{signingPath}' holds a key without a kid, and PublishedKeyFiles publishes others beside it: "
+                + "upstreams pick the verification key by kid");
+    }
+
     [Theory]
     [InlineData("""{"RequestHeadersCopy":"false"}""", "'RequestHeadersCopy' drops Assurance-Evidence")]
     [InlineData("""{"RequestHeadersAllowed":"accept;x-tenant"}""", "'RequestHeadersAllowed' drops Assurance-Evidence")]
@@ -1195,16 +1278,22 @@ public sealed class GatewayConfigCompilerTests : IDisposable
         Assert.NotNull(withoutKey);
     }
 
-    private string WriteEvidenceKey(ECParameters publicHalf, ECParameters privateHalf)
+    /// <summary>An EC P-256 JWK file; without <paramref name="privateHalf"/>, a public one.</summary>
+    private string WriteEvidenceKey(ECParameters publicHalf, ECParameters? privateHalf, string kid = "ev-1")
     {
         var path = Path.Combine(_directory, $"evidence-{Guid.NewGuid():N}.jwk.json");
-        File.WriteAllText(path, new JsonObject
+        var jwk = new JsonObject
         {
-            ["kty"] = "EC", ["crv"] = "P-256", ["kid"] = "ev-1",
+            ["kty"] = "EC", ["crv"] = "P-256", ["kid"] = kid,
             ["x"] = Microsoft.IdentityModel.Tokens.Base64UrlEncoder.Encode(publicHalf.Q.X),
             ["y"] = Microsoft.IdentityModel.Tokens.Base64UrlEncoder.Encode(publicHalf.Q.Y),
-            ["d"] = Microsoft.IdentityModel.Tokens.Base64UrlEncoder.Encode(privateHalf.D),
-        }.ToJsonString());
+        };
+        if (privateHalf is { } half)
+        {
+            jwk["d"] = Microsoft.IdentityModel.Tokens.Base64UrlEncoder.Encode(half.D);
+        }
+
+        File.WriteAllText(path, jwk.ToJsonString());
         return path;
     }
 

@@ -85,4 +85,26 @@ public sealed class EvidenceKeyHistoryTests
         Assert.Equal(2, keys.Count);
         Assert.All(keys, k => Assert.Equal(["alg", "crv", "kid", "kty", "use", "x", "y"], k.Keys.Order(StringComparer.Ordinal)));
     }
+
+    [Fact]
+    public void Published_WithPublishedKeys_SigningKeyThenPublishedInOrderThenRetiredEachKeyOnce()
+    {
+        // The signing key first (RFC 7517 sets are unordered, but some verifiers try the first key), then the keys the
+        // operator lists, then what only the history still holds; a key both listed and retired is served once.
+        var history = new EvidenceKeyHistory();
+        var retired = new JsonWebKey(NewKeyJson("ev-0"));
+        var listedAndRetiredJson = NewKeyJson("ev-1");
+        var signingJson = NewKeyJson("ev-2");
+        history.Signed(retired, NowSeconds + 60);
+        history.Signed(new JsonWebKey(listedAndRetiredJson), NowSeconds + 60);
+        var next = new JsonWebKey(NewKeyJson("ev-3"));
+
+        var keys = history.Published(
+            new JsonWebKey(signingJson), Now, Skew, [next, new JsonWebKey(listedAndRetiredJson), new JsonWebKey(signingJson)]);
+
+        Assert.Equal(["ev-2", "ev-3", "ev-1", "ev-0"], Kids(keys));
+        Assert.All(keys, k => Assert.False(k.ContainsKey("d")));
+        Assert.Equal(["ev-2", "ev-3", "ev-1"], Kids(history.Published(
+            new JsonWebKey(signingJson), Now.AddSeconds(91), Skew, [next, new JsonWebKey(listedAndRetiredJson)])));
+    }
 }
