@@ -372,6 +372,21 @@ public abstract class GrantStoreConformanceTests : IAsyncLifetime
         Assert.Equal(ReasonCodes.RouteMismatch, (await Store.ConsumeAsync(Matching(grant) with { Route = "status" }, default)).Reason);
     }
 
+    // Routes compare ignoring case as the route table does (ordinal-ignore-case): "ſtatus" (U+017F, long s) and "status" are
+    // two routes there. The Redis store compares upper-cased keys (ToUpperInvariant), which is the same comparison only under
+    // InvariantGlobalization (Directory.Build.props): with ICU, "ſ" upper-cases to "S", and a grant issued for one route
+    // was accepted on the other. This holds the two stores together if that setting ever goes.
+    [Fact]
+    public async Task ConsumeAsync_RouteEqualOnlyWhenUpperCased_RouteMismatch()
+    {
+        var grant = NewGrant() with { Route = "\u017Ftatus" };
+        await CreateAsync(grant);
+
+        Assert.Equal(ReasonCodes.RouteMismatch, (await Store.ConsumeAsync(Matching(grant) with { Route = "status" }, default)).Reason);
+        Assert.Equal(ReasonCodes.RouteMismatch, (await Store.ConsumeAsync(Matching(grant) with { Route = "STATUS" }, default)).Reason);
+        Assert.Equal(ReasonCodes.Ok, (await Store.ConsumeAsync(Matching(grant) with { Route = "\u017FTATUS" }, default)).Reason);
+    }
+
     [Fact]
     public async Task ConsumeAsync_OtherSubject_SubjectMismatch()
     {
