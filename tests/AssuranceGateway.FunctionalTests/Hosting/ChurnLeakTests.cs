@@ -110,7 +110,7 @@ public sealed class ChurnLeakTests(ITestOutputHelper output)
         var svid = gateway.WorkloadIssuer.Svid();
         // Every consume reply is held a moment, and each client gives up a moment after sending: most walk away with
         // their consume sent and unanswered.
-        proxy.DelayArrayReply = _ => TimeSpan.FromMilliseconds(3);
+        proxy.DelayArrayReply = _ => TimeSpan.FromMilliseconds(25);
         var aborted = 0;
 
         // Each phase's clients on a connection pool of their own, disposed before measuring: the connections a pool keeps
