@@ -42,50 +42,14 @@ public sealed class SignedEvidenceTests : IAsyncLifetime
     public async Task DisposeAsync() => await _gateway.DisposeAsync();
 
     /// <summary>A new private P-256 JWK in the harness directory; returns its path.</summary>
-    private static async Task<string> WriteKeyAsync(GatewayHarness harness, string name, string kid)
-    {
-        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var p = key.ExportParameters(true);
-        var keyFile = Path.Combine(harness.Directory, name);
-        await File.WriteAllTextAsync(keyFile, new JsonObject
-        {
-            ["kty"] = "EC", ["crv"] = "P-256", ["kid"] = kid,
-            ["x"] = Base64UrlEncoder.Encode(p.Q.X), ["y"] = Base64UrlEncoder.Encode(p.Q.Y), ["d"] = Base64UrlEncoder.Encode(p.D),
-        }.ToJsonString());
-        return keyFile;
-    }
+    private static async Task<string> WriteKeyAsync(GatewayHarness harness, string name, string kid) =>
+        (await EvidenceKeys.WriteAsync(harness.Directory, kid, name: name)).Path;
 
-    /// <summary>What an upstream does: fetch the published JWKS and validate the evidence with it.</summary>
-    private async Task<TokenValidationResult> VerifyAsync(string evidence)
-    {
-        var jwks = new JsonWebKeySet(await _gateway.Api.GetStringAsync("/.well-known/jwks.json"));
-        return await new JsonWebTokenHandler().ValidateTokenAsync(evidence, new TokenValidationParameters
-        {
-            ValidIssuer = "urn:assurance-gateway",
-            ValidateAudience = false,
-            IssuerSigningKeys = jwks.Keys,
-            ValidTypes = ["assurance-evidence+jwt"],
-            ValidAlgorithms = ["ES256"],
-        });
-    }
+    private Task<TokenValidationResult> VerifyAsync(string evidence) => EvidenceKeys.VerifyAsync(_gateway, evidence);
 
-    /// <summary>One allowed deploy request with a fresh grant; returns the evidence the upstream received.</summary>
-    private async Task<string> AllowedEvidenceAsync()
-    {
-        var token = _gateway.Idp.Token();
-        var id = await _gateway.CreateGrantAsync(DeployGrant(token));
-        using var response = await _gateway.Proxy.SendAsync(DeployRequest(token, _gateway.WorkloadIssuer.Svid(), id, out _));
-        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        return _gateway.Upstream.Received[^1].Headers["Assurance-Evidence"];
-    }
+    private Task<string> AllowedEvidenceAsync() => EvidenceKeys.AllowedEvidenceAsync(_gateway);
 
-    private async Task<List<string>> PublishedKidsAsync()
-    {
-        var jwks = await _gateway.Api.GetFromJsonAsync<JsonElement>("/.well-known/jwks.json");
-        var keys = jwks.GetProperty("keys").EnumerateArray().ToList();
-        Assert.All(keys, k => Assert.False(k.TryGetProperty("d", out _)));
-        return keys.ConvertAll(k => k.GetProperty("kid").GetString()!);
-    }
+    private Task<List<string>> PublishedKidsAsync() => EvidenceKeys.PublishedKidsAsync(_gateway);
 
     [Fact]
     public async Task AllowedRequest_CarriesEvidenceThatVerifiesWithPublishedKey()

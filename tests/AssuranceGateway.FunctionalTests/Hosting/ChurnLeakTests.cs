@@ -1,18 +1,16 @@
 using System.Diagnostics;
 using System.Net;
 using System.Runtime.CompilerServices;
-using System.Text.Json.Nodes;
 using AssuranceGateway.FunctionalTests.Grants;
 using AssuranceGateway.Grants;
 using AssuranceGateway.Testing;
 using Microsoft.Extensions.DependencyInjection;
 using Xunit.Abstractions;
-using static AssuranceGateway.Testing.GrantHelpers;
 
 namespace AssuranceGateway.FunctionalTests.Hosting;
 
 /// <summary>
-/// A gateway runs for weeks through config reloads, key file rotations, Redis restarts and clients that walk away: each
+/// A gateway runs for weeks through config reloads, key file rotations and Redis restarts: each
 /// churn is repeated here many times and what it could leave behind (file descriptors, threads, timers, old
 /// configuration generations) must stay within a small constant of what it was after a warm-up. Process-wide counts,
 /// so the collection runs alone.
